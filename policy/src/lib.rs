@@ -1,0 +1,1 @@
+//! Pure NetworkPolicy engine (placeholder, being written).
