@@ -1,0 +1,325 @@
+//! Loading the eBPF object, attaching it to interfaces, and pinning/adopting state.
+//!
+//! Maps are pinned by name under `<pin_dir>/maps`, so a restarted agent loads its new
+//! programs against the very maps (policy, endpoints, conntrack) the old one wrote.
+//! Attachments are kept across restarts too: TCX links are pinned under
+//! `<pin_dir>/links` and atomically re-pointed at the new program on adoption;
+//! with netlink TC (kernels before 6.6) the filters stay in the kernel after the
+//! process exits, and a new filter is added before the old one is removed, so at
+//! every instant at least one of them is checking traffic.
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::MapData,
+    programs::{
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions},
+        LinkOrder, SchedClassifier, TcAttachType,
+    },
+    util::KernelVersion,
+    Ebpf, EbpfLoader,
+};
+use palisade_common::progs;
+use thiserror::Error;
+
+/// The compiled eBPF object, embedded at build time.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade"));
+
+#[derive(Debug, Error)]
+pub enum DatapathError {
+    #[error("creating pin directory {path}: {source}")]
+    PinDir { path: PathBuf, source: io::Error },
+    #[error("loading the eBPF object (pin dir {path}): {source}")]
+    Load {
+        path: PathBuf,
+        source: Box<aya::EbpfError>,
+    },
+    #[error("program {0} missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("map {0} missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("attaching {name} to {iface}: {source}")]
+    Attach {
+        name: &'static str,
+        iface: String,
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("pinning link {path}: {reason}")]
+    PinLink { path: PathBuf, reason: String },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: Box<aya::maps::MapError>,
+    },
+}
+
+/// How programs are attached on this kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    Tcx,
+    Netlink,
+}
+
+impl AttachMode {
+    pub fn detect() -> Self {
+        if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) {
+            Self::Tcx
+        } else {
+            Self::Netlink
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcx => "tcx",
+            Self::Netlink => "netlink",
+        }
+    }
+}
+
+/// Which hook of an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Hook {
+    /// Pod veth, host side, TC egress.
+    ToPod,
+    /// Pod veth, host side, TC ingress.
+    FromPod,
+    /// Any other node interface, TC egress.
+    SvcEgress,
+}
+
+impl Hook {
+    fn program(self) -> &'static str {
+        match self {
+            Self::ToPod => progs::TO_POD,
+            Self::FromPod => progs::FROM_POD,
+            Self::SvcEgress => progs::SVC_EGRESS,
+        }
+    }
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            Self::FromPod => TcAttachType::Ingress,
+            Self::ToPod | Self::SvcEgress => TcAttachType::Egress,
+        }
+    }
+}
+
+/// The loaded object plus where its state lives.
+pub struct Datapath {
+    pub ebpf: Ebpf,
+    pub pin_dir: PathBuf,
+    pub mode: AttachMode,
+    /// Interfaces we attached (or adopted) in this process, by (ifindex, hook).
+    attached: BTreeMap<(u32, Hook), ()>,
+}
+
+impl Datapath {
+    /// Load the object, reusing maps already pinned under `pin_dir` (adoption) or
+    /// creating and pinning them.
+    pub fn load(pin_dir: &Path) -> Result<Self, DatapathError> {
+        Self::load_with(pin_dir, None)
+    }
+
+    /// Like `load`, optionally with smaller policy maps (tests of map-full refusal).
+    pub fn load_with(pin_dir: &Path, policy_entries: Option<u32>) -> Result<Self, DatapathError> {
+        let maps_dir = pin_dir.join("maps");
+        for d in [&maps_dir, &pin_dir.join("links")] {
+            fs::create_dir_all(d).map_err(|source| DatapathError::PinDir {
+                path: d.clone(),
+                source,
+            })?;
+        }
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&maps_dir);
+        if let Some(n) = policy_entries {
+            loader.map_max_entries(palisade_common::maps::POLICY_V4, n);
+            loader.map_max_entries(palisade_common::maps::POLICY_V6, n);
+        }
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|source| DatapathError::Load {
+                path: pin_dir.to_path_buf(),
+                source: Box::new(source),
+            })?;
+        for name in [progs::TO_POD, progs::FROM_POD, progs::SVC_EGRESS] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| DatapathError::Program {
+                    name,
+                    source: Box::new(source),
+                })?;
+            prog.load().map_err(|source| DatapathError::Program {
+                name,
+                source: Box::new(source),
+            })?;
+        }
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.to_path_buf(),
+            mode: AttachMode::detect(),
+            attached: BTreeMap::new(),
+        })
+    }
+
+    pub fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| DatapathError::Program {
+                name,
+                source: Box::new(source),
+            })
+    }
+
+    /// Take a map out of the object (the typed writer owns it from then on).
+    pub fn take_map(&mut self, name: &'static str) -> Result<aya::maps::Map, DatapathError> {
+        self.ebpf
+            .take_map(name)
+            .ok_or(DatapathError::MissingMap(name))
+    }
+
+    fn link_pin(&self, ifindex: u32, hook: Hook) -> PathBuf {
+        self.pin_dir
+            .join("links")
+            .join(format!("{ifindex}-{}", hook.program()))
+    }
+
+    pub fn is_attached(&self, ifindex: u32, hook: Hook) -> bool {
+        self.attached.contains_key(&(ifindex, hook))
+    }
+
+    /// Attach `hook`'s program to `iface`, replacing (atomically where the kernel
+    /// allows) whatever an earlier agent left there. The attachment outlives this
+    /// process.
+    pub fn attach(&mut self, iface: &str, ifindex: u32, hook: Hook) -> Result<(), DatapathError> {
+        if self.is_attached(ifindex, hook) {
+            return Ok(());
+        }
+        let name = hook.program();
+        let pin = self.link_pin(ifindex, hook);
+        let mode = self.mode;
+        let attach_err = |source| DatapathError::Attach {
+            name,
+            iface: iface.to_string(),
+            source: Box::new(source),
+        };
+        match mode {
+            AttachMode::Tcx => {
+                let prog = self.program(name)?;
+                let id = match PinnedLink::from_pin(&pin) {
+                    Ok(old) => {
+                        let link: SchedClassifierLink = FdLink::from(old)
+                            .try_into()
+                            .map_err(|e: LinkError| DatapathError::PinLink {
+                                path: pin.clone(),
+                                reason: e.to_string(),
+                            })?;
+                        prog.attach_to_link(link).map_err(attach_err)?
+                    }
+                    Err(_) => prog
+                        .attach_with_options(
+                            iface,
+                            hook.attach_type(),
+                            TcAttachOptions::TcxOrder(LinkOrder::default()),
+                        )
+                        .map_err(attach_err)?,
+                };
+                let link = prog.take_link(id).map_err(attach_err)?;
+                let fd: FdLink = link.try_into().map_err(|e: LinkError| DatapathError::PinLink {
+                    path: pin.clone(),
+                    reason: e.to_string(),
+                })?;
+                // A stale pin (interface gone and index reused) is replaced.
+                let _ = fs::remove_file(&pin);
+                fd.pin(&pin).map_err(|e| DatapathError::PinLink {
+                    path: pin.clone(),
+                    reason: e.to_string(),
+                })?;
+            }
+            AttachMode::Netlink => {
+                let _ = tc::qdisc_add_clsact(iface);
+                // Alternate between two priorities: the new filter goes in before
+                // the old one is removed, so the interface is never unchecked.
+                let old = fs::read_to_string(&pin)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u16>().ok());
+                let priority = if old == Some(1) { 2 } else { 1 };
+                let prog = self.program(name)?;
+                let id = prog
+                    .attach_with_options(
+                        iface,
+                        hook.attach_type(),
+                        TcAttachOptions::Netlink(NlOptions {
+                            priority,
+                            ..Default::default()
+                        }),
+                    )
+                    .map_err(attach_err)?;
+                let link = prog.take_link(id).map_err(attach_err)?;
+                // Dropping a netlink link does not detach it; only detach() does.
+                drop(link);
+                if let Some(old) = old {
+                    remove_netlink_filter(iface, hook, old);
+                }
+                fs::write(&pin, priority.to_string()).map_err(|e| DatapathError::PinLink {
+                    path: pin.clone(),
+                    reason: e.to_string(),
+                })?;
+            }
+        }
+        self.attached.insert((ifindex, hook), ());
+        Ok(())
+    }
+
+    /// Forget an interface that disappeared (its attachments went with it).
+    pub fn forget(&mut self, ifindex: u32) {
+        for hook in [Hook::ToPod, Hook::FromPod, Hook::SvcEgress] {
+            self.attached.remove(&(ifindex, hook));
+            let _ = fs::remove_file(self.link_pin(ifindex, hook));
+        }
+    }
+
+    /// Ifindexes that have pinned links from an earlier run.
+    pub fn pinned_ifindexes(&self) -> Vec<u32> {
+        let mut out: Vec<u32> = fs::read_dir(self.pin_dir.join("links"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name();
+                n.to_str()?.split('-').next()?.parse().ok()
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+/// Remove the netlink filter of `hook` at `priority` (best effort; used only after
+/// its replacement is in place).
+fn remove_netlink_filter(iface: &str, hook: Hook, priority: u16) {
+    let dir = match hook.attach_type() {
+        TcAttachType::Ingress => "ingress",
+        _ => "egress",
+    };
+    let _ = std::process::Command::new("tc")
+        .args(["filter", "del", "dev", iface, dir, "pref", &priority.to_string()])
+        .output();
+}
+
+/// Open one pinned map of an agent's pin dir (for tools and tests).
+pub fn open_pinned_map(pin_dir: &Path, name: &str) -> io::Result<MapData> {
+    MapData::from_pin(pin_dir.join("maps").join(name)).map_err(io::Error::other)
+}

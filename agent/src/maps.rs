@@ -1,0 +1,232 @@
+//! The typed map writer: owns the pinned maps and writes ABI records into them.
+//!
+//! Writes are issued in the order the policy engine's diff gives (adds before
+//! removes, the endpoint record as the per-endpoint switch). A write that the kernel
+//! refuses is an error that names the map and the key; the caller keeps the
+//! endpoint fail-closed.
+use std::net::IpAddr;
+
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    Array, HashMap, MapData, MapError, PerCpuHashMap, PerCpuValues,
+};
+use palisade_common::*;
+use thiserror::Error;
+
+use crate::datapath::{Datapath, DatapathError};
+
+#[derive(Debug, Error)]
+pub enum WriteError {
+    #[error("{map}: {op} {key}: {source}")]
+    Map {
+        map: &'static str,
+        op: &'static str,
+        key: String,
+        source: Box<MapError>,
+    },
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+}
+
+pub struct Maps {
+    pub endpoints: HashMap<MapData, u32, Endpoint>,
+    pub ep_by_ip: HashMap<MapData, IpKey, u32>,
+    pub policy_v4: LpmTrie<MapData, PolicyKeyV4, PolicyValue>,
+    pub policy_v6: LpmTrie<MapData, PolicyKeyV6, PolicyValue>,
+    pub node_addrs: HashMap<MapData, IpKey, u32>,
+    pub services: HashMap<MapData, ServiceKey, u32>,
+    pub conntrack: HashMap<MapData, CtKey, CtValue>,
+    pub counters: PerCpuHashMap<MapData, u32, Counters>,
+    pub config: Array<MapData, Config>,
+}
+
+fn map_err(map: &'static str, op: &'static str, key: String) -> impl FnOnce(MapError) -> WriteError {
+    move |source| WriteError::Map {
+        map,
+        op,
+        key,
+        source: Box::new(source),
+    }
+}
+
+/// A missing key on delete is fine: the state we want is reached.
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+macro_rules! typed {
+    ($dp:expr, $name:expr) => {{
+        let m = $dp.take_map($name)?;
+        m.try_into().map_err(|source| DatapathError::Map {
+            name: $name,
+            source: Box::new(source),
+        })?
+    }};
+}
+
+impl Maps {
+    pub fn take(dp: &mut Datapath) -> Result<Self, WriteError> {
+        Ok(Self {
+            endpoints: typed!(dp, maps::ENDPOINTS),
+            ep_by_ip: typed!(dp, maps::ENDPOINT_BY_IP),
+            policy_v4: typed!(dp, maps::POLICY_V4),
+            policy_v6: typed!(dp, maps::POLICY_V6),
+            node_addrs: typed!(dp, maps::NODE_ADDRS),
+            services: typed!(dp, maps::SERVICES),
+            conntrack: typed!(dp, maps::CONNTRACK),
+            counters: typed!(dp, maps::COUNTERS),
+            config: typed!(dp, maps::CONFIG),
+        })
+    }
+
+    pub fn set_config(&mut self, cfg: Config) -> Result<(), WriteError> {
+        self.config
+            .set(0, cfg, 0)
+            .map_err(map_err(maps::CONFIG, "set", "0".into()))
+    }
+
+    /// Write an endpoint record and its address index; creates its counters.
+    pub fn upsert_endpoint(&mut self, ifindex: u32, ep: &Endpoint) -> Result<(), WriteError> {
+        if self.counters.get(&ep.id, 0).is_err() {
+            let n = aya::util::nr_cpus().map_err(|(_, e)| WriteError::Map {
+                map: maps::COUNTERS,
+                op: "nr_cpus",
+                key: ep.id.to_string(),
+                source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
+                    call: "nr_cpus",
+                    io_error: e,
+                })),
+            })?;
+            let zero = PerCpuValues::try_from(vec![Counters::default(); n]).map_err(|e| {
+                WriteError::Map {
+                    map: maps::COUNTERS,
+                    op: "init",
+                    key: ep.id.to_string(),
+                    source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
+                        call: "percpu",
+                        io_error: e,
+                    })),
+                }
+            })?;
+            self.counters
+                .insert(ep.id, zero, 0)
+                .map_err(map_err(maps::COUNTERS, "insert", ep.id.to_string()))?;
+        }
+        if ep.flags & EP_HAS_V4 != 0 {
+            self.ep_by_ip
+                .insert(IpKey::v4(ep.ipv4), ifindex, 0)
+                .map_err(map_err(maps::ENDPOINT_BY_IP, "insert", format!("{:?}", ep.ipv4)))?;
+        }
+        if ep.flags & EP_HAS_V6 != 0 {
+            self.ep_by_ip
+                .insert(IpKey::v6(ep.ipv6), ifindex, 0)
+                .map_err(map_err(maps::ENDPOINT_BY_IP, "insert", format!("{:?}", ep.ipv6)))?;
+        }
+        self.endpoints
+            .insert(ifindex, *ep, 0)
+            .map_err(map_err(maps::ENDPOINTS, "insert", ifindex.to_string()))
+    }
+
+    /// Remove an endpoint record: the interface becomes fail-closed (unknown endpoint).
+    pub fn delete_endpoint(&mut self, ifindex: u32) -> Result<(), WriteError> {
+        if let Ok(ep) = self.endpoints.get(&ifindex, 0) {
+            ignore_missing(self.endpoints.remove(&ifindex))
+                .map_err(map_err(maps::ENDPOINTS, "remove", ifindex.to_string()))?;
+            for k in [IpKey::v4(ep.ipv4), IpKey::v6(ep.ipv6)] {
+                if self.ep_by_ip.get(&k, 0).ok() == Some(ifindex) {
+                    let _ = self.ep_by_ip.remove(&k);
+                }
+            }
+            let _ = self.counters.remove(&ep.id);
+        }
+        Ok(())
+    }
+
+    pub fn endpoints(&self) -> Vec<(u32, Endpoint)> {
+        self.endpoints.iter().flatten().collect()
+    }
+
+    pub fn upsert_v4(&mut self, plen: u32, key: PolicyKeyV4, v: &PolicyValue) -> Result<(), WriteError> {
+        self.policy_v4
+            .insert(&Key::new(plen, key), *v, 0)
+            .map_err(map_err(maps::POLICY_V4, "insert", format!("{key:?}/{plen}")))
+    }
+    pub fn delete_v4(&mut self, plen: u32, key: PolicyKeyV4) -> Result<(), WriteError> {
+        ignore_missing(self.policy_v4.remove(&Key::new(plen, key)))
+            .map_err(map_err(maps::POLICY_V4, "remove", format!("{key:?}/{plen}")))
+    }
+    pub fn upsert_v6(&mut self, plen: u32, key: PolicyKeyV6, v: &PolicyValue) -> Result<(), WriteError> {
+        self.policy_v6
+            .insert(&Key::new(plen, key), *v, 0)
+            .map_err(map_err(maps::POLICY_V6, "insert", format!("{key:?}/{plen}")))
+    }
+    pub fn delete_v6(&mut self, plen: u32, key: PolicyKeyV6) -> Result<(), WriteError> {
+        ignore_missing(self.policy_v6.remove(&Key::new(plen, key)))
+            .map_err(map_err(maps::POLICY_V6, "remove", format!("{key:?}/{plen}")))
+    }
+    pub fn policy_v4_entries(&self) -> Vec<(u32, PolicyKeyV4, PolicyValue)> {
+        let keys: Vec<_> = self.policy_v4.keys().flatten().collect();
+        keys.into_iter()
+            .filter_map(|k| Some((k.prefix_len(), k.data(), self.policy_v4.get(&k, 0).ok()?)))
+            .collect()
+    }
+    pub fn policy_v6_entries(&self) -> Vec<(u32, PolicyKeyV6, PolicyValue)> {
+        let keys: Vec<_> = self.policy_v6.keys().flatten().collect();
+        keys.into_iter()
+            .filter_map(|k| Some((k.prefix_len(), k.data(), self.policy_v6.get(&k, 0).ok()?)))
+            .collect()
+    }
+
+    pub fn upsert_service(&mut self, k: ServiceKey) -> Result<(), WriteError> {
+        self.services
+            .insert(k, 1, 0)
+            .map_err(map_err(maps::SERVICES, "insert", format!("{k:?}")))
+    }
+    pub fn delete_service(&mut self, k: ServiceKey) -> Result<(), WriteError> {
+        ignore_missing(self.services.remove(&k)).map_err(map_err(maps::SERVICES, "remove", format!("{k:?}")))
+    }
+    pub fn services(&self) -> Vec<ServiceKey> {
+        self.services.keys().flatten().collect()
+    }
+
+    /// Replace the node-address set (add new before removing old).
+    pub fn set_node_addrs(&mut self, addrs: &[IpAddr]) -> Result<(), WriteError> {
+        let want: Vec<IpKey> = addrs.iter().map(|a| ip_key(*a)).collect();
+        for k in &want {
+            self.node_addrs
+                .insert(*k, 1, 0)
+                .map_err(map_err(maps::NODE_ADDRS, "insert", format!("{k:?}")))?;
+        }
+        let have: Vec<IpKey> = self.node_addrs.keys().flatten().collect();
+        for k in have.into_iter().filter(|k| !want.contains(k)) {
+            let _ = self.node_addrs.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Sum of an endpoint's per-CPU counters.
+    pub fn counters(&self, endpoint_id: u32) -> Option<Counters> {
+        let per_cpu = self.counters.get(&endpoint_id, 0).ok()?;
+        let mut sum = Counters::default();
+        for c in per_cpu.iter() {
+            sum.allowed_packets += c.allowed_packets;
+            sum.allowed_bytes += c.allowed_bytes;
+            sum.denied_packets += c.denied_packets;
+            sum.denied_bytes += c.denied_bytes;
+            sum.audit_packets += c.audit_packets;
+            sum.events_lost += c.events_lost;
+        }
+        Some(sum)
+    }
+}
+
+pub fn ip_key(a: IpAddr) -> IpKey {
+    match a {
+        IpAddr::V4(v4) => IpKey::v4(v4.octets()),
+        IpAddr::V6(v6) => IpKey::v6(v6.octets()),
+    }
+}

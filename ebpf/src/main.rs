@@ -1,0 +1,710 @@
+//! Palisade's TC programs.
+//!
+//! - `to_pod`: TC egress of a pod's host-side veth, i.e. traffic entering the pod
+//!   (the pod's ingress policy).
+//! - `from_pod`: TC ingress of the host-side veth, i.e. traffic leaving the pod
+//!   (the pod's egress policy, anti-spoofing).
+//! - `svc_egress`: TC egress of the node's other interfaces; makes the egress
+//!   decision for pod traffic to a Service after kube-proxy's DNAT picked the backend.
+//!
+//! Decision order per packet (see README "Datapath"): non-IP passes; unknown
+//! endpoint drops; malformed/truncated headers drop; spoofed source (from_pod)
+//! drops; IPv6 neighbour discovery passes; a pending service egress decision is
+//! made (to_pod); conntrack replies and ICMP errors about tracked flows pass; from
+//! the pod's own node passes (to_pod); a direction the pod is not isolated in
+//! passes; Service frontends defer the egress decision (from_pod); otherwise the
+//! peer-prefix LPM lookup and the entry's port/protocol set decide. Every allowed
+//! non-reply packet is re-checked against policy (strict: withdrawn allows take
+//! effect on established flows); conntrack only admits replies.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map},
+    maps::{
+        lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf,
+    },
+    programs::TcContext,
+};
+use palisade_common::*;
+
+#[map(name = "PAL_ENDPOINTS")]
+static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+#[map(name = "PAL_EP_BY_IP")]
+static EP_BY_IP: HashMap<IpKey, u32> = HashMap::pinned(MAX_ENDPOINTS * 2, 0);
+
+#[map(name = "PAL_POLICY_V4")]
+static POLICY_V4: LpmTrie<PolicyKeyV4, PolicyValue> =
+    LpmTrie::pinned(MAX_POLICY_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map(name = "PAL_POLICY_V6")]
+static POLICY_V6: LpmTrie<PolicyKeyV6, PolicyValue> =
+    LpmTrie::pinned(MAX_POLICY_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map(name = "PAL_NODE_ADDRS")]
+static NODE_ADDRS: HashMap<IpKey, u32> = HashMap::pinned(MAX_NODE_ADDRS, 0);
+
+#[map(name = "PAL_SERVICES")]
+static SERVICES: HashMap<ServiceKey, u32> = HashMap::pinned(MAX_SERVICES, 0);
+
+#[map(name = "PAL_CONNTRACK")]
+static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(MAX_CONNTRACK, 0);
+
+#[map(name = "PAL_EVENTS")]
+static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
+
+#[map(name = "PAL_EVENT_RATE")]
+static EVENT_RATE: LruHashMap<CtKey, RateValue> =
+    LruHashMap::pinned(MAX_EVENT_RATE, 0);
+
+#[map(name = "PAL_COUNTERS")]
+static COUNTERS: PerCpuHashMap<u32, Counters> = PerCpuHashMap::pinned(MAX_ENDPOINTS, 0);
+
+#[map(name = "PAL_CONFIG")]
+static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+const BPF_F_NO_PREALLOC: u32 = 1;
+const BPF_NOEXIST: u64 = 1;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+/// Bounded walk over IPv6 extension headers.
+const MAX_EXT_HDRS: usize = 8;
+
+/// The parsed packet: what policy and conntrack look at.
+#[derive(Clone, Copy)]
+struct Flow {
+    family: u8,
+    proto: u8,
+    /// Non-first fragment: no ports.
+    fragment: bool,
+    /// ICMP error (unreachable, too big, time exceeded, parameter problem).
+    icmp_error: bool,
+    /// ICMPv6 neighbour discovery / router messages.
+    nd: bool,
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+    /// Offset of the quoted packet of an ICMP error.
+    inner_off: usize,
+}
+
+enum Verdict {
+    Allow,
+    Deny(Reason),
+}
+
+#[inline(always)]
+fn load<T>(ctx: &TcContext, off: usize) -> Result<T, Reason> {
+    ctx.load::<T>(off).map_err(|_| Reason::Malformed)
+}
+
+#[inline(always)]
+fn be16(ctx: &TcContext, off: usize) -> Result<u16, Reason> {
+    Ok(u16::from_be(load::<u16>(ctx, off)?))
+}
+
+/// Parse transport ports (or the ICMP echo id) at `off`.
+#[inline(always)]
+fn parse_l4(ctx: &TcContext, flow: &mut Flow, off: usize) -> Result<(), Reason> {
+    match flow.proto {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
+            // Require the whole fixed header: a header cut short is malformed.
+            let min = match flow.proto {
+                PROTO_TCP => 20,
+                PROTO_UDP => 8,
+                _ => 12,
+            };
+            let _: u8 = load(ctx, off + min - 1)?;
+            flow.sport = be16(ctx, off)?;
+            flow.dport = be16(ctx, off + 2)?;
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let _: u8 = load(ctx, off + 7)?;
+            let ty: u8 = load(ctx, off)?;
+            let v6 = flow.proto == PROTO_ICMPV6;
+            let (echo_req, echo_rep) = if v6 { (128, 129) } else { (8, 0) };
+            if ty == echo_req {
+                flow.sport = be16(ctx, off + 4)?;
+            } else if ty == echo_rep {
+                flow.dport = be16(ctx, off + 4)?;
+            } else if (!v6 && (ty == 3 || ty == 11 || ty == 12)) || (v6 && (1..=4).contains(&ty)) {
+                flow.icmp_error = true;
+                flow.inner_off = off + 8;
+            } else if v6 && (133..=137).contains(&ty) {
+                flow.nd = true;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Parse an IPv4 header at `off` (real IHL, fragments) and its transport header.
+#[inline(always)]
+fn parse_v4(ctx: &TcContext, flow: &mut Flow, off: usize, l4: bool) -> Result<(), Reason> {
+    let vihl: u8 = load(ctx, off)?;
+    if vihl >> 4 != 4 {
+        return Err(Reason::Malformed);
+    }
+    let hlen = ((vihl & 0x0f) as usize) * 4;
+    if hlen < 20 {
+        return Err(Reason::Malformed);
+    }
+    // The options must be there too.
+    let _: u8 = load(ctx, off + hlen - 1)?;
+    let frag = be16(ctx, off + 6)?;
+    flow.family = FAMILY_V4;
+    flow.proto = load(ctx, off + 9)?;
+    let src: [u8; 4] = load(ctx, off + 12)?;
+    let dst: [u8; 4] = load(ctx, off + 16)?;
+    flow.src = [0; 16];
+    flow.dst = [0; 16];
+    flow.src[..4].copy_from_slice(&src);
+    flow.dst[..4].copy_from_slice(&dst);
+    if frag & 0x1fff != 0 {
+        flow.fragment = true;
+        return Ok(());
+    }
+    if l4 {
+        parse_l4(ctx, flow, off + hlen)
+    } else {
+        // Quoted header inside an ICMP error: only the ports, if present.
+        flow.sport = be16(ctx, off + hlen).unwrap_or(0);
+        flow.dport = be16(ctx, off + hlen + 2).unwrap_or(0);
+        Ok(())
+    }
+}
+
+/// Parse an IPv6 header at `off`, walk its extension headers (bounded), then the
+/// transport header.
+#[inline(always)]
+fn parse_v6(ctx: &TcContext, flow: &mut Flow, off: usize, l4: bool) -> Result<(), Reason> {
+    let v: u8 = load(ctx, off)?;
+    if v >> 4 != 6 {
+        return Err(Reason::Malformed);
+    }
+    flow.family = FAMILY_V6;
+    flow.src = load(ctx, off + 8)?;
+    flow.dst = load(ctx, off + 24)?;
+    let mut next: u8 = load(ctx, off + 6)?;
+    let mut pos = off + 40;
+    let mut done = false;
+    for _ in 0..MAX_EXT_HDRS {
+        match next {
+            // Hop-by-hop, routing, destination options: (next, len in 8-octet units - 1).
+            0 | 43 | 60 => {
+                let hdr: [u8; 2] = load(ctx, pos)?;
+                next = hdr[0];
+                pos += (hdr[1] as usize + 1) * 8;
+            }
+            // Fragment header: fixed 8 bytes.
+            44 => {
+                let hdr: [u8; 4] = load(ctx, pos)?;
+                next = hdr[0];
+                let offset = u16::from_be_bytes([hdr[2], hdr[3]]) >> 3;
+                pos += 8;
+                if offset != 0 {
+                    flow.proto = next;
+                    flow.fragment = true;
+                    return Ok(());
+                }
+            }
+            // Authentication header: length in 4-octet units - 2.
+            51 => {
+                let hdr: [u8; 2] = load(ctx, pos)?;
+                next = hdr[0];
+                pos += (hdr[1] as usize + 2) * 4;
+            }
+            _ => {
+                done = true;
+                break;
+            }
+        }
+    }
+    if !done {
+        // More extension headers than we walk: refuse rather than guess.
+        return Err(Reason::Malformed);
+    }
+    flow.proto = next;
+    if l4 {
+        parse_l4(ctx, flow, pos)
+    } else {
+        flow.sport = be16(ctx, pos).unwrap_or(0);
+        flow.dport = be16(ctx, pos + 2).unwrap_or(0);
+        Ok(())
+    }
+}
+
+fn empty_flow() -> Flow {
+    Flow {
+        family: 0,
+        proto: 0,
+        fragment: false,
+        icmp_error: false,
+        nd: false,
+        src: [0; 16],
+        dst: [0; 16],
+        sport: 0,
+        dport: 0,
+        inner_off: 0,
+    }
+}
+
+/// Returns `Ok(None)` for non-IP frames (they pass).
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Result<Option<Flow>, Reason> {
+    let proto = be16(ctx, 12)?;
+    let mut flow = empty_flow();
+    match proto {
+        ETH_P_IP => parse_v4(ctx, &mut flow, ETH_HLEN, true)?,
+        ETH_P_IPV6 => parse_v6(ctx, &mut flow, ETH_HLEN, true)?,
+        _ => return Ok(None),
+    }
+    Ok(Some(flow))
+}
+
+#[inline(always)]
+fn ct_key(ifindex: u32, f: &Flow, reverse: bool) -> CtKey {
+    let (src, dst, sport, dport) = if reverse {
+        (f.dst, f.src, f.dport, f.sport)
+    } else {
+        (f.src, f.dst, f.sport, f.dport)
+    };
+    CtKey {
+        ifindex,
+        family: f.family,
+        proto: f.proto,
+        _pad0: [0; 2],
+        src,
+        dst,
+        sport,
+        dport,
+    }
+}
+
+/// Is this packet a reply of a flow the other hook of this interface allowed?
+#[inline(always)]
+fn is_reply(ifindex: u32, f: &Flow, dir: u8) -> bool {
+    let key = ct_key(ifindex, f, true);
+    match unsafe { CONNTRACK.get(&key) } {
+        Some(v) => v.direction != dir,
+        None => false,
+    }
+}
+
+/// An ICMP error quoting a flow tracked on this interface (either way round).
+#[inline(always)]
+fn icmp_error_of_tracked(ctx: &TcContext, ifindex: u32, f: &Flow) -> bool {
+    let mut inner = empty_flow();
+    let ok = if f.family == FAMILY_V4 {
+        parse_v4(ctx, &mut inner, f.inner_off, false)
+    } else {
+        parse_v6(ctx, &mut inner, f.inner_off, false)
+    };
+    if ok.is_err() {
+        return false;
+    }
+    let fwd = ct_key(ifindex, &inner, false);
+    if unsafe { CONNTRACK.get(&fwd) }.is_some() {
+        return true;
+    }
+    let rev = ct_key(ifindex, &inner, true);
+    unsafe { CONNTRACK.get(&rev) }.is_some()
+}
+
+#[inline(always)]
+fn ct_record(ifindex: u32, f: &Flow, dir: u8) {
+    if f.fragment {
+        return;
+    }
+    let key = ct_key(ifindex, f, false);
+    if unsafe { CONNTRACK.get(&key) }.is_some() {
+        return;
+    }
+    let v = CtValue {
+        direction: dir,
+        _pad0: [0; 7],
+        created_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    // LRU: never fails for lack of room; a racing insert by another CPU is fine.
+    let _ = CONNTRACK.insert(&key, &v, BPF_NOEXIST);
+}
+
+/// The peer-prefix lookup and the entry's port/protocol set.
+#[inline(always)]
+fn policy_allows(ep: &Endpoint, dir: u8, f: &Flow) -> Verdict {
+    let peer = if dir == DIR_INGRESS { &f.src } else { &f.dst };
+    let scope = PolicyScope::new(ep.id, dir);
+    let value = if f.family == FAMILY_V4 {
+        let mut addr = [0u8; 4];
+        addr.copy_from_slice(&peer[..4]);
+        let key = LpmKey::new(SCOPE_BITS + 32, PolicyKeyV4 { scope, addr });
+        POLICY_V4.get(&key)
+    } else {
+        let key = LpmKey::new(SCOPE_BITS + 128, PolicyKeyV6 { scope, addr: *peer });
+        POLICY_V6.get(&key)
+    };
+    let Some(v) = value else {
+        return Verdict::Deny(Reason::NoPolicyAllows);
+    };
+    if v.flags & PV_ALL != 0 {
+        return Verdict::Allow;
+    }
+    let bit = proto_bit(f.proto);
+    if bit != 0 && v.all_ports & bit != 0 {
+        return Verdict::Allow;
+    }
+    if f.fragment {
+        return Verdict::Deny(Reason::Fragment);
+    }
+    // Rules without ports allow a port-less protocol only through PV_ALL.
+    if bit == 0 {
+        return Verdict::Deny(Reason::NoPolicyAllows);
+    }
+    let port = f.dport;
+    let n = v.count as usize;
+    for i in 0..MAX_PORT_RANGES {
+        if i >= n {
+            break;
+        }
+        let r = &v.ranges[i];
+        if r.proto == f.proto && r.first <= port && port <= r.last {
+            return Verdict::Allow;
+        }
+    }
+    Verdict::Deny(Reason::NoPolicyAllows)
+}
+
+/// Judge one direction of an endpoint's policy (isolation, fail-closed, lookup).
+#[inline(always)]
+fn judge(ep: &Endpoint, dir: u8, f: &Flow) -> Verdict {
+    let isolated = if dir == DIR_INGRESS {
+        EP_INGRESS_ISOLATED
+    } else {
+        EP_EGRESS_ISOLATED
+    };
+    if ep.flags & isolated == 0 {
+        return Verdict::Allow;
+    }
+    if ep.flags & EP_FAIL_CLOSED != 0 {
+        return Verdict::Deny(Reason::FailClosed);
+    }
+    policy_allows(ep, dir, f)
+}
+
+#[inline(always)]
+fn count(ep_id: u32, allowed: bool, audit: bool, bytes: u64, lost: bool) {
+    if let Some(c) = COUNTERS.get_ptr_mut(&ep_id) {
+        let c = unsafe { &mut *c };
+        if lost {
+            c.events_lost += 1;
+        } else if audit {
+            c.audit_packets += 1;
+            c.allowed_packets += 1;
+            c.allowed_bytes += bytes;
+        } else if allowed {
+            c.allowed_packets += 1;
+            c.allowed_bytes += bytes;
+        } else {
+            c.denied_packets += 1;
+            c.denied_bytes += bytes;
+        }
+    }
+}
+
+#[inline(always)]
+fn event_interval() -> u64 {
+    match CONFIG.get(0) {
+        Some(c) if c.event_interval_ns != 0 => c.event_interval_ns,
+        _ => EVENT_INTERVAL_NS,
+    }
+}
+
+/// Emit a deny/audit event unless this flow already reported one recently.
+#[inline(always)]
+fn report(ifindex: u32, ep_id: u32, dir: u8, f: &Flow, reason: Reason, audit: bool) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = ct_key(ifindex, f, false);
+    let mut suppressed = 0;
+    if let Some(r) = EVENT_RATE.get_ptr_mut(&key) {
+        let r = unsafe { &mut *r };
+        if now.wrapping_sub(r.last_ns) < event_interval() {
+            r.suppressed = r.suppressed.saturating_add(1);
+            return;
+        }
+        suppressed = r.suppressed;
+        r.suppressed = 0;
+        r.last_ns = now;
+    } else {
+        let v = RateValue {
+            last_ns: now,
+            suppressed: 0,
+            _pad0: 0,
+        };
+        let _ = EVENT_RATE.insert(&key, &v, 0);
+    }
+    let ev = Event {
+        ts_ns: now,
+        ifindex,
+        endpoint_id: ep_id,
+        family: f.family,
+        proto: f.proto,
+        direction: dir,
+        reason: reason as u8,
+        verdict: if audit { VERDICT_AUDIT } else { VERDICT_DENIED },
+        flags: if f.fragment { EVF_FRAGMENT } else { 0 },
+        _pad0: [0; 2],
+        suppressed,
+        src: f.src,
+        dst: f.dst,
+        sport: f.sport,
+        dport: f.dport,
+        _pad1: [0; 4],
+    };
+    if EVENTS.output::<Event>(&ev, 0).is_err() {
+        count(ep_id, false, false, 0, true);
+    }
+}
+
+/// Turn a verdict into a TC action, with counters, events and audit mode.
+#[inline(always)]
+fn finish(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dir: u8, f: &Flow, v: Verdict) -> i32 {
+    let bytes = ctx.len() as u64;
+    match v {
+        Verdict::Allow => {
+            count(ep.id, true, false, bytes, false);
+            TC_ACT_OK
+        }
+        Verdict::Deny(reason) => {
+            // Audit mode relaxes policy verdicts only; spoofed and malformed
+            // packets are not a policy question and stay dropped.
+            let auditable = !matches!(reason, Reason::SpoofedSource | Reason::Malformed);
+            let audit = auditable && ep.flags & EP_AUDIT != 0;
+            report(ifindex, ep.id, dir, f, reason, audit);
+            count(ep.id, false, audit, bytes, false);
+            if audit {
+                TC_ACT_OK
+            } else {
+                TC_ACT_SHOT
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn ifindex_of(ctx: &TcContext) -> u32 {
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+#[inline(always)]
+fn mark_of(ctx: &TcContext) -> u32 {
+    unsafe { (*ctx.skb.skb).mark }
+}
+
+/// Report a drop that happened before the flow could be parsed or the endpoint found.
+#[inline(always)]
+fn drop_early(ifindex: u32, ep_id: u32, dir: u8, reason: Reason, f: Option<&Flow>) -> i32 {
+    let flow = match f {
+        Some(f) => *f,
+        None => empty_flow(),
+    };
+    report(ifindex, ep_id, dir, &flow, reason, false);
+    count(ep_id, false, false, 0, false);
+    TC_ACT_SHOT
+}
+
+/// Make the deferred egress decision for a local pod's Service traffic, now that the
+/// destination is the backend. Returns `None` when the packet carries no pending
+/// decision (or it passed), `Some(action)` when it was dropped.
+#[inline(always)]
+fn pending_service_egress(ctx: &TcContext, f: &Flow) -> Option<i32> {
+    let mark = mark_of(ctx);
+    if mark & MARK_SVC_PENDING == 0 {
+        return None;
+    }
+    ctx.set_mark(mark & !MARK_SVC_PENDING);
+    let ipk = IpKey {
+        family: f.family,
+        _pad0: [0; 3],
+        addr: f.src,
+    };
+    let src_if = match unsafe { EP_BY_IP.get(&ipk) } {
+        Some(i) => *i,
+        None => return Some(drop_early(0, 0, DIR_EGRESS, Reason::Internal, Some(f))),
+    };
+    let ep = match unsafe { ENDPOINTS.get(&src_if) } {
+        Some(e) => *e,
+        None => {
+            return Some(drop_early(
+                src_if,
+                0,
+                DIR_EGRESS,
+                Reason::UnknownEndpoint,
+                Some(f),
+            ))
+        }
+    };
+    let v = judge(&ep, DIR_EGRESS, f);
+    match v {
+        Verdict::Allow => None,
+        v => {
+            let act = finish(ctx, src_if, &ep, DIR_EGRESS, f, v);
+            if act == TC_ACT_OK {
+                None
+            } else {
+                Some(act)
+            }
+        }
+    }
+}
+
+#[classifier]
+pub fn to_pod(ctx: TcContext) -> i32 {
+    let ifindex = ifindex_of(&ctx);
+    let flow = match parse(&ctx) {
+        Ok(Some(f)) => f,
+        Ok(None) => return TC_ACT_OK,
+        Err(r) => {
+            let ep_id = unsafe { ENDPOINTS.get(&ifindex) }.map_or(0, |e| e.id);
+            return drop_early(ifindex, ep_id, DIR_INGRESS, r, None);
+        }
+    };
+    let ep = match unsafe { ENDPOINTS.get(&ifindex) } {
+        Some(e) => *e,
+        None => return drop_early(ifindex, 0, DIR_INGRESS, Reason::UnknownEndpoint, Some(&flow)),
+    };
+    if flow.nd {
+        return TC_ACT_OK;
+    }
+    if let Some(act) = pending_service_egress(&ctx, &flow) {
+        return act;
+    }
+    let v = if is_reply(ifindex, &flow, DIR_INGRESS)
+        || (flow.icmp_error && icmp_error_of_tracked(&ctx, ifindex, &flow))
+    {
+        return finish(&ctx, ifindex, &ep, DIR_INGRESS, &flow, Verdict::Allow);
+    } else if from_own_node(&flow) {
+        Verdict::Allow
+    } else {
+        judge(&ep, DIR_INGRESS, &flow)
+    };
+    if matches!(v, Verdict::Allow) {
+        ct_record(ifindex, &flow, DIR_INGRESS);
+    }
+    finish(&ctx, ifindex, &ep, DIR_INGRESS, &flow, v)
+}
+
+#[inline(always)]
+fn from_own_node(f: &Flow) -> bool {
+    let k = IpKey {
+        family: f.family,
+        _pad0: [0; 3],
+        addr: f.src,
+    };
+    unsafe { NODE_ADDRS.get(&k) }.is_some()
+}
+
+#[inline(always)]
+fn own_address(ep: &Endpoint, f: &Flow) -> bool {
+    if f.family == FAMILY_V4 {
+        ep.flags & EP_HAS_V4 != 0 && f.src[..4] == ep.ipv4
+    } else {
+        ep.flags & EP_HAS_V6 != 0 && f.src == ep.ipv6
+    }
+}
+
+#[inline(always)]
+fn is_service(f: &Flow) -> bool {
+    let k = ServiceKey {
+        family: f.family,
+        proto: f.proto,
+        port: f.dport,
+        addr: f.dst,
+    };
+    unsafe { SERVICES.get(&k) }.is_some()
+}
+
+#[classifier]
+pub fn from_pod(ctx: TcContext) -> i32 {
+    let ifindex = ifindex_of(&ctx);
+    let flow = match parse(&ctx) {
+        Ok(Some(f)) => f,
+        Ok(None) => return TC_ACT_OK,
+        Err(r) => {
+            let ep_id = unsafe { ENDPOINTS.get(&ifindex) }.map_or(0, |e| e.id);
+            return drop_early(ifindex, ep_id, DIR_EGRESS, r, None);
+        }
+    };
+    let ep = match unsafe { ENDPOINTS.get(&ifindex) } {
+        Some(e) => *e,
+        None => return drop_early(ifindex, 0, DIR_EGRESS, Reason::UnknownEndpoint, Some(&flow)),
+    };
+    // Link-local sources (IPv6 neighbour discovery from fe80::/10) are the pod's own
+    // too; everything else must carry the pod's address.
+    let link_local = flow.family == FAMILY_V6 && flow.src[0] == 0xfe && flow.src[1] & 0xc0 == 0x80;
+    if flow.nd && (link_local || own_address(&ep, &flow)) {
+        return TC_ACT_OK;
+    }
+    if !own_address(&ep, &flow) {
+        return finish(
+            &ctx,
+            ifindex,
+            &ep,
+            DIR_EGRESS,
+            &flow,
+            Verdict::Deny(Reason::SpoofedSource),
+        );
+    }
+    if is_reply(ifindex, &flow, DIR_EGRESS)
+        || (flow.icmp_error && icmp_error_of_tracked(&ctx, ifindex, &flow))
+    {
+        return finish(&ctx, ifindex, &ep, DIR_EGRESS, &flow, Verdict::Allow);
+    }
+    let v = if ep.flags & EP_EGRESS_ISOLATED != 0 && !flow.fragment && is_service(&flow) {
+        // The backend is not known until kube-proxy's DNAT: decide after it, in
+        // to_pod (local backend) or svc_egress (anything else).
+        ctx.set_mark(mark_of(&ctx) | MARK_SVC_PENDING);
+        Verdict::Allow
+    } else {
+        judge(&ep, DIR_EGRESS, &flow)
+    };
+    if matches!(v, Verdict::Allow) {
+        ct_record(ifindex, &flow, DIR_EGRESS);
+    }
+    finish(&ctx, ifindex, &ep, DIR_EGRESS, &flow, v)
+}
+
+#[classifier]
+pub fn svc_egress(ctx: TcContext) -> i32 {
+    if mark_of(&ctx) & MARK_SVC_PENDING == 0 {
+        return TC_ACT_OK;
+    }
+    let flow = match parse(&ctx) {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            ctx.set_mark(mark_of(&ctx) & !MARK_SVC_PENDING);
+            return TC_ACT_OK;
+        }
+        Err(r) => return drop_early(ifindex_of(&ctx), 0, DIR_EGRESS, r, None),
+    };
+    match pending_service_egress(&ctx, &flow) {
+        Some(act) => act,
+        None => TC_ACT_OK,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

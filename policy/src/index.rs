@@ -1,0 +1,341 @@
+//! The cluster index: the current projection of every object the engine reads,
+//! updated one object at a time, with cheap no-op detection and a bounded journal of
+//! real changes that the incremental [`crate::Compiler`] consumes.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::IpAddr;
+
+use crate::model::{
+    Direction, EndpointSliceSpec, Kind, ModelError, NamespaceSpec, NetworkPolicySpec, Object,
+    ObjectRef, PodKey, PodSpec, ServiceSpec, NAMESPACE_NAME_LABEL,
+};
+use crate::selector::Labels;
+
+/// Result of [`ClusterIndex::apply`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    /// Whether anything the compiler reads changed (false for an identical re-apply).
+    pub changed: bool,
+    /// The validation error of an invalid NetworkPolicy, reported only when the
+    /// policy changed (once per change, not per compile). The policy is stored
+    /// anyway and fails closed.
+    pub error: Option<ModelError>,
+}
+
+/// One real change, as the incremental compiler needs it (old and new projection).
+#[derive(Clone, Debug)]
+pub enum Change {
+    Namespace {
+        old: Option<NamespaceSpec>,
+        new: Option<NamespaceSpec>,
+    },
+    Pod {
+        old: Option<PodSpec>,
+        new: Option<PodSpec>,
+    },
+    Policy {
+        old: Option<NetworkPolicySpec>,
+        new: Option<NetworkPolicySpec>,
+    },
+    Service,
+}
+
+/// Changes kept for the incremental compiler; past this it recompiles everything.
+const JOURNAL_LIMIT: usize = 4096;
+
+/// The current cluster state as the engine sees it.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterIndex {
+    namespaces: BTreeMap<String, NamespaceSpec>,
+    pods: BTreeMap<PodKey, PodSpec>,
+    /// Policy pods (not hostNetwork, with an address) by address.
+    pods_by_ip: BTreeMap<IpAddr, BTreeSet<PodKey>>,
+    services: BTreeMap<(String, String), ServiceSpec>,
+    slices: BTreeMap<(String, String), EndpointSliceSpec>,
+    policies: BTreeMap<(String, String), NetworkPolicySpec>,
+    journal: VecDeque<Change>,
+    /// Generation of `journal[0]`.
+    journal_start: u64,
+}
+
+impl ClusterIndex {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Insert or replace an object.
+    pub fn apply(&mut self, obj: Object) -> ApplyOutcome {
+        match obj {
+            Object::Namespace(n) => {
+                let old = self.namespaces.get(&n.name);
+                if old == Some(&n) {
+                    return ApplyOutcome::default();
+                }
+                let old = self.namespaces.insert(n.name.clone(), n.clone());
+                self.record(Change::Namespace { old, new: Some(n) });
+                changed()
+            }
+            Object::Pod(p) => {
+                let key = p.key();
+                if self.pods.get(&key) == Some(&p) {
+                    return ApplyOutcome::default();
+                }
+                if let Some(old) = self.pods.get(&key).cloned() {
+                    self.unindex_pod(&old);
+                }
+                self.index_pod(&p);
+                let old = self.pods.insert(key, p.clone());
+                self.record(Change::Pod { old, new: Some(p) });
+                changed()
+            }
+            Object::Service(s) => {
+                let key = (s.namespace.clone(), s.name.clone());
+                if self.services.get(&key) == Some(&s) {
+                    return ApplyOutcome::default();
+                }
+                self.services.insert(key, s);
+                self.record(Change::Service);
+                changed()
+            }
+            Object::EndpointSlice(s) => {
+                // Not read by the compiler (service decisions are made after DNAT).
+                self.slices.insert((s.namespace.clone(), s.name.clone()), s);
+                ApplyOutcome::default()
+            }
+            Object::NetworkPolicy(p) => {
+                let key = (p.namespace.clone(), p.name.clone());
+                if self.policies.get(&key) == Some(&p) {
+                    return ApplyOutcome::default();
+                }
+                let error = p.error().cloned();
+                let old = self.policies.insert(key, p.clone());
+                self.record(Change::Policy { old, new: Some(p) });
+                ApplyOutcome {
+                    changed: true,
+                    error,
+                }
+            }
+        }
+    }
+
+    /// Remove an object. Returns whether anything the compiler reads changed.
+    pub fn delete(&mut self, r: &ObjectRef) -> bool {
+        match r.kind {
+            Kind::Namespace => match self.namespaces.remove(&r.name) {
+                Some(old) => {
+                    self.record(Change::Namespace {
+                        old: Some(old),
+                        new: None,
+                    });
+                    true
+                }
+                None => false,
+            },
+            Kind::Pod => {
+                let key = format!("{}/{}", r.namespace, r.name);
+                match self.pods.remove(&key) {
+                    Some(old) => {
+                        self.unindex_pod(&old);
+                        self.record(Change::Pod {
+                            old: Some(old),
+                            new: None,
+                        });
+                        true
+                    }
+                    None => false,
+                }
+            }
+            Kind::Service => {
+                let removed = self
+                    .services
+                    .remove(&(r.namespace.clone(), r.name.clone()))
+                    .is_some();
+                if removed {
+                    self.record(Change::Service);
+                }
+                removed
+            }
+            Kind::EndpointSlice => {
+                self.slices.remove(&(r.namespace.clone(), r.name.clone()));
+                false
+            }
+            Kind::NetworkPolicy => {
+                match self.policies.remove(&(r.namespace.clone(), r.name.clone())) {
+                    Some(old) => {
+                        self.record(Change::Policy {
+                            old: Some(old),
+                            new: None,
+                        });
+                        true
+                    }
+                    None => false,
+                }
+            }
+        }
+    }
+
+    fn record(&mut self, c: Change) {
+        self.journal.push_back(c);
+        if self.journal.len() > JOURNAL_LIMIT {
+            self.journal.pop_front();
+            self.journal_start += 1;
+        }
+    }
+
+    /// Generation after the last change (monotonic).
+    pub fn generation(&self) -> u64 {
+        self.journal_start + self.journal.len() as u64
+    }
+
+    /// Changes after generation `since`, or `None` when they are no longer kept.
+    pub fn changes_since(&self, since: u64) -> Option<impl Iterator<Item = &Change>> {
+        if since < self.journal_start || since > self.generation() {
+            return None;
+        }
+        Some(self.journal.iter().skip((since - self.journal_start) as usize))
+    }
+
+    fn index_pod(&mut self, p: &PodSpec) {
+        if p.is_policy_pod() {
+            for ip in &p.ips {
+                self.pods_by_ip.entry(*ip).or_default().insert(p.key());
+            }
+        }
+    }
+
+    fn unindex_pod(&mut self, p: &PodSpec) {
+        for ip in &p.ips {
+            if let Some(set) = self.pods_by_ip.get_mut(ip) {
+                set.remove(&p.key());
+                if set.is_empty() {
+                    self.pods_by_ip.remove(ip);
+                }
+            }
+        }
+    }
+
+    // ---- reads ----
+
+    pub fn namespace(&self, name: &str) -> Option<&NamespaceSpec> {
+        self.namespaces.get(name)
+    }
+
+    pub fn namespaces(&self) -> impl Iterator<Item = &NamespaceSpec> {
+        self.namespaces.values()
+    }
+
+    /// Labels of a namespace; a namespace not (yet) seen still carries its
+    /// `kubernetes.io/metadata.name` label, as the apiserver guarantees.
+    pub fn namespace_labels(&self, name: &str) -> std::borrow::Cow<'_, Labels> {
+        match self.namespaces.get(name) {
+            Some(n) => std::borrow::Cow::Borrowed(&n.labels),
+            None => {
+                let mut l = Labels::new();
+                l.insert(NAMESPACE_NAME_LABEL.to_string(), name.to_string());
+                std::borrow::Cow::Owned(l)
+            }
+        }
+    }
+
+    pub fn pod(&self, key: &str) -> Option<&PodSpec> {
+        self.pods.get(key)
+    }
+
+    pub fn pods(&self) -> impl Iterator<Item = &PodSpec> {
+        self.pods.values()
+    }
+
+    /// Pods of one namespace.
+    pub fn pods_in(&self, ns: &str) -> impl Iterator<Item = &PodSpec> {
+        let prefix = format!("{ns}/");
+        self.pods
+            .range(prefix.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .map(|(_, p)| p)
+    }
+
+    /// The pod owning `ip` (hostNetwork pods excluded), for deny-log enrichment.
+    pub fn pod_by_ip(&self, ip: IpAddr) -> Option<&PodSpec> {
+        self.pods_by_ip
+            .get(&ip)
+            .and_then(|s| s.iter().next())
+            .and_then(|k| self.pods.get(k))
+    }
+
+    /// Every policy pod owning `ip` (normally at most one).
+    pub fn pods_by_ip(&self, ip: IpAddr) -> impl Iterator<Item = &PodSpec> {
+        self.pods_by_ip
+            .get(&ip)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.pods.get(k))
+    }
+
+    /// Policy pods whose address lies in `net`, with that address.
+    pub fn pods_in_net(&self, net: ipnet::IpNet) -> impl Iterator<Item = (IpAddr, &PodSpec)> {
+        self.pods_by_ip
+            .range(net.network()..=net.broadcast())
+            .flat_map(move |(ip, keys)| keys.iter().filter_map(move |k| self.pods.get(k).map(|p| (*ip, p))))
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &ServiceSpec> {
+        self.services.values()
+    }
+
+    pub fn endpoint_slices(&self) -> impl Iterator<Item = &EndpointSliceSpec> {
+        self.slices.values()
+    }
+
+    pub fn policies(&self) -> impl Iterator<Item = &NetworkPolicySpec> {
+        self.policies.values()
+    }
+
+    /// Policies of one namespace.
+    pub fn policies_in(&self, ns: &str) -> impl Iterator<Item = &NetworkPolicySpec> {
+        let ns_owned = ns.to_string();
+        self.policies
+            .range((ns.to_string(), String::new())..)
+            .take_while(move |((n, _), _)| *n == ns_owned)
+            .map(|(_, p)| p)
+    }
+
+    pub fn policy(&self, ns: &str, name: &str) -> Option<&NetworkPolicySpec> {
+        self.policies.get(&(ns.to_string(), name.to_string()))
+    }
+
+    /// `"ns/name"` of the policies that select pod `ns/pod` for `dir` (podSelector
+    /// matches and `dir` in effective policyTypes), invalid ones included.
+    pub fn policies_selecting(&self, ns: &str, pod: &str, dir: Direction) -> Vec<String> {
+        let Some(p) = self.pods.get(&format!("{ns}/{pod}")) else {
+            return Vec::new();
+        };
+        self.policies_in(ns)
+            .filter(|pol| pol.selects(p, dir))
+            .map(|pol| pol.id())
+            .collect()
+    }
+
+    /// Rough heap size of the index, for the benchmark's memory estimate.
+    pub fn approx_bytes(&self) -> usize {
+        let labels = |l: &Labels| l.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>();
+        let mut n = 0;
+        for p in self.pods.values() {
+            n += 2 * (p.namespace.len() + p.name.len()) + 200 + labels(&p.labels);
+            n += p.named_ports.iter().map(|np| np.name.len() + 40).sum::<usize>();
+        }
+        n += self.pods_by_ip.len() * 96;
+        for ns in self.namespaces.values() {
+            n += ns.name.len() + 64 + labels(&ns.labels);
+        }
+        n += self.policies.len() * 1024;
+        n += self.services.len() * 200;
+        n
+    }
+}
+
+fn changed() -> ApplyOutcome {
+    ApplyOutcome {
+        changed: true,
+        error: None,
+    }
+}
