@@ -320,8 +320,10 @@ fn truncated_headers_are_dropped_at_every_layer() {
     let mut fx = fixture();
     fx.maps.upsert_endpoint(IF, &endpoint(0)).unwrap();
     let full = tcp(PEER, POD, 40000, 80);
-    // No IPv4 header, IPv4 header cut, TCP ports cut, TCP fixed header cut.
-    for len in [14usize, 14 + 10, 14 + 20 + 2, 14 + 20 + 12] {
+    // TCP ports cut, TCP fixed header cut. (BPF_PROG_TEST_RUN itself refuses frames
+    // shorter than Ethernet + IPv4 header, so a cut IPv4 header is covered by the
+    // IHL cases below.)
+    for len in [14 + 20 + 2, 14 + 20 + 12] {
         assert_eq!(fx.run("to_pod", &full[..len]), SHOT, "length {len}");
     }
     // IHL claims options that are not there.
@@ -336,7 +338,7 @@ fn truncated_headers_are_dropped_at_every_layer() {
     let u = udp(PEER, POD, 1, 53);
     assert_eq!(fx.run("to_pod", &u[..14 + 20 + 6]), SHOT);
     let v6 = packet::frame(PEER6.into(), POD6.into(), &L4::Udp { sport: 1, dport: 53 });
-    assert_eq!(fx.run("to_pod", &v6[..14 + 30]), SHOT);
+    assert_eq!(fx.run("to_pod", &v6[..14 + 40 + 3]), SHOT);
     let opts = IpOpts {
         v6_ext: packet::v6_ext(0, 17, 0),
         ..Default::default()
