@@ -1,5 +1,10 @@
 //! The Palisade agent: loader, map writer, event reader, sources and sync loop.
 pub mod datapath;
+pub mod denylog;
+pub mod discovery;
 pub mod events;
+pub mod http;
 pub mod maps;
 pub mod packet;
+pub mod source;
+pub mod sync;

@@ -1,1 +1,223 @@
-fn main() {}
+//! palisade-agent: enforces Kubernetes NetworkPolicy on this node with eBPF.
+use std::{
+    io::Write,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use palisade_agent::{
+    datapath::Datapath,
+    denylog,
+    discovery,
+    events::EventReader,
+    http,
+    maps::Maps,
+    source::FileSource,
+    sync::{Options, Readiness, Shared, SyncLoop, Wake},
+};
+use palisade_common::Config;
+use tokio::sync::mpsc;
+use tracing::{error, info};
+
+/// Palisade enforces Kubernetes NetworkPolicy on this node: it compiles the
+/// cluster's policies into per-pod eBPF map entries and attaches TC programs to
+/// every local pod's host-side veth. Denied packets are printed on stdout as JSON
+/// lines (one per event); the agent's own logs go to stderr.
+#[derive(Parser, Debug)]
+#[command(name = "palisade-agent", version)]
+struct Cli {
+    /// This node's name: pods whose spec.nodeName equals it are enforced here.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+
+    /// Read cluster state from this directory of Kubernetes YAML (Namespaces,
+    /// Pods with status.podIP(s), Services, EndpointSlices, NetworkPolicies),
+    /// watched for changes. A file named REVISION, if present, is reported by
+    /// /ready once the state it belongs to is programmed.
+    #[arg(long, value_name = "DIR")]
+    source_dir: PathBuf,
+
+    /// bpffs directory where maps and links are pinned; enforcement survives agent
+    /// restarts because the next agent adopts what it finds here.
+    #[arg(long, default_value = "/sys/fs/bpf/palisade", value_name = "DIR")]
+    pin_dir: PathBuf,
+
+    /// Address of the HTTP endpoint serving /ready and /healthz.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    ready_addr: SocketAddr,
+
+    /// Node interfaces that lead out of the node (to other nodes, to the outside).
+    /// The Service egress check runs on their egress. Every other veth is a pod
+    /// interface and is fail-closed until its pod's state is written. Repeatable.
+    /// A trailing `*` matches a name prefix (`--uplink 'eth*'`).
+    /// Default: every interface that is not a veth (loopback excluded).
+    #[arg(long = "uplink", value_name = "IFACE")]
+    uplinks: Vec<String>,
+
+    /// Audit mode: packets that policy would drop pass, and are logged with
+    /// verdict "audit".
+    #[arg(long)]
+    audit: bool,
+
+    /// Recompile and rewrite everything at this interval even without changes
+    /// (seconds).
+    #[arg(long, default_value_t = 60)]
+    resync_seconds: u64,
+
+    /// How often the file source looks for changes (milliseconds).
+    #[arg(long, default_value_t = 100)]
+    poll_ms: u64,
+
+    /// Minimum time between two deny events for the same flow (milliseconds);
+    /// drops in between are counted in the next event's "suppressed".
+    #[arg(long, default_value_t = 1000)]
+    event_interval_ms: u64,
+
+    /// Log format on stderr: text or json.
+    #[arg(long, default_value = "text")]
+    log_format: String,
+}
+
+fn startup_checks(cli: &Cli) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        let caps = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let eff = caps
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0);
+        const CAP_NET_ADMIN: u64 = 12;
+        const CAP_SYS_ADMIN: u64 = 21;
+        const CAP_BPF: u64 = 39;
+        let has = |c: u64| eff & (1 << c) != 0;
+        if !has(CAP_NET_ADMIN) || !(has(CAP_BPF) || has(CAP_SYS_ADMIN)) {
+            bail!("palisade-agent needs root, or CAP_BPF (or CAP_SYS_ADMIN), CAP_NET_ADMIN and CAP_PERFMON; effective capabilities are {eff:#x}");
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let bpffs: Vec<&str> = mounts
+        .lines()
+        .filter(|l| l.split_whitespace().nth(2) == Some("bpf"))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    if !bpffs.iter().any(|m| cli.pin_dir.starts_with(m)) {
+        bail!(
+            "{} is not on a bpffs mount (mounted: {bpffs:?}); mount one with `mount -t bpf bpf /sys/fs/bpf`",
+            cli.pin_dir.display()
+        );
+    }
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        bail!("this kernel has no BTF (/sys/kernel/btf/vmlinux missing); Palisade needs CONFIG_DEBUG_INFO_BTF");
+    }
+    if !cli.source_dir.is_dir() {
+        bail!("--source-dir {}: not a directory", cli.source_dir.display());
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    if let Err(e) = startup_checks(&cli) {
+        error!("{e:#}");
+        return Err(e);
+    }
+
+    let mut dp = Datapath::load(&cli.pin_dir)
+        .with_context(|| format!("loading the datapath (kernel needs TC/TCX and BPF support; pin dir {})", cli.pin_dir.display()))?;
+    let mut maps = Maps::take(&mut dp)?;
+    maps.set_config(Config {
+        event_interval_ns: cli.event_interval_ms.max(1) * 1_000_000,
+        ..Default::default()
+    })?;
+    let mut events = EventReader::new(&mut dp)?;
+    info!(node = %cli.node_name, attach_mode = dp.mode.as_str(), pin_dir = %cli.pin_dir.display(), "datapath loaded");
+
+    let shared = Arc::new(Shared {
+        ready: Mutex::new(Readiness::default()),
+        names: Mutex::new(Default::default()),
+    });
+    let listener = tokio::net::TcpListener::bind(cli.ready_addr)
+        .await
+        .with_context(|| format!("binding the readiness endpoint {}", cli.ready_addr))?;
+    tokio::spawn(http::serve(listener, shared.clone()));
+
+    // Deny events -> JSON lines on stdout.
+    let names_for_events = shared.clone();
+    tokio::spawn(async move {
+        loop {
+            match events.next_batch().await {
+                Ok(batch) => {
+                    let names = names_for_events.names.lock().map(|n| n.clone()).unwrap_or_default();
+                    let mut out = std::io::stdout().lock();
+                    for ev in batch {
+                        let line = denylog::render(&ev, &names, SystemTime::now());
+                        let _ = writeln!(out, "{line}");
+                    }
+                    let _ = out.flush();
+                }
+                Err(e) => {
+                    error!(error = %e, "reading deny events");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+
+    // Interface changes wake the sync loop.
+    let (wake_tx, wake_rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        if let Err(e) = discovery::watch_netlink(|| wake_tx.send(Wake::Links).is_ok()) {
+            error!(error = %e, "netlink watch failed; relying on periodic resync");
+        }
+    });
+
+    let (src_tx, src_rx) = mpsc::unbounded_channel();
+    tokio::spawn(FileSource::new(&cli.source_dir, Duration::from_millis(cli.poll_ms)).run(src_tx));
+
+    let sync = SyncLoop::new(
+        Options {
+            node: cli.node_name.clone(),
+            audit: cli.audit,
+            uplinks: cli.uplinks.clone(),
+            resync: Duration::from_secs(cli.resync_seconds.max(1)),
+        },
+        dp,
+        maps,
+        shared,
+    );
+    tokio::select! {
+        _ = sync.run(src_rx, wake_rx) => {}
+        _ = tokio::signal::ctrl_c() => {
+            info!("interrupted; leaving programs and maps pinned so enforcement continues");
+        }
+        _ = sigterm() => {
+            info!("terminated; leaving programs and maps pinned so enforcement continues");
+        }
+    }
+    Ok(())
+}
+
+async fn sigterm() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}

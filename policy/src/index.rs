@@ -50,6 +50,11 @@ pub struct ClusterIndex {
     pods: BTreeMap<PodKey, PodSpec>,
     /// Policy pods (not hostNetwork, with an address) by address.
     pods_by_ip: BTreeMap<IpAddr, BTreeSet<PodKey>>,
+    /// Number of pods per namespace name, so namespaceSelector peers also reach
+    /// pods whose Namespace object has not been seen (yet).
+    pod_namespaces: BTreeMap<String, usize>,
+    /// Pods by `spec.nodeName`, for finding a node's local pods quickly.
+    pods_by_node: BTreeMap<String, BTreeSet<PodKey>>,
     services: BTreeMap<(String, String), ServiceSpec>,
     slices: BTreeMap<(String, String), EndpointSliceSpec>,
     policies: BTreeMap<(String, String), NetworkPolicySpec>,
@@ -192,10 +197,21 @@ impl ClusterIndex {
         if since < self.journal_start || since > self.generation() {
             return None;
         }
-        Some(self.journal.iter().skip((since - self.journal_start) as usize))
+        Some(
+            self.journal
+                .iter()
+                .skip((since - self.journal_start) as usize),
+        )
     }
 
     fn index_pod(&mut self, p: &PodSpec) {
+        *self.pod_namespaces.entry(p.namespace.clone()).or_default() += 1;
+        if let Some(n) = &p.node_name {
+            self.pods_by_node
+                .entry(n.clone())
+                .or_default()
+                .insert(p.key());
+        }
         if p.is_policy_pod() {
             for ip in &p.ips {
                 self.pods_by_ip.entry(*ip).or_default().insert(p.key());
@@ -204,6 +220,20 @@ impl ClusterIndex {
     }
 
     fn unindex_pod(&mut self, p: &PodSpec) {
+        if let Some(n) = &p.node_name {
+            if let Some(set) = self.pods_by_node.get_mut(n) {
+                set.remove(&p.key());
+                if set.is_empty() {
+                    self.pods_by_node.remove(n);
+                }
+            }
+        }
+        if let Some(n) = self.pod_namespaces.get_mut(&p.namespace) {
+            *n -= 1;
+            if *n == 0 {
+                self.pod_namespaces.remove(&p.namespace);
+            }
+        }
         for ip in &p.ips {
             if let Some(set) = self.pods_by_ip.get_mut(ip) {
                 set.remove(&p.key());
@@ -222,6 +252,11 @@ impl ClusterIndex {
 
     pub fn namespaces(&self) -> impl Iterator<Item = &NamespaceSpec> {
         self.namespaces.values()
+    }
+
+    /// Names of the namespaces that have at least one pod (known or not).
+    pub fn pod_namespaces(&self) -> impl Iterator<Item = &str> {
+        self.pod_namespaces.keys().map(String::as_str)
     }
 
     /// Labels of a namespace; a namespace not (yet) seen still carries its
@@ -243,6 +278,16 @@ impl ClusterIndex {
 
     pub fn pods(&self) -> impl Iterator<Item = &PodSpec> {
         self.pods.values()
+    }
+
+    /// Pods whose `spec.nodeName` is `node` (any kind: filter with
+    /// [`PodSpec::is_policy_pod`] for endpoints).
+    pub fn pods_on_node<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a PodSpec> + 'a {
+        self.pods_by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.pods.get(k))
     }
 
     /// Pods of one namespace.
@@ -275,7 +320,10 @@ impl ClusterIndex {
     pub fn pods_in_net(&self, net: ipnet::IpNet) -> impl Iterator<Item = (IpAddr, &PodSpec)> {
         self.pods_by_ip
             .range(net.network()..=net.broadcast())
-            .flat_map(move |(ip, keys)| keys.iter().filter_map(move |k| self.pods.get(k).map(|p| (*ip, p))))
+            .flat_map(move |(ip, keys)| {
+                keys.iter()
+                    .filter_map(move |k| self.pods.get(k).map(|p| (*ip, p)))
+            })
     }
 
     pub fn services(&self) -> impl Iterator<Item = &ServiceSpec> {
@@ -321,7 +369,11 @@ impl ClusterIndex {
         let mut n = 0;
         for p in self.pods.values() {
             n += 2 * (p.namespace.len() + p.name.len()) + 200 + labels(&p.labels);
-            n += p.named_ports.iter().map(|np| np.name.len() + 40).sum::<usize>();
+            n += p
+                .named_ports
+                .iter()
+                .map(|np| np.name.len() + 40)
+                .sum::<usize>();
         }
         n += self.pods_by_ip.len() * 96;
         for ns in self.namespaces.values() {

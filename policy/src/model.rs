@@ -7,7 +7,6 @@
 //! fails validation is still converted (as [`PolicyBody::Invalid`]) so the index can
 //! fail closed for the pods it selects instead of silently forgetting it.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -91,16 +90,28 @@ pub enum ErrorKind {
 
 /// A model error. Display: `[origin: ][kind ns/name: ][field: ]message`, e.g.
 /// `networkpolicy x/deny-a: spec.ingress[0].from[1].ipBlock.except[0]: 10.1.0.0/24 is not inside cidr 10.0.0.0/16`.
+/// The details are boxed (and reachable through `Deref`) to keep `Result`s small.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub struct ModelError {
+pub struct ModelError(Box<ErrorDetail>);
+
+/// The parts of a [`ModelError`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorDetail {
     pub kind: ErrorKind,
     /// File (or other source) the object came from.
     pub origin: Option<String>,
     pub object: Option<ObjectRef>,
-    /// Field path, `spec.ingress[0].ports[1].port`; empty when the error is about the
-    /// whole document.
+    /// Field path, `spec.ingress[0].ports[1].port`; for document-level errors
+    /// `document N`.
     pub field: String,
     pub message: String,
+}
+
+impl std::ops::Deref for ModelError {
+    type Target = ErrorDetail;
+    fn deref(&self) -> &ErrorDetail {
+        &self.0
+    }
 }
 
 impl fmt::Display for ModelError {
@@ -119,20 +130,24 @@ impl fmt::Display for ModelError {
 }
 
 impl ModelError {
+    pub fn new(detail: ErrorDetail) -> Self {
+        Self(Box::new(detail))
+    }
+
     fn invalid(object: &ObjectRef, e: FieldError) -> Self {
-        Self {
+        Self::new(ErrorDetail {
             kind: ErrorKind::Invalid,
             origin: None,
             object: Some(object.clone()),
             field: e.field,
             message: e.message,
-        }
+        })
     }
 
     /// The same error, naming the file it came from.
     pub fn with_origin(mut self, origin: &str) -> Self {
         if !origin.is_empty() {
-            self.origin = Some(origin.to_string());
+            self.0.origin = Some(origin.to_string());
         }
         self
     }
@@ -307,7 +322,11 @@ impl PodSpec {
 
     /// Resolve a named port of `protocol` on this pod (API: named ports resolve
     /// against the destination pod's container ports).
-    pub fn resolve_named_port(&self, name: &str, protocol: Protocol) -> impl Iterator<Item = u16> + '_ {
+    pub fn resolve_named_port(
+        &self,
+        name: &str,
+        protocol: Protocol,
+    ) -> impl Iterator<Item = u16> + '_ {
         let name = name.to_string();
         self.named_ports
             .iter()
@@ -487,7 +506,10 @@ pub struct PortSpec {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum PortRef {
     /// Inclusive range; `first == last` without endPort.
-    Numbers { first: u16, last: u16 },
+    Numbers {
+        first: u16,
+        last: u16,
+    },
     Named(String),
 }
 
@@ -586,7 +608,11 @@ impl K8sObject for corev1::Namespace {
 
 impl K8sObject for corev1::Pod {
     fn object_ref(&self) -> ObjectRef {
-        ObjectRef::new(Kind::Pod, meta_ns(&self.metadata), meta_name(&self.metadata))
+        ObjectRef::new(
+            Kind::Pod,
+            meta_ns(&self.metadata),
+            meta_name(&self.metadata),
+        )
     }
     fn to_object(&self) -> Result<Object, ModelError> {
         let r = K8sObject::object_ref(self);
@@ -645,7 +671,9 @@ impl K8sObject for corev1::Pod {
             namespace: r.namespace,
             name: r.name,
             labels: self.metadata.labels.clone().unwrap_or_default(),
-            node_name: spec.and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()),
+            node_name: spec
+                .and_then(|s| s.node_name.clone())
+                .filter(|n| !n.is_empty()),
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
             ips,
             named_ports,
@@ -655,7 +683,11 @@ impl K8sObject for corev1::Pod {
 
 impl K8sObject for corev1::Service {
     fn object_ref(&self) -> ObjectRef {
-        ObjectRef::new(Kind::Service, meta_ns(&self.metadata), meta_name(&self.metadata))
+        ObjectRef::new(
+            Kind::Service,
+            meta_ns(&self.metadata),
+            meta_name(&self.metadata),
+        )
     }
     fn to_object(&self) -> Result<Object, ModelError> {
         let r = K8sObject::object_ref(self);
@@ -680,8 +712,9 @@ impl K8sObject for corev1::Service {
                 }
             }
             for (i, p) in spec.ports.iter().flatten().enumerate() {
-                let proto = Protocol::parse(p.protocol.as_deref(), &format!("spec.ports[{i}].protocol"))
-                    .map_err(|e| ModelError::invalid(&r, e))?;
+                let proto =
+                    Protocol::parse(p.protocol.as_deref(), &format!("spec.ports[{i}].protocol"))
+                        .map_err(|e| ModelError::invalid(&r, e))?;
                 let port = check_port(p.port, &format!("spec.ports[{i}].port"))
                     .map_err(|e| ModelError::invalid(&r, e))?;
                 if !ports.contains(&(proto, port)) {
@@ -824,7 +857,12 @@ fn convert_policy(spec: &netv1::NetworkPolicySpec) -> Result<Policy, FieldError>
     let mut egress = Vec::new();
     for (i, r) in spec.egress.iter().flatten().enumerate() {
         let base = format!("spec.egress[{i}]");
-        egress.push(convert_rule(r.to.as_deref(), r.ports.as_deref(), &base, "to")?);
+        egress.push(convert_rule(
+            r.to.as_deref(),
+            r.ports.as_deref(),
+            &base,
+            "to",
+        )?);
     }
     Ok(Policy {
         pod_selector,
@@ -857,7 +895,10 @@ fn convert_rule(
 
 fn convert_peer(p: &netv1::NetworkPolicyPeer, path: &str) -> Result<Peer, FieldError> {
     match (&p.ip_block, &p.pod_selector, &p.namespace_selector) {
-        (Some(b), None, None) => Ok(Peer::IpBlock(convert_ip_block(b, &format!("{path}.ipBlock"))?)),
+        (Some(b), None, None) => Ok(Peer::IpBlock(convert_ip_block(
+            b,
+            &format!("{path}.ipBlock"),
+        )?)),
         (Some(_), _, _) => Err(FieldError::new(
             path,
             "ipBlock may not be combined with podSelector or namespaceSelector",
@@ -897,8 +938,8 @@ fn convert_ip_block(b: &netv1::IPBlock, path: &str) -> Result<IpBlock, FieldErro
     let mut except = Vec::new();
     for (k, e) in b.except.iter().flatten().enumerate() {
         let field = format!("{path}.except[{k}]");
-        let net = parse_cidr(e)
-            .ok_or_else(|| FieldError::new(&field, format!("invalid CIDR {e:?}")))?;
+        let net =
+            parse_cidr(e).ok_or_else(|| FieldError::new(&field, format!("invalid CIDR {e:?}")))?;
         if net.addr().is_ipv4() != cidr.addr().is_ipv4() {
             return Err(FieldError::new(
                 &field,
@@ -932,7 +973,8 @@ fn valid_port_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 15
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b.iter().any(|c| c.is_ascii_lowercase())
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
@@ -989,13 +1031,13 @@ fn convert_port(p: &netv1::NetworkPolicyPort, path: &str) -> Result<PortSpec, Fi
 // YAML.
 
 fn doc_error(origin: &str, doc: usize, kind: ErrorKind, message: String) -> ModelError {
-    ModelError {
+    ModelError::new(ErrorDetail {
         kind,
         origin: (!origin.is_empty()).then(|| origin.to_string()),
         object: None,
         field: format!("document {doc}"),
         message,
-    }
+    })
 }
 
 /// Parse a multi-document YAML manifest (documents separated by `---`; `kind: List`

@@ -59,7 +59,8 @@ impl LabelSelector {
         let mut out = LabelSelector::default();
         if let Some(ml) = &sel.match_labels {
             for (k, v) in ml {
-                validate_label_key(k).map_err(|m| FieldError::new(format!("{field}.matchLabels"), m))?;
+                validate_label_key(k)
+                    .map_err(|m| FieldError::new(format!("{field}.matchLabels"), m))?;
                 validate_label_value(v)
                     .map_err(|m| FieldError::new(format!("{field}.matchLabels.{k}"), m))?;
                 out.match_labels.insert(k.clone(), v.clone());
@@ -107,8 +108,8 @@ impl LabelSelector {
                     return Err(FieldError::new(
                         format!("{path}.operator"),
                         format!(
-                            "unknown operator {other:?} (expected In, NotIn, Exists or DoesNotExist)"
-                        ),
+                        "unknown operator {other:?} (expected In, NotIn, Exists or DoesNotExist)"
+                    ),
                     ))
                 }
             };
@@ -141,8 +142,7 @@ fn is_name_part(s: &str) -> bool {
         && b.len() <= 63
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
@@ -154,8 +154,7 @@ fn is_dns_subdomain(s: &str) -> bool {
             !b.is_empty()
                 && b[0].is_ascii_alphanumeric()
                 && b[b.len() - 1].is_ascii_alphanumeric()
-                && b
-                    .iter()
+                && b.iter()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         })
 }

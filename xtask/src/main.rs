@@ -1,1 +1,299 @@
-fn main() {}
+//! Project tasks: set-up, tests, the conformance runner and the demo.
+//!
+//! Every task that needs the toolchain runs `setup` first; setup is idempotent and
+//! quick when everything is present, and names the failing step otherwise.
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+mod demo;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Palisade project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need: Debian packages, nightly rust-src,
+    /// bpf-linker (built against the nightly's own LLVM), and mount bpffs.
+    Setup,
+    /// Set up, then run everything CI runs: fmt, clippy, unit, property, datapath
+    /// and harness tests, and the conformance suite.
+    Test {
+        /// Skip fmt and clippy.
+        #[arg(long)]
+        no_lint: bool,
+    },
+    /// Run conformance scenarios (shared/conformance/FORMAT.md) on a namespace cluster.
+    Conformance {
+        /// ipv4 or ipv6.
+        #[arg(long, default_value = "ipv4")]
+        family: String,
+        /// Scenario files or directories (every *.yaml below, sorted).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Set up, build a small cluster, and show Palisade enforcing policies step by step.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Setup => setup(),
+        Cmd::Test { no_lint } => test(no_lint),
+        Cmd::Conformance { family, paths } => {
+            setup()?;
+            let agent = build_agent()?;
+            conformance(&agent, &family, &paths)
+        }
+        Cmd::Demo => {
+            setup()?;
+            let agent = build_agent()?;
+            demo::run(&agent)
+        }
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cache_dir() -> PathBuf {
+    let home = env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".cache/palisade")
+}
+
+fn bpf_linker_bin() -> PathBuf {
+    cache_dir().join("bpf-linker/bin")
+}
+
+/// PATH with the cached bpf-linker first.
+fn path_env() -> String {
+    let old = env::var("PATH").unwrap_or_default();
+    format!("{}:{old}", bpf_linker_bin().display())
+}
+
+fn step(name: &str) {
+    eprintln!("==> {name}");
+}
+
+fn run(cmd: &mut Command, what: &str, hint: &str) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: could not start {cmd:?}. {hint}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status}). {hint}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn have(bin: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+const PACKAGES: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("tc", "iproute2"),
+    ("bpftool", "bpftool"),
+    ("iptables", "iptables"),
+    ("nft", "nftables"),
+    ("iperf3", "iperf3"),
+];
+
+fn setup() -> Result<()> {
+    step("setup: Debian packages");
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(bin, _)| !have(bin))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        let hint = "Run as root on Debian with the package archive reachable.";
+        run(
+            Command::new("apt-get").args(["update", "-qq"]),
+            "apt-get update",
+            hint,
+        )?;
+        run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+            &format!("apt-get install {}", missing.join(" ")),
+            hint,
+        )?;
+    }
+
+    step("setup: nightly rust-src");
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .map(|s| PathBuf::from(s.trim()))
+        .context("setup: `rustc +nightly` not found. Install a nightly toolchain: rustup toolchain install nightly")?;
+    if !sysroot.join("lib/rustlib/src/rust/library/core").exists() {
+        run(
+            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+            "rustup component add rust-src",
+            "rustup needs to reach the Rust distribution server.",
+        )?;
+    }
+
+    step("setup: bpf-linker");
+    let llvm_so = std::fs::read_dir(sysroot.join("lib"))
+        .context("setup: reading the nightly sysroot")?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so"))
+        .context("setup: the nightly toolchain ships no libLLVM.so; bpf-linker cannot be linked against it")?;
+    let prefix = cache_dir().join("rust-llvm");
+    std::fs::create_dir_all(prefix.join("lib")).context("setup: creating the LLVM link dir")?;
+    for link in ["libLLVM.so", llvm_so.as_str()] {
+        let dst = prefix.join("lib").join(link);
+        let _ = std::fs::remove_file(&dst);
+        std::os::unix::fs::symlink(sysroot.join("lib").join(&llvm_so), &dst)
+            .with_context(|| format!("setup: linking {}", dst.display()))?;
+    }
+    let linker = bpf_linker_bin().join("bpf-linker");
+    let works = Command::new(&linker)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !works {
+        eprintln!("    building bpf-linker against {llvm_so} (about 3 minutes)");
+        run(
+            Command::new("cargo")
+                .args([
+                    "+nightly",
+                    "install",
+                    "bpf-linker",
+                    "--version",
+                    "0.13.0",
+                    "--no-default-features",
+                    "--features",
+                    "llvm-22",
+                    "--force",
+                    "--root",
+                ])
+                .arg(cache_dir().join("bpf-linker"))
+                .env("LLVM_PREFIX", &prefix),
+            "building bpf-linker",
+            "See TOOLCHAIN notes in README: needs nightly with libLLVM 22 and crates.io.",
+        )?;
+    }
+
+    step("setup: bpffs");
+    let mounted = std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"));
+    if !mounted {
+        run(
+            Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]),
+            "mounting bpffs at /sys/fs/bpf",
+            "Run as root.",
+        )?;
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.env("PATH", path_env()).current_dir(workspace_root());
+    c
+}
+
+fn build_agent() -> Result<PathBuf> {
+    step("build: palisade-agent");
+    run(
+        cargo().args(["build", "--release", "-p", "palisade-agent"]),
+        "cargo build -p palisade-agent",
+        "Run `cargo xtask setup` and read its output.",
+    )?;
+    Ok(workspace_root().join("target/release/palisade-agent"))
+}
+
+fn test(no_lint: bool) -> Result<()> {
+    setup()?;
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("the test suite needs root (BPF, network namespaces): run `sudo cargo xtask test`");
+    }
+    if !no_lint {
+        step("lint: cargo fmt --check");
+        run(
+            cargo().args(["fmt", "--all", "--", "--check"]),
+            "cargo fmt --check",
+            "Run `cargo fmt --all`.",
+        )?;
+        step("lint: cargo clippy");
+        run(
+            cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]),
+            "cargo clippy",
+            "Fix the warnings above.",
+        )?;
+    }
+    let agent = build_agent()?;
+    step("test: unit, property, datapath and harness tests");
+    run(
+        cargo()
+            .args(["test", "--release", "--workspace", "--exclude", "palisade-ebpf"])
+            .env("PALISADE_AGENT", &agent),
+        "cargo test",
+        "See the failing test above.",
+    )?;
+    step("test: conformance suite");
+    conformance(
+        &agent,
+        "ipv4",
+        &[workspace_root().join("tests/conformance")],
+    )?;
+    let left = output(Command::new("ip").args(["netns", "list"])).unwrap_or_default();
+    let ours: Vec<&str> = left.lines().filter(|l| l.starts_with("pal-")).collect();
+    if !ours.is_empty() {
+        bail!("tests left network namespaces behind: {ours:?}");
+    }
+    eprintln!("==> all tests passed");
+    Ok(())
+}
+
+fn conformance(agent: &Path, family: &str, paths: &[PathBuf]) -> Result<()> {
+    let family = match family {
+        "ipv4" => palisade_harness::Family::Ipv4,
+        "ipv6" => palisade_harness::Family::Ipv6,
+        other => bail!("--family {other}: expected ipv4 or ipv6"),
+    };
+    let summary = palisade_harness::run_conformance(palisade_harness::ConformanceOptions {
+        paths: paths.to_vec(),
+        family,
+        agent: Some(agent.to_path_buf()),
+        verbose: env::var_os("PALISADE_VERBOSE").is_some(),
+    })?;
+    if summary.failed > 0 {
+        bail!("{} conformance case(s) failed", summary.failed);
+    }
+    Ok(())
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}

@@ -1,0 +1,153 @@
+//! Deny events as JSON log lines: one object per line on stdout, with the pods,
+//! namespaces and policies named. Field names are documented in README ("Deny logs").
+use std::{net::IpAddr, time::SystemTime};
+
+use palisade_common::{Event, Reason, DIR_INGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, VERDICT_AUDIT, EVF_FRAGMENT};
+use serde_json::{json, Map, Value};
+
+use crate::{events::event_addrs, sync::Names};
+
+pub fn protocol_name(p: u8) -> String {
+    match p {
+        PROTO_TCP => "TCP".into(),
+        PROTO_UDP => "UDP".into(),
+        PROTO_SCTP => "SCTP".into(),
+        PROTO_ICMP => "ICMP".into(),
+        PROTO_ICMPV6 => "ICMPv6".into(),
+        n => n.to_string(),
+    }
+}
+
+/// UTC RFC 3339 timestamp with milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+fn peer(prefix: &str, ip: IpAddr, names: &Names, out: &mut Map<String, Value>) {
+    out.insert(format!("{prefix}_ip"), json!(ip.to_string()));
+    if let Some(pod) = names.by_ip.get(&ip) {
+        let (ns, name) = pod.split_once('/').unwrap_or(("", pod));
+        out.insert(format!("{prefix}_kind"), json!("pod"));
+        out.insert(format!("{prefix}_namespace"), json!(ns));
+        out.insert(format!("{prefix}_pod"), json!(name));
+    } else if names.node_addrs.contains(&ip) {
+        out.insert(format!("{prefix}_kind"), json!("node"));
+        out.insert(format!("{prefix}_node"), json!(names.node));
+    } else {
+        out.insert(format!("{prefix}_kind"), json!("external"));
+    }
+}
+
+/// One deny/audit event as a JSON object.
+pub fn render(ev: &Event, names: &Names, now: SystemTime) -> Value {
+    let (src, dst) = event_addrs(ev);
+    let mut m = Map::new();
+    m.insert("time".into(), json!(rfc3339(now)));
+    m.insert("event".into(), json!("palisade-deny"));
+    m.insert("node".into(), json!(names.node));
+    m.insert(
+        "verdict".into(),
+        json!(if ev.verdict == VERDICT_AUDIT { "audit" } else { "denied" }),
+    );
+    m.insert(
+        "reason".into(),
+        json!(Reason::from_u8(ev.reason).map_or("unknown", Reason::as_str)),
+    );
+    let ingress = ev.direction == DIR_INGRESS;
+    m.insert("direction".into(), json!(if ingress { "ingress" } else { "egress" }));
+    m.insert("protocol".into(), json!(protocol_name(ev.proto)));
+    peer("src", src, names, &mut m);
+    m.insert("src_port".into(), json!(ev.sport));
+    peer("dst", dst, names, &mut m);
+    m.insert("dst_port".into(), json!(ev.dport));
+    // The pod whose policy judged the packet, and the policies that select it.
+    let pod = names
+        .by_id
+        .get(&ev.endpoint_id)
+        .filter(|_| ev.endpoint_id != 0)
+        .or_else(|| names.by_ifindex.get(&ev.ifindex));
+    match pod {
+        Some(p) => {
+            m.insert("endpoint".into(), json!(p));
+            let pols = names.policies.get(p).map(|(i, e)| if ingress { i.clone() } else { e.clone() });
+            m.insert("policies".into(), json!(pols.unwrap_or_default()));
+        }
+        None => {
+            m.insert("endpoint".into(), Value::Null);
+            m.insert("policies".into(), json!([]));
+        }
+    }
+    m.insert("ifindex".into(), json!(ev.ifindex));
+    m.insert("fragment".into(), json!(ev.flags & EVF_FRAGMENT != 0));
+    m.insert("suppressed".into(), json!(ev.suppressed));
+    Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
+        assert_eq!(rfc3339(t), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn events_name_pods_and_policies() {
+        let mut names = Names {
+            node: "node-1".into(),
+            ..Default::default()
+        };
+        names.by_ip.insert("10.0.0.1".parse().unwrap(), "x/a".into());
+        names.by_ip.insert("10.0.0.2".parse().unwrap(), "y/b".into());
+        names.by_id.insert(3, "y/b".into());
+        names.policies.insert("y/b".into(), (vec!["y/deny-all".into()], vec![]));
+        let mut ev = Event {
+            endpoint_id: 3,
+            family: 4,
+            proto: PROTO_TCP,
+            direction: DIR_INGRESS,
+            reason: Reason::NoPolicyAllows as u8,
+            verdict: palisade_common::VERDICT_DENIED,
+            sport: 40000,
+            dport: 80,
+            ..Default::default()
+        };
+        ev.src[..4].copy_from_slice(&[10, 0, 0, 1]);
+        ev.dst[..4].copy_from_slice(&[10, 0, 0, 2]);
+        let v = render(&ev, &names, SystemTime::UNIX_EPOCH);
+        assert_eq!(v["verdict"], "denied");
+        assert_eq!(v["reason"], "no-policy-allows");
+        assert_eq!(v["src_namespace"], "x");
+        assert_eq!(v["src_pod"], "a");
+        assert_eq!(v["dst_pod"], "b");
+        assert_eq!(v["dst_port"], 80);
+        assert_eq!(v["protocol"], "TCP");
+        assert_eq!(v["endpoint"], "y/b");
+        assert_eq!(v["policies"][0], "y/deny-all");
+        assert_eq!(v["node"], "node-1");
+        ev.src[..4].copy_from_slice(&[192, 0, 2, 1]);
+        let v = render(&ev, &names, SystemTime::UNIX_EPOCH);
+        assert_eq!(v["src_kind"], "external");
+    }
+}

@@ -1,0 +1,416 @@
+//! The sync loop: source events -> ClusterIndex -> compile -> encode -> diff -> map
+//! writes, plus attaching programs to the interfaces of local pods.
+//!
+//! Nothing is written before the source's first `Synced`. Events are coalesced:
+//! the loop drains everything pending, then programs once. Interface changes
+//! (netlink) and a periodic resync also trigger programming.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use palisade_common::{Endpoint, EP_FAIL_CLOSED};
+use palisade_policy::{
+    compile, diff, encode, ClusterIndex, Direction, MapSet, MapWrite, NodeInfo, PodKey,
+};
+use tokio::sync::mpsc;
+use tracing::{error, info};
+
+use crate::{
+    datapath::{Datapath, Hook},
+    discovery::Links,
+    maps::{Maps, WriteError},
+    source::SourceEvent,
+};
+
+/// What the readiness endpoint reports.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub generation: u64,
+    pub revision: String,
+    pub endpoints: usize,
+    pub attach_mode: String,
+    pub errors: Vec<String>,
+}
+
+/// What the event logger needs to name pods and policies.
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    pub node: String,
+    /// ifindex -> pod key of local endpoints
+    pub by_ifindex: BTreeMap<u32, PodKey>,
+    /// endpoint id -> pod key
+    pub by_id: BTreeMap<u32, PodKey>,
+    /// any pod address -> pod key
+    pub by_ip: BTreeMap<IpAddr, PodKey>,
+    /// pod key -> (ingress policies, egress policies) selecting it
+    pub policies: BTreeMap<PodKey, (Vec<String>, Vec<String>)>,
+    pub node_addrs: Vec<IpAddr>,
+}
+
+pub struct Shared {
+    pub ready: Mutex<Readiness>,
+    pub names: Mutex<Names>,
+}
+
+pub struct Options {
+    pub node: String,
+    pub audit: bool,
+    pub uplinks: Vec<String>,
+    pub resync: Duration,
+}
+
+pub struct SyncLoop {
+    opts: Options,
+    dp: Datapath,
+    maps: Maps,
+    index: ClusterIndex,
+    /// What the maps hold now, keyed as the engine keys it.
+    written: MapSet,
+    /// Pod -> ifindex its endpoint record was written under.
+    written_if: BTreeMap<PodKey, u32>,
+    ids: BTreeMap<PodKey, u32>,
+    /// Errors per input, so each is logged once per change.
+    errors: BTreeMap<String, String>,
+    synced: bool,
+    revision: String,
+    generation: u64,
+    shared: Arc<Shared>,
+    adopted: Option<Adopted>,
+}
+
+/// Map contents found at start (an earlier agent's state).
+struct Adopted {
+    endpoints: BTreeMap<u32, Endpoint>,
+}
+
+pub enum Wake {
+    Links,
+}
+
+impl SyncLoop {
+    pub fn new(opts: Options, dp: Datapath, maps: Maps, shared: Arc<Shared>) -> Self {
+        let endpoints: BTreeMap<u32, Endpoint> = maps.endpoints().into_iter().collect();
+        let mut written = MapSet::default();
+        for (plen, k, v) in maps.policy_v4_entries() {
+            written.policy_v4.insert((plen, k), v);
+        }
+        for (plen, k, v) in maps.policy_v6_entries() {
+            written.policy_v6.insert((plen, k), v);
+        }
+        written.services = maps.services().into_iter().collect();
+        if !endpoints.is_empty() {
+            info!(
+                endpoints = endpoints.len(),
+                policy_entries = written.policy_v4.len() + written.policy_v6.len(),
+                "adopting state pinned by an earlier agent"
+            );
+        }
+        Self {
+            opts,
+            dp,
+            maps,
+            index: ClusterIndex::new(),
+            written,
+            written_if: BTreeMap::new(),
+            ids: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            synced: false,
+            revision: String::new(),
+            generation: 0,
+            shared,
+            adopted: Some(Adopted { endpoints }),
+        }
+    }
+
+    fn handle(&mut self, ev: SourceEvent) -> bool {
+        match ev {
+            SourceEvent::Apply { obj, origin } => {
+                let r = obj.object_ref();
+                let key = format!("{r}");
+                let out = self.index.apply(obj);
+                match out.error {
+                    Some(e) => {
+                        let msg = format!("{origin}: {e}");
+                        if self.errors.get(&key) != Some(&msg) {
+                            error!(object = %key, error = %msg, "invalid object: its pods are isolated with nothing allowed by it");
+                            self.errors.insert(key, msg);
+                        }
+                    }
+                    None => {
+                        self.errors.remove(&key);
+                    }
+                }
+                if out.changed {
+                    info!(object = %r, "applied");
+                }
+                out.changed
+            }
+            SourceEvent::Delete(r) => {
+                self.errors.remove(&format!("{r}"));
+                let changed = self.index.delete(&r);
+                if changed {
+                    info!(object = %r, "deleted");
+                }
+                changed
+            }
+            SourceEvent::Error { origin, message } => {
+                if self.errors.get(&origin) != Some(&message) {
+                    error!(input = %origin, error = %message, "cannot read input; other inputs are still enforced");
+                    self.errors.insert(origin, message);
+                }
+                false
+            }
+            SourceEvent::Synced { revision } => {
+                let changed = !self.synced || revision != self.revision;
+                self.synced = true;
+                self.revision = revision;
+                changed
+            }
+        }
+    }
+
+    fn object_error_keys(&self) -> Vec<String> {
+        self.errors.values().cloned().collect()
+    }
+
+    /// Run until the source closes.
+    pub async fn run(
+        mut self,
+        mut src: mpsc::UnboundedReceiver<SourceEvent>,
+        mut wake: mpsc::UnboundedReceiver<Wake>,
+    ) {
+        let mut resync = tokio::time::interval(self.opts.resync);
+        resync.tick().await;
+        loop {
+            let mut dirty = tokio::select! {
+                ev = src.recv() => match ev {
+                    Some(ev) => self.handle(ev),
+                    None => return,
+                },
+                w = wake.recv() => w.is_some(),
+                _ = resync.tick() => true,
+            };
+            // Coalesce whatever else is already queued.
+            while let Ok(ev) = src.try_recv() {
+                dirty |= self.handle(ev);
+            }
+            while wake.try_recv().is_ok() {
+                dirty = true;
+            }
+            if dirty && self.synced {
+                self.program();
+            }
+        }
+    }
+
+    fn alloc_id(&mut self, pod: &PodKey, reuse: Option<u32>) -> u32 {
+        if let Some(id) = self.ids.get(pod) {
+            return *id;
+        }
+        let used: BTreeSet<u32> = self.ids.values().copied().collect();
+        let id = match reuse {
+            Some(id) if !used.contains(&id) => id,
+            _ => (1..).find(|i| !used.contains(i)).unwrap_or(u32::MAX),
+        };
+        self.ids.insert(pod.clone(), id);
+        id
+    }
+
+    /// Compile and write everything; then report the revision as programmed.
+    pub fn program(&mut self) {
+        let started = Instant::now();
+        let links = Links::scan();
+        let node = NodeInfo {
+            name: self.opts.node.clone(),
+        };
+        let desired = compile(&self.index, &node);
+
+        // Local pods and their interfaces.
+        let mut ifaces: BTreeMap<PodKey, (String, u32)> = BTreeMap::new();
+        for (pod, ep) in &desired.endpoints {
+            let ip = ep.ipv4.map(IpAddr::V4).or(ep.ipv6.map(IpAddr::V6));
+            if let Some(found) = ip.and_then(|ip| links.pod_interface(ip)) {
+                ifaces.insert(pod.clone(), found);
+            }
+        }
+        // Endpoint ids: keep ids across restarts (adopted records) and changes.
+        let adopted = self.adopted.take();
+        let pods: Vec<PodKey> = ifaces.keys().cloned().collect();
+        for pod in &pods {
+            let reuse = adopted
+                .as_ref()
+                .and_then(|a| a.endpoints.get(&ifaces[pod].1))
+                .map(|e| e.id);
+            self.alloc_id(pod, reuse);
+        }
+        self.ids.retain(|p, _| ifaces.contains_key(p));
+        if let Some(a) = &adopted {
+            for (ifindex, ep) in &a.endpoints {
+                if let Some((pod, _)) = ifaces.iter().find(|(_, (_, i))| i == ifindex) {
+                    self.written.endpoints.insert(pod.clone(), *ep);
+                    self.written_if.insert(pod.clone(), *ifindex);
+                }
+            }
+        }
+
+        // Every veth that is not an uplink is a pod interface: attach before writing,
+        // so an interface whose pod is not known yet (or whose record is not written
+        // yet) drops everything (fail closed). With --uplink, only those interfaces
+        // are uplinks; without, every non-veth interface but loopback is.
+        let mut attach_errors = Vec::new();
+        for (name, idx) in &links.by_name {
+            let is_uplink = if self.opts.uplinks.is_empty() {
+                !links.veths.contains_key(name)
+            } else {
+                self.opts.uplinks.iter().any(|u| match u.strip_suffix('*') {
+                    Some(prefix) => name.starts_with(prefix),
+                    None => u == name,
+                })
+            };
+            let hooks: &[Hook] = if name == "lo" {
+                &[]
+            } else if is_uplink {
+                &[Hook::SvcEgress]
+            } else if links.veths.contains_key(name) {
+                &[Hook::FromPod, Hook::ToPod]
+            } else {
+                &[]
+            };
+            for hook in hooks {
+                if let Err(e) = self.dp.attach(name, *idx, *hook) {
+                    attach_errors.push(format!("{name}: {e}"));
+                }
+            }
+        }
+        for e in &attach_errors {
+            error!(error = %e, "attach failed");
+        }
+
+        let mut new = encode(&desired, &self.ids, self.opts.audit);
+        new.endpoints.retain(|p, _| ifaces.contains_key(p));
+        for (pod, why) in &new.overflow {
+            error!(pod = %pod, reason = %why, "rules do not fit the datapath; pod is fail-closed");
+        }
+        let writes = diff(&self.written, &new);
+        let n_writes = writes.len();
+        let mut write_errors = Vec::new();
+        for w in writes {
+            if let Err(e) = self.apply_write(&w, &ifaces) {
+                write_errors.push(e.to_string());
+            }
+        }
+        // A pod whose writes failed must not be left half-open.
+        if !write_errors.is_empty() {
+            for e in &write_errors {
+                error!(error = %e, "map write failed; affected pods are fail-closed");
+            }
+            for (pod, ep) in &new.endpoints {
+                if let Some((_, idx)) = ifaces.get(pod) {
+                    let mut ep = *ep;
+                    ep.flags |= EP_FAIL_CLOSED;
+                    let _ = self.maps.upsert_endpoint(*idx, &ep);
+                }
+            }
+        }
+        // Records of interfaces no local pod owns (deleted pods, earlier runs): remove,
+        // so the interface is fail-closed as an unknown endpoint.
+        let known: BTreeSet<u32> = ifaces.values().map(|(_, i)| *i).collect();
+        for (idx, _) in self.maps.endpoints() {
+            if !known.contains(&idx) {
+                let _ = self.maps.delete_endpoint(idx);
+            }
+        }
+        for idx in self.dp.pinned_ifindexes() {
+            if !links.by_name.values().any(|i| *i == idx) {
+                self.dp.forget(idx);
+            }
+        }
+        if let Err(e) = self.maps.set_node_addrs(&links.node_addrs) {
+            error!(error = %e, "writing node addresses");
+        }
+        self.written = new;
+        self.written_if = ifaces.iter().map(|(p, (_, i))| (p.clone(), *i)).collect();
+        self.generation += 1;
+
+        // Names for the deny log.
+        let mut names = Names {
+            node: self.opts.node.clone(),
+            node_addrs: links.node_addrs.clone(),
+            ..Default::default()
+        };
+        for pod in self.index.pods() {
+            if !pod.is_policy_pod() {
+                continue;
+            }
+            for ip in pod.ipv4().map(IpAddr::V4).into_iter().chain(pod.ipv6().map(IpAddr::V6)) {
+                names.by_ip.insert(ip, pod.key());
+            }
+        }
+        for (pod, (_, idx)) in &ifaces {
+            names.by_ifindex.insert(*idx, pod.clone());
+            if let Some(id) = self.ids.get(pod) {
+                names.by_id.insert(*id, pod.clone());
+            }
+            let (ns, name) = pod.split_once('/').unwrap_or(("", pod));
+            names.policies.insert(
+                pod.clone(),
+                (
+                    self.index.policies_selecting(ns, name, Direction::Ingress),
+                    self.index.policies_selecting(ns, name, Direction::Egress),
+                ),
+            );
+        }
+        if let Ok(mut n) = self.shared.names.lock() {
+            *n = names;
+        }
+        let mut errors = self.object_error_keys();
+        errors.extend(attach_errors);
+        errors.extend(write_errors);
+        if let Ok(mut r) = self.shared.ready.lock() {
+            *r = Readiness {
+                ready: true,
+                generation: self.generation,
+                revision: self.revision.clone(),
+                endpoints: ifaces.len(),
+                attach_mode: self.dp.mode.as_str().to_string(),
+                errors,
+            };
+        }
+        info!(
+            generation = self.generation,
+            revision = %self.revision,
+            endpoints = ifaces.len(),
+            writes = n_writes,
+            took_ms = started.elapsed().as_millis() as u64,
+            "programmed"
+        );
+    }
+
+    fn apply_write(&mut self, w: &MapWrite, ifaces: &BTreeMap<PodKey, (String, u32)>) -> Result<(), WriteError> {
+        match w {
+            MapWrite::PolicyV4Upsert { prefix_len, key, value } => self.maps.upsert_v4(*prefix_len, *key, value),
+            MapWrite::PolicyV4Delete { prefix_len, key } => self.maps.delete_v4(*prefix_len, *key),
+            MapWrite::PolicyV6Upsert { prefix_len, key, value } => self.maps.upsert_v6(*prefix_len, *key, value),
+            MapWrite::PolicyV6Delete { prefix_len, key } => self.maps.delete_v6(*prefix_len, *key),
+            MapWrite::EndpointUpsert { pod, ep } => {
+                let Some((_, idx)) = ifaces.get(pod) else { return Ok(()) };
+                if let Some(old) = self.written_if.get(pod) {
+                    if old != idx {
+                        self.maps.delete_endpoint(*old)?;
+                    }
+                }
+                self.maps.upsert_endpoint(*idx, ep)
+            }
+            MapWrite::EndpointDelete { pod } => match self.written_if.get(pod) {
+                Some(idx) => self.maps.delete_endpoint(*idx),
+                None => Ok(()),
+            },
+            MapWrite::ServiceUpsert(k) => self.maps.upsert_service(*k),
+            MapWrite::ServiceDelete(k) => self.maps.delete_service(*k),
+        }
+    }
+}

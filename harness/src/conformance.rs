@@ -1,0 +1,466 @@
+//! The conformance runner: every scenario file runs on its own freshly built
+//! cluster (sanity check, agents, steps, probes), and the results are printed
+//! exactly as FORMAT.md specifies — `PASS <name>` / `FAIL <name>` /
+//! `SKIP <name> (<reason>)` per case, details after a failure, and a last line
+//! `N passed, N failed, N skipped`.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::agent::AgentConfig;
+use crate::cluster::{Cluster, ClusterOptions, Peer, Probe, Via};
+use crate::model::{Family, Protocol};
+use crate::probe::Outcome;
+use crate::scenario::{self, Cell, Expectation, Scenario};
+use crate::servers::sctp_supported;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct ConformanceOptions {
+    /// Files and directories (a directory means every `*.yaml` below it, sorted).
+    pub paths: Vec<PathBuf>,
+    pub family: Family,
+    /// The agent binary to run on every node; `None` runs without agents
+    /// (only useful to check the harness and the scenarios themselves).
+    pub agent: Option<PathBuf>,
+    /// Print step timings and full agent logs of failed cases.
+    pub verbose: bool,
+}
+
+/// Result of one case.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaseStatus {
+    Pass,
+    /// With the printed details.
+    Fail(String),
+    /// With the reason.
+    Skip(String),
+}
+
+/// One case's report.
+#[derive(Clone, Debug)]
+pub struct CaseReport {
+    /// The case name (the file path when the file did not parse).
+    pub name: String,
+    pub path: PathBuf,
+    pub status: CaseStatus,
+    pub duration: Duration,
+}
+
+/// Totals and per-case reports.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub cases: Vec<CaseReport>,
+}
+
+impl Summary {
+    /// True when nothing failed (the exit status should then be zero).
+    pub fn success(&self) -> bool {
+        self.failed == 0
+    }
+    /// The last output line: `N passed, N failed, N skipped`.
+    pub fn totals_line(&self) -> String {
+        format!(
+            "{} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.skipped
+        )
+    }
+}
+
+/// Runs every scenario and prints the report on stdout. The caller exits
+/// non-zero when `!summary.success()` (or on `Err`, which means the paths
+/// themselves could not be read).
+pub fn run_conformance(opts: ConformanceOptions) -> Result<Summary> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    run_conformance_to(&opts, &mut out)
+}
+
+/// [`run_conformance`] writing to any sink.
+pub fn run_conformance_to(opts: &ConformanceOptions, out: &mut dyn Write) -> Result<Summary> {
+    crate::netns::install_signal_handler();
+    let files = scenario::collect_files(&opts.paths)?;
+    let mut summary = Summary::default();
+    let mut names = BTreeSet::new();
+    for path in files {
+        let t = Instant::now();
+        let (name, status, notes) = match scenario::load(&path) {
+            Err(e) => (
+                path.display().to_string(),
+                CaseStatus::Fail(format!("invalid scenario: {e:#}")),
+                Vec::new(),
+            ),
+            Ok(sc) if !names.insert(sc.name.clone()) => (
+                sc.name.clone(),
+                CaseStatus::Fail(format!(
+                    "{}: name: {:?} is used by another case",
+                    path.display(),
+                    sc.name
+                )),
+                Vec::new(),
+            ),
+            Ok(sc) => {
+                let (status, notes) = run_case(&sc, opts);
+                (sc.name.clone(), status, notes)
+            }
+        };
+        let duration = t.elapsed();
+        match &status {
+            CaseStatus::Pass => {
+                summary.passed += 1;
+                writeln!(out, "PASS {name}")?;
+            }
+            CaseStatus::Fail(details) => {
+                summary.failed += 1;
+                writeln!(out, "FAIL {name}")?;
+                for l in details.lines() {
+                    writeln!(out, "  {l}")?;
+                }
+            }
+            CaseStatus::Skip(reason) => {
+                summary.skipped += 1;
+                writeln!(out, "SKIP {name} ({reason})")?;
+            }
+        }
+        for n in &notes {
+            writeln!(out, "  note: {n}")?;
+        }
+        if opts.verbose {
+            writeln!(out, "  took {:.1}s", duration.as_secs_f64())?;
+        }
+        out.flush()?;
+        summary.cases.push(CaseReport {
+            name,
+            path,
+            status,
+            duration,
+        });
+    }
+    writeln!(out, "{}", summary.totals_line())?;
+    out.flush()?;
+    Ok(summary)
+}
+
+/// The probes of one expectation: (row, column, probe) for every checked cell.
+fn expectation_probes(e: &Expectation) -> Vec<(usize, usize, Probe)> {
+    let mut v = Vec::new();
+    for (r, (src, _)) in e.matrix.rows.iter().enumerate() {
+        for (c, dst) in e.matrix.columns.iter().enumerate() {
+            if e.matrix.checked(e.ignore_loopback, r, c) {
+                v.push((
+                    r,
+                    c,
+                    Probe {
+                        from: src.clone(),
+                        to: dst.clone(),
+                        port: e.port,
+                        protocol: e.protocol,
+                        via: e.via,
+                    },
+                ));
+            }
+        }
+    }
+    v
+}
+
+fn skipped(e: &Expectation) -> bool {
+    e.protocol == Protocol::Sctp && !sctp_supported()
+}
+
+fn run_case(sc: &Scenario, opts: &ConformanceOptions) -> (CaseStatus, Vec<String>) {
+    if !sc.families.contains(&opts.family) {
+        let fams: Vec<&str> = sc.families.iter().map(|f| f.as_str()).collect();
+        return (
+            CaseStatus::Skip(format!(
+                "not valid for {}; valid for {}",
+                opts.family,
+                fams.join(", ")
+            )),
+            Vec::new(),
+        );
+    }
+    let total: usize = sc.steps.iter().map(|s| s.expect.len()).sum();
+    let n_skipped: usize = sc
+        .steps
+        .iter()
+        .flat_map(|s| &s.expect)
+        .filter(|e| skipped(e))
+        .count();
+    if total > 0 && n_skipped == total {
+        return (
+            CaseStatus::Skip("every expectation is SCTP and this kernel has no SCTP".into()),
+            Vec::new(),
+        );
+    }
+    let mut notes = Vec::new();
+    if n_skipped > 0 {
+        notes.push(format!(
+            "{n_skipped} of {total} expectations skipped: SCTP, which this kernel does not support"
+        ));
+    }
+    let status = match run_case_inner(sc, opts) {
+        Ok(None) => CaseStatus::Pass,
+        Ok(Some(details)) => CaseStatus::Fail(details),
+        Err(e) => CaseStatus::Fail(format!("{e:#}")),
+    };
+    (status, notes)
+}
+
+/// `Ok(None)` = pass, `Ok(Some(details))` = expectation mismatch, `Err` =
+/// harness or agent error.
+fn run_case_inner(sc: &Scenario, opts: &ConformanceOptions) -> Result<Option<String>> {
+    let copts = ClusterOptions {
+        agent: opts.agent.as_ref().map(AgentConfig::new),
+        keep_temp: false,
+    };
+    let mut cluster = Cluster::build(&sc.cluster_spec(opts.family), copts)
+        .context("harness error: building the cluster")?;
+    let mut log = String::new();
+
+    // Sanity: every checked pair of every step reachable before any policy,
+    // and before any agent runs, so a failure here is the harness's own.
+    let mut seen = BTreeSet::new();
+    let mut sanity = Vec::new();
+    for e in sc
+        .steps
+        .iter()
+        .flat_map(|s| &s.expect)
+        .filter(|e| !skipped(e))
+    {
+        for (_, _, p) in expectation_probes(e) {
+            let key = (
+                p.from.clone(),
+                p.to.clone(),
+                p.port,
+                p.protocol,
+                p.via == Via::Service,
+            );
+            if seen.insert(key) {
+                sanity.push(p);
+            }
+        }
+    }
+    let t = Instant::now();
+    let res = cluster
+        .probe(&sanity)
+        .context("harness error: sanity probes")?;
+    let bad: Vec<String> = sanity
+        .iter()
+        .zip(&res)
+        .filter(|(_, o)| **o == Outcome::Blocked)
+        .map(|(p, _)| {
+            format!(
+                "{} -> {} {}/{} via {}",
+                p.from,
+                p.to,
+                p.protocol,
+                p.port,
+                via_str(p.via)
+            )
+        })
+        .collect();
+    if !bad.is_empty() {
+        let shown: Vec<&String> = bad.iter().take(20).collect();
+        anyhow::bail!(
+            "harness error: sanity check before the first step: {} of {} pairs unreachable with no policy:\n  {}",
+            bad.len(),
+            sanity.len(),
+            shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n  ")
+        );
+    }
+    if opts.verbose {
+        log += &format!(
+            "sanity: {} probes ok in {:.1}s\n",
+            sanity.len(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+
+    if opts.agent.is_some() {
+        cluster.start_agents().context("starting the agents")?;
+    }
+
+    let mut failures = String::new();
+    let nsteps = sc.steps.len();
+    for (si, step) in sc.steps.iter().enumerate() {
+        let t = Instant::now();
+        let r: Result<()> = (|| {
+            for (pod, labels) in &step.set_pod_labels {
+                cluster.set_pod_labels(pod, labels.clone())?;
+            }
+            for (ns, labels) in &step.set_namespace_labels {
+                cluster.set_namespace_labels(ns, labels.clone())?;
+            }
+            for (ns, name) in &step.delete {
+                cluster.delete_policy(ns, name)?;
+            }
+            for m in &step.apply {
+                let resolve = |p: &Peer| cluster.address_of(p);
+                let m = scenario::substitute(m, opts.family, &resolve)?;
+                cluster.apply_policy(&m)?;
+            }
+            cluster.sync()?;
+            Ok(())
+        })();
+        r.with_context(|| format!("step {} of {nsteps}", si + 1))
+            .map_err(|e| with_logs(e, &cluster, opts.verbose))?;
+        let t_sync = t.elapsed();
+
+        // All expectations of a step probe together: one timeout per step.
+        let mut probes = Vec::new();
+        let mut owners = Vec::new();
+        for (ei, e) in step.expect.iter().enumerate() {
+            if skipped(e) {
+                continue;
+            }
+            for (r, c, p) in expectation_probes(e) {
+                probes.push(p);
+                owners.push((ei, r, c));
+            }
+        }
+        let res = cluster
+            .probe(&probes)
+            .with_context(|| format!("step {}: probes", si + 1))?;
+        for (ei, e) in step.expect.iter().enumerate() {
+            if skipped(e) {
+                continue;
+            }
+            let rows = e.matrix.rows.len();
+            let cols = e.matrix.columns.len();
+            let mut observed = vec![vec![None; cols]; rows];
+            for ((oe, r, c), o) in owners.iter().zip(&res) {
+                if *oe == ei {
+                    observed[*r][*c] = Some(*o);
+                }
+            }
+            let mut differs = false;
+            for (r, (_, cells)) in e.matrix.rows.iter().enumerate() {
+                for c in 0..cols {
+                    if let Some(o) = observed[r][c] {
+                        let want = cells[c] == Cell::Reachable;
+                        if (o == Outcome::Reachable) != want {
+                            differs = true;
+                        }
+                    }
+                }
+            }
+            if differs {
+                failures += &format!(
+                    "step {} of {nsteps}: port {} {} via {}\n{}",
+                    si + 1,
+                    e.port,
+                    e.protocol,
+                    via_str(e.via),
+                    side_by_side(e, &observed)
+                );
+            }
+        }
+        if opts.verbose {
+            log += &format!(
+                "step {}: programmed in {:.2}s, {} probes in {:.2}s\n",
+                si + 1,
+                t_sync.as_secs_f64(),
+                probes.len(),
+                (t.elapsed() - t_sync).as_secs_f64()
+            );
+        }
+    }
+    if failures.is_empty() {
+        if opts.verbose && !log.is_empty() {
+            eprint!("{log}");
+        }
+        return Ok(None);
+    }
+    let mut details = log + &failures;
+    if opts.agent.is_some() {
+        details += &agent_logs(&cluster, opts.verbose);
+    }
+    Ok(Some(details))
+}
+
+fn with_logs(e: anyhow::Error, cluster: &Cluster, verbose: bool) -> anyhow::Error {
+    let logs = agent_logs(cluster, verbose);
+    if logs.is_empty() {
+        e
+    } else {
+        anyhow::anyhow!("{e:#}\n{logs}")
+    }
+}
+
+fn agent_logs(cluster: &Cluster, verbose: bool) -> String {
+    let lines = if verbose { 100_000 } else { 30 };
+    let mut s = String::new();
+    for n in 1..=cluster.node_count() {
+        let t = cluster.agent_log_tail(n, lines);
+        if !t.is_empty() {
+            s += &format!("--- agent log node-{n} (last {lines} lines) ---\n{t}\n");
+        }
+    }
+    s
+}
+
+fn via_str(v: Via) -> &'static str {
+    match v {
+        Via::Service => "service",
+        Via::Pod => "pod",
+    }
+}
+
+/// Expected and observed matrices side by side; differing observed cells are
+/// marked with `*`. Observed cells: `.` reachable, `X` blocked, `?` not
+/// checked, `-` skipped.
+pub fn side_by_side(e: &Expectation, observed: &[Vec<Option<Outcome>>]) -> String {
+    let m = &e.matrix;
+    let w0 = m
+        .rows
+        .iter()
+        .map(|(p, _)| p.to_string().len())
+        .chain([7])
+        .max()
+        .unwrap_or(7);
+    let widths: Vec<usize> = m
+        .columns
+        .iter()
+        .map(|c| c.to_string().len().max(2))
+        .collect();
+    let header = {
+        let mut s = format!("{:<w0$}", "from\\to");
+        for (c, w) in m.columns.iter().zip(&widths) {
+            s += &format!(" {:>w$}", c.to_string());
+        }
+        s
+    };
+    let mut left = vec![header.clone()];
+    let mut right = vec![header];
+    for (r, (src, cells)) in m.rows.iter().enumerate() {
+        let mut l = format!("{:<w0$}", src.to_string());
+        let mut o = l.clone();
+        for (c, w) in widths.iter().enumerate() {
+            let exp = cells[c].symbol();
+            l += &format!(" {:>w$}", format!("{exp} "));
+            let (sym, diff) = match observed[r][c] {
+                None => ('?', false),
+                Some(Outcome::Skipped) => ('-', false),
+                Some(Outcome::Reachable) => ('.', cells[c] == Cell::Blocked),
+                Some(Outcome::Blocked) => ('X', cells[c] == Cell::Reachable),
+            };
+            o += &format!(" {:>w$}", format!("{sym}{}", if diff { '*' } else { ' ' }));
+        }
+        left.push(l);
+        right.push(o);
+    }
+    let lw = left.iter().map(|s| s.len()).max().unwrap_or(0);
+    let mut s = format!("  {:<lw$}    {}\n", "expected", "observed (* = differs)");
+    for (l, o) in left.iter().zip(&right) {
+        s += &format!("  {l:<lw$}    {}\n", o.trim_end());
+    }
+    s
+}

@@ -1,0 +1,160 @@
+//! The Kubernetes objects the harness publishes to the agents' file source:
+//! rendering Namespaces, Pods, Services, EndpointSlices as YAML, and writing
+//! them atomically (temp file + rename) into each node's source directory,
+//! followed by a `REVISION` file the agents echo back once programmed.
+//!
+//! File names: `namespace-<ns>.yaml`, `pod-<ns>-<name>.yaml`,
+//! `service-<ns>-<name>.yaml`, `endpointslice-<ns>-<name>.yaml`,
+//! `networkpolicy-<ns>-<name>.yaml`, and `REVISION`. Temp files start with a
+//! dot and end in `.tmp`, so a watcher that reads only `*.yaml` never sees a
+//! half-written file.
+
+use std::fs;
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use crate::model::{Family, Labels, PodSpec};
+use crate::services::Service;
+
+/// Writes `contents` to `dir/name` atomically.
+pub fn write_atomic(dir: &Path, name: &str, contents: &str) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    fs::write(&tmp, contents).with_context(|| format!("write {}", tmp.display()))?;
+    fs::rename(&tmp, dir.join(name)).with_context(|| format!("rename into {}", dir.display()))?;
+    Ok(())
+}
+
+/// Serializes a JSON value as a YAML document.
+pub fn to_yaml(v: &Value) -> Result<String> {
+    serde_yaml::to_string(v).context("render YAML")
+}
+
+pub fn namespace_file(ns: &str) -> String {
+    format!("namespace-{ns}.yaml")
+}
+pub fn pod_file(ns: &str, name: &str) -> String {
+    format!("pod-{ns}-{name}.yaml")
+}
+pub fn service_file(ns: &str, name: &str) -> String {
+    format!("service-{ns}-{name}.yaml")
+}
+pub fn endpointslice_file(ns: &str, name: &str) -> String {
+    format!("endpointslice-{ns}-{name}.yaml")
+}
+pub fn policy_file(ns: &str, name: &str) -> String {
+    format!("networkpolicy-{ns}-{name}.yaml")
+}
+
+/// A Namespace; `kubernetes.io/metadata.name` is always added.
+pub fn namespace(name: &str, labels: &Labels) -> Value {
+    let mut l = labels.clone();
+    l.insert("kubernetes.io/metadata.name".into(), name.into());
+    json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": l},
+        "status": {"phase": "Active"},
+    })
+}
+
+/// A running Pod with its IP, host IP, node and container ports.
+pub fn pod(p: &PodSpec, ip: IpAddr, host_ip: IpAddr) -> Value {
+    let ports: Vec<Value> = p
+        .ports
+        .iter()
+        .map(|port| {
+            let mut v = json!({"containerPort": port.port, "protocol": port.protocol.as_str()});
+            if let Some(n) = &port.name {
+                v["name"] = json!(n);
+            }
+            v
+        })
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"namespace": p.namespace, "name": p.name, "labels": p.labels},
+        "spec": {
+            "nodeName": format!("node-{}", p.node),
+            "containers": [{"name": "server", "image": "palisade-harness/server", "ports": ports}],
+        },
+        "status": {
+            "phase": "Running",
+            "hostIP": ip_str(host_ip),
+            "hostIPs": [{"ip": ip_str(host_ip)}],
+            "podIP": ip_str(ip),
+            "podIPs": [{"ip": ip_str(ip)}],
+        },
+    })
+}
+
+fn ip_str(ip: IpAddr) -> String {
+    ip.to_string()
+}
+
+/// A ClusterIP Service. It has no selector: its backends are listed in the
+/// EndpointSlice the harness writes beside it (a selectorless Service with a
+/// managed EndpointSlice is valid Kubernetes), so relabelling a pod never
+/// changes which pods back a Service — exactly like the harness's DNAT rules.
+pub fn service(svc: &Service, family: Family) -> Value {
+    let ports: Vec<Value> = svc
+        .ports
+        .iter()
+        .map(|p| {
+            json!({"name": p.name, "port": p.port, "targetPort": p.target_port,
+                   "protocol": p.protocol.as_str()})
+        })
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"namespace": svc.namespace, "name": svc.name},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": svc.cluster_ip.to_string(),
+            "clusterIPs": [svc.cluster_ip.to_string()],
+            "ipFamilies": [family.k8s()],
+            "ports": ports,
+        },
+    })
+}
+
+/// The EndpointSlice of a Service: every backend pod, ready.
+pub fn endpointslice(svc: &Service, family: Family) -> Value {
+    let endpoints: Vec<Value> = svc
+        .backends
+        .iter()
+        .map(|b| {
+            let (ns, name) = b.pod.split_once('/').unwrap_or(("", b.pod.as_str()));
+            json!({
+                "addresses": [b.ip.to_string()],
+                "conditions": {"ready": true, "serving": true, "terminating": false},
+                "nodeName": format!("node-{}", b.node),
+                "targetRef": {"kind": "Pod", "namespace": ns, "name": name},
+            })
+        })
+        .collect();
+    let ports: Vec<Value> = svc
+        .ports
+        .iter()
+        .map(|p| json!({"name": p.name, "port": p.target_port, "protocol": p.protocol.as_str()}))
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "namespace": svc.namespace,
+            "name": format!("{}-harness", svc.name),
+            "labels": {
+                "kubernetes.io/service-name": svc.name,
+                "endpointslice.kubernetes.io/managed-by": "palisade-harness",
+            },
+        },
+        "addressType": family.k8s(),
+        "endpoints": endpoints,
+        "ports": ports,
+    })
+}

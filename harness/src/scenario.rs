@@ -1,0 +1,731 @@
+//! Scenario files (shared/conformance/FORMAT.md): parsing with unknown keys
+//! rejected, validation with errors that name the file and the key, matrix
+//! parsing, the default model, and placeholder substitution in manifests.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::cluster::{Peer, Via};
+use crate::model::{
+    default_ports, ClusterSpec, ExternalSpec, Family, Labels, PodSpec, PortSpec, Protocol,
+};
+
+// ---------------------------------------------------------------- file format (serde)
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileDef {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    families: Option<Vec<String>>,
+    #[serde(default)]
+    cluster: Option<ClusterDef>,
+    steps: Vec<StepDef>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct ClusterDef {
+    #[serde(default)]
+    nodes: Option<usize>,
+    #[serde(default)]
+    namespaces: Option<BTreeMap<String, Option<Labels>>>,
+    #[serde(default)]
+    ports: Option<Vec<PortDef>>,
+    #[serde(default)]
+    pods: Option<Vec<PodDef>>,
+    #[serde(default)]
+    externals: Option<Vec<ExternalDef>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct PortDef {
+    port: u16,
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    service_port: Option<u16>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct PodDef {
+    name: String,
+    #[serde(default)]
+    labels: Option<Labels>,
+    #[serde(default)]
+    node: Option<usize>,
+    #[serde(default)]
+    ports: Option<Vec<PortDef>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ExternalDef {
+    name: String,
+    #[serde(default)]
+    ports: Option<Vec<PortDef>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct StepDef {
+    #[serde(default)]
+    apply: Option<Vec<serde_yaml::Value>>,
+    #[serde(default)]
+    delete: Option<Vec<String>>,
+    #[serde(default)]
+    set_labels: Option<SetLabelsDef>,
+    #[serde(default)]
+    expect: Option<Vec<ExpectDef>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct SetLabelsDef {
+    #[serde(default)]
+    pods: Option<BTreeMap<String, Option<Labels>>>,
+    #[serde(default)]
+    namespaces: Option<BTreeMap<String, Option<Labels>>>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ExpectDef {
+    port: u16,
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default)]
+    via: Option<String>,
+    #[serde(default)]
+    ignore_loopback: Option<bool>,
+    matrix: String,
+}
+
+// ---------------------------------------------------------------- validated model
+
+/// A parsed and validated scenario.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub path: PathBuf,
+    pub name: String,
+    pub description: Option<String>,
+    /// Families the case is valid for.
+    pub families: Vec<Family>,
+    /// The cluster (its `family` is set per run by [`Scenario::cluster_spec`]).
+    pub cluster: ClusterSpec,
+    pub steps: Vec<Step>,
+}
+
+/// One step: label changes, deletions, applications, then expectations.
+#[derive(Clone, Debug, Default)]
+pub struct Step {
+    pub set_pod_labels: Vec<(String, Labels)>,
+    pub set_namespace_labels: Vec<(String, Labels)>,
+    /// `(namespace, name)` of NetworkPolicies to delete.
+    pub delete: Vec<(String, String)>,
+    /// NetworkPolicy manifests, placeholders not yet substituted.
+    pub apply: Vec<Value>,
+    pub expect: Vec<Expectation>,
+}
+
+/// One `expect` entry.
+#[derive(Clone, Debug)]
+pub struct Expectation {
+    /// Container port.
+    pub port: u16,
+    pub protocol: Protocol,
+    pub via: Via,
+    pub ignore_loopback: bool,
+    pub matrix: Matrix,
+}
+
+/// A matrix cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cell {
+    /// `.`
+    Reachable,
+    /// `X`
+    Blocked,
+    /// `?`
+    Unchecked,
+}
+
+impl Cell {
+    pub fn symbol(self) -> char {
+        match self {
+            Cell::Reachable => '.',
+            Cell::Blocked => 'X',
+            Cell::Unchecked => '?',
+        }
+    }
+}
+
+/// A reachability matrix: sources (rows) × destinations (columns).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Matrix {
+    pub columns: Vec<Peer>,
+    pub rows: Vec<(Peer, Vec<Cell>)>,
+}
+
+impl Matrix {
+    /// Parses the text form (first line `from\to` + destinations, then one
+    /// line per source). Entity existence is checked separately.
+    pub fn parse(text: &str) -> Result<Matrix> {
+        let mut lines = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| (i + 1, l.trim()))
+            .filter(|(_, l)| !l.is_empty());
+        let (hl, header) = lines.next().ok_or_else(|| anyhow!("matrix is empty"))?;
+        let mut head = header.split_whitespace();
+        if head.next() != Some("from\\to") {
+            bail!("matrix line {hl}: must start with the literal `from\\to`, found {header:?}");
+        }
+        let mut columns = Vec::new();
+        for tok in head {
+            let p =
+                Peer::parse(tok).with_context(|| format!("matrix line {hl}: column {tok:?}"))?;
+            if columns.contains(&p) {
+                bail!("matrix line {hl}: destination {tok} listed twice");
+            }
+            columns.push(p);
+        }
+        if columns.is_empty() {
+            bail!("matrix line {hl}: no destinations after `from\\to`");
+        }
+        let mut rows: Vec<(Peer, Vec<Cell>)> = Vec::new();
+        for (ln, line) in lines {
+            let mut toks = line.split_whitespace();
+            let src = toks.next().unwrap_or_default();
+            let p = Peer::parse(src).with_context(|| format!("matrix line {ln}: row {src:?}"))?;
+            if rows.iter().any(|(r, _)| *r == p) {
+                bail!("matrix line {ln}: source {src} listed twice");
+            }
+            let mut cells = Vec::new();
+            for t in toks {
+                cells.push(match t {
+                    "." => Cell::Reachable,
+                    "X" => Cell::Blocked,
+                    "?" => Cell::Unchecked,
+                    _ => bail!("matrix line {ln}: cell {t:?} is not one of `.`, `X`, `?`"),
+                });
+            }
+            if cells.len() != columns.len() {
+                bail!(
+                    "matrix line {ln}: {} cells for {} destinations (row {src})",
+                    cells.len(),
+                    columns.len()
+                );
+            }
+            rows.push((p, cells));
+        }
+        if rows.is_empty() {
+            bail!("matrix has a header but no source rows");
+        }
+        Ok(Matrix { columns, rows })
+    }
+
+    /// Whether a cell is checked: not `?`, and not the diagonal when loopback
+    /// is ignored.
+    pub fn checked(&self, ignore_loopback: bool, r: usize, c: usize) -> bool {
+        let (src, cells) = &self.rows[r];
+        cells[c] != Cell::Unchecked && !(ignore_loopback && *src == self.columns[c])
+    }
+}
+
+impl Matrix {
+    /// The matrix in FORMAT.md syntax with aligned columns (for humans).
+    pub fn to_aligned_string(&self) -> String {
+        let w0 = self
+            .rows
+            .iter()
+            .map(|(p, _)| p.to_string().len())
+            .chain([7])
+            .max()
+            .unwrap_or(7);
+        let widths: Vec<usize> = self.columns.iter().map(|c| c.to_string().len()).collect();
+        let mut s = format!("{:<w0$}", "from\\to");
+        for (c, w) in self.columns.iter().zip(&widths) {
+            s += &format!(" {:>w$}", c.to_string());
+        }
+        for (r, cells) in &self.rows {
+            s += &format!("\n{:<w0$}", r.to_string());
+            for (cell, w) in cells.iter().zip(&widths) {
+                s += &format!(" {:>w$}", cell.symbol());
+            }
+        }
+        s
+    }
+}
+
+impl fmt::Display for Matrix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "from\\to")?;
+        for c in &self.columns {
+            write!(f, " {c}")?;
+        }
+        for (r, cells) in &self.rows {
+            write!(f, "\n{r}")?;
+            for c in cells {
+                write!(f, " {}", c.symbol())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------- loading
+
+/// Every scenario file named by `paths`: a file as given, a directory as every
+/// `*.yaml` below it sorted by path.
+pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).with_context(|| format!("{}", p.display()))?;
+        if meta.is_dir() {
+            let mut found = Vec::new();
+            walk(p, &mut found)?;
+            found.sort();
+            out.extend(found);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+        let e = e?;
+        let path = e.path();
+        if e.file_type()?.is_dir() {
+            walk(&path, out)?;
+        } else if path.extension().is_some_and(|x| x == "yaml") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Reads and validates one scenario file.
+pub fn load(path: &Path) -> Result<Scenario> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    parse(&text, path)
+}
+
+/// Parses and validates scenario text; errors start with the file name.
+pub fn parse(text: &str, path: &Path) -> Result<Scenario> {
+    let file = path.display().to_string();
+    let def: FileDef = serde_yaml::from_str(text).map_err(|e| anyhow!("{file}: {e}"))?;
+    validate(def, path).map_err(|e| anyhow!("{file}: {e:#}"))
+}
+
+fn protocol(p: &Option<String>, key: &str) -> Result<Protocol> {
+    match p {
+        None => Ok(Protocol::Tcp),
+        Some(s) => s.parse().with_context(|| key.to_string()),
+    }
+}
+
+fn ports(defs: &[PortDef], key: &str) -> Result<Vec<PortSpec>> {
+    let mut out: Vec<PortSpec> = Vec::new();
+    for (i, d) in defs.iter().enumerate() {
+        let k = format!("{key}[{i}]");
+        if d.port == 0 {
+            bail!("{k}.port: must be 1..65535");
+        }
+        let proto = protocol(&d.protocol, &format!("{k}.protocol"))?;
+        let sp = d.service_port.unwrap_or(d.port);
+        if sp == 0 {
+            bail!("{k}.service_port: must be 1..65535");
+        }
+        if out.iter().any(|p| p.port == d.port && p.protocol == proto) {
+            bail!("{k}: {proto}/{} listed twice", d.port);
+        }
+        if out
+            .iter()
+            .any(|p| p.service_port == sp && p.protocol == proto)
+        {
+            bail!("{k}.service_port: {proto}/{sp} already used by another port");
+        }
+        if let Some(n) = &d.name {
+            if n.is_empty() || out.iter().any(|p| p.name.as_deref() == Some(n)) {
+                bail!("{k}.name: {n:?} is empty or not unique");
+            }
+        }
+        out.push(PortSpec {
+            port: d.port,
+            protocol: proto,
+            name: d.name.clone(),
+            service_port: sp,
+        });
+    }
+    Ok(out)
+}
+
+fn validate(def: FileDef, path: &Path) -> Result<Scenario> {
+    if def.name.trim().is_empty() {
+        bail!("name: must not be empty");
+    }
+    let families = match &def.families {
+        None => vec![Family::Ipv4, Family::Ipv6],
+        Some(v) if v.is_empty() => bail!("families: must list at least one family"),
+        Some(v) => v
+            .iter()
+            .enumerate()
+            .map(|(i, f)| f.parse().with_context(|| format!("families[{i}]")))
+            .collect::<Result<Vec<_>>>()?,
+    };
+    let cluster = build_cluster(def.cluster)?;
+    if def.steps.is_empty() {
+        bail!("steps: at least one step is required");
+    }
+    let pods: BTreeSet<String> = cluster.pods.iter().map(|p| p.key()).collect();
+    let mut policies: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut steps = Vec::new();
+    for (si, sd) in def.steps.into_iter().enumerate() {
+        let sk = format!("steps[{si}]");
+        let mut step = Step::default();
+        if let Some(sl) = sd.set_labels {
+            for (k, l) in sl.pods.unwrap_or_default() {
+                if !pods.contains(&k) {
+                    bail!("{sk}.set_labels.pods: no pod {k:?}");
+                }
+                step.set_pod_labels.push((k, l.unwrap_or_default()));
+            }
+            for (k, l) in sl.namespaces.unwrap_or_default() {
+                if !cluster.namespaces.contains_key(&k) {
+                    bail!("{sk}.set_labels.namespaces: no namespace {k:?}");
+                }
+                step.set_namespace_labels.push((k, l.unwrap_or_default()));
+            }
+        }
+        for (i, d) in sd.delete.unwrap_or_default().into_iter().enumerate() {
+            let (ns, name) = d
+                .split_once('/')
+                .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+                .ok_or_else(|| anyhow!("{sk}.delete[{i}]: {d:?} is not namespace/name"))?;
+            let key = (ns.to_string(), name.to_string());
+            if !policies.remove(&key) {
+                bail!("{sk}.delete[{i}]: no NetworkPolicy {d} was applied before this step");
+            }
+            step.delete.push(key);
+        }
+        for (i, m) in sd.apply.unwrap_or_default().into_iter().enumerate() {
+            let k = format!("{sk}.apply[{i}]");
+            let v: Value = serde_json::to_value(&m).map_err(|e| anyhow!("{k}: {e}"))?;
+            let key = policy_key(&v).with_context(|| k.clone())?;
+            if !cluster.namespaces.contains_key(&key.0) {
+                bail!(
+                    "{k}.metadata.namespace: namespace {:?} is not in the cluster",
+                    key.0
+                );
+            }
+            check_placeholders(&v, &cluster).with_context(|| k.clone())?;
+            policies.insert(key);
+            step.apply.push(v);
+        }
+        for (i, e) in sd.expect.unwrap_or_default().into_iter().enumerate() {
+            let k = format!("{sk}.expect[{i}]");
+            step.expect
+                .push(expectation(e, &cluster).with_context(|| k.clone())?);
+        }
+        steps.push(step);
+    }
+    Ok(Scenario {
+        path: path.to_path_buf(),
+        name: def.name,
+        description: def.description,
+        families,
+        cluster,
+        steps,
+    })
+}
+
+fn policy_key(v: &Value) -> Result<(String, String)> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| anyhow!("a NetworkPolicy manifest must be a mapping"))?;
+    if let Some(kind) = obj.get("kind") {
+        if kind.as_str() != Some("NetworkPolicy") {
+            bail!("kind: {kind} is not NetworkPolicy");
+        }
+    }
+    let meta = obj
+        .get("metadata")
+        .ok_or_else(|| anyhow!("metadata: required"))?;
+    let name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("metadata.name: required (a string)"))?;
+    let ns = meta
+        .get("namespace")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("metadata.namespace: required (a string)"))?;
+    Ok((ns.to_string(), name.to_string()))
+}
+
+fn build_cluster(def: Option<ClusterDef>) -> Result<ClusterSpec> {
+    // An omitted field takes the default model's value, so `cluster: {}` is
+    // the default model and `cluster: {nodes: 3}` the default model on 3 nodes.
+    let def = def.unwrap_or_default();
+    let default = ClusterSpec::default_model(Family::Ipv4);
+    let nodes = def.nodes.unwrap_or(2);
+    if nodes == 0 || nodes > 200 {
+        bail!("cluster.nodes: must be 1..200, got {nodes}");
+    }
+    let namespaces: BTreeMap<String, Labels> = match def.namespaces {
+        None => default.namespaces.clone(),
+        Some(m) => m
+            .into_iter()
+            .map(|(k, v)| (k, v.unwrap_or_default()))
+            .collect(),
+    };
+    for ns in namespaces.keys() {
+        if !is_dns_label(ns) {
+            bail!("cluster.namespaces: {ns:?} is not a valid namespace name");
+        }
+    }
+    let base_ports = match &def.ports {
+        None => default_ports(),
+        Some(p) => ports(p, "cluster.ports")?,
+    };
+    let pods = match def.pods {
+        None => {
+            let mut v = default.pods.clone();
+            for (i, p) in v.iter_mut().enumerate() {
+                p.node = i % nodes + 1;
+                p.ports = base_ports.clone();
+            }
+            v
+        }
+        Some(defs) => {
+            let mut v = Vec::new();
+            for (i, d) in defs.into_iter().enumerate() {
+                let k = format!("cluster.pods[{i}]");
+                let (ns, name) = d
+                    .name
+                    .split_once('/')
+                    .filter(|(a, b)| !a.is_empty() && is_dns_label(b))
+                    .ok_or_else(|| anyhow!("{k}.name: {:?} is not namespace/name", d.name))?;
+                if !namespaces.contains_key(ns) {
+                    bail!("{k}.name: namespace {ns:?} is not listed in cluster.namespaces");
+                }
+                let node = d.node.unwrap_or(i % nodes + 1);
+                if node == 0 || node > nodes {
+                    bail!("{k}.node: {node} is not in 1..={nodes}");
+                }
+                let pod_ports = match &d.ports {
+                    Some(p) => ports(p, &format!("{k}.ports"))?,
+                    None => base_ports.clone(),
+                };
+                v.push(PodSpec {
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                    labels: d.labels.unwrap_or_default(),
+                    node,
+                    ports: pod_ports,
+                });
+            }
+            v
+        }
+    };
+    let mut externals = Vec::new();
+    for (i, d) in def.externals.unwrap_or_default().into_iter().enumerate() {
+        let k = format!("cluster.externals[{i}]");
+        if d.name.is_empty()
+            || d.name.contains('/')
+            || d.name.starts_with('@')
+            || d.name.contains(char::is_whitespace)
+        {
+            bail!("{k}.name: {:?} is not a valid external name", d.name);
+        }
+        externals.push(ExternalSpec {
+            name: d.name,
+            ports: ports(&d.ports.unwrap_or_default(), &format!("{k}.ports"))?,
+        });
+    }
+    let spec = ClusterSpec {
+        family: Family::Ipv4,
+        nodes,
+        namespaces,
+        pods,
+        externals,
+    };
+    spec.validate().context("cluster")?;
+    Ok(spec)
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn peer_exists(p: &Peer, c: &ClusterSpec) -> bool {
+    match p {
+        Peer::Pod(k) => c.pods.iter().any(|q| &q.key() == k),
+        Peer::Node(i) => *i >= 1 && *i <= c.nodes,
+        Peer::External(n) => c.externals.iter().any(|e| &e.name == n),
+    }
+}
+
+fn serves(p: &Peer, c: &ClusterSpec, port: u16, proto: Protocol) -> bool {
+    let ports = match p {
+        Peer::Pod(k) => c.pods.iter().find(|q| &q.key() == k).map(|q| &q.ports),
+        Peer::External(n) => c.externals.iter().find(|e| &e.name == n).map(|e| &e.ports),
+        Peer::Node(_) => None,
+    };
+    ports.is_some_and(|ps| ps.iter().any(|q| q.port == port && q.protocol == proto))
+}
+
+fn expectation(e: ExpectDef, c: &ClusterSpec) -> Result<Expectation> {
+    if e.port == 0 {
+        bail!("port: must be 1..65535");
+    }
+    let protocol = protocol(&e.protocol, "protocol")?;
+    let via = match e.via.as_deref() {
+        None | Some("service") => Via::Service,
+        Some("pod") => Via::Pod,
+        Some(v) => bail!("via: {v:?} is not `service` or `pod`"),
+    };
+    let ignore_loopback = e.ignore_loopback.unwrap_or(true);
+    let matrix = Matrix::parse(&e.matrix).context("matrix")?;
+    for col in &matrix.columns {
+        if matches!(col, Peer::Node(_)) {
+            bail!("matrix: {col} cannot be a destination (nodes are sources only)");
+        }
+        if !peer_exists(col, c) {
+            bail!("matrix: destination {col} is not in the cluster");
+        }
+    }
+    for (r, (row, _)) in matrix.rows.iter().enumerate() {
+        if !peer_exists(row, c) {
+            bail!("matrix: source {row} is not in the cluster");
+        }
+        for (ci, col) in matrix.columns.iter().enumerate() {
+            if matrix.checked(ignore_loopback, r, ci) && !serves(col, c, e.port, protocol) {
+                bail!(
+                    "matrix: {col} does not serve {protocol}/{} (cell {row} -> {col})",
+                    e.port
+                );
+            }
+        }
+    }
+    Ok(Expectation {
+        port: e.port,
+        protocol,
+        via,
+        ignore_loopback,
+        matrix,
+    })
+}
+
+// ---------------------------------------------------------------- placeholders
+
+/// One `{{ip REF}}` / `{{host REF}}` occurrence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placeholder {
+    pub host: bool,
+    pub peer: Peer,
+}
+
+/// Replaces every placeholder in `s` using `resolve(peer) -> address`.
+pub fn substitute_str(
+    s: &str,
+    family: Family,
+    resolve: &dyn Fn(&Peer) -> Result<IpAddr>,
+) -> Result<String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .ok_or_else(|| anyhow!("unterminated placeholder in {s:?}"))?;
+        let ph = parse_placeholder(&after[..end])?;
+        let ip = resolve(&ph.peer)?;
+        if ph.host {
+            out.push_str(&format!("{ip}/{}", family.host_prefix()));
+        } else {
+            out.push_str(&ip.to_string());
+        }
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn parse_placeholder(inner: &str) -> Result<Placeholder> {
+    let toks: Vec<&str> = inner.split_whitespace().collect();
+    match toks.as_slice() {
+        [f, r] if *f == "ip" || *f == "host" => Ok(Placeholder {
+            host: *f == "host",
+            peer: Peer::parse(r).with_context(|| format!("placeholder {{{{{inner}}}}}"))?,
+        }),
+        _ => bail!("unknown placeholder {{{{{inner}}}}} (expected `ip REF` or `host REF`)"),
+    }
+}
+
+/// Substitutes placeholders in every string of a manifest (keys untouched).
+pub fn substitute(
+    v: &Value,
+    family: Family,
+    resolve: &dyn Fn(&Peer) -> Result<IpAddr>,
+) -> Result<Value> {
+    Ok(match v {
+        Value::String(s) => Value::String(substitute_str(s, family, resolve)?),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|x| substitute(x, family, resolve))
+                .collect::<Result<_>>()?,
+        ),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| Ok((k.clone(), substitute(x, family, resolve)?)))
+                .collect::<Result<_>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+fn check_placeholders(v: &Value, c: &ClusterSpec) -> Result<()> {
+    let probe = |p: &Peer| -> Result<IpAddr> {
+        if peer_exists(p, c) {
+            Ok(IpAddr::from([0, 0, 0, 0]))
+        } else {
+            bail!("placeholder refers to {p}, which is not in the cluster")
+        }
+    };
+    substitute(v, Family::Ipv4, &probe).map(|_| ())
+}
+
+impl Scenario {
+    /// The cluster to build for a run of `family`.
+    pub fn cluster_spec(&self, family: Family) -> ClusterSpec {
+        let mut c = self.cluster.clone();
+        c.family = family;
+        c
+    }
+}
+
+#[cfg(test)]
+#[path = "scenario_tests.rs"]
+mod tests;
