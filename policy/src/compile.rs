@@ -2,7 +2,7 @@
 //! pod and direction the allowed peers (address sets) with their protocol/port sets.
 //!
 //! The output ([`Desired`]) is still in host terms (networks, port sets); turning it
-//! into LPM entries with exact longest-prefix semantics is [`crate::encode`]'s job.
+//! into LPM entries with exact longest-prefix semantics is [`mod@crate::encode`]'s job.
 //!
 //! Services: the datapath decides pod egress to a Service *after* kube-proxy's DNAT
 //! on the node (`svc_egress`), i.e. against the backend pod kube-proxy chose. So the

@@ -34,6 +34,8 @@ pub struct Compiler {
     entries: BTreeMap<PodKey, EndpointEntries>,
     services: BTreeSet<ServiceKey>,
     ids: BTreeMap<PodKey, u32>,
+    /// Endpoints recompiled by the last `update` (for benchmarks and metrics).
+    last_recompiled: usize,
 }
 
 impl Compiler {
@@ -45,6 +47,7 @@ impl Compiler {
             entries: BTreeMap::new(),
             services: BTreeSet::new(),
             ids: BTreeMap::new(),
+            last_recompiled: 0,
         }
     }
 
@@ -114,6 +117,7 @@ impl Compiler {
         } else {
             dirty.into_iter().collect()
         };
+        self.last_recompiled = targets.len();
         let mut cache = PeerCache::default();
         let mut old_eps = BTreeMap::new();
         let mut new_eps = BTreeMap::new();
@@ -147,6 +151,11 @@ impl Compiler {
         }
         diff_endpoints(&mut ws, &old_eps, &new_eps);
         ws.into_ordered()
+    }
+
+    /// How many endpoints the last [`Compiler::update`] recompiled.
+    pub fn last_recompiled(&self) -> usize {
+        self.last_recompiled
     }
 
     /// Change audit mode; the next `update` rewrites every endpoint.

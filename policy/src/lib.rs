@@ -6,7 +6,31 @@
 //! ```
 //!
 //! [`Compiler`] does compile+encode+diff incrementally: it recompiles only the local
-//! endpoints a change can affect and emits the writes for those.
+//! endpoints a change can affect and emits the writes for those. The pure functions
+//! and the `Compiler` produce identical map state (checked by the property tests).
+//!
+//! Choices where the API text leaves room (each is tested):
+//! - Services: decided in the datapath after kube-proxy's DNAT, so egress rules are
+//!   compiled about backend pods and only the frontend table is output
+//!   ([`mod@compile`] module docs).
+//! - Egress named ports resolve on each destination pod (per-pod host entries). For
+//!   an ipBlock peer, or a rule without `to`, a named port matches only pod
+//!   addresses inside the block (minus except) whose pod has that port; non-pod
+//!   addresses have no container ports to resolve against.
+//! - A named port matches a container port of the same name *and* protocol.
+//! - Invalid NetworkPolicy: stored, isolates the pods it selects in its directions
+//!   with nothing allowed by it. If its podSelector is itself invalid it selects
+//!   every pod of its namespace; if policyTypes is unreadable it isolates both
+//!   directions (fail closed).
+//! - Pods in phase Succeeded/Failed count as having no address (their IP may
+//!   already belong to a new pod).
+//! - `EP_FAIL_CLOSED` (rules that do not fit): the endpoint gets no policy entries,
+//!   so every direction it is isolated in denies everything; a direction it is not
+//!   isolated in stays open (policy does not judge it).
+//! - Node rule (ingress from the pod's own node) is not encoded; the datapath applies
+//!   it with the node-address map. The reference evaluator implements it.
+//! - Two pods claiming one address (a stale pod): the reference judges each; the
+//!   datapath judges by interface. Tests keep addresses unique.
 
 pub mod compile;
 pub mod diff;

@@ -1009,12 +1009,9 @@ fn convert_port(p: &netv1::NetworkPolicyPort, path: &str) -> Result<PortSpec, Fi
             Some(PortRef::Numbers { first, last })
         }
         (Some(IntOrString::String(s)), None) => {
-            // A string that is a number is the number (the apiserver's IntOrString
-            // accepts "80" from some clients).
-            if let Ok(n) = s.parse::<i32>() {
-                let first = check_port(n, &format!("{path}.port"))?;
-                Some(PortRef::Numbers { first, last: first })
-            } else if valid_port_name(s) {
+            // API: a string port must be an IANA service name ("80" in quotes is
+            // rejected by the apiserver too).
+            if valid_port_name(s) {
                 Some(PortRef::Named(s.clone()))
             } else {
                 return Err(FieldError::new(

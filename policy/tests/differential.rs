@@ -139,6 +139,7 @@ enum Mutation {
     DeletePod(usize),
     DeletePolicy(usize),
     Policy(PolicyPlan),
+    AddPod(PodPlan),
 }
 
 #[derive(Clone, Debug)]
@@ -248,6 +249,7 @@ fn mutation_strategy() -> impl Strategy<Value = Mutation> {
         (0..8usize).prop_map(Mutation::DeletePod),
         (0..5usize).prop_map(Mutation::DeletePolicy),
         policy_strategy().prop_map(Mutation::Policy),
+        pod_strategy().prop_map(Mutation::AddPod),
     ]
 }
 
@@ -572,12 +574,11 @@ fn check_probes(w: &World, plan: &Plan) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// Stable ids for every pod name in the plan.
+/// Stable ids: derived from the pod's number (`podN`).
 fn ids_for(w: &World) -> BTreeMap<String, u32> {
     w.index
         .pods()
-        .enumerate()
-        .map(|(i, p)| (p.key(), 100 + i as u32))
+        .map(|p| (p.key(), 100 + p.name[3..].parse::<u32>().unwrap_or(0)))
         .collect()
 }
 
@@ -607,7 +608,7 @@ fn run(plan: &Plan) -> Result<(), TestCaseError> {
         false,
     );
     let mut shadow = MapSet::default();
-    let ids = ids_for(&w);
+    let mut ids = ids_for(&w);
     for wr in compiler.update(&w.index, &ids) {
         wr.apply_to(&mut shadow);
     }
@@ -644,6 +645,22 @@ fn run(plan: &Plan) -> Result<(), TestCaseError> {
             }
             Mutation::Policy(p) => {
                 w.index.apply(policy(plan.policies.len() / 2, p));
+            }
+            Mutation::AddPod(p) => {
+                // A new pod on a free address (or none).
+                let mut p = p.clone();
+                if let Some(a) = &mut p.addr {
+                    let free = (0..V4_POOL.len())
+                        .map(|k| (*a + k) % V4_POOL.len())
+                        .find(|k| w.index.pod_by_ip(ip(V4_POOL[*k])).is_none());
+                    match free {
+                        Some(f) => *a = f,
+                        None => p.addr = None,
+                    }
+                }
+                let n = 50 + w.index.pods().count();
+                w.index.apply(pod(n, &p, None));
+                ids = ids_for(&w);
             }
         }
         let writes = compiler.update(&w.index, &ids);
@@ -700,6 +717,8 @@ fn node_addresses_are_known() {
     assert_eq!(node_addrs("node-a").len(), 2);
 }
 
+/// Prints how rich the generated cases are (allowed share, invalid policies,
+/// entries): `cargo test -p palisade-policy --test differential stats -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn stats() {

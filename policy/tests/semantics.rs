@@ -475,7 +475,10 @@ fn host_network_pods() {
             "podSelector: {matchLabels: {app: web}}\ningress:\n- from: [{podSelector: {matchLabels: {app: client}}}]",
         ),
     ]);
-    assert!(!w.tcp(CLIENT, WEB, 80), "client's egress is isolated by deny");
+    assert!(
+        !w.tcp(CLIENT, WEB, 80),
+        "client's egress is isolated by deny"
+    );
     assert!(
         !w.tcp("172.18.0.3", WEB, 80),
         "hostNetwork pod is not a pod peer"

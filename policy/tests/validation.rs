@@ -86,8 +86,13 @@ fn port_out_of_range() {
         "spec.ingress[0].ports[0].endPort: 70000 is outside 1..65535",
     );
     expect(
-        "podSelector: {}\ningress:\n- ports: [{port: \"-1\"}]",
+        "podSelector: {}\ningress:\n- ports: [{port: -1}]",
         "spec.ingress[0].ports[0].port: -1 is outside 1..65535",
+    );
+    // API: a quoted number is a (bad) port name, not a number.
+    expect(
+        "podSelector: {}\ningress:\n- ports: [{port: \"80\"}]",
+        "spec.ingress[0].ports[0].port: invalid port name \"80\"",
     );
 }
 
