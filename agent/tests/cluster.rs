@@ -69,20 +69,20 @@ fn echo_once(stream: &mut TcpStream, msg: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn tc_programs(c: &Cluster, node: usize, dev: &str) -> usize {
-    let ns = c.node_netns(node).expect("node ns");
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", ns, "bpftool", "-j", "net", "show", "dev", dev])
-        .output()
-        .expect("bpftool");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    let mut n = 0;
-    for entry in v.as_array().into_iter().flatten() {
-        for key in ["tc", "tcx"] {
-            n += entry[key].as_array().map_or(0, Vec::len);
+/// Programs attached (TCX) to `dev` in `node`'s namespace, both directions.
+fn tc_programs(c: &Cluster, node: usize, dev: &str) -> Vec<String> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let ns = c.node_netns(node).expect("node ns").to_string();
+    let dev = dev.to_string();
+    in_netns(&ns, move || {
+        let mut names = Vec::new();
+        for t in [TcAttachType::Ingress, TcAttachType::Egress] {
+            let (_, progs) = SchedClassifier::query_tcx(&dev, t).expect("query tcx");
+            names.extend(progs.iter().map(|p| p.name_as_str().unwrap_or("?").to_string()));
         }
-    }
-    n
+        names
+    })
+    .expect("in node netns")
 }
 
 #[test]
@@ -114,7 +114,7 @@ fn agent_restart_keeps_connections_and_enforcement() {
 
     let veth = c.pod_host_veth("x/b").unwrap().to_string();
     let before = tc_programs(&c, 2, &veth);
-    assert_eq!(before, 2, "to_pod and from_pod attached to {veth}");
+    assert_eq!(before, ["from_pod", "to_pod"], "programs on {veth}");
 
     // Agent on x/b's node down: state stays enforced.
     c.stop_agent(2).unwrap();

@@ -29,12 +29,15 @@ struct Fx {
     dp: Datapath,
     maps: Maps,
     events: EventReader,
-    dir: std::path::PathBuf,
+    _dir: PinDir,
 }
 
-impl Drop for Fx {
+/// Removes the test's pin directory however the test ends.
+struct PinDir(std::path::PathBuf);
+
+impl Drop for PinDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -50,6 +53,7 @@ fn fixture_with(policy_entries: Option<u32>) -> Fx {
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&dir);
+    let guard = PinDir(dir.clone());
     let mut dp = Datapath::load_with(&dir, policy_entries).expect("load eBPF object");
     let maps = Maps::take(&mut dp).expect("maps");
     let events = EventReader::new(&mut dp).expect("ring buffer");
@@ -57,7 +61,7 @@ fn fixture_with(policy_entries: Option<u32>) -> Fx {
         dp,
         maps,
         events,
-        dir,
+        _dir: guard,
     }
 }
 

@@ -144,12 +144,22 @@ impl NodeAgent {
         Ok(pid)
     }
 
+    /// Sends SIGTERM without waiting (teardown signals every agent first so
+    /// they shut down in parallel, then waits with [`NodeAgent::stop`]).
+    pub fn signal_term(&mut self) {
+        if let Some(child) = &mut self.child {
+            if let Ok(None) = child.try_wait() {
+                // SAFETY: kill(2) on our own child's pid, not yet reaped.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            }
+        }
+    }
+
     /// SIGTERM, then SIGKILL after `grace`. Returns the pid that was stopped.
     pub fn stop(&mut self, grace: Duration) -> Option<u32> {
+        self.signal_term();
         let mut child = self.child.take()?;
         let pid = child.id();
-        // SAFETY: kill(2) on our own child's pid, not yet reaped.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         let deadline = Instant::now() + grace;
         loop {
             match child.try_wait() {

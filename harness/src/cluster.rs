@@ -1242,9 +1242,20 @@ impl Cluster {
         }
         self.torn_down = true;
         for a in &mut self.agents {
+            a.signal_term();
+        }
+        for a in &mut self.agents {
             if let Some(pid) = a.stop(Duration::from_secs(5)) {
                 lock(&self.res).agent_pids.remove(&(pid as i32));
             }
+        }
+        // Signal every server first: each stops within one poll interval, and
+        // waiting for them one by one would add those intervals up.
+        for s in self.pods.iter().filter_map(|p| p.servers.as_ref()) {
+            s.signal_stop();
+        }
+        for s in self.externals.iter().filter_map(|e| e.servers.as_ref()) {
+            s.signal_stop();
         }
         for p in &mut self.pods {
             if let Some(mut s) = p.servers.take() {

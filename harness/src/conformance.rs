@@ -221,9 +221,13 @@ fn run_case_inner(sc: &Scenario, opts: &ConformanceOptions) -> Result<Option<Str
         agent: opts.agent.as_ref().map(AgentConfig::new),
         keep_temp: false,
     };
+    let t_build = Instant::now();
     let mut cluster = Cluster::build(&sc.cluster_spec(opts.family), copts)
         .context("harness error: building the cluster")?;
     let mut log = String::new();
+    if opts.verbose {
+        log += &format!("cluster built in {:.2}s\n", t_build.elapsed().as_secs_f64());
+    }
 
     // Sanity: every checked pair of every step reachable before any policy,
     // and before any agent runs, so a failure here is the harness's own.
@@ -285,7 +289,11 @@ fn run_case_inner(sc: &Scenario, opts: &ConformanceOptions) -> Result<Option<Str
     }
 
     if opts.agent.is_some() {
+        let t = Instant::now();
         cluster.start_agents().context("starting the agents")?;
+        if opts.verbose {
+            log += &format!("agents ready in {:.2}s\n", t.elapsed().as_secs_f64());
+        }
     }
 
     let mut failures = String::new();

@@ -294,7 +294,7 @@ pub fn pod_cidr(family: Family, node: usize) -> String {
 pub fn cluster_cidr(family: Family) -> &'static str {
     match family {
         Family::Ipv4 => "10.100.0.0/16",
-        Family::Ipv6 => "fd00:100::/48",
+        Family::Ipv6 => "fd00:100::/32",
     }
 }
 
@@ -347,5 +347,50 @@ pub fn cluster_ip(family: Family, n: usize) -> IpAddr {
             IpAddr::V4(Ipv4Addr::from(base + 10 + n as u32))
         }
         Family::Ipv6 => IpAddr::V6(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, (10 + n) as u16)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contains(cidr: &str, ip: IpAddr) -> bool {
+        let (net, len) = cidr.split_once('/').expect("cidr");
+        let len: u32 = len.parse().expect("len");
+        match (net.parse::<IpAddr>().expect("net"), ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let m = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+                u32::from(n) & m == u32::from(a) & m
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let m = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+                u128::from(n) & m == u128::from(a) & m
+            }
+            _ => false,
+        }
+    }
+
+    /// kube-proxy's masquerade rule (`! -s <cluster CIDR>`) relies on every
+    /// pod address being inside the cluster CIDR, and externals/nodes outside.
+    #[test]
+    fn address_plan_is_consistent() {
+        for f in [Family::Ipv4, Family::Ipv6] {
+            for node in [1, 2, 9, 200] {
+                for k in [0, 5, 239] {
+                    let ip = pod_addr(f, node, k);
+                    assert!(contains(cluster_cidr(f), ip), "{f} {ip}");
+                    assert!(contains(&pod_cidr(f, node), ip), "{f} {ip}");
+                    assert!(!contains(&pod_cidr(f, node + 1), ip), "{f} {ip}");
+                }
+                assert!(!contains(cluster_cidr(f), node_addr(f, node)));
+            }
+            for k in [0, 199] {
+                let e = external_addr(f, k);
+                assert!(contains(external_cidr(f), e));
+                assert!(!contains(cluster_cidr(f), e));
+            }
+            assert!(contains(service_cidr(f), cluster_ip(f, 0)));
+            assert!(!contains(cluster_cidr(f), cluster_ip(f, 0)));
+        }
     }
 }

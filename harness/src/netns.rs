@@ -304,9 +304,14 @@ pub(crate) fn release(res: &mut Resources) {
         // SAFETY: reaps our own child; WNOHANG-free wait is fine after SIGKILL.
         unsafe { libc::waitpid(pid, &mut status, 0) };
     }
-    for ns in std::mem::take(&mut res.netns).iter().rev() {
-        delete_netns(ns);
-    }
+    // Namespaces are independent: delete them in parallel (each takes two
+    // `ip` processes).
+    let names = std::mem::take(&mut res.netns);
+    std::thread::scope(|s| {
+        for ns in &names {
+            s.spawn(move || delete_netns(ns));
+        }
+    });
     for dir in std::mem::take(&mut res.pin_dirs) {
         let _ = fs::remove_dir_all(dir);
     }

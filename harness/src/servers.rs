@@ -99,6 +99,11 @@ impl ServerSet {
         }
     }
 
+    /// Asks the thread to stop without waiting (so many sets stop in parallel).
+    pub fn signal_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
     /// Stops serving and waits for the thread (at most one poll interval).
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
