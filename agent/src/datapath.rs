@@ -219,11 +219,12 @@ impl Datapath {
                 let prog = self.program(name)?;
                 let id = match PinnedLink::from_pin(&pin) {
                     Ok(old) => {
-                        let link: SchedClassifierLink = FdLink::from(old)
-                            .try_into()
-                            .map_err(|e: LinkError| DatapathError::PinLink {
-                                path: pin.clone(),
-                                reason: e.to_string(),
+                        let link: SchedClassifierLink =
+                            FdLink::from(old).try_into().map_err(|e: LinkError| {
+                                DatapathError::PinLink {
+                                    path: pin.clone(),
+                                    reason: e.to_string(),
+                                }
                             })?;
                         prog.attach_to_link(link).map_err(attach_err)?
                     }
@@ -236,10 +237,12 @@ impl Datapath {
                         .map_err(attach_err)?,
                 };
                 let link = prog.take_link(id).map_err(attach_err)?;
-                let fd: FdLink = link.try_into().map_err(|e: LinkError| DatapathError::PinLink {
-                    path: pin.clone(),
-                    reason: e.to_string(),
-                })?;
+                let fd: FdLink =
+                    link.try_into()
+                        .map_err(|e: LinkError| DatapathError::PinLink {
+                            path: pin.clone(),
+                            reason: e.to_string(),
+                        })?;
                 // A stale pin (interface gone and index reused) is replaced.
                 let _ = fs::remove_file(&pin);
                 fd.pin(&pin).map_err(|e| DatapathError::PinLink {
@@ -315,7 +318,15 @@ fn remove_netlink_filter(iface: &str, hook: Hook, priority: u16) {
         _ => "egress",
     };
     let _ = std::process::Command::new("tc")
-        .args(["filter", "del", "dev", iface, dir, "pref", &priority.to_string()])
+        .args([
+            "filter",
+            "del",
+            "dev",
+            iface,
+            dir,
+            "pref",
+            &priority.to_string(),
+        ])
         .output();
 }
 

@@ -2,7 +2,10 @@
 //! namespaces and policies named. Field names are documented in README ("Deny logs").
 use std::{net::IpAddr, time::SystemTime};
 
-use palisade_common::{Event, Reason, DIR_INGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, VERDICT_AUDIT, EVF_FRAGMENT};
+use palisade_common::{
+    Event, Reason, DIR_INGRESS, EVF_FRAGMENT, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP, VERDICT_AUDIT,
+};
 use serde_json::{json, Map, Value};
 
 use crate::{events::event_addrs, sync::Names};
@@ -66,14 +69,21 @@ pub fn render(ev: &Event, names: &Names, now: SystemTime) -> Value {
     m.insert("node".into(), json!(names.node));
     m.insert(
         "verdict".into(),
-        json!(if ev.verdict == VERDICT_AUDIT { "audit" } else { "denied" }),
+        json!(if ev.verdict == VERDICT_AUDIT {
+            "audit"
+        } else {
+            "denied"
+        }),
     );
     m.insert(
         "reason".into(),
         json!(Reason::from_u8(ev.reason).map_or("unknown", Reason::as_str)),
     );
     let ingress = ev.direction == DIR_INGRESS;
-    m.insert("direction".into(), json!(if ingress { "ingress" } else { "egress" }));
+    m.insert(
+        "direction".into(),
+        json!(if ingress { "ingress" } else { "egress" }),
+    );
     m.insert("protocol".into(), json!(protocol_name(ev.proto)));
     peer("src", src, names, &mut m);
     m.insert("src_port".into(), json!(ev.sport));
@@ -88,7 +98,10 @@ pub fn render(ev: &Event, names: &Names, now: SystemTime) -> Value {
     match pod {
         Some(p) => {
             m.insert("endpoint".into(), json!(p));
-            let pols = names.policies.get(p).map(|(i, e)| if ingress { i.clone() } else { e.clone() });
+            let pols = names
+                .policies
+                .get(p)
+                .map(|(i, e)| if ingress { i.clone() } else { e.clone() });
             m.insert("policies".into(), json!(pols.unwrap_or_default()));
         }
         None => {
@@ -118,10 +131,16 @@ mod tests {
             node: "node-1".into(),
             ..Default::default()
         };
-        names.by_ip.insert("10.0.0.1".parse().unwrap(), "x/a".into());
-        names.by_ip.insert("10.0.0.2".parse().unwrap(), "y/b".into());
+        names
+            .by_ip
+            .insert("10.0.0.1".parse().unwrap(), "x/a".into());
+        names
+            .by_ip
+            .insert("10.0.0.2".parse().unwrap(), "y/b".into());
         names.by_id.insert(3, "y/b".into());
-        names.policies.insert("y/b".into(), (vec!["y/deny-all".into()], vec![]));
+        names
+            .policies
+            .insert("y/b".into(), (vec!["y/deny-all".into()], vec![]));
         let mut ev = Event {
             endpoint_id: 3,
             family: 4,

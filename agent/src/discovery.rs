@@ -6,11 +6,7 @@
 //! and the bridge's forwarding database gives the port (the veth) that MAC is on.
 //! Reads the kernel's tables through `ip -json` / `bridge -json` (iproute2 speaks
 //! netlink), so the agent itself holds no netlink parsing code.
-use std::{
-    collections::BTreeMap,
-    net::IpAddr,
-    process::Command,
-};
+use std::{collections::BTreeMap, net::IpAddr, process::Command};
 
 use serde_json::Value;
 
@@ -34,7 +30,9 @@ pub struct Links {
 fn ip_json(args: &[&str]) -> Vec<Value> {
     let out = Command::new("ip").arg("-json").args(args).output();
     match out {
-        Ok(o) if o.status.success() => serde_json::from_slice::<Vec<Value>>(&o.stdout).unwrap_or_default(),
+        Ok(o) if o.status.success() => {
+            serde_json::from_slice::<Vec<Value>>(&o.stdout).unwrap_or_default()
+        }
         _ => Vec::new(),
     }
 }
@@ -42,7 +40,9 @@ fn ip_json(args: &[&str]) -> Vec<Value> {
 fn bridge_json(args: &[&str]) -> Vec<Value> {
     let out = Command::new("bridge").arg("-json").args(args).output();
     match out {
-        Ok(o) if o.status.success() => serde_json::from_slice::<Vec<Value>>(&o.stdout).unwrap_or_default(),
+        Ok(o) if o.status.success() => {
+            serde_json::from_slice::<Vec<Value>>(&o.stdout).unwrap_or_default()
+        }
         _ => Vec::new(),
     }
 }
@@ -51,10 +51,13 @@ impl Links {
     pub fn scan() -> Self {
         let mut l = Links::default();
         for link in ip_json(&["-details", "link", "show"]) {
-            let (Some(name), Some(idx)) = (link["ifname"].as_str(), link["ifindex"].as_u64()) else {
+            let (Some(name), Some(idx)) = (link["ifname"].as_str(), link["ifindex"].as_u64())
+            else {
                 continue;
             };
-            let Ok(idx) = u32::try_from(idx) else { continue };
+            let Ok(idx) = u32::try_from(idx) else {
+                continue;
+            };
             l.by_name.insert(name.to_string(), idx);
             if link["linkinfo"]["info_kind"].as_str() == Some("veth") {
                 l.veths.insert(name.to_string(), idx);
@@ -100,7 +103,10 @@ impl Links {
                 }
             }
         }
-        if l.by_name.keys().any(|n| n.starts_with("br") || n.starts_with("cni")) {
+        if l.by_name
+            .keys()
+            .any(|n| n.starts_with("br") || n.starts_with("cni"))
+        {
             for f in bridge_json(&["fdb", "show"]) {
                 if let (Some(mac), Some(dev)) = (f["mac"].as_str(), f["ifname"].as_str()) {
                     l.fdb.insert(mac.to_lowercase(), dev.to_string());
@@ -134,13 +140,21 @@ pub fn watch_netlink(mut on_change: impl FnMut() -> bool) -> std::io::Result<()>
     const RTMGRP_IPV6_ROUTE: u32 = 0x400;
     // SAFETY: plain socket syscalls on a fd we own; the buffer outlives recv.
     unsafe {
-        let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE);
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        );
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
         let mut addr: libc::sockaddr_nl = std::mem::zeroed();
         addr.nl_family = libc::AF_NETLINK as u16;
-        addr.nl_groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE;
+        addr.nl_groups = RTMGRP_LINK
+            | RTMGRP_IPV4_IFADDR
+            | RTMGRP_IPV4_ROUTE
+            | RTMGRP_IPV6_IFADDR
+            | RTMGRP_IPV6_ROUTE;
         if libc::bind(
             fd,
             (&addr as *const libc::sockaddr_nl).cast(),
@@ -157,7 +171,8 @@ pub fn watch_netlink(mut on_change: impl FnMut() -> bool) -> std::io::Result<()>
             if n < 0 {
                 let e = std::io::Error::last_os_error();
                 // ENOBUFS: we missed messages; a rescan covers them.
-                if e.raw_os_error() != Some(libc::ENOBUFS) && e.raw_os_error() != Some(libc::EINTR) {
+                if e.raw_os_error() != Some(libc::ENOBUFS) && e.raw_os_error() != Some(libc::EINTR)
+                {
                     libc::close(fd);
                     return Err(e);
                 }

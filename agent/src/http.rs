@@ -26,7 +26,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             let (status, body) = match path {
                 "/ready" | "/readyz" => {
                     let r = shared.ready.lock().map(|r| r.clone()).unwrap_or_default();
-                    let status = if r.ready { "200 OK" } else { "503 Service Unavailable" };
+                    let status = if r.ready {
+                        "200 OK"
+                    } else {
+                        "503 Service Unavailable"
+                    };
                     (status, serde_json::to_string(&r).unwrap_or_default())
                 }
                 "/healthz" | "/livez" => ("200 OK", "{\"ok\":true}".to_string()),

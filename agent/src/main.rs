@@ -11,8 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use palisade_agent::{
     datapath::Datapath,
-    denylog,
-    discovery,
+    denylog, discovery,
     events::EventReader,
     http,
     maps::Maps,
@@ -138,8 +137,12 @@ async fn main() -> Result<()> {
         return Err(e);
     }
 
-    let mut dp = Datapath::load(&cli.pin_dir)
-        .with_context(|| format!("loading the datapath (kernel needs TC/TCX and BPF support; pin dir {})", cli.pin_dir.display()))?;
+    let mut dp = Datapath::load(&cli.pin_dir).with_context(|| {
+        format!(
+            "loading the datapath (kernel needs TC/TCX and BPF support; pin dir {})",
+            cli.pin_dir.display()
+        )
+    })?;
     let mut maps = Maps::take(&mut dp)?;
     maps.set_config(Config {
         event_interval_ns: cli.event_interval_ms.max(1) * 1_000_000,
@@ -163,7 +166,11 @@ async fn main() -> Result<()> {
         loop {
             match events.next_batch().await {
                 Ok(batch) => {
-                    let names = names_for_events.names.lock().map(|n| n.clone()).unwrap_or_default();
+                    let names = names_for_events
+                        .names
+                        .lock()
+                        .map(|n| n.clone())
+                        .unwrap_or_default();
                     let mut out = std::io::stdout().lock();
                     for ev in batch {
                         let line = denylog::render(&ev, &names, SystemTime::now());

@@ -40,7 +40,11 @@ pub struct Maps {
     pub config: Array<MapData, Config>,
 }
 
-fn map_err(map: &'static str, op: &'static str, key: String) -> impl FnOnce(MapError) -> WriteError {
+fn map_err(
+    map: &'static str,
+    op: &'static str,
+    key: String,
+) -> impl FnOnce(MapError) -> WriteError {
     move |source| WriteError::Map {
         map,
         op,
@@ -112,30 +116,45 @@ impl Maps {
                     })),
                 }
             })?;
-            self.counters
-                .insert(ep.id, zero, 0)
-                .map_err(map_err(maps::COUNTERS, "insert", ep.id.to_string()))?;
+            self.counters.insert(ep.id, zero, 0).map_err(map_err(
+                maps::COUNTERS,
+                "insert",
+                ep.id.to_string(),
+            ))?;
         }
         if ep.flags & EP_HAS_V4 != 0 {
             self.ep_by_ip
                 .insert(IpKey::v4(ep.ipv4), ifindex, 0)
-                .map_err(map_err(maps::ENDPOINT_BY_IP, "insert", format!("{:?}", ep.ipv4)))?;
+                .map_err(map_err(
+                    maps::ENDPOINT_BY_IP,
+                    "insert",
+                    format!("{:?}", ep.ipv4),
+                ))?;
         }
         if ep.flags & EP_HAS_V6 != 0 {
             self.ep_by_ip
                 .insert(IpKey::v6(ep.ipv6), ifindex, 0)
-                .map_err(map_err(maps::ENDPOINT_BY_IP, "insert", format!("{:?}", ep.ipv6)))?;
+                .map_err(map_err(
+                    maps::ENDPOINT_BY_IP,
+                    "insert",
+                    format!("{:?}", ep.ipv6),
+                ))?;
         }
-        self.endpoints
-            .insert(ifindex, *ep, 0)
-            .map_err(map_err(maps::ENDPOINTS, "insert", ifindex.to_string()))
+        self.endpoints.insert(ifindex, *ep, 0).map_err(map_err(
+            maps::ENDPOINTS,
+            "insert",
+            ifindex.to_string(),
+        ))
     }
 
     /// Remove an endpoint record: the interface becomes fail-closed (unknown endpoint).
     pub fn delete_endpoint(&mut self, ifindex: u32) -> Result<(), WriteError> {
         if let Ok(ep) = self.endpoints.get(&ifindex, 0) {
-            ignore_missing(self.endpoints.remove(&ifindex))
-                .map_err(map_err(maps::ENDPOINTS, "remove", ifindex.to_string()))?;
+            ignore_missing(self.endpoints.remove(&ifindex)).map_err(map_err(
+                maps::ENDPOINTS,
+                "remove",
+                ifindex.to_string(),
+            ))?;
             for k in [IpKey::v4(ep.ipv4), IpKey::v6(ep.ipv6)] {
                 if self.ep_by_ip.get(&k, 0).ok() == Some(ifindex) {
                     let _ = self.ep_by_ip.remove(&k);
@@ -150,23 +169,47 @@ impl Maps {
         self.endpoints.iter().flatten().collect()
     }
 
-    pub fn upsert_v4(&mut self, plen: u32, key: PolicyKeyV4, v: &PolicyValue) -> Result<(), WriteError> {
+    pub fn upsert_v4(
+        &mut self,
+        plen: u32,
+        key: PolicyKeyV4,
+        v: &PolicyValue,
+    ) -> Result<(), WriteError> {
         self.policy_v4
             .insert(&Key::new(plen, key), *v, 0)
-            .map_err(map_err(maps::POLICY_V4, "insert", format!("{key:?}/{plen}")))
+            .map_err(map_err(
+                maps::POLICY_V4,
+                "insert",
+                format!("{key:?}/{plen}"),
+            ))
     }
     pub fn delete_v4(&mut self, plen: u32, key: PolicyKeyV4) -> Result<(), WriteError> {
-        ignore_missing(self.policy_v4.remove(&Key::new(plen, key)))
-            .map_err(map_err(maps::POLICY_V4, "remove", format!("{key:?}/{plen}")))
+        ignore_missing(self.policy_v4.remove(&Key::new(plen, key))).map_err(map_err(
+            maps::POLICY_V4,
+            "remove",
+            format!("{key:?}/{plen}"),
+        ))
     }
-    pub fn upsert_v6(&mut self, plen: u32, key: PolicyKeyV6, v: &PolicyValue) -> Result<(), WriteError> {
+    pub fn upsert_v6(
+        &mut self,
+        plen: u32,
+        key: PolicyKeyV6,
+        v: &PolicyValue,
+    ) -> Result<(), WriteError> {
         self.policy_v6
             .insert(&Key::new(plen, key), *v, 0)
-            .map_err(map_err(maps::POLICY_V6, "insert", format!("{key:?}/{plen}")))
+            .map_err(map_err(
+                maps::POLICY_V6,
+                "insert",
+                format!("{key:?}/{plen}"),
+            ))
     }
     pub fn delete_v6(&mut self, plen: u32, key: PolicyKeyV6) -> Result<(), WriteError> {
-        ignore_missing(self.policy_v6.remove(&Key::new(plen, key)))
-            .map_err(map_err(maps::POLICY_V6, "remove", format!("{key:?}/{plen}")))
+        ignore_missing(self.policy_v6.remove(&Key::new(plen, key))).map_err(map_err(
+            maps::POLICY_V6,
+            "remove",
+            format!("{key:?}/{plen}"),
+        ))
     }
     pub fn policy_v4_entries(&self) -> Vec<(u32, PolicyKeyV4, PolicyValue)> {
         let keys: Vec<_> = self.policy_v4.keys().flatten().collect();
@@ -187,7 +230,11 @@ impl Maps {
             .map_err(map_err(maps::SERVICES, "insert", format!("{k:?}")))
     }
     pub fn delete_service(&mut self, k: ServiceKey) -> Result<(), WriteError> {
-        ignore_missing(self.services.remove(&k)).map_err(map_err(maps::SERVICES, "remove", format!("{k:?}")))
+        ignore_missing(self.services.remove(&k)).map_err(map_err(
+            maps::SERVICES,
+            "remove",
+            format!("{k:?}"),
+        ))
     }
     pub fn services(&self) -> Vec<ServiceKey> {
         self.services.keys().flatten().collect()
@@ -197,9 +244,11 @@ impl Maps {
     pub fn set_node_addrs(&mut self, addrs: &[IpAddr]) -> Result<(), WriteError> {
         let want: Vec<IpKey> = addrs.iter().map(|a| ip_key(*a)).collect();
         for k in &want {
-            self.node_addrs
-                .insert(*k, 1, 0)
-                .map_err(map_err(maps::NODE_ADDRS, "insert", format!("{k:?}")))?;
+            self.node_addrs.insert(*k, 1, 0).map_err(map_err(
+                maps::NODE_ADDRS,
+                "insert",
+                format!("{k:?}"),
+            ))?;
         }
         let have: Vec<IpKey> = self.node_addrs.keys().flatten().collect();
         for k in have.into_iter().filter(|k| !want.contains(k)) {

@@ -4,16 +4,36 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// What to put after the IP header.
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16 },
-    Udp { sport: u16, dport: u16 },
-    Sctp { sport: u16, dport: u16 },
-    IcmpEchoRequest { id: u16 },
-    IcmpEchoReply { id: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    Sctp {
+        sport: u16,
+        dport: u16,
+    },
+    IcmpEchoRequest {
+        id: u16,
+    },
+    IcmpEchoReply {
+        id: u16,
+    },
     /// ICMP(v6) error quoting `inner` (an IP packet without Ethernet).
-    IcmpError { ty: u8, code: u8, inner: Vec<u8> },
+    IcmpError {
+        ty: u8,
+        code: u8,
+        inner: Vec<u8>,
+    },
     /// ICMPv6 type without body (e.g. neighbour solicitation 135).
     Icmp6Type(u8),
-    Raw { proto: u8, bytes: Vec<u8> },
+    Raw {
+        proto: u8,
+        bytes: Vec<u8>,
+    },
 }
 
 /// Options for the IP layer.
@@ -70,7 +90,12 @@ fn l4_bytes(l4: &L4, v6: bool) -> (u8, Vec<u8>) {
             b.extend_from_slice(inner);
             (icmp, b)
         }
-        L4::Icmp6Type(ty) => (58, vec![*ty, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        L4::Icmp6Type(ty) => (
+            58,
+            vec![
+                *ty, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ],
+        ),
         L4::Raw { proto, bytes } => (*proto, bytes.clone()),
     }
 }
@@ -79,7 +104,7 @@ fn l4_bytes(l4: &L4, v6: bool) -> (u8, Vec<u8>) {
 pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, l4: &L4, o: &IpOpts) -> Vec<u8> {
     let (proto, body) = l4_bytes(l4, false);
     let mut opts = o.v4_options.clone();
-    while opts.len() % 4 != 0 {
+    while !opts.len().is_multiple_of(4) {
         opts.push(0);
     }
     let hlen = 20 + opts.len();
@@ -160,7 +185,11 @@ pub fn v6_ext(kind: u8, next: u8, frag_offset: u16) -> Vec<u8> {
 /// Wrap an IP packet in Ethernet.
 pub fn ether(ip: &[u8]) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
-    let ethertype: u16 = if ip.first().is_some_and(|b| b >> 4 == 6) { 0x86dd } else { 0x0800 };
+    let ethertype: u16 = if ip.first().is_some_and(|b| b >> 4 == 6) {
+        0x86dd
+    } else {
+        0x0800
+    };
     f.extend_from_slice(&ethertype.to_be_bytes());
     f.extend_from_slice(ip);
     f

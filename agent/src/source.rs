@@ -15,12 +15,20 @@ use tokio::sync::mpsc;
 
 #[derive(Debug)]
 pub enum SourceEvent {
-    Apply { obj: Object, origin: String },
+    Apply {
+        obj: Object,
+        origin: String,
+    },
     Delete(ObjectRef),
     /// An input that could not be read or parsed at all (file, field, reason).
-    Error { origin: String, message: String },
+    Error {
+        origin: String,
+        message: String,
+    },
     /// Everything sent so far is a consistent snapshot at `revision`.
-    Synced { revision: String },
+    Synced {
+        revision: String,
+    },
 }
 
 /// The name of the optional file whose content the agent reports as the programmed
@@ -132,7 +140,12 @@ impl FileSource {
                 deleted.extend(old.into_iter().filter(|r| !refs.contains(r)));
             }
         }
-        let gone: Vec<PathBuf> = self.seen.keys().filter(|p| !now.contains_key(*p)).cloned().collect();
+        let gone: Vec<PathBuf> = self
+            .seen
+            .keys()
+            .filter(|p| !now.contains_key(*p))
+            .cloned()
+            .collect();
         for p in gone {
             deleted.extend(self.objects.remove(&p).unwrap_or_default());
         }

@@ -346,7 +346,12 @@ impl SyncLoop {
             if !pod.is_policy_pod() {
                 continue;
             }
-            for ip in pod.ipv4().map(IpAddr::V4).into_iter().chain(pod.ipv6().map(IpAddr::V6)) {
+            for ip in pod
+                .ipv4()
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(pod.ipv6().map(IpAddr::V6))
+            {
                 names.by_ip.insert(ip, pod.key());
             }
         }
@@ -390,14 +395,28 @@ impl SyncLoop {
         );
     }
 
-    fn apply_write(&mut self, w: &MapWrite, ifaces: &BTreeMap<PodKey, (String, u32)>) -> Result<(), WriteError> {
+    fn apply_write(
+        &mut self,
+        w: &MapWrite,
+        ifaces: &BTreeMap<PodKey, (String, u32)>,
+    ) -> Result<(), WriteError> {
         match w {
-            MapWrite::PolicyV4Upsert { prefix_len, key, value } => self.maps.upsert_v4(*prefix_len, *key, value),
+            MapWrite::PolicyV4Upsert {
+                prefix_len,
+                key,
+                value,
+            } => self.maps.upsert_v4(*prefix_len, *key, value),
             MapWrite::PolicyV4Delete { prefix_len, key } => self.maps.delete_v4(*prefix_len, *key),
-            MapWrite::PolicyV6Upsert { prefix_len, key, value } => self.maps.upsert_v6(*prefix_len, *key, value),
+            MapWrite::PolicyV6Upsert {
+                prefix_len,
+                key,
+                value,
+            } => self.maps.upsert_v6(*prefix_len, *key, value),
             MapWrite::PolicyV6Delete { prefix_len, key } => self.maps.delete_v6(*prefix_len, *key),
             MapWrite::EndpointUpsert { pod, ep } => {
-                let Some((_, idx)) = ifaces.get(pod) else { return Ok(()) };
+                let Some((_, idx)) = ifaces.get(pod) else {
+                    return Ok(());
+                };
                 if let Some(old) = self.written_if.get(pod) {
                     if old != idx {
                         self.maps.delete_endpoint(*old)?;

@@ -78,7 +78,11 @@ fn tc_programs(c: &Cluster, node: usize, dev: &str) -> Vec<String> {
         let mut names = Vec::new();
         for t in [TcAttachType::Ingress, TcAttachType::Egress] {
             let (_, progs) = SchedClassifier::query_tcx(&dev, t).expect("query tcx");
-            names.extend(progs.iter().map(|p| p.name_as_str().unwrap_or("?").to_string()));
+            names.extend(
+                progs
+                    .iter()
+                    .map(|p| p.name_as_str().unwrap_or("?").to_string()),
+            );
         }
         names
     })
@@ -93,7 +97,9 @@ fn agent_restart_keeps_connections_and_enforcement() {
     // x/a (node 1) and x/b (node 2): a long-lived connection through the policy.
     let b_ns = c.pod_netns("x/b").unwrap().to_string();
     let b_ip = c.pod_ip("x/b").unwrap();
-    let listener = in_netns(&b_ns, || TcpListener::bind("0.0.0.0:9000")).unwrap().unwrap();
+    let listener = in_netns(&b_ns, || TcpListener::bind("0.0.0.0:9000"))
+        .unwrap()
+        .unwrap();
     let server = std::thread::spawn(move || {
         if let Ok((mut s, _)) = listener.accept() {
             let mut buf = [0u8; 64];
@@ -106,11 +112,16 @@ fn agent_restart_keeps_connections_and_enforcement() {
     });
     let a_ns = c.pod_netns("x/a").unwrap().to_string();
     let to = SocketAddr::new(b_ip, 9000);
-    let mut conn = in_netns(&a_ns, move || TcpStream::connect_timeout(&to, Duration::from_secs(2)))
-        .unwrap()
-        .expect("x/a connects to x/b:9000");
+    let mut conn = in_netns(&a_ns, move || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(2))
+    })
+    .unwrap()
+    .expect("x/a connects to x/b:9000");
     assert_eq!(echo_once(&mut conn, b"before").unwrap(), b"before");
-    assert_eq!(probe(&c, "x/c", "x/b", 80, Protocol::Tcp, Via::Pod), Outcome::Blocked);
+    assert_eq!(
+        probe(&c, "x/c", "x/b", 80, Protocol::Tcp, Via::Pod),
+        Outcome::Blocked
+    );
 
     let veth = c.pod_host_veth("x/b").unwrap().to_string();
     let before = tc_programs(&c, 2, &veth);
@@ -119,18 +130,37 @@ fn agent_restart_keeps_connections_and_enforcement() {
     // Agent on x/b's node down: state stays enforced.
     c.stop_agent(2).unwrap();
     assert_eq!(echo_once(&mut conn, b"while-down").unwrap(), b"while-down");
-    assert_eq!(probe(&c, "x/c", "x/b", 80, Protocol::Tcp, Via::Pod), Outcome::Blocked);
-    assert_eq!(probe(&c, "x/a", "x/b", 80, Protocol::Tcp, Via::Pod), Outcome::Reachable);
+    assert_eq!(
+        probe(&c, "x/c", "x/b", 80, Protocol::Tcp, Via::Pod),
+        Outcome::Blocked
+    );
+    assert_eq!(
+        probe(&c, "x/a", "x/b", 80, Protocol::Tcp, Via::Pod),
+        Outcome::Reachable
+    );
 
     // Back up: adopts the pinned state; nothing leaks, nothing breaks.
     c.start_agent(2).unwrap();
     c.sync().unwrap();
     assert_eq!(echo_once(&mut conn, b"after").unwrap(), b"after");
-    assert_eq!(probe(&c, "x/c", "x/b", 80, Protocol::Tcp, Via::Pod), Outcome::Blocked);
-    assert_eq!(probe(&c, "x/a", "x/b", 80, Protocol::Tcp, Via::Service), Outcome::Reachable);
-    assert_eq!(tc_programs(&c, 2, &veth), before, "no extra programs after restart");
+    assert_eq!(
+        probe(&c, "x/c", "x/b", 80, Protocol::Tcp, Via::Pod),
+        Outcome::Blocked
+    );
+    assert_eq!(
+        probe(&c, "x/a", "x/b", 80, Protocol::Tcp, Via::Service),
+        Outcome::Reachable
+    );
+    assert_eq!(
+        tc_programs(&c, 2, &veth),
+        before,
+        "no extra programs after restart"
+    );
     let log = c.agent_log_tail(2, 200);
-    assert!(log.contains("adopting state pinned by an earlier agent"), "{log}");
+    assert!(
+        log.contains("adopting state pinned by an earlier agent"),
+        "{log}"
+    );
     drop(conn);
     let _ = server.join();
     c.teardown().unwrap();
@@ -157,18 +187,33 @@ fn new_pod_under_existing_policy_is_never_reachable_against_it() {
     // The pod's network exists before the agent knows the pod: it must be closed.
     c.add_pod_network(spec).unwrap();
     for _ in 0..5 {
-        assert_eq!(probe(&c, "y/a", "x/d", 80, Protocol::Tcp, Via::Pod), Outcome::Blocked);
+        assert_eq!(
+            probe(&c, "y/a", "x/d", 80, Protocol::Tcp, Via::Pod),
+            Outcome::Blocked
+        );
     }
     c.publish_pod("x/d").unwrap();
     c.sync().unwrap();
-    assert_eq!(probe(&c, "y/a", "x/d", 80, Protocol::Tcp, Via::Pod), Outcome::Blocked);
-    assert_eq!(probe(&c, "y/a", "x/d", 80, Protocol::Tcp, Via::Service), Outcome::Blocked);
+    assert_eq!(
+        probe(&c, "y/a", "x/d", 80, Protocol::Tcp, Via::Pod),
+        Outcome::Blocked
+    );
+    assert_eq!(
+        probe(&c, "y/a", "x/d", 80, Protocol::Tcp, Via::Service),
+        Outcome::Blocked
+    );
     // Its own node still reaches it (kubelet probes).
-    assert_eq!(probe(&c, "node/1", "x/d", 80, Protocol::Tcp, Via::Pod), Outcome::Reachable);
+    assert_eq!(
+        probe(&c, "node/1", "x/d", 80, Protocol::Tcp, Via::Pod),
+        Outcome::Reachable
+    );
     // The policy is deleted: the new pod opens up.
     c.delete_policy("x", "deny-all").unwrap();
     c.sync().unwrap();
-    assert_eq!(probe(&c, "y/a", "x/d", 80, Protocol::Tcp, Via::Pod), Outcome::Reachable);
+    assert_eq!(
+        probe(&c, "y/a", "x/d", 80, Protocol::Tcp, Via::Pod),
+        Outcome::Reachable
+    );
     c.teardown().unwrap();
 }
 
@@ -176,7 +221,8 @@ fn new_pod_under_existing_policy_is_never_reachable_against_it() {
 fn bad_input_is_reported_and_the_rest_stays_enforced() {
     let mut c = cluster();
     c.apply_policy(&only_a_to_b()).unwrap();
-    c.write_source_file("broken.yaml", "kind: NetworkPolicy\nmetadata: [oops\n").unwrap();
+    c.write_source_file("broken.yaml", "kind: NetworkPolicy\nmetadata: [oops\n")
+        .unwrap();
     c.write_source_file(
         "bad-policy.yaml",
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bad, namespace: y}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/16, except: [10.1.0.0/24]}\n",
@@ -185,16 +231,40 @@ fn bad_input_is_reported_and_the_rest_stays_enforced() {
     c.sync().unwrap();
     for node in 1..=2 {
         let log = c.agent_log_tail(node, 400);
-        assert!(log.contains("broken.yaml"), "node {node} names the broken file:\n{log}");
-        assert!(log.contains("bad-policy.yaml"), "node {node} names the file of the invalid policy:\n{log}");
-        assert!(log.contains("y/bad"), "node {node} names the invalid policy:\n{log}");
-        assert!(log.contains("except[0]"), "node {node} names the field:\n{log}");
+        assert!(
+            log.contains("broken.yaml"),
+            "node {node} names the broken file:\n{log}"
+        );
+        assert!(
+            log.contains("bad-policy.yaml"),
+            "node {node} names the file of the invalid policy:\n{log}"
+        );
+        assert!(
+            log.contains("y/bad"),
+            "node {node} names the invalid policy:\n{log}"
+        );
+        assert!(
+            log.contains("except[0]"),
+            "node {node} names the field:\n{log}"
+        );
     }
     // The valid policy is enforced; the invalid one isolates y/a fail-closed.
-    assert_eq!(probe(&c, "x/c", "x/b", 80, Protocol::Tcp, Via::Pod), Outcome::Blocked);
-    assert_eq!(probe(&c, "x/a", "x/b", 80, Protocol::Tcp, Via::Pod), Outcome::Reachable);
-    assert_eq!(probe(&c, "x/a", "y/a", 80, Protocol::Tcp, Via::Pod), Outcome::Blocked);
-    assert_eq!(probe(&c, "x/a", "y/b", 80, Protocol::Tcp, Via::Pod), Outcome::Reachable);
+    assert_eq!(
+        probe(&c, "x/c", "x/b", 80, Protocol::Tcp, Via::Pod),
+        Outcome::Blocked
+    );
+    assert_eq!(
+        probe(&c, "x/a", "x/b", 80, Protocol::Tcp, Via::Pod),
+        Outcome::Reachable
+    );
+    assert_eq!(
+        probe(&c, "x/a", "y/a", 80, Protocol::Tcp, Via::Pod),
+        Outcome::Blocked
+    );
+    assert_eq!(
+        probe(&c, "x/a", "y/b", 80, Protocol::Tcp, Via::Pod),
+        Outcome::Reachable
+    );
     c.teardown().unwrap();
 }
 
@@ -203,7 +273,10 @@ fn deny_log_lines_name_pods_and_policies() {
     let mut c = cluster();
     c.apply_policy(&only_a_to_b()).unwrap();
     c.sync().unwrap();
-    assert_eq!(probe(&c, "y/c", "x/b", 80, Protocol::Tcp, Via::Service), Outcome::Blocked);
+    assert_eq!(
+        probe(&c, "y/c", "x/b", 80, Protocol::Tcp, Via::Service),
+        Outcome::Blocked
+    );
     let y_c = c.pod_ip("y/c").unwrap().to_string();
     let x_b = c.pod_ip("x/b").unwrap().to_string();
     // x/b lives on node 2; wait for the line rather than sleeping a fixed time.

@@ -99,11 +99,19 @@ fn allow_v4(fx: &mut Fx, dir: u8, net: Ipv4Addr, plen: u32, v: PolicyValue) {
         scope: PolicyScope::new(7, dir),
         addr: net.octets(),
     };
-    fx.maps.upsert_v4(SCOPE_BITS + plen, key, &v).expect("insert policy");
+    fx.maps
+        .upsert_v4(SCOPE_BITS + plen, key, &v)
+        .expect("insert policy");
 }
 
 impl Fx {
-    fn run_mark(&mut self, prog: &'static str, frame: &[u8], ifindex: u32, mark: u32) -> (u32, u32) {
+    fn run_mark(
+        &mut self,
+        prog: &'static str,
+        frame: &[u8],
+        ifindex: u32,
+        mark: u32,
+    ) -> (u32, u32) {
         let ctx_in = packet::skb_ctx(ifindex, mark);
         let mut ctx_out = vec![0u8; 256];
         let mut data_out = vec![0u8; frame.len() + 64];
@@ -178,16 +186,52 @@ fn not_isolated_allows_everything() {
 #[test]
 fn prefix_port_range_and_protocol_decide() {
     let mut fx = fixture();
-    fx.maps.upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED)).unwrap();
-    allow_v4(&mut fx, DIR_INGRESS, Ipv4Addr::new(10, 100, 2, 0), 24, ports(&[(PROTO_TCP, 80, 80), (PROTO_UDP, 8000, 8005)]));
-    assert_eq!(fx.run("to_pod", &tcp(PEER, POD, 40000, 80)), OK, "allowed port");
-    assert_eq!(fx.run("to_pod", &udp(PEER, POD, 40000, 8000)), OK, "range start");
-    assert_eq!(fx.run("to_pod", &udp(PEER, POD, 40000, 8005)), OK, "range end");
+    fx.maps
+        .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED))
+        .unwrap();
+    allow_v4(
+        &mut fx,
+        DIR_INGRESS,
+        Ipv4Addr::new(10, 100, 2, 0),
+        24,
+        ports(&[(PROTO_TCP, 80, 80), (PROTO_UDP, 8000, 8005)]),
+    );
+    assert_eq!(
+        fx.run("to_pod", &tcp(PEER, POD, 40000, 80)),
+        OK,
+        "allowed port"
+    );
+    assert_eq!(
+        fx.run("to_pod", &udp(PEER, POD, 40000, 8000)),
+        OK,
+        "range start"
+    );
+    assert_eq!(
+        fx.run("to_pod", &udp(PEER, POD, 40000, 8005)),
+        OK,
+        "range end"
+    );
     assert!(fx.events().is_empty());
-    assert_eq!(fx.run("to_pod", &udp(PEER, POD, 40000, 8006)), SHOT, "past range end");
-    assert_eq!(fx.run("to_pod", &tcp(PEER, POD, 40000, 81)), SHOT, "other port");
-    assert_eq!(fx.run("to_pod", &udp(PEER, POD, 40001, 80)), SHOT, "other protocol");
-    assert_eq!(fx.run("to_pod", &tcp(OTHER, POD, 40000, 80)), SHOT, "other prefix");
+    assert_eq!(
+        fx.run("to_pod", &udp(PEER, POD, 40000, 8006)),
+        SHOT,
+        "past range end"
+    );
+    assert_eq!(
+        fx.run("to_pod", &tcp(PEER, POD, 40000, 81)),
+        SHOT,
+        "other port"
+    );
+    assert_eq!(
+        fx.run("to_pod", &udp(PEER, POD, 40001, 80)),
+        SHOT,
+        "other protocol"
+    );
+    assert_eq!(
+        fx.run("to_pod", &tcp(OTHER, POD, 40000, 80)),
+        SHOT,
+        "other prefix"
+    );
     let evs = fx.events();
     assert_eq!(evs.len(), 4);
     let ev = evs[3];
@@ -206,35 +250,96 @@ fn prefix_port_range_and_protocol_decide() {
 #[test]
 fn longest_prefix_wins_for_nested_blocks() {
     let mut fx = fixture();
-    fx.maps.upsert_endpoint(IF, &endpoint(EP_EGRESS_ISOLATED)).unwrap();
-    let mut all = PolicyValue::default();
-    all.flags = PV_ALL;
+    fx.maps
+        .upsert_endpoint(IF, &endpoint(EP_EGRESS_ISOLATED))
+        .unwrap();
+    let all = PolicyValue {
+        flags: PV_ALL,
+        ..Default::default()
+    };
     // /8 allows all, the /24 hole (an except) allows only TCP 443, a /32 inside it all again.
     allow_v4(&mut fx, DIR_EGRESS, Ipv4Addr::new(10, 0, 0, 0), 8, all);
-    allow_v4(&mut fx, DIR_EGRESS, Ipv4Addr::new(10, 100, 2, 0), 24, ports(&[(PROTO_TCP, 443, 443)]));
+    allow_v4(
+        &mut fx,
+        DIR_EGRESS,
+        Ipv4Addr::new(10, 100, 2, 0),
+        24,
+        ports(&[(PROTO_TCP, 443, 443)]),
+    );
     allow_v4(&mut fx, DIR_EGRESS, PEER, 32, all);
-    assert_eq!(fx.run("from_pod", &udp(POD, Ipv4Addr::new(10, 1, 2, 3), 1000, 53)), OK);
-    assert_eq!(fx.run("from_pod", &tcp(POD, Ipv4Addr::new(10, 100, 2, 9), 1000, 80)), SHOT);
-    assert_eq!(fx.run("from_pod", &tcp(POD, Ipv4Addr::new(10, 100, 2, 9), 1000, 443)), OK);
+    assert_eq!(
+        fx.run("from_pod", &udp(POD, Ipv4Addr::new(10, 1, 2, 3), 1000, 53)),
+        OK
+    );
+    assert_eq!(
+        fx.run(
+            "from_pod",
+            &tcp(POD, Ipv4Addr::new(10, 100, 2, 9), 1000, 80)
+        ),
+        SHOT
+    );
+    assert_eq!(
+        fx.run(
+            "from_pod",
+            &tcp(POD, Ipv4Addr::new(10, 100, 2, 9), 1000, 443)
+        ),
+        OK
+    );
     assert_eq!(fx.run("from_pod", &tcp(POD, PEER, 1000, 80)), OK);
-    let icmp = packet::frame(POD.into(), Ipv4Addr::new(10, 100, 2, 9).into(), &L4::IcmpEchoRequest { id: 1 });
-    assert_eq!(fx.run("from_pod", &icmp), SHOT, "ICMP needs a rule without ports");
-    let icmp = packet::frame(POD.into(), Ipv4Addr::new(10, 9, 9, 9).into(), &L4::IcmpEchoRequest { id: 1 });
+    let icmp = packet::frame(
+        POD.into(),
+        Ipv4Addr::new(10, 100, 2, 9).into(),
+        &L4::IcmpEchoRequest { id: 1 },
+    );
+    assert_eq!(
+        fx.run("from_pod", &icmp),
+        SHOT,
+        "ICMP needs a rule without ports"
+    );
+    let icmp = packet::frame(
+        POD.into(),
+        Ipv4Addr::new(10, 9, 9, 9).into(),
+        &L4::IcmpEchoRequest { id: 1 },
+    );
     assert_eq!(fx.run("from_pod", &icmp), OK);
 }
 
 #[test]
 fn ipv4_options_use_the_real_header_length() {
     let mut fx = fixture();
-    fx.maps.upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED)).unwrap();
-    allow_v4(&mut fx, DIR_INGRESS, PEER, 32, ports(&[(PROTO_TCP, 80, 80)]));
+    fx.maps
+        .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED))
+        .unwrap();
+    allow_v4(
+        &mut fx,
+        DIR_INGRESS,
+        PEER,
+        32,
+        ports(&[(PROTO_TCP, 80, 80)]),
+    );
     let opts = IpOpts {
         v4_options: vec![1, 1, 1, 1, 1, 1, 1, 0],
         ..Default::default()
     };
-    let f = packet::ether(&packet::ipv4(PEER, POD, &L4::Tcp { sport: 40000, dport: 80 }, &opts));
+    let f = packet::ether(&packet::ipv4(
+        PEER,
+        POD,
+        &L4::Tcp {
+            sport: 40000,
+            dport: 80,
+        },
+        &opts,
+    ));
     assert_eq!(fx.run("to_pod", &f), OK);
-    let f = packet::ether(&packet::ipv4(PEER, POD, &L4::Tcp { sport: 40000, dport: 81 }, &opts));
+    let f = packet::ether(&packet::ipv4(
+        PEER,
+        POD,
+        &L4::Tcp {
+            sport: 40000,
+            dport: 81,
+        },
+        &opts,
+    ));
     assert_eq!(fx.run("to_pod", &f), SHOT);
     assert_eq!(one_event(&mut fx).dport, 81);
 }
@@ -242,12 +347,16 @@ fn ipv4_options_use_the_real_header_length() {
 #[test]
 fn ipv6_extension_headers_are_walked() {
     let mut fx = fixture();
-    fx.maps.upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED)).unwrap();
+    fx.maps
+        .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED))
+        .unwrap();
     let key = PolicyKeyV6 {
         scope: PolicyScope::new(7, DIR_INGRESS),
         addr: PEER6.octets(),
     };
-    fx.maps.upsert_v6(SCOPE_BITS + 128, key, &ports(&[(PROTO_UDP, 53, 53)])).unwrap();
+    fx.maps
+        .upsert_v6(SCOPE_BITS + 128, key, &ports(&[(PROTO_UDP, 53, 53)]))
+        .unwrap();
     let mut ext = packet::v6_ext(0, 60, 0);
     ext.extend(packet::v6_ext(60, 43, 0));
     ext.extend(packet::v6_ext(43, 0, 0));
@@ -255,7 +364,15 @@ fn ipv6_extension_headers_are_walked() {
         v6_ext: ext,
         ..Default::default()
     };
-    let mk = |dport| packet::ether(&packet::ipv6(PEER6, POD6, &L4::Udp { sport: 999, dport }, &opts, Some(0)));
+    let mk = |dport| {
+        packet::ether(&packet::ipv6(
+            PEER6,
+            POD6,
+            &L4::Udp { sport: 999, dport },
+            &opts,
+            Some(0),
+        ))
+    };
     assert_eq!(fx.run("to_pod", &mk(53)), OK);
     assert_eq!(fx.run("to_pod", &mk(54)), SHOT);
     let ev = one_event(&mut fx);
@@ -269,7 +386,16 @@ fn ipv6_extension_headers_are_walked() {
         v6_ext: ext,
         ..Default::default()
     };
-    let f = packet::ether(&packet::ipv6(PEER6, POD6, &L4::Udp { sport: 999, dport: 53 }, &opts, Some(60)));
+    let f = packet::ether(&packet::ipv6(
+        PEER6,
+        POD6,
+        &L4::Udp {
+            sport: 999,
+            dport: 53,
+        },
+        &opts,
+        Some(60),
+    ));
     assert_eq!(fx.run("to_pod", &f), SHOT);
     assert_eq!(one_event(&mut fx).reason, Reason::Malformed as u8);
 }
@@ -277,8 +403,16 @@ fn ipv6_extension_headers_are_walked() {
 #[test]
 fn fragments_match_only_all_port_rules() {
     let mut fx = fixture();
-    fx.maps.upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED)).unwrap();
-    allow_v4(&mut fx, DIR_INGRESS, PEER, 32, ports(&[(PROTO_UDP, 53, 53)]));
+    fx.maps
+        .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED))
+        .unwrap();
+    allow_v4(
+        &mut fx,
+        DIR_INGRESS,
+        PEER,
+        32,
+        ports(&[(PROTO_UDP, 53, 53)]),
+    );
     let first = IpOpts {
         more_fragments: true,
         ..Default::default()
@@ -287,16 +421,38 @@ fn fragments_match_only_all_port_rules() {
         frag_offset: 100,
         ..Default::default()
     };
-    let f = packet::ether(&packet::ipv4(PEER, POD, &L4::Udp { sport: 1, dport: 53 }, &first));
+    let f = packet::ether(&packet::ipv4(
+        PEER,
+        POD,
+        &L4::Udp {
+            sport: 1,
+            dport: 53,
+        },
+        &first,
+    ));
     assert_eq!(fx.run("to_pod", &f), OK, "first fragment carries ports");
-    let f = packet::ether(&packet::ipv4(PEER, POD, &L4::Udp { sport: 1, dport: 53 }, &later));
-    assert_eq!(fx.run("to_pod", &f), SHOT, "non-first fragment: port rule does not match");
+    let f = packet::ether(&packet::ipv4(
+        PEER,
+        POD,
+        &L4::Udp {
+            sport: 1,
+            dport: 53,
+        },
+        &later,
+    ));
+    assert_eq!(
+        fx.run("to_pod", &f),
+        SHOT,
+        "non-first fragment: port rule does not match"
+    );
     let ev = one_event(&mut fx);
     assert_eq!(ev.reason, Reason::Fragment as u8);
     assert_eq!(ev.flags & EVF_FRAGMENT, EVF_FRAGMENT);
     // A rule allowing every UDP port does match it.
-    let mut v = PolicyValue::default();
-    v.all_ports = PBIT_UDP;
+    let v = PolicyValue {
+        all_ports: PBIT_UDP,
+        ..Default::default()
+    };
     allow_v4(&mut fx, DIR_INGRESS, PEER, 32, v);
     assert_eq!(fx.run("to_pod", &f), OK);
     // IPv6 fragment header, non-first.
@@ -304,19 +460,43 @@ fn fragments_match_only_all_port_rules() {
         scope: PolicyScope::new(7, DIR_INGRESS),
         addr: PEER6.octets(),
     };
-    fx.maps.upsert_v6(SCOPE_BITS + 128, key, &ports(&[(PROTO_UDP, 53, 53)])).unwrap();
+    fx.maps
+        .upsert_v6(SCOPE_BITS + 128, key, &ports(&[(PROTO_UDP, 53, 53)]))
+        .unwrap();
     let opts = IpOpts {
         v6_ext: packet::v6_ext(44, 17, 10),
         ..Default::default()
     };
-    let f = packet::ether(&packet::ipv6(PEER6, POD6, &L4::Udp { sport: 1, dport: 53 }, &opts, Some(44)));
+    let f = packet::ether(&packet::ipv6(
+        PEER6,
+        POD6,
+        &L4::Udp {
+            sport: 1,
+            dport: 53,
+        },
+        &opts,
+        Some(44),
+    ));
     assert_eq!(fx.run("to_pod", &f), SHOT);
     let opts = IpOpts {
         v6_ext: packet::v6_ext(44, 17, 0),
         ..Default::default()
     };
-    let f = packet::ether(&packet::ipv6(PEER6, POD6, &L4::Udp { sport: 1, dport: 53 }, &opts, Some(44)));
-    assert_eq!(fx.run("to_pod", &f), OK, "IPv6 first fragment carries ports");
+    let f = packet::ether(&packet::ipv6(
+        PEER6,
+        POD6,
+        &L4::Udp {
+            sport: 1,
+            dport: 53,
+        },
+        &opts,
+        Some(44),
+    ));
+    assert_eq!(
+        fx.run("to_pod", &f),
+        OK,
+        "IPv6 first fragment carries ports"
+    );
 }
 
 #[test]
@@ -341,17 +521,36 @@ fn truncated_headers_are_dropped_at_every_layer() {
     // UDP cut, IPv6 cut, IPv6 extension header cut.
     let u = udp(PEER, POD, 1, 53);
     assert_eq!(fx.run("to_pod", &u[..14 + 20 + 6]), SHOT);
-    let v6 = packet::frame(PEER6.into(), POD6.into(), &L4::Udp { sport: 1, dport: 53 });
+    let v6 = packet::frame(
+        PEER6.into(),
+        POD6.into(),
+        &L4::Udp {
+            sport: 1,
+            dport: 53,
+        },
+    );
     assert_eq!(fx.run("to_pod", &v6[..14 + 40 + 3]), SHOT);
     let opts = IpOpts {
         v6_ext: packet::v6_ext(0, 17, 0),
         ..Default::default()
     };
-    let f = packet::ether(&packet::ipv6(PEER6, POD6, &L4::Udp { sport: 1, dport: 53 }, &opts, Some(0)));
+    let f = packet::ether(&packet::ipv6(
+        PEER6,
+        POD6,
+        &L4::Udp {
+            sport: 1,
+            dport: 53,
+        },
+        &opts,
+        Some(0),
+    ));
     assert_eq!(fx.run("to_pod", &f[..14 + 40 + 4]), SHOT);
     let evs = fx.events();
     assert!(!evs.is_empty());
-    assert!(evs.iter().all(|e| e.reason == Reason::Malformed as u8), "{evs:?}");
+    assert!(
+        evs.iter().all(|e| e.reason == Reason::Malformed as u8),
+        "{evs:?}"
+    );
     // Even in audit mode malformed packets stay dropped.
     fx.maps.upsert_endpoint(IF, &endpoint(EP_AUDIT)).unwrap();
     assert_eq!(fx.run("to_pod", &full[..14 + 20 + 2]), SHOT);
@@ -364,16 +563,43 @@ fn spoofed_source_is_dropped() {
     assert_eq!(fx.run("from_pod", &tcp(OTHER, PEER, 1, 80)), SHOT);
     let ev = one_event(&mut fx);
     assert_eq!(ev.reason, Reason::SpoofedSource as u8);
-    assert_eq!(Reason::from_u8(ev.reason).unwrap().as_str(), "spoofed-source");
+    assert_eq!(
+        Reason::from_u8(ev.reason).unwrap().as_str(),
+        "spoofed-source"
+    );
     // IPv6 too, and the real address passes.
-    let f = packet::frame(PEER6.into(), POD6.into(), &L4::Udp { sport: 1, dport: 53 });
+    let f = packet::frame(
+        PEER6.into(),
+        POD6.into(),
+        &L4::Udp {
+            sport: 1,
+            dport: 53,
+        },
+    );
     assert_eq!(fx.run("from_pod", &f), SHOT);
-    let f = packet::frame(POD6.into(), PEER6.into(), &L4::Udp { sport: 1, dport: 53 });
+    let f = packet::frame(
+        POD6.into(),
+        PEER6.into(),
+        &L4::Udp {
+            sport: 1,
+            dport: 53,
+        },
+    );
     assert_eq!(fx.run("from_pod", &f), OK);
     // Neighbour solicitation from the link-local address passes.
     let ll = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 5);
     let ns = packet::frame(ll.into(), PEER6.into(), &L4::Icmp6Type(135));
     assert_eq!(fx.run("from_pod", &ns), OK);
+    // So does an MLDv2 report to link-local multicast.
+    let mld = packet::frame(
+        ll.into(),
+        Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x16).into(),
+        &L4::Icmp6Type(143),
+    );
+    assert_eq!(fx.run("from_pod", &mld), OK);
+    // But any other ICMPv6 from a link-local source is spoofed.
+    let echo = packet::frame(ll.into(), PEER6.into(), &L4::IcmpEchoRequest { id: 9 });
+    assert_eq!(fx.run("from_pod", &echo), SHOT);
 }
 
 #[test]
@@ -385,24 +611,41 @@ fn replies_pass_through_conntrack_and_withdrawn_allows_apply_at_once() {
     // Egress to PEER:80 allowed; nothing allowed in.
     allow_v4(&mut fx, DIR_EGRESS, PEER, 32, ports(&[(PROTO_TCP, 80, 80)]));
     assert_eq!(fx.run("from_pod", &tcp(POD, PEER, 40000, 80)), OK);
-    assert_eq!(fx.run("to_pod", &tcp(PEER, POD, 80, 40000)), OK, "reply passes");
-    assert_eq!(fx.run("to_pod", &tcp(PEER, POD, 80, 40001)), SHOT, "not a reply");
-    assert_eq!(fx.run("to_pod", &udp(PEER, POD, 80, 40000)), SHOT, "other protocol");
+    assert_eq!(
+        fx.run("to_pod", &tcp(PEER, POD, 80, 40000)),
+        OK,
+        "reply passes"
+    );
+    assert_eq!(
+        fx.run("to_pod", &tcp(PEER, POD, 80, 40001)),
+        SHOT,
+        "not a reply"
+    );
+    assert_eq!(
+        fx.run("to_pod", &udp(PEER, POD, 80, 40000)),
+        SHOT,
+        "other protocol"
+    );
     fx.events();
     // Withdraw the allow: the established flow's next non-reply packet is re-checked.
     fx.maps
-        .delete_v4(SCOPE_BITS + 32, PolicyKeyV4 {
-            scope: PolicyScope::new(7, DIR_EGRESS),
-            addr: PEER.octets(),
-        })
+        .delete_v4(
+            SCOPE_BITS + 32,
+            PolicyKeyV4 {
+                scope: PolicyScope::new(7, DIR_EGRESS),
+                addr: PEER.octets(),
+            },
+        )
         .unwrap();
     assert_eq!(fx.run("from_pod", &tcp(POD, PEER, 40000, 80)), SHOT);
     assert_eq!(one_event(&mut fx).reason, Reason::NoPolicyAllows as u8);
     // Replies of what was already allowed still pass (the peer's answers).
     assert_eq!(fx.run("to_pod", &tcp(PEER, POD, 80, 40000)), OK);
     // Ingress-created flow: the pod's replies pass though egress allows nothing there.
-    let mut all = PolicyValue::default();
-    all.flags = PV_ALL;
+    let all = PolicyValue {
+        flags: PV_ALL,
+        ..Default::default()
+    };
     allow_v4(&mut fx, DIR_INGRESS, OTHER, 32, all);
     assert_eq!(fx.run("to_pod", &udp(OTHER, POD, 5000, 53)), OK);
     assert_eq!(fx.run("from_pod", &udp(POD, OTHER, 53, 5000)), OK);
@@ -419,29 +662,84 @@ fn icmp_errors_of_tracked_flows_pass() {
         .unwrap();
     assert_eq!(fx.run("from_pod", &tcp(POD, PEER, 40000, 80)), OK);
     let router = Ipv4Addr::new(10, 255, 0, 9);
-    let quoted = packet::ipv4(POD, PEER, &L4::Tcp { sport: 40000, dport: 80 }, &IpOpts::default());
-    let err = packet::frame(router.into(), POD.into(), &L4::IcmpError { ty: 3, code: 4, inner: quoted[..28].to_vec() });
+    let quoted = packet::ipv4(
+        POD,
+        PEER,
+        &L4::Tcp {
+            sport: 40000,
+            dport: 80,
+        },
+        &IpOpts::default(),
+    );
+    let err = packet::frame(
+        router.into(),
+        POD.into(),
+        &L4::IcmpError {
+            ty: 3,
+            code: 4,
+            inner: quoted[..28].to_vec(),
+        },
+    );
     assert_eq!(fx.run("to_pod", &err), OK, "frag-needed for a tracked flow");
-    let quoted = packet::ipv4(POD, PEER, &L4::Tcp { sport: 40001, dport: 80 }, &IpOpts::default());
-    let err = packet::frame(router.into(), POD.into(), &L4::IcmpError { ty: 3, code: 4, inner: quoted[..28].to_vec() });
+    let quoted = packet::ipv4(
+        POD,
+        PEER,
+        &L4::Tcp {
+            sport: 40001,
+            dport: 80,
+        },
+        &IpOpts::default(),
+    );
+    let err = packet::frame(
+        router.into(),
+        POD.into(),
+        &L4::IcmpError {
+            ty: 3,
+            code: 4,
+            inner: quoted[..28].to_vec(),
+        },
+    );
     assert_eq!(fx.run("to_pod", &err), SHOT, "error about an unknown flow");
 }
 
 #[test]
 fn own_node_always_reaches_the_pod() {
     let mut fx = fixture();
-    fx.maps.upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED)).unwrap();
+    fx.maps
+        .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED))
+        .unwrap();
     let node: IpAddr = Ipv4Addr::new(10, 255, 0, 1).into();
-    assert_eq!(fx.run("to_pod", &tcp(Ipv4Addr::new(10, 255, 0, 1), POD, 5555, 8080)), SHOT);
+    assert_eq!(
+        fx.run(
+            "to_pod",
+            &tcp(Ipv4Addr::new(10, 255, 0, 1), POD, 5555, 8080)
+        ),
+        SHOT
+    );
     fx.maps.set_node_addrs(&[node]).unwrap();
-    assert_eq!(fx.run("to_pod", &tcp(Ipv4Addr::new(10, 255, 0, 1), POD, 5555, 8080)), OK);
-    assert_eq!(fx.run("to_pod", &tcp(Ipv4Addr::new(10, 255, 0, 2), POD, 5555, 8080)), SHOT, "another node is an ordinary peer");
+    assert_eq!(
+        fx.run(
+            "to_pod",
+            &tcp(Ipv4Addr::new(10, 255, 0, 1), POD, 5555, 8080)
+        ),
+        OK
+    );
+    assert_eq!(
+        fx.run(
+            "to_pod",
+            &tcp(Ipv4Addr::new(10, 255, 0, 2), POD, 5555, 8080)
+        ),
+        SHOT,
+        "another node is an ordinary peer"
+    );
 }
 
 #[test]
 fn audit_mode_passes_and_reports() {
     let mut fx = fixture();
-    fx.maps.upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED | EP_AUDIT)).unwrap();
+    fx.maps
+        .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED | EP_AUDIT))
+        .unwrap();
     assert_eq!(fx.run("to_pod", &tcp(PEER, POD, 40000, 80)), OK);
     let ev = one_event(&mut fx);
     assert_eq!(ev.verdict, VERDICT_AUDIT);
@@ -455,8 +753,10 @@ fn fail_closed_endpoint_denies_what_policy_judges() {
     fx.maps
         .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED | EP_FAIL_CLOSED))
         .unwrap();
-    let mut all = PolicyValue::default();
-    all.flags = PV_ALL;
+    let all = PolicyValue {
+        flags: PV_ALL,
+        ..Default::default()
+    };
     allow_v4(&mut fx, DIR_INGRESS, PEER, 32, all);
     assert_eq!(fx.run("to_pod", &tcp(PEER, POD, 40000, 80)), SHOT);
     assert_eq!(one_event(&mut fx).reason, Reason::FailClosed as u8);
@@ -465,7 +765,9 @@ fn fail_closed_endpoint_denies_what_policy_judges() {
 #[test]
 fn service_egress_is_decided_after_dnat() {
     let mut fx = fixture();
-    fx.maps.upsert_endpoint(IF, &endpoint(EP_EGRESS_ISOLATED)).unwrap();
+    fx.maps
+        .upsert_endpoint(IF, &endpoint(EP_EGRESS_ISOLATED))
+        .unwrap();
     let vip = Ipv4Addr::new(10, 96, 0, 10);
     let mut a = [0u8; 16];
     a[..4].copy_from_slice(&vip.octets());
@@ -477,20 +779,39 @@ fn service_egress_is_decided_after_dnat() {
             addr: a,
         })
         .unwrap();
-    allow_v4(&mut fx, DIR_EGRESS, PEER, 32, ports(&[(PROTO_TCP, 8080, 8080)]));
+    allow_v4(
+        &mut fx,
+        DIR_EGRESS,
+        PEER,
+        32,
+        ports(&[(PROTO_TCP, 8080, 8080)]),
+    );
     // To the ClusterIP: passes with the decision pending.
     let (r, mark) = fx.run_mark("from_pod", &tcp(POD, vip, 40000, 80), IF, 0);
     assert_eq!(r, OK);
     assert_eq!(mark & MARK_SVC_PENDING, MARK_SVC_PENDING);
     // Translated to an allowed backend: passes, mark cleared.
-    let (r, mark) = fx.run_mark("svc_egress", &tcp(POD, PEER, 40000, 8080), 2, MARK_SVC_PENDING);
+    let (r, mark) = fx.run_mark(
+        "svc_egress",
+        &tcp(POD, PEER, 40000, 8080),
+        2,
+        MARK_SVC_PENDING,
+    );
     assert_eq!(r, OK);
     assert_eq!(mark & MARK_SVC_PENDING, 0);
     // Translated to a backend policy does not allow: dropped, reported as the pod's egress.
-    let (r, _) = fx.run_mark("svc_egress", &tcp(POD, OTHER, 40000, 8080), 2, MARK_SVC_PENDING);
+    let (r, _) = fx.run_mark(
+        "svc_egress",
+        &tcp(POD, OTHER, 40000, 8080),
+        2,
+        MARK_SVC_PENDING,
+    );
     assert_eq!(r, SHOT);
     let ev = one_event(&mut fx);
-    assert_eq!((ev.direction, ev.endpoint_id, ev.ifindex), (DIR_EGRESS, 7, IF));
+    assert_eq!(
+        (ev.direction, ev.endpoint_id, ev.ifindex),
+        (DIR_EGRESS, 7, IF)
+    );
     // Same decision when the backend is a local pod (to_pod on its veth).
     let (r, _) = fx.run_mark("to_pod", &tcp(POD, OTHER, 40000, 8080), 3, MARK_SVC_PENDING);
     assert_eq!(r, SHOT);
@@ -502,14 +823,20 @@ fn service_egress_is_decided_after_dnat() {
 #[test]
 fn events_are_rate_limited_per_flow() {
     let mut fx = fixture();
-    fx.maps.upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED)).unwrap();
+    fx.maps
+        .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED))
+        .unwrap();
     for _ in 0..50 {
         assert_eq!(fx.run("to_pod", &tcp(PEER, POD, 40000, 80)), SHOT);
     }
     assert_eq!(fx.run("to_pod", &tcp(PEER, POD, 40001, 80)), SHOT);
     let evs = fx.events();
     assert_eq!(evs.len(), 2, "one event per flow within the interval");
-    assert_eq!(fx.maps.counters(7).unwrap().denied_packets, 51, "every drop is counted");
+    assert_eq!(
+        fx.maps.counters(7).unwrap().denied_packets,
+        51,
+        "every drop is counted"
+    );
     // With a tiny interval the next event carries the suppressed count.
     fx.maps
         .set_config(Config {

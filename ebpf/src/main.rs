@@ -23,9 +23,7 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::{
-        lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf,
-    },
+    maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf},
     programs::TcContext,
 };
 use palisade_common::*;
@@ -57,8 +55,7 @@ static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(MAX_CONNTRACK,
 static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
 #[map(name = "PAL_EVENT_RATE")]
-static EVENT_RATE: LruHashMap<CtKey, RateValue> =
-    LruHashMap::pinned(MAX_EVENT_RATE, 0);
+static EVENT_RATE: LruHashMap<CtKey, RateValue> = LruHashMap::pinned(MAX_EVENT_RATE, 0);
 
 #[map(name = "PAL_COUNTERS")]
 static COUNTERS: PerCpuHashMap<u32, Counters> = PerCpuHashMap::pinned(MAX_ENDPOINTS, 0);
@@ -136,7 +133,9 @@ fn parse_l4(ctx: &TcContext, flow: &mut Flow, off: usize) -> Result<(), Reason> 
             } else if (!v6 && (ty == 3 || ty == 11 || ty == 12)) || (v6 && (1..=4).contains(&ty)) {
                 flow.icmp_error = true;
                 flow.inner_off = off + 8;
-            } else if v6 && (133..=137).contains(&ty) {
+            } else if v6 && ((133..=137).contains(&ty) || matches!(ty, 130..=132 | 143)) {
+                // Neighbour discovery and multicast listener messages: link-local
+                // control traffic IPv6 cannot work without.
                 flow.nd = true;
             }
         }
@@ -577,7 +576,15 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     };
     let ep = match unsafe { ENDPOINTS.get(&ifindex) } {
         Some(e) => *e,
-        None => return drop_early(ifindex, 0, DIR_INGRESS, Reason::UnknownEndpoint, Some(&flow)),
+        None => {
+            return drop_early(
+                ifindex,
+                0,
+                DIR_INGRESS,
+                Reason::UnknownEndpoint,
+                Some(&flow),
+            )
+        }
     };
     if flow.nd {
         return TC_ACT_OK;
@@ -645,9 +652,11 @@ pub fn from_pod(ctx: TcContext) -> i32 {
         Some(e) => *e,
         None => return drop_early(ifindex, 0, DIR_EGRESS, Reason::UnknownEndpoint, Some(&flow)),
     };
-    // Link-local sources (IPv6 neighbour discovery from fe80::/10) are the pod's own
-    // too; everything else must carry the pod's address.
-    let link_local = flow.family == FAMILY_V6 && flow.src[0] == 0xfe && flow.src[1] & 0xc0 == 0x80;
+    // Link-local (fe80::/10) and unspecified (::, duplicate address detection)
+    // sources of IPv6 link control messages are the pod's own too; everything else
+    // must carry the pod's address.
+    let link_local = flow.family == FAMILY_V6
+        && ((flow.src[0] == 0xfe && flow.src[1] & 0xc0 == 0x80) || flow.src == [0u8; 16]);
     if flow.nd && (link_local || own_address(&ep, &flow)) {
         return TC_ACT_OK;
     }

@@ -338,6 +338,9 @@ fn leftovers_of_dead_runs_are_removed() {
     let mut child = std::process::Command::new("true").spawn().expect("spawn");
     let dead = child.id();
     child.wait().expect("wait");
+    // Its lock file exists but nobody holds it: dead even if the pid is reused.
+    std::fs::create_dir_all("/run/palisade-harness").expect("lock dir");
+    std::fs::write(format!("/run/palisade-harness/{dead}.lock"), "").expect("lock file");
     let ns = format!("pal-{dead}-1-n1");
     let st = std::process::Command::new("ip")
         .args(["netns", "add", &ns])

@@ -20,17 +20,45 @@ struct Target {
 }
 
 const TARGETS: &[Target] = &[
-    Target { label: "web:80", to: "shop/web", port: 80, protocol: Protocol::Tcp },
-    Target { label: "api:8080", to: "shop/api", port: 8080, protocol: Protocol::Tcp },
-    Target { label: "db:5432", to: "shop/db", port: 5432, protocol: Protocol::Tcp },
-    Target { label: "dns:53/udp", to: "kube-system/dns", port: 53, protocol: Protocol::Udp },
-    Target { label: "@backup:873", to: "@backup", port: 873, protocol: Protocol::Tcp },
+    Target {
+        label: "web:80",
+        to: "shop/web",
+        port: 80,
+        protocol: Protocol::Tcp,
+    },
+    Target {
+        label: "api:8080",
+        to: "shop/api",
+        port: 8080,
+        protocol: Protocol::Tcp,
+    },
+    Target {
+        label: "db:5432",
+        to: "shop/db",
+        port: 5432,
+        protocol: Protocol::Tcp,
+    },
+    Target {
+        label: "dns:53/udp",
+        to: "kube-system/dns",
+        port: 53,
+        protocol: Protocol::Udp,
+    },
+    Target {
+        label: "@backup:873",
+        to: "@backup",
+        port: 873,
+        protocol: Protocol::Tcp,
+    },
 ];
 
 const SOURCES: &[&str] = &["shop/web", "shop/api", "shop/db", "@backup"];
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn pod(ns: &str, name: &str, l: &[(&str, &str)], node: usize, ports: Vec<PortSpec>) -> PodSpec {
@@ -54,9 +82,27 @@ fn spec() -> ClusterSpec {
         ]
         .into(),
         pods: vec![
-            pod("shop", "web", &[("app", "web")], 1, vec![tcp(80).named("http")]),
-            pod("shop", "api", &[("app", "api")], 2, vec![tcp(8080).named("http")]),
-            pod("shop", "db", &[("app", "db")], 1, vec![tcp(5432).named("postgres")]),
+            pod(
+                "shop",
+                "web",
+                &[("app", "web")],
+                1,
+                vec![tcp(80).named("http")],
+            ),
+            pod(
+                "shop",
+                "api",
+                &[("app", "api")],
+                2,
+                vec![tcp(8080).named("http")],
+            ),
+            pod(
+                "shop",
+                "db",
+                &[("app", "db")],
+                1,
+                vec![tcp(5432).named("postgres")],
+            ),
             pod(
                 "kube-system",
                 "dns",
@@ -266,7 +312,9 @@ pub fn run(agent: &Path) -> Result<()> {
         c.start_agents()?;
         c.sync()?;
         let mut seen = vec![0usize; c.node_count()];
-        println!("Step 0: no NetworkPolicy; everything is reachable (probes via Service ClusterIPs)");
+        println!(
+            "Step 0: no NetworkPolicy; everything is reachable (probes via Service ClusterIPs)"
+        );
         show_matrix(&c)?;
         show_denies(&c, &mut seen)?;
         for (i, (title, yaml)) in STEPS.iter().enumerate() {
@@ -287,7 +335,9 @@ pub fn run(agent: &Path) -> Result<()> {
             std::thread::sleep(Duration::from_millis(300));
             show_denies(&c, &mut seen)?;
         }
-        println!("\nDone: web is public, api only from web, db only from api, DNS for all, backups out.");
+        println!(
+            "\nDone: web is public, api only from web, db only from api, DNS for all, backups out."
+        );
         Ok(())
     })();
     let down = c.teardown();

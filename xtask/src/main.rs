@@ -255,7 +255,13 @@ fn test(no_lint: bool) -> Result<()> {
     step("test: unit, property, datapath and harness tests");
     run(
         cargo()
-            .args(["test", "--release", "--workspace", "--exclude", "palisade-ebpf"])
+            .args([
+                "test",
+                "--release",
+                "--workspace",
+                "--exclude",
+                "palisade-ebpf",
+            ])
             .env("PALISADE_AGENT", &agent),
         "cargo test",
         "See the failing test above.",
