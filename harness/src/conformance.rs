@@ -107,7 +107,21 @@ pub fn run_conformance_to(opts: &ConformanceOptions, out: &mut dyn Write) -> Res
                 Vec::new(),
             ),
             Ok(sc) => {
-                let (status, notes) = run_case(&sc, opts);
+                // A panic in one case (a harness bug) fails that case, not the
+                // run; the case's cluster is torn down by its Drop on unwind.
+                let (status, notes) =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(&sc, opts)))
+                        .unwrap_or_else(|p| {
+                            let msg = p
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_default();
+                            (
+                                CaseStatus::Fail(format!("harness panic: {msg}")),
+                                Vec::new(),
+                            )
+                        });
                 (sc.name.clone(), status, notes)
             }
         };
