@@ -708,6 +708,12 @@ pub fn svc_egress(ctx: TcContext) -> i32 {
     }
 }
 
+/// Does nothing: the floor the benchmarks measure the other programs against.
+#[classifier]
+pub fn bench_floor(_ctx: TcContext) -> i32 {
+    TC_ACT_OK
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -43,11 +43,16 @@ enum Cmd {
     },
     /// Set up, build a small cluster, and show Palisade enforcing policies step by step.
     Demo,
-    /// Benchmarks that print numbers. `policy`: the engine on a generated cluster of
-    /// 10,000 pods / 2,000 policies (compile time, incremental writes, memory).
+    /// Benchmarks that print numbers, ratios against a baseline of the same run.
+    /// `datapath`: ns/packet of the TC programs (BPF_PROG_TEST_RUN) with 10 to
+    /// 100,000 prefixes against an empty program. `policy`: the engine on a
+    /// generated cluster of 10,000 pods / 2,000 policies. `all`: both.
     Bench {
-        #[arg(default_value = "policy")]
+        #[arg(default_value = "all")]
         part: String,
+        /// Tiny sizes, seconds per part (CI runs this so the code cannot rot).
+        #[arg(long)]
+        quick: bool,
     },
 }
 
@@ -66,21 +71,10 @@ fn main() -> Result<()> {
             let agent = build_agent()?;
             demo::run(&agent)
         }
-        Cmd::Bench { part } => match part.as_str() {
-            "policy" => run(
-                cargo().args([
-                    "run",
-                    "--release",
-                    "-p",
-                    "palisade-policy",
-                    "--example",
-                    "bench",
-                ]),
-                "policy benchmark",
-                "See the error above.",
-            ),
-            other => bail!("unknown benchmark part {other:?}; available: policy"),
-        },
+        Cmd::Bench { part, quick } => {
+            setup()?;
+            bench(&part, quick)
+        }
     }
 }
 
@@ -287,6 +281,8 @@ fn test(no_lint: bool) -> Result<()> {
         "cargo test",
         "See the failing test above.",
     )?;
+    step("test: benchmarks in --quick mode (numbers are not judged)");
+    bench("all", true)?;
     step("test: conformance suite");
     conformance(
         &agent,
@@ -299,6 +295,29 @@ fn test(no_lint: bool) -> Result<()> {
         bail!("tests left network namespaces behind: {ours:?}");
     }
     eprintln!("==> all tests passed");
+    Ok(())
+}
+
+fn bench(part: &str, quick: bool) -> Result<()> {
+    let parts: &[&str] = match part {
+        "all" => &["datapath", "policy"],
+        "datapath" => &["datapath"],
+        "policy" => &["policy"],
+        other => bail!("unknown benchmark part {other:?}; available: datapath, policy, all"),
+    };
+    for p in parts {
+        step(&format!("bench: {p}"));
+        let (pkg, example) = match *p {
+            "datapath" => ("palisade-agent", "bench_datapath"),
+            _ => ("palisade-policy", "bench"),
+        };
+        let mut cmd = cargo();
+        cmd.args(["run", "--release", "-p", pkg, "--example", example, "--"]);
+        if quick {
+            cmd.arg("--quick");
+        }
+        run(&mut cmd, &format!("{p} benchmark"), "See the error above.")?;
+    }
     Ok(())
 }
 

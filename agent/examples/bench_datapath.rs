@@ -1,0 +1,224 @@
+//! Datapath benchmark: ns/packet of the real TC programs through BPF_PROG_TEST_RUN
+//! with a large repeat count, against an empty program (the floor) measured in the
+//! same run. Policy sizes of 10 to 100,000 peer prefixes, IPv4 and IPv6.
+//!
+//! `cargo xtask bench datapath [--quick]` runs it (root, bpffs). Prints a table and
+//! writes `results/bench-datapath.json`.
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
+
+use anyhow::{Context, Result};
+use aya::programs::{TestRun, TestRunOptions};
+use palisade_agent::{
+    datapath::Datapath,
+    maps::Maps,
+    packet::{self, L4},
+};
+use palisade_common::*;
+
+struct PinDir(PathBuf);
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const IF: u32 = 1;
+const EP: u32 = 7;
+
+fn run(dp: &mut Datapath, prog: &'static str, frame: &[u8], repeat: u32) -> Result<f64> {
+    let ctx = packet::skb_ctx(IF, 0);
+    let mut out = vec![0u8; frame.len() + 64];
+    let mut ctx_out = vec![0u8; 256];
+    let p = dp.program(prog)?;
+    // Median of 5 runs: the machine is shared and noisy.
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        let r = p
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ctx_out: Some(&mut ctx_out),
+                repeat,
+                ..Default::default()
+            })
+            .context("BPF_PROG_TEST_RUN")?;
+        samples.push(r.duration.as_nanos() as f64);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[2])
+}
+
+fn value(ranges: usize) -> PolicyValue {
+    let mut v = PolicyValue::default();
+    for i in 0..ranges {
+        v.ranges[i] = PortRange {
+            proto: PROTO_TCP,
+            _pad0: 0,
+            first: 1000 + (i as u16) * 10,
+            last: 1000 + (i as u16) * 10 + 5,
+            _pad1: 0,
+        };
+    }
+    v.count = ranges as u8;
+    v
+}
+
+/// Peer i of n: spread over 10.0.0.0/8 (v4) / fd00:1::/32 (v6), prefix lengths
+/// mixed between /16 and /32 so the trie has depth.
+fn peer_v4(i: u32) -> (Ipv4Addr, u32) {
+    let a = 0x0a00_0000u32 | ((i.wrapping_mul(2_654_435_761)) & 0x00ff_ffff);
+    let plen = [32u32, 28, 24][(i % 3) as usize];
+    (Ipv4Addr::from(a & (u32::MAX << (32 - plen))), plen)
+}
+
+fn peer_v6(i: u32) -> (Ipv6Addr, u32) {
+    let (v4, plen) = peer_v4(i);
+    let o = v4.octets();
+    let a = Ipv6Addr::new(
+        0xfd00,
+        1,
+        u16::from_be_bytes([o[0], o[1]]),
+        u16::from_be_bytes([o[2], o[3]]),
+        0,
+        0,
+        0,
+        0,
+    );
+    (a, plen + 32)
+}
+
+fn main() -> Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let sizes: &[u32] = if quick {
+        &[10, 1000]
+    } else {
+        &[10, 1000, 10_000, 100_000]
+    };
+    let repeat = if quick { 2_000 } else { 200_000 };
+    let dir = PathBuf::from(format!("/sys/fs/bpf/palisade-bench-{}", std::process::id()));
+    let _guard = PinDir(dir.clone());
+    let mut dp = Datapath::load_with(
+        &dir,
+        Some(sizes.iter().max().copied().unwrap_or(10) * 2 + 16),
+    )?;
+    dp.program("bench_floor")?
+        .load()
+        .context("loading bench_floor")?;
+    let mut maps = Maps::take(&mut dp)?;
+    let pod4 = Ipv4Addr::new(10, 100, 1, 10);
+    let pod6 = Ipv6Addr::new(0xfd00, 0x100, 1, 0, 0, 0, 0, 0x10);
+    maps.upsert_endpoint(
+        IF,
+        &Endpoint {
+            id: EP,
+            flags: EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED | EP_HAS_V4 | EP_HAS_V6,
+            ipv4: pod4.octets(),
+            _pad0: [0; 4],
+            ipv6: pod6.octets(),
+        },
+    )?;
+    let mut rows: Vec<(String, f64)> = Vec::new();
+    let floor_frame = packet::frame(
+        pod4.into(),
+        Ipv4Addr::new(10, 0, 0, 1).into(),
+        &L4::Tcp { sport: 1, dport: 2 },
+    );
+    let floor = run(&mut dp, "bench_floor", &floor_frame, repeat)?;
+    rows.push(("empty program (floor)".into(), floor));
+
+    let mut inserted = 0u32;
+    let ranges = 8;
+    let v = value(ranges);
+    for &n in sizes {
+        while inserted < n {
+            let (a4, p4) = peer_v4(inserted);
+            let scope = PolicyScope::new(EP, DIR_EGRESS);
+            maps.upsert_v4(
+                SCOPE_BITS + p4,
+                PolicyKeyV4 {
+                    scope,
+                    addr: a4.octets(),
+                },
+                &v,
+            )?;
+            let (a6, p6) = peer_v6(inserted);
+            maps.upsert_v6(
+                SCOPE_BITS + p6,
+                PolicyKeyV6 {
+                    scope,
+                    addr: a6.octets(),
+                },
+                &v,
+            )?;
+            inserted += 1;
+        }
+        // The allowed flow matches the last port range of the last inserted peer.
+        let (a4, _) = peer_v4(n - 1);
+        let (a6, _) = peer_v6(n - 1);
+        let port = 1000 + (ranges as u16 - 1) * 10 + 3;
+        for (fam, src, dst) in [
+            ("IPv4", IpAddr::from(pod4), IpAddr::from(a4)),
+            ("IPv6", IpAddr::from(pod6), IpAddr::from(a6)),
+        ] {
+            let allowed = packet::frame(
+                src,
+                dst,
+                &L4::Tcp {
+                    sport: 40000,
+                    dport: port,
+                },
+            );
+            let t = run(&mut dp, "from_pod", &allowed, repeat)?;
+            rows.push((format!("{fam} allowed flow, {n} prefixes"), t));
+            let denied = packet::frame(
+                src,
+                dst,
+                &L4::Tcp {
+                    sport: 40000,
+                    dport: 9,
+                },
+            );
+            let t = run(&mut dp, "from_pod", &denied, repeat)?;
+            rows.push((format!("{fam} denied flow, {n} prefixes"), t));
+            // Conntrack hit: the reply of the allowed flow on to_pod.
+            let reply = packet::frame(
+                dst,
+                src,
+                &L4::Tcp {
+                    sport: port,
+                    dport: 40000,
+                },
+            );
+            let t = run(&mut dp, "to_pod", &reply, repeat)?;
+            rows.push((format!("{fam} conntrack hit (reply), {n} prefixes"), t));
+        }
+    }
+
+    println!("datapath (BPF_PROG_TEST_RUN, {repeat} repeats, median of 5; ratio = time / floor)");
+    println!(
+        "{:<46} {:>10} {:>8} {:>12}",
+        "case", "ns/pkt", "ratio", "over floor"
+    );
+    let mut json = Vec::new();
+    for (name, ns) in &rows {
+        println!(
+            "{name:<46} {ns:>10.1} {:>8.2} {:>10.1}ns",
+            ns / floor,
+            ns - floor
+        );
+        json.push(
+            serde_json::json!({"case": name, "ns_per_packet": ns, "ratio_to_floor": ns / floor}),
+        );
+    }
+    let results = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../results");
+    std::fs::create_dir_all(&results)?;
+    std::fs::write(
+        results.join("bench-datapath.json"),
+        serde_json::to_string_pretty(&serde_json::json!({"repeat": repeat, "rows": json}))?,
+    )?;
+    Ok(())
+}
