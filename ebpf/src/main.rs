@@ -592,11 +592,12 @@ pub fn to_pod(ctx: TcContext) -> i32 {
     if let Some(act) = pending_service_egress(&ctx, &flow) {
         return act;
     }
-    let v = if is_reply(ifindex, &flow, DIR_INGRESS)
+    if is_reply(ifindex, &flow, DIR_INGRESS)
         || (flow.icmp_error && icmp_error_of_tracked(&ctx, ifindex, &flow))
     {
         return finish(&ctx, ifindex, &ep, DIR_INGRESS, &flow, Verdict::Allow);
-    } else if from_own_node(&flow) {
+    }
+    let v = if from_own_node(&flow) {
         Verdict::Allow
     } else {
         judge(&ep, DIR_INGRESS, &flow)
