@@ -254,9 +254,7 @@ impl Datapath {
                 let _ = tc::qdisc_add_clsact(iface);
                 // Alternate between two priorities: the new filter goes in before
                 // the old one is removed, so the interface is never unchecked.
-                let old = fs::read_to_string(&pin)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u16>().ok());
+                let old = netlink_priority(&pin);
                 let priority = if old == Some(1) { 2 } else { 1 };
                 let prog = self.program(name)?;
                 let id = prog
@@ -270,15 +268,22 @@ impl Datapath {
                     )
                     .map_err(attach_err)?;
                 let link = prog.take_link(id).map_err(attach_err)?;
-                // Dropping a netlink link does not detach it; only detach() does.
-                drop(link);
+                // Dropping the link wrapper would detach the filter; the filter must
+                // outlive this process, so the handle is deliberately leaked.
+                std::mem::forget(link);
                 if let Some(old) = old {
                     remove_netlink_filter(iface, hook, old);
                 }
-                fs::write(&pin, priority.to_string()).map_err(|e| DatapathError::PinLink {
-                    path: pin.clone(),
+                // bpffs holds only objects and directories, so the priority is
+                // recorded as an empty directory `<pin>/prio-N`.
+                let mark = pin.join(format!("prio-{priority}"));
+                fs::create_dir_all(&mark).map_err(|e| DatapathError::PinLink {
+                    path: mark.clone(),
                     reason: e.to_string(),
                 })?;
+                if let Some(old) = old.filter(|o| *o != priority) {
+                    let _ = fs::remove_dir(pin.join(format!("prio-{old}")));
+                }
             }
         }
         self.attached.insert((ifindex, hook), ());
@@ -289,7 +294,10 @@ impl Datapath {
     pub fn forget(&mut self, ifindex: u32) {
         for hook in [Hook::ToPod, Hook::FromPod, Hook::SvcEgress] {
             self.attached.remove(&(ifindex, hook));
-            let _ = fs::remove_file(self.link_pin(ifindex, hook));
+            let pin = self.link_pin(ifindex, hook);
+            if fs::remove_file(&pin).is_err() {
+                let _ = fs::remove_dir_all(&pin);
+            }
         }
     }
 
@@ -308,6 +316,15 @@ impl Datapath {
         out.dedup();
         out
     }
+}
+
+/// The priority recorded for a netlink-mode attachment (see `attach`).
+fn netlink_priority(pin: &Path) -> Option<u16> {
+    fs::read_dir(pin)
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("prio-")?.parse().ok())
+        .max()
 }
 
 /// Remove the netlink filter of `hook` at `priority` (best effort; used only after

@@ -1,9 +1,11 @@
 //! The Palisade agent: loader, map writer, event reader, sources and sync loop.
+pub mod cli;
 pub mod datapath;
 pub mod denylog;
 pub mod discovery;
 pub mod events;
 pub mod http;
+pub mod kube_source;
 pub mod maps;
 pub mod packet;
 pub mod source;

@@ -1,8 +1,6 @@
 //! palisade-agent: enforces Kubernetes NetworkPolicy on this node with eBPF.
 use std::{
     io::Write,
-    net::SocketAddr,
-    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
@@ -10,10 +8,12 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use palisade_agent::{
-    datapath::Datapath,
+    cli::{AttachModeArg, Cli},
+    datapath::{AttachMode, Datapath},
     denylog, discovery,
     events::EventReader,
     http,
+    kube_source::KubeSource,
     maps::Maps,
     source::FileSource,
     sync::{Options, Readiness, Shared, SyncLoop, Wake},
@@ -21,65 +21,6 @@ use palisade_agent::{
 use palisade_common::Config;
 use tokio::sync::mpsc;
 use tracing::{error, info};
-
-/// Palisade enforces Kubernetes NetworkPolicy on this node: it compiles the
-/// cluster's policies into per-pod eBPF map entries and attaches TC programs to
-/// every local pod's host-side veth. Denied packets are printed on stdout as JSON
-/// lines (one per event); the agent's own logs go to stderr.
-#[derive(Parser, Debug)]
-#[command(name = "palisade-agent", version)]
-struct Cli {
-    /// This node's name: pods whose spec.nodeName equals it are enforced here.
-    #[arg(long, env = "NODE_NAME")]
-    node_name: String,
-
-    /// Read cluster state from this directory of Kubernetes YAML (Namespaces,
-    /// Pods with status.podIP(s), Services, EndpointSlices, NetworkPolicies),
-    /// watched for changes. A file named REVISION, if present, is reported by
-    /// /ready once the state it belongs to is programmed.
-    #[arg(long, value_name = "DIR")]
-    source_dir: PathBuf,
-
-    /// bpffs directory where maps and links are pinned; enforcement survives agent
-    /// restarts because the next agent adopts what it finds here.
-    #[arg(long, default_value = "/sys/fs/bpf/palisade", value_name = "DIR")]
-    pin_dir: PathBuf,
-
-    /// Address of the HTTP endpoint serving /ready and /healthz.
-    #[arg(long, default_value = "127.0.0.1:9464")]
-    ready_addr: SocketAddr,
-
-    /// Node interfaces that lead out of the node (to other nodes, to the outside).
-    /// The Service egress check runs on their egress. Every other veth is a pod
-    /// interface and is fail-closed until its pod's state is written. Repeatable.
-    /// A trailing `*` matches a name prefix (`--uplink 'eth*'`).
-    /// Default: every interface that is not a veth (loopback excluded).
-    #[arg(long = "uplink", value_name = "IFACE")]
-    uplinks: Vec<String>,
-
-    /// Audit mode: packets that policy would drop pass, and are logged with
-    /// verdict "audit".
-    #[arg(long)]
-    audit: bool,
-
-    /// Recompile and rewrite everything at this interval even without changes
-    /// (seconds).
-    #[arg(long, default_value_t = 60)]
-    resync_seconds: u64,
-
-    /// How often the file source looks for changes (milliseconds).
-    #[arg(long, default_value_t = 100)]
-    poll_ms: u64,
-
-    /// Minimum time between two deny events for the same flow (milliseconds);
-    /// drops in between are counted in the next event's "suppressed".
-    #[arg(long, default_value_t = 1000)]
-    event_interval_ms: u64,
-
-    /// Log format on stderr: text or json.
-    #[arg(long, default_value = "text")]
-    log_format: String,
-}
 
 fn startup_checks(cli: &Cli) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -113,8 +54,10 @@ fn startup_checks(cli: &Cli) -> Result<()> {
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
         bail!("this kernel has no BTF (/sys/kernel/btf/vmlinux missing); Palisade needs CONFIG_DEBUG_INFO_BTF");
     }
-    if !cli.source_dir.is_dir() {
-        bail!("--source-dir {}: not a directory", cli.source_dir.display());
+    if let Some(dir) = &cli.source_dir {
+        if !dir.is_dir() {
+            bail!("--source-dir {}: not a directory", dir.display());
+        }
     }
     Ok(())
 }
@@ -122,8 +65,10 @@ fn startup_checks(cli: &Cli) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    // kube-runtime's watcher logs every 403 retry at warn; the kube source already
+    // logs one clear line per RBAC refusal, so only its errors are let through.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_runtime=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -143,6 +88,11 @@ async fn main() -> Result<()> {
             cli.pin_dir.display()
         )
     })?;
+    match cli.attach_mode {
+        AttachModeArg::Auto => {}
+        AttachModeArg::Tcx => dp.mode = AttachMode::Tcx,
+        AttachModeArg::Netlink => dp.mode = AttachMode::Netlink,
+    }
     let mut maps = Maps::take(&mut dp)?;
     maps.set_config(Config {
         event_interval_ns: cli.event_interval_ms.max(1) * 1_000_000,
@@ -195,7 +145,18 @@ async fn main() -> Result<()> {
     });
 
     let (src_tx, src_rx) = mpsc::unbounded_channel();
-    tokio::spawn(FileSource::new(&cli.source_dir, Duration::from_millis(cli.poll_ms)).run(src_tx));
+    match &cli.source_dir {
+        Some(dir) => {
+            tokio::spawn(FileSource::new(dir, Duration::from_millis(cli.poll_ms)).run(src_tx));
+        }
+        None => {
+            // clap requires exactly one of --source-dir and --kube.
+            let client = kube::Client::try_default().await.context(
+                "connecting to the Kubernetes API server (in-cluster service account, or KUBECONFIG / ~/.kube/config)",
+            )?;
+            tokio::spawn(KubeSource::new(client).run(src_tx));
+        }
+    }
 
     let sync = SyncLoop::new(
         Options {

@@ -21,10 +21,16 @@ fn agent_binary() -> PathBuf {
 }
 
 fn cluster() -> Cluster {
+    cluster_with(&[])
+}
+
+fn cluster_with(agent_args: &[&str]) -> Cluster {
+    let mut agent = AgentConfig::new(agent_binary());
+    agent.extra_args = agent_args.iter().map(|s| s.to_string()).collect();
     let mut c = Cluster::build(
         &ClusterSpec::default_model(Family::Ipv4),
         ClusterOptions {
-            agent: Some(AgentConfig::new(agent_binary())),
+            agent: Some(agent),
             keep_temp: false,
         },
     )
@@ -69,13 +75,34 @@ fn echo_once(stream: &mut TcpStream, msg: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Programs attached (TCX) to `dev` in `node`'s namespace, both directions.
+/// Programs attached to `dev` in `node`'s namespace, both directions: TCX links,
+/// plus netlink TC filters as `name@pref`.
 fn tc_programs(c: &Cluster, node: usize, dev: &str) -> Vec<String> {
     use aya::programs::{SchedClassifier, TcAttachType};
     let ns = c.node_netns(node).expect("node ns").to_string();
+    let mut names = Vec::new();
+    for hook in ["ingress", "egress"] {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &ns, "tc", "filter", "show", "dev", dev, hook,
+            ])
+            .output()
+            .expect("tc filter show");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let pref = words
+                .iter()
+                .position(|w| *w == "pref")
+                .and_then(|i| words.get(i + 1));
+            if let (true, Some(pref)) = (words.contains(&"bpf"), pref) {
+                if let Some(name) = words.iter().find(|w| w.ends_with("_pod")) {
+                    names.push(format!("{name}@{pref}"));
+                }
+            }
+        }
+    }
     let dev = dev.to_string();
     in_netns(&ns, move || {
-        let mut names = Vec::new();
         for t in [TcAttachType::Ingress, TcAttachType::Egress] {
             let (_, progs) = SchedClassifier::query_tcx(&dev, t).expect("query tcx");
             names.extend(
@@ -91,7 +118,21 @@ fn tc_programs(c: &Cluster, node: usize, dev: &str) -> Vec<String> {
 
 #[test]
 fn agent_restart_keeps_connections_and_enforcement() {
-    let mut c = cluster();
+    restart_keeps_connections_and_enforcement(&[], &["from_pod", "to_pod"]);
+}
+
+/// The attach path of kernels before 6.6, forced on this one.
+#[test]
+fn agent_restart_keeps_connections_and_enforcement_netlink() {
+    restart_keeps_connections_and_enforcement(
+        &["--attach-mode", "netlink"],
+        &["from_pod@1", "to_pod@1"],
+    );
+}
+
+fn restart_keeps_connections_and_enforcement(agent_args: &[&str], programs: &[&str]) {
+    let netlink = !agent_args.is_empty();
+    let mut c = cluster_with(agent_args);
     c.apply_policy(&only_a_to_b()).unwrap();
     c.sync().unwrap();
     // x/a (node 1) and x/b (node 2): a long-lived connection through the policy.
@@ -125,7 +166,7 @@ fn agent_restart_keeps_connections_and_enforcement() {
 
     let veth = c.pod_host_veth("x/b").unwrap().to_string();
     let before = tc_programs(&c, 2, &veth);
-    assert_eq!(before, ["from_pod", "to_pod"], "programs on {veth}");
+    assert_eq!(before, programs, "programs on {veth}");
 
     // Agent on x/b's node down: state stays enforced.
     c.stop_agent(2).unwrap();
@@ -151,10 +192,16 @@ fn agent_restart_keeps_connections_and_enforcement() {
         probe(&c, "x/a", "x/b", 80, Protocol::Tcp, Via::Service),
         Outcome::Reachable
     );
+    // Netlink filters alternate between priorities 1 and 2 across restarts.
+    let after: Vec<String> = if netlink {
+        before.iter().map(|p| p.replace("@1", "@2")).collect()
+    } else {
+        before.clone()
+    };
     assert_eq!(
         tc_programs(&c, 2, &veth),
-        before,
-        "no extra programs after restart"
+        after,
+        "exactly one program per hook after restart"
     );
     let log = c.agent_log_tail(2, 200);
     assert!(

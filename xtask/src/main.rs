@@ -12,6 +12,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod image;
+mod kind;
+mod vm;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Palisade project tasks")]
@@ -43,16 +46,48 @@ enum Cmd {
     },
     /// Set up, build a small cluster, and show Palisade enforcing policies step by step.
     Demo,
-    /// Benchmarks that print numbers, ratios against a baseline of the same run.
+    /// Benchmarks that print numbers, ratios against a baseline of the same run,
+    /// and write results/bench-<part>.json (and .svg for e2e, control, events).
     /// `datapath`: ns/packet of the TC programs (BPF_PROG_TEST_RUN) with 10 to
     /// 100,000 prefixes against an empty program. `policy`: the engine on a
-    /// generated cluster of 10,000 pods / 2,000 policies. `all`: both.
+    /// generated cluster of 10,000 pods / 2,000 policies. `e2e`: iperf3 and
+    /// connections/s between pods of a namespace cluster, no program vs
+    /// iptables, nftables and Palisade with 10 to 10,000 rules. `control`: the
+    /// agent on 10,000 pods / 2,000 policies / 110 local pods: change to
+    /// /ready p50/p99, start-up, RSS, maps. `events`: a pod flooding a denied
+    /// port: deny lines/s, agent CPU, allowed throughput. `all`: every part.
     Bench {
         #[arg(default_value = "all")]
         part: String,
         /// Tiny sizes, seconds per part (CI runs this so the code cannot rot).
         #[arg(long)]
         quick: bool,
+    },
+    /// Build the release agent and its container image (deploy/Dockerfile, FROM
+    /// scratch, host files only); without a Docker engine, stage the context and
+    /// say so.
+    Image,
+    /// A kind cluster with Palisade: `up` (1 control plane + 2 workers, kindnet),
+    /// `deploy` (image, kind load, kubectl apply -k deploy/, wait for readiness),
+    /// `down`. Needs docker, kind and kubectl; not exercised on this project's
+    /// machines.
+    Kind {
+        #[arg(value_parser = ["up", "deploy", "down"])]
+        action: String,
+    },
+    /// Boot Debian kernels in qemu (tcg) and run the datapath and attach tests
+    /// there; one summary table per kernel. Caches in ~/.cache/palisade/vm.
+    VmTest {
+        /// Kernel series or ABI (`6.1`, `6.12`, `6.1.0-56`); repeatable.
+        /// Default: 6.1 and 6.12.
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
+        /// Seconds a guest may run before it counts as hung.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Stream the whole guest console.
+        #[arg(long, short)]
+        verbose: bool,
     },
 }
 
@@ -74,6 +109,30 @@ fn main() -> Result<()> {
         Cmd::Bench { part, quick } => {
             setup()?;
             bench(&part, quick)
+        }
+        Cmd::Image => {
+            setup()?;
+            image::image()
+        }
+        Cmd::Kind { action } => match action.as_str() {
+            "up" => kind::up(),
+            "deploy" => {
+                setup()?;
+                kind::deploy()
+            }
+            _ => kind::down(),
+        },
+        Cmd::VmTest {
+            kernels,
+            timeout,
+            verbose,
+        } => {
+            setup()?;
+            vm::vm_test(vm::Options {
+                kernels,
+                timeout: std::time::Duration::from_secs(timeout),
+                verbose,
+            })
         }
     }
 }
@@ -299,24 +358,45 @@ fn test(no_lint: bool) -> Result<()> {
 }
 
 fn bench(part: &str, quick: bool) -> Result<()> {
-    let parts: &[&str] = match part {
-        "all" => &["datapath", "policy"],
-        "datapath" => &["datapath"],
-        "policy" => &["policy"],
-        other => bail!("unknown benchmark part {other:?}; available: datapath, policy, all"),
+    const PARTS: &[(&str, &str, &str)] = &[
+        ("datapath", "palisade-agent", "bench_datapath"),
+        ("policy", "palisade-policy", "bench"),
+        ("e2e", "palisade-harness", "bench_e2e"),
+        ("control", "palisade-harness", "bench_control"),
+        ("events", "palisade-harness", "bench_events"),
+    ];
+    let parts: Vec<&(&str, &str, &str)> = if part == "all" {
+        PARTS.iter().collect()
+    } else {
+        match PARTS.iter().find(|(name, _, _)| *name == part) {
+            Some(p) => vec![p],
+            None => bail!(
+                "unknown benchmark part {part:?}; available: datapath, policy, e2e, control, events, all"
+            ),
+        }
     };
-    for p in parts {
-        step(&format!("bench: {p}"));
-        let (pkg, example) = match *p {
-            "datapath" => ("palisade-agent", "bench_datapath"),
-            _ => ("palisade-policy", "bench"),
-        };
+    // The harness parts run the real agent (release build).
+    let mut agent = None;
+    for (name, pkg, example) in parts {
+        step(&format!("bench: {name}"));
         let mut cmd = cargo();
         cmd.args(["run", "--release", "-p", pkg, "--example", example, "--"]);
         if quick {
             cmd.arg("--quick");
         }
-        run(&mut cmd, &format!("{p} benchmark"), "See the error above.")?;
+        if *pkg == "palisade-harness" {
+            if agent.is_none() {
+                agent = Some(build_agent()?);
+            }
+            if let Some(a) = &agent {
+                cmd.env("PALISADE_AGENT", a);
+            }
+        }
+        run(
+            &mut cmd,
+            &format!("{name} benchmark"),
+            "See the error above.",
+        )?;
     }
     Ok(())
 }

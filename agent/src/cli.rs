@@ -1,0 +1,89 @@
+//! The agent's command line. It lives in the library (not in `main.rs`) so tests
+//! can parse the DaemonSet's `command`/`args` with the very definition the binary
+//! uses (`tests/deploy.rs`).
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{ArgGroup, Parser, ValueEnum};
+
+/// Palisade enforces Kubernetes NetworkPolicy on this node: it compiles the
+/// cluster's policies into per-pod eBPF map entries and attaches TC programs to
+/// every local pod's host-side veth. Denied packets are printed on stdout as JSON
+/// lines (one per event); the agent's own logs go to stderr.
+#[derive(Parser, Debug)]
+#[command(name = "palisade-agent", version)]
+// Exactly one source of cluster state: a half-configured agent must not start and
+// enforce an empty cluster.
+#[command(group(ArgGroup::new("source").required(true).args(["source_dir", "kube"])))]
+pub struct Cli {
+    /// This node's name: pods whose spec.nodeName equals it are enforced here.
+    /// In a DaemonSet, set NODE_NAME from the downward API (spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+
+    /// Read cluster state from this directory of Kubernetes YAML (Namespaces,
+    /// Pods with status.podIP(s), Services, EndpointSlices, NetworkPolicies),
+    /// watched for changes. A file named REVISION, if present, is reported by
+    /// /ready once the state it belongs to is programmed.
+    #[arg(long, value_name = "DIR")]
+    pub source_dir: Option<PathBuf>,
+
+    /// Read cluster state from the Kubernetes API server (in-cluster config, or
+    /// KUBECONFIG / ~/.kube/config outside a cluster): watches Pods, Namespaces,
+    /// Services, EndpointSlices and NetworkPolicies in all namespaces.
+    #[arg(long)]
+    pub kube: bool,
+
+    /// bpffs directory where maps and links are pinned; enforcement survives agent
+    /// restarts because the next agent adopts what it finds here.
+    #[arg(long, default_value = "/sys/fs/bpf/palisade", value_name = "DIR")]
+    pub pin_dir: PathBuf,
+
+    /// Address of the HTTP endpoint serving /ready and /healthz.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub ready_addr: SocketAddr,
+
+    /// Node interfaces that lead out of the node (to other nodes, to the outside).
+    /// The Service egress check runs on their egress. Every other veth is a pod
+    /// interface and is fail-closed until its pod's state is written. Repeatable.
+    /// A trailing `*` matches a name prefix (`--uplink 'eth*'`).
+    /// Default: every interface that is not a veth (loopback excluded).
+    #[arg(long = "uplink", value_name = "IFACE")]
+    pub uplinks: Vec<String>,
+
+    /// How programs are attached: `auto` uses TCX links on kernels from 6.6 and
+    /// netlink TC (a clsact qdisc with direct-action filters) before; `tcx` and
+    /// `netlink` force one (netlink works on every kernel with clsact).
+    #[arg(long, value_enum, default_value_t = AttachModeArg::Auto, env = "PALISADE_ATTACH_MODE")]
+    pub attach_mode: AttachModeArg,
+
+    /// Audit mode: packets that policy would drop pass, and are logged with
+    /// verdict "audit".
+    #[arg(long)]
+    pub audit: bool,
+
+    /// Recompile and rewrite everything at this interval even without changes
+    /// (seconds).
+    #[arg(long, default_value_t = 60)]
+    pub resync_seconds: u64,
+
+    /// How often the file source looks for changes (milliseconds).
+    #[arg(long, default_value_t = 100)]
+    pub poll_ms: u64,
+
+    /// Minimum time between two deny events for the same flow (milliseconds);
+    /// drops in between are counted in the next event's "suppressed".
+    #[arg(long, default_value_t = 1000)]
+    pub event_interval_ms: u64,
+
+    /// Log format on stderr: text or json.
+    #[arg(long, default_value = "text")]
+    pub log_format: String,
+}
+
+/// `--attach-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AttachModeArg {
+    Auto,
+    Tcx,
+    Netlink,
+}

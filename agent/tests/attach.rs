@@ -1,0 +1,149 @@
+//! Attaching the real programs to a real veth pair with `Datapath::attach`, then
+//! re-attaching from a second load against the same pins (what a restarted agent
+//! does). Each test thread unshares its own network namespace, so nothing is left
+//! on the host. Needs root, bpffs, `ip` and `tc` (`cargo xtask test` and
+//! `cargo xtask vm-test` provide them).
+//!
+//! `attach_in_the_kernels_mode` prints `PALISADE-VM-ATTACH-MODE: <mode>`, which
+//! `cargo xtask vm-test` reports per kernel (run it with `--nocapture` to see it).
+use std::{path::PathBuf, process::Command};
+
+use palisade_agent::datapath::{AttachMode, Datapath, Hook};
+
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn cmd(bin: &str, args: &[&str]) -> String {
+    let out = Command::new(bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {bin}: {e}"));
+    assert!(
+        out.status.success(),
+        "{bin} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Move this test thread into a fresh network namespace holding veth pva/pvb.
+fn private_veth() -> u32 {
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "attach tests need root (run them through `cargo xtask test`)"
+    );
+    assert_eq!(
+        unsafe { libc::unshare(libc::CLONE_NEWNET) },
+        0,
+        "unshare(CLONE_NEWNET): {}",
+        std::io::Error::last_os_error()
+    );
+    cmd(
+        "ip",
+        &[
+            "link", "add", "name", "pva", "type", "veth", "peer", "name", "pvb",
+        ],
+    );
+    cmd("ip", &["link", "set", "pva", "up"]);
+    cmd("ip", &["link", "set", "pvb", "up"]);
+    let name = std::ffi::CString::new("pva").unwrap();
+    let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert_ne!(idx, 0, "no ifindex for pva");
+    idx
+}
+
+fn pin_dir(tag: &str) -> PinDir {
+    let dir = PathBuf::from(format!(
+        "/sys/fs/bpf/palisade-test/attach-{tag}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    PinDir(dir)
+}
+
+/// `pref` numbers of the bpf filters on one clsact hook.
+fn netlink_prefs(iface: &str, hook: &str) -> Vec<u16> {
+    let shown = cmd("tc", &["filter", "show", "dev", iface, hook]);
+    let mut prefs: Vec<u16> = shown
+        .lines()
+        .filter(|l| l.contains(" bpf "))
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.find(|x| *x == "pref")?;
+            w.next()?.parse().ok()
+        })
+        .collect();
+    prefs.sort_unstable();
+    prefs.dedup();
+    prefs
+}
+
+/// Attach to_pod and from_pod, load again from the same pins and attach again.
+fn attach_twice(forced: Option<AttachMode>, tag: &str) -> AttachMode {
+    let idx = private_veth();
+    let dir = pin_dir(tag);
+    let mut first = Datapath::load(&dir.0).expect("load eBPF object");
+    if let Some(m) = forced {
+        first.mode = m;
+    }
+    let mode = first.mode;
+    first
+        .attach("pva", idx, Hook::ToPod)
+        .expect("attach to_pod");
+    first
+        .attach("pva", idx, Hook::FromPod)
+        .expect("attach from_pod");
+    assert!(first.is_attached(idx, Hook::ToPod));
+    assert_eq!(first.pinned_ifindexes(), vec![idx]);
+    if mode == AttachMode::Netlink {
+        assert_eq!(netlink_prefs("pva", "egress"), vec![1]);
+        assert_eq!(netlink_prefs("pva", "ingress"), vec![1]);
+    }
+    drop(first);
+
+    // A restarted agent: new programs against the pinned maps, replacing the old
+    // attachments without a gap.
+    let mut second = Datapath::load(&dir.0).expect("reload against pinned maps");
+    second.mode = mode;
+    second
+        .attach("pva", idx, Hook::ToPod)
+        .expect("re-attach to_pod");
+    second
+        .attach("pva", idx, Hook::FromPod)
+        .expect("re-attach from_pod");
+    match mode {
+        AttachMode::Netlink => {
+            assert_eq!(netlink_prefs("pva", "egress"), vec![2]);
+            assert_eq!(netlink_prefs("pva", "ingress"), vec![2]);
+        }
+        AttachMode::Tcx => {
+            assert!(netlink_prefs("pva", "egress").is_empty());
+            for p in ["to_pod", "from_pod"] {
+                let pin = dir.0.join("links").join(format!("{idx}-{p}"));
+                assert!(pin.exists(), "no pinned TCX link {}", pin.display());
+            }
+        }
+    }
+    mode
+}
+
+#[test]
+fn attach_in_the_kernels_mode() {
+    let mode = attach_twice(None, "auto");
+    assert_eq!(mode, AttachMode::detect());
+    println!("PALISADE-VM-ATTACH-MODE: {}", mode.as_str());
+}
+
+/// Netlink TC is what kernels before 6.6 get; it must keep working on newer ones.
+#[test]
+fn attach_with_netlink_tc() {
+    assert_eq!(
+        attach_twice(Some(AttachMode::Netlink), "netlink"),
+        AttachMode::Netlink
+    );
+}

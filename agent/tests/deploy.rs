@@ -1,0 +1,347 @@
+//! Checks of deploy/ that need no cluster: every Kubernetes manifest is a valid typed
+//! object with no unknown field, the DaemonSet's command line parses with the
+//! agent's own CLI definition and agrees with its probes and mounts, and the
+//! ClusterRole grants exactly what the kube source uses (derived from code).
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
+
+use clap::{CommandFactory, Parser};
+use k8s_openapi::api::{
+    apps::v1::DaemonSet,
+    core::v1::ServiceAccount,
+    rbac::v1::{ClusterRole, ClusterRoleBinding},
+};
+use palisade_agent::{
+    cli::Cli,
+    kube_source::{VERBS, WATCHED},
+};
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::Value;
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// Files in deploy/ that are not Kubernetes API objects, checked separately.
+const NOT_API_OBJECTS: &[&str] = &["kustomization.yaml", "kind-config.yaml"];
+
+/// Every document of every Kubernetes manifest in deploy/: (file, document).
+fn documents() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(deploy_dir())
+        .expect("deploy/ exists")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    for f in files {
+        let name = f
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        if NOT_API_OBJECTS.contains(&name.as_str()) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).expect("readable");
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v: Value =
+                serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{name}: {e}"));
+            if !v.is_null() {
+                out.push((name.clone(), v));
+            }
+        }
+    }
+    out
+}
+
+/// The first place where `a` (as written) and `b` (as the typed object re-serializes
+/// it) differ: a field the type does not know disappears on the way.
+fn first_difference(path: &str, a: &Value, b: &Value) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for (k, va) in x {
+                let p = format!("{path}.{k}");
+                match y.get(k) {
+                    None => return Some(format!("{p}: unknown field (or wrong place)")),
+                    Some(vb) => {
+                        if let Some(d) = first_difference(&p, va, vb) {
+                            return Some(d);
+                        }
+                    }
+                }
+            }
+            y.keys()
+                .find(|k| !x.contains_key(*k))
+                .map(|k| format!("{path}.{k}: added by the type"))
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (va, vb))| first_difference(&format!("{path}[{i}]"), va, vb)),
+        _ if a == b => None,
+        _ => Some(format!("{path}: written {a}, typed {b}")),
+    }
+}
+
+/// Parse into `T` and require a lossless round trip.
+fn typed<T: DeserializeOwned + Serialize>(file: &str, v: &Value) -> T {
+    let t: T = serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let back = serde_json::to_value(&t).expect("serializes");
+    if let Some(d) = first_difference("", v, &back) {
+        panic!("{file}: {d}");
+    }
+    t
+}
+
+struct Manifests {
+    service_accounts: Vec<ServiceAccount>,
+    roles: Vec<ClusterRole>,
+    bindings: Vec<ClusterRoleBinding>,
+    daemonsets: Vec<DaemonSet>,
+}
+
+fn manifests() -> Manifests {
+    let mut m = Manifests {
+        service_accounts: vec![],
+        roles: vec![],
+        bindings: vec![],
+        daemonsets: vec![],
+    };
+    for (file, v) in documents() {
+        let kind = v["kind"].as_str().unwrap_or_default().to_string();
+        let api = v["apiVersion"].as_str().unwrap_or_default().to_string();
+        match (api.as_str(), kind.as_str()) {
+            ("v1", "ServiceAccount") => m.service_accounts.push(typed(&file, &v)),
+            ("rbac.authorization.k8s.io/v1", "ClusterRole") => m.roles.push(typed(&file, &v)),
+            ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+                m.bindings.push(typed(&file, &v))
+            }
+            ("apps/v1", "DaemonSet") => m.daemonsets.push(typed(&file, &v)),
+            _ => panic!("{file}: {api} {kind} is not an object this test knows; add it here"),
+        }
+    }
+    m
+}
+
+#[test]
+fn every_manifest_is_a_typed_object_without_unknown_fields() {
+    let m = manifests();
+    assert_eq!(m.service_accounts.len(), 1);
+    assert_eq!(m.roles.len(), 1);
+    assert_eq!(m.bindings.len(), 1);
+    assert_eq!(m.daemonsets.len(), 1);
+}
+
+#[test]
+fn the_round_trip_check_catches_unknown_fields() {
+    let v: Value = serde_json::json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "x", "namespace": "kube-system", "lables": {"a": "b"}}
+    });
+    let r = std::panic::catch_unwind(|| typed::<ServiceAccount>("inline", &v));
+    assert!(r.is_err(), "a misspelt field must fail");
+}
+
+#[test]
+fn kustomization_lists_every_manifest() {
+    let text = std::fs::read_to_string(deploy_dir().join("kustomization.yaml")).expect("read");
+    let k: Value = serde_yaml::from_str(&text).expect("yaml");
+    assert_eq!(k["kind"], "Kustomization");
+    let listed: BTreeSet<String> = k["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .map(|r| r.as_str().expect("string").to_string())
+        .collect();
+    let files: BTreeSet<String> = documents().into_iter().map(|(f, _)| f).collect();
+    assert_eq!(
+        listed, files,
+        "kustomization.yaml resources vs the manifests in deploy/"
+    );
+}
+
+#[test]
+fn kind_config_has_three_nodes_and_the_default_cni() {
+    let text = std::fs::read_to_string(deploy_dir().join("kind-config.yaml")).expect("read");
+    let k: Value = serde_yaml::from_str(&text).expect("yaml");
+    assert_eq!(k["kind"], "Cluster");
+    assert_eq!(k["apiVersion"], "kind.x-k8s.io/v1alpha4");
+    let roles: Vec<&str> = k["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["role"].as_str().expect("role"))
+        .collect();
+    assert_eq!(roles, ["control-plane", "worker", "worker"]);
+    // kindnet must stay: it does not enforce NetworkPolicy, which is what Palisade
+    // is for; `disableDefaultCNI` would leave the cluster without pod networking.
+    assert!(k["networking"]["disableDefaultCNI"].is_null());
+}
+
+#[test]
+fn cluster_role_grants_exactly_what_the_kube_source_uses() {
+    let m = manifests();
+    let role = &m.roles[0];
+    let mut granted = BTreeSet::new();
+    for rule in role.rules.iter().flatten() {
+        assert!(rule.resource_names.is_none(), "no per-name rules expected");
+        assert!(
+            rule.non_resource_urls.is_none(),
+            "no non-resource URLs expected"
+        );
+        for g in rule.api_groups.iter().flatten() {
+            for r in rule.resources.iter().flatten() {
+                for v in &rule.verbs {
+                    granted.insert((g.clone(), r.clone(), v.clone()));
+                }
+            }
+        }
+    }
+    let mut wanted = BTreeSet::new();
+    for w in WATCHED {
+        for v in VERBS {
+            wanted.insert((w.group.to_string(), w.resource.to_string(), v.to_string()));
+        }
+    }
+    assert_eq!(granted, wanted);
+
+    // The binding ties that role to the DaemonSet's ServiceAccount.
+    let sa = &m.service_accounts[0];
+    let b = &m.bindings[0];
+    assert_eq!(b.role_ref.kind, "ClusterRole");
+    assert_eq!(Some(&b.role_ref.name), role.metadata.name.as_ref());
+    let subjects = b.subjects.as_ref().expect("subjects");
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].kind, "ServiceAccount");
+    assert_eq!(Some(&subjects[0].name), sa.metadata.name.as_ref());
+    assert_eq!(subjects[0].namespace, sa.metadata.namespace);
+    let ds = &m.daemonsets[0];
+    let pod = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec");
+    assert_eq!(pod.service_account_name, sa.metadata.name);
+    assert_eq!(ds.metadata.namespace, sa.metadata.namespace);
+}
+
+#[test]
+fn daemonset_command_line_parses_with_the_agent_cli() {
+    let m = manifests();
+    let ds = &m.daemonsets[0];
+    let spec = ds.spec.as_ref().expect("spec");
+    let pod = spec.template.spec.as_ref().expect("pod spec");
+    assert_eq!(pod.host_network, Some(true));
+    assert_eq!(pod.containers.len(), 1);
+    let c = &pod.containers[0];
+
+    // NODE_NAME comes from the downward API, and it is the variable the CLI reads.
+    let cmd = Cli::command();
+    let node_arg = cmd
+        .get_arguments()
+        .find(|a| a.get_id() == "node_name")
+        .expect("node_name arg");
+    let env_name = node_arg
+        .get_env()
+        .and_then(|e| e.to_str())
+        .expect("node_name has an env var");
+    let env = c.env.as_ref().expect("env");
+    let node_env = env
+        .iter()
+        .find(|e| e.name == env_name)
+        .expect("NODE_NAME set");
+    let field = node_env
+        .value_from
+        .as_ref()
+        .and_then(|v| v.field_ref.as_ref())
+        .expect("from the downward API");
+    assert_eq!(field.field_path, "spec.nodeName");
+
+    // Parse exactly as the container would start, with the env the pod would have.
+    let mut argv: Vec<String> = c.command.clone().expect("command");
+    argv.extend(c.args.clone().unwrap_or_default());
+    assert_eq!(argv[0], "/palisade-agent");
+    let with_node = argv
+        .iter()
+        .any(|a| a == "--node-name" || a.starts_with("--node-name="));
+    if !with_node {
+        // Same as clap reading the variable, without touching this process's env.
+        argv.extend(["--node-name".to_string(), "kind-worker".to_string()]);
+    }
+    let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    assert!(cli.kube, "the DaemonSet runs the kube source");
+    assert!(cli.source_dir.is_none());
+    assert_eq!(
+        cli.log_format, "json",
+        "kubectl logs | jq needs JSON on stderr too"
+    );
+
+    // Probes hit the address the agent serves; it is the node's loopback, which the
+    // kubelet reaches because the pod shares the node's network namespace.
+    for (what, probe, path) in [
+        ("readiness", &c.readiness_probe, "/ready"),
+        ("liveness", &c.liveness_probe, "/healthz"),
+    ] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .unwrap_or_else(|| panic!("{what} probe is an httpGet"));
+        assert_eq!(get.path.as_deref(), Some(path), "{what}");
+        let port = match &get.port {
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p) => *p,
+            other => panic!("{what}: numeric port expected, got {other:?}"),
+        };
+        assert_eq!(port, i32::from(cli.ready_addr.port()), "{what} port");
+        assert_eq!(
+            get.host.as_deref(),
+            Some(cli.ready_addr.ip().to_string().as_str()),
+            "{what} host"
+        );
+    }
+
+    // The pin dir is inside the bpffs mount, which comes from the host.
+    let mounts = c.volume_mounts.as_ref().expect("mounts");
+    let bpf = mounts
+        .iter()
+        .find(|m| cli.pin_dir.starts_with(&m.mount_path))
+        .expect("pin dir under a mount");
+    assert_eq!(bpf.mount_propagation.as_deref(), Some("HostToContainer"));
+    let vol = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == bpf.name)
+        .expect("volume");
+    assert_eq!(
+        vol.host_path.as_ref().map(|h| h.path.as_str()),
+        Some("/sys/fs/bpf")
+    );
+
+    // Capabilities: exactly the three, nothing privileged.
+    let sc = c.security_context.as_ref().expect("securityContext");
+    assert_ne!(sc.privileged, Some(true));
+    let caps = sc.capabilities.as_ref().expect("capabilities");
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+    let added: BTreeSet<&str> = caps.add.iter().flatten().map(String::as_str).collect();
+    assert_eq!(added, BTreeSet::from(["BPF", "NET_ADMIN", "PERFMON"]));
+
+    // Everywhere, and never two agents on one node.
+    let tolerations = pod.tolerations.as_ref().expect("tolerations");
+    assert!(tolerations
+        .iter()
+        .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none() && t.effect.is_none()));
+    let ru = spec
+        .update_strategy
+        .as_ref()
+        .and_then(|u| u.rolling_update.as_ref())
+        .expect("rolling update");
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    assert_eq!(ru.max_unavailable, Some(IntOrString::Int(1)));
+    assert_eq!(ru.max_surge, Some(IntOrString::Int(0)));
+    let res = c.resources.as_ref().expect("resources");
+    assert!(res.requests.is_some() && res.limits.is_some());
+}

@@ -1,0 +1,798 @@
+//! The kube source against an in-process API server.
+//!
+//! `FakeApi` is a small HTTP/1.1 server on 127.0.0.1 that speaks the parts of the
+//! Kubernetes list/watch protocol a kube-rs watcher uses, for the five resources the
+//! source reads: lists with `metadata.resourceVersion`, chunked watch streams from a
+//! resourceVersion (ADDED/MODIFIED/DELETED/BOOKMARK lines, replayed from history),
+//! `ERROR` events with 410 Gone when the requested version is compacted away,
+//! connections dropped mid-stream, an API server that is down, and 403 Forbidden.
+//! The real `KubeSource` (real kube::Client, real watchers) runs against it; its
+//! events feed a `ClusterIndex` the way the sync loop does, and the index is
+//! checked each time the source declares a consistent state (`Synced`).
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use palisade_agent::{
+    kube_source::{BackoffConfig, KubeSource, WATCHED},
+    source::SourceEvent,
+};
+use palisade_policy::ClusterIndex;
+use serde_json::{json, Value};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+
+// ---------------------------------------------------------------------------
+// The fake API server
+
+#[derive(Default)]
+struct Res {
+    kind: &'static str,
+    api_version: &'static str,
+    /// "namespace/name" (or "name") -> object as the API server stores it.
+    objects: BTreeMap<String, Value>,
+    /// (resourceVersion, watch event line) for replay to watches that start behind.
+    history: Vec<(u64, String)>,
+    /// Watches from a version below this get 410 Gone.
+    compacted: u64,
+    forbidden: bool,
+    watchers: Vec<mpsc::UnboundedSender<String>>,
+}
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    /// URL path of a collection -> resource.
+    res: BTreeMap<String, Res>,
+    /// Refuse every connection (an API server restart).
+    down: bool,
+    /// "GET path?query" of every request, for checking what the source asked for.
+    requests: Vec<String>,
+}
+
+#[derive(Clone)]
+struct FakeApi {
+    addr: SocketAddr,
+    st: Arc<Mutex<State>>,
+}
+
+/// The collection URL of a watched resource; all five are served at v1.
+fn collection(group: &str, resource: &str) -> String {
+    if group.is_empty() {
+        format!("/api/v1/{resource}")
+    } else {
+        format!("/apis/{group}/v1/{resource}")
+    }
+}
+
+fn path_of(resource: &str) -> String {
+    let w = WATCHED
+        .iter()
+        .find(|w| w.resource == resource)
+        .unwrap_or_else(|| panic!("{resource} is not watched"));
+    collection(w.group, w.resource)
+}
+
+fn key_of(obj: &Value) -> String {
+    let m = &obj["metadata"];
+    match m["namespace"].as_str() {
+        Some(ns) => format!("{ns}/{}", m["name"].as_str().unwrap_or_default()),
+        None => m["name"].as_str().unwrap_or_default().to_string(),
+    }
+}
+
+impl FakeApi {
+    async fn start() -> Self {
+        let mut st = State::default();
+        for (resource, kind, api_version) in [
+            ("pods", "Pod", "v1"),
+            ("namespaces", "Namespace", "v1"),
+            ("services", "Service", "v1"),
+            ("networkpolicies", "NetworkPolicy", "networking.k8s.io/v1"),
+            ("endpointslices", "EndpointSlice", "discovery.k8s.io/v1"),
+        ] {
+            st.res.insert(
+                path_of(resource),
+                Res {
+                    kind,
+                    api_version,
+                    ..Default::default()
+                },
+            );
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let api = FakeApi {
+            addr,
+            st: Arc::new(Mutex::new(st)),
+        };
+        let server = api.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let server = server.clone();
+                tokio::spawn(async move { server.serve(sock).await });
+            }
+        });
+        api
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.st.lock().expect("fake api state")
+    }
+
+    /// Create or replace an object; watchers get ADDED or MODIFIED.
+    fn put(&self, resource: &str, mut obj: Value) -> u64 {
+        let mut st = self.lock();
+        st.rv += 1;
+        let rv = st.rv;
+        let res = st.res.get_mut(&path_of(resource)).expect("resource");
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        obj["kind"] = json!(res.kind);
+        obj["apiVersion"] = json!(res.api_version);
+        let key = key_of(&obj);
+        let ty = if res.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        res.objects.insert(key, obj.clone());
+        res.emit(rv, json!({"type": ty, "object": obj}));
+        rv
+    }
+
+    /// Delete an object; watchers get DELETED (unless `silently`: then the event is
+    /// lost, as when it happened in a history the API server has compacted).
+    fn delete(&self, resource: &str, key: &str, silently: bool) {
+        let mut st = self.lock();
+        st.rv += 1;
+        let rv = st.rv;
+        let res = st.res.get_mut(&path_of(resource)).expect("resource");
+        let mut obj = res.objects.remove(key).expect("object to delete");
+        if silently {
+            return;
+        }
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        res.emit(rv, json!({"type": "DELETED", "object": obj}));
+    }
+
+    fn bookmark(&self, resource: &str) {
+        let mut st = self.lock();
+        let rv = st.rv;
+        let res = st.res.get_mut(&path_of(resource)).expect("resource");
+        let (kind, api_version) = (res.kind, res.api_version);
+        let line = json!({"type": "BOOKMARK", "object": {
+            "kind": kind, "apiVersion": api_version,
+            "metadata": {"resourceVersion": rv.to_string()}}});
+        let line = format!("{line}\n");
+        res.watchers.retain(|w| w.send(line.clone()).is_ok());
+    }
+
+    /// Forget history: watches from before now get 410 Gone.
+    fn compact(&self, resource: &str) {
+        let mut st = self.lock();
+        let rv = st.rv;
+        let res = st.res.get_mut(&path_of(resource)).expect("resource");
+        res.compacted = rv + 1;
+        res.history.clear();
+    }
+
+    /// Send `ERROR` 410 on every open watch of `resource`, then end them.
+    fn expire_watches(&self, resource: &str) {
+        let mut st = self.lock();
+        let res = st.res.get_mut(&path_of(resource)).expect("resource");
+        let line = format!("{}\n", gone(0, res.compacted));
+        for w in res.watchers.drain(..) {
+            let _ = w.send(line.clone());
+            let _ = w.send(String::new()); // end of stream, cleanly
+        }
+    }
+
+    /// Cut every open watch of `resource` mid-stream (no terminating chunk).
+    fn drop_watches(&self, resource: &str) {
+        let mut st = self.lock();
+        st.res
+            .get_mut(&path_of(resource))
+            .expect("resource")
+            .watchers
+            .clear();
+    }
+
+    fn set_forbidden(&self, resource: &str, forbidden: bool) {
+        self.lock()
+            .res
+            .get_mut(&path_of(resource))
+            .expect("resource")
+            .forbidden = forbidden;
+    }
+
+    /// Down: cut every watch and close new connections before answering.
+    fn set_down(&self, down: bool) {
+        let mut st = self.lock();
+        st.down = down;
+        if down {
+            for res in st.res.values_mut() {
+                res.watchers.clear();
+            }
+        }
+    }
+
+    fn rv(&self) -> u64 {
+        self.lock().rv
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.lock().requests.clone()
+    }
+
+    async fn serve(&self, mut sock: TcpStream) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match sock.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let head = String::from_utf8_lossy(&buf).to_string();
+        let target = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let q: BTreeMap<&str, &str> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .collect();
+        let watch = q.get("watch") == Some(&"true") || q.get("watch") == Some(&"1");
+        let from: u64 = q
+            .get("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+
+        // Decide under the lock; write after releasing it.
+        let reply = {
+            let mut st = self.lock();
+            if st.down {
+                return; // connection closed without an answer
+            }
+            st.requests.push(format!("GET {target}"));
+            let rv = st.rv;
+            if let Some(res) = st.res.get_mut(path) {
+                Self::decide(res, path, watch, from, rv)
+            } else {
+                let body = status(404, "NotFound", &format!("no such path {path}"));
+                Err(("404 Not Found", body))
+            }
+        };
+        self.write_reply(sock, reply).await
+    }
+
+    /// The answer to a request for a known collection.
+    fn decide(res: &mut Res, path: &str, watch: bool, from: u64, rv: u64) -> Reply {
+        {
+            if res.forbidden {
+                let resource = path.rsplit('/').next().unwrap_or_default();
+                let verb = if watch { "watch" } else { "list" };
+                let body = status(
+                    403,
+                    "Forbidden",
+                    &format!("{resource} is forbidden: User \"system:serviceaccount:kube-system:palisade-agent\" cannot {verb} resource \"{resource}\" at the cluster scope"),
+                );
+                Err(("403 Forbidden", body))
+            } else if !watch {
+                let items: Vec<Value> = res
+                    .objects
+                    .values()
+                    .map(|o| {
+                        // List items carry no kind/apiVersion, like the real thing.
+                        let mut o = o.clone();
+                        if let Some(m) = o.as_object_mut() {
+                            m.remove("kind");
+                            m.remove("apiVersion");
+                        }
+                        o
+                    })
+                    .collect();
+                let body = json!({
+                    "kind": format!("{}List", res.kind),
+                    "apiVersion": res.api_version,
+                    "metadata": {"resourceVersion": rv.to_string()},
+                    "items": items,
+                });
+                Err(("200 OK", body.to_string()))
+            } else if from < res.compacted {
+                Ok((vec![format!("{}\n", gone(from, res.compacted))], None))
+            } else {
+                let backlog: Vec<String> = res
+                    .history
+                    .iter()
+                    .filter(|(v, _)| *v > from)
+                    .map(|(_, l)| l.clone())
+                    .collect();
+                let (tx, rx) = mpsc::unbounded_channel();
+                res.watchers.push(tx);
+                Ok((backlog, Some(rx)))
+            }
+        }
+    }
+
+    async fn write_reply(&self, mut sock: TcpStream, reply: Reply) {
+        match reply {
+            Err((code, body)) => respond(&mut sock, code, &body).await,
+            Ok((backlog, rx)) => {
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+                if sock.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for line in backlog {
+                    if write_chunk(&mut sock, &line).await.is_err() {
+                        return;
+                    }
+                }
+                let Some(mut rx) = rx else {
+                    let _ = sock.write_all(b"0\r\n\r\n").await;
+                    return;
+                };
+                loop {
+                    match rx.recv().await {
+                        // An empty line asks for a clean end of the stream.
+                        Some(line) if line.is_empty() => {
+                            let _ = sock.write_all(b"0\r\n\r\n").await;
+                            return;
+                        }
+                        Some(line) => {
+                            if write_chunk(&mut sock, &line).await.is_err() {
+                                return;
+                            }
+                        }
+                        // Sender dropped: cut the connection mid-stream.
+                        None => return,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Either a complete response (status line, JSON body) or a watch stream: the
+/// lines to replay, then the live channel (none: end after the replay).
+type Reply = Result<(Vec<String>, Option<mpsc::UnboundedReceiver<String>>), (&'static str, String)>;
+
+impl Res {
+    fn emit(&mut self, rv: u64, ev: Value) {
+        let line = format!("{ev}\n");
+        self.history.push((rv, line.clone()));
+        self.watchers.retain(|w| w.send(line.clone()).is_ok());
+    }
+}
+
+fn status(code: u16, reason: &str, message: &str) -> String {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+    .to_string()
+}
+
+fn gone(from: u64, oldest: u64) -> Value {
+    json!({"type": "ERROR", "object": serde_json::from_str::<Value>(&status(
+        410, "Expired", &format!("too old resource version: {from} ({oldest})"))).unwrap_or_default()})
+}
+
+async fn respond(sock: &mut TcpStream, code: &str, body: &str) {
+    let resp = format!(
+        "HTTP/1.1 {code}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = sock.write_all(resp.as_bytes()).await;
+    let _ = sock.shutdown().await;
+}
+
+async fn write_chunk(sock: &mut TcpStream, data: &str) -> std::io::Result<()> {
+    sock.write_all(format!("{:x}\r\n{data}\r\n", data.len()).as_bytes())
+        .await?;
+    sock.flush().await
+}
+
+// ---------------------------------------------------------------------------
+// Objects
+
+fn namespace(name: &str, labels: Value) -> Value {
+    json!({"metadata": {"name": name, "labels": labels}})
+}
+
+fn pod(ns: &str, name: &str, app: &str, ip: &str) -> Value {
+    json!({
+        "metadata": {"namespace": ns, "name": name, "labels": {"app": app}},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "x",
+                 "ports": [{"name": "http", "containerPort": 8080}]}]},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+    })
+}
+
+fn deny_all(ns: &str, name: &str) -> Value {
+    json!({"metadata": {"namespace": ns, "name": name},
+           "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}})
+}
+
+fn service(ns: &str, name: &str, ip: &str) -> Value {
+    json!({"metadata": {"namespace": ns, "name": name},
+           "spec": {"clusterIP": ip, "clusterIPs": [ip],
+                    "ports": [{"port": 80, "protocol": "TCP", "targetPort": 8080}]}})
+}
+
+fn slice(ns: &str, name: &str, svc: &str, ip: &str) -> Value {
+    json!({"metadata": {"namespace": ns, "name": name,
+                        "labels": {"kubernetes.io/service-name": svc}},
+           "addressType": "IPv4",
+           "endpoints": [{"addresses": [ip]}],
+           "ports": [{"port": 8080, "protocol": "TCP"}]})
+}
+
+// ---------------------------------------------------------------------------
+// The agent side: the source feeding a ClusterIndex like the sync loop does.
+
+struct Agent {
+    rx: mpsc::UnboundedReceiver<SourceEvent>,
+    index: ClusterIndex,
+    synced: usize,
+    revision: String,
+    /// Deletes received since the last `take_deletes`.
+    deletes: Vec<String>,
+    errors: Vec<String>,
+}
+
+impl Agent {
+    fn start(api: &FakeApi) -> Self {
+        let url = format!("http://{}", api.addr).parse().expect("url");
+        let config = kube::Config::new(url);
+        let client = kube::Client::try_from(config).expect("client");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let source = KubeSource::new(client).with_backoff(BackoffConfig {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+            reset_after: Duration::from_secs(1),
+        });
+        tokio::spawn(source.run(tx));
+        Agent {
+            rx,
+            index: ClusterIndex::new(),
+            synced: 0,
+            revision: String::new(),
+            deletes: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn handle(&mut self, ev: SourceEvent) {
+        match ev {
+            SourceEvent::Apply { obj, .. } => {
+                self.index.apply(obj);
+            }
+            SourceEvent::Delete(r) => {
+                self.deletes.push(r.to_string());
+                self.index.delete(&r);
+            }
+            SourceEvent::Error { origin, message } => {
+                self.errors.push(format!("{origin}: {message}"))
+            }
+            SourceEvent::Synced { revision } => {
+                self.synced += 1;
+                self.revision = revision;
+            }
+        }
+    }
+
+    /// What the index holds, as sorted lines.
+    fn snapshot(&self) -> BTreeSet<String> {
+        let mut s = BTreeSet::new();
+        for n in self.index.namespaces() {
+            s.insert(format!("ns {}", n.name));
+        }
+        for p in self.index.pods() {
+            let app = p.labels.get("app").cloned().unwrap_or_default();
+            s.insert(format!("pod {} app={app}", p.key()));
+        }
+        for p in self.index.policies() {
+            s.insert(format!("netpol {}/{}", p.namespace, p.name));
+        }
+        for v in self.index.services() {
+            s.insert(format!("svc {}/{}", v.namespace, v.name));
+        }
+        for e in self.index.endpoint_slices() {
+            s.insert(format!("slice {}/{}", e.namespace, e.name));
+        }
+        s
+    }
+
+    /// Consume events until a `Synced` after which the index equals `want`.
+    async fn synced_to(&mut self, want: &[&str], what: &str) {
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.rx.recv()).await {
+                Ok(Some(ev)) => {
+                    let is_sync = matches!(ev, SourceEvent::Synced { .. });
+                    self.handle(ev);
+                    if is_sync && self.snapshot() == want {
+                        return;
+                    }
+                }
+                Ok(None) => panic!("{what}: the source ended"),
+                Err(_) => panic!(
+                    "{what}: no Synced with the wanted state within 15 s\nwant: {want:#?}\nhave: {:#?}\nsynced {} times",
+                    self.snapshot(),
+                    self.synced
+                ),
+            }
+        }
+    }
+
+    /// Consume events for `d`; returns how many `Synced` arrived.
+    async fn drain_for(&mut self, d: Duration) -> usize {
+        let before = self.synced;
+        let deadline = Instant::now() + d;
+        while let Ok(Some(ev)) = tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            self.rx.recv(),
+        )
+        .await
+        {
+            self.handle(ev);
+        }
+        self.synced - before
+    }
+}
+
+fn seed(api: &FakeApi) {
+    api.put("namespaces", namespace("default", json!({})));
+    api.put("namespaces", namespace("prod", json!({"team": "a"})));
+    api.put("pods", pod("prod", "web-1", "web", "10.244.1.10"));
+    api.put("networkpolicies", deny_all("prod", "deny-ingress"));
+    api.put("services", service("prod", "web", "10.96.0.10"));
+    api.put(
+        "endpointslices",
+        slice("prod", "web-abc", "web", "10.244.1.10"),
+    );
+}
+
+const SEEDED: &[&str] = &[
+    "ns default",
+    "ns prod",
+    "pod prod/web-1 app=web",
+    "netpol prod/deny-ingress",
+    "svc prod/web",
+    "slice prod/web-abc",
+];
+
+// ---------------------------------------------------------------------------
+// Tests
+
+#[tokio::test]
+async fn lists_then_follows_watch_events_bookmarks_drops_and_410() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    let mut agent = Agent::start(&api);
+
+    // 1. Initial lists: the first Synced carries all five resources.
+    agent.synced_to(SEEDED, "initial list").await;
+    assert_eq!(agent.synced, 1, "the first Synced is the complete state");
+    assert_eq!(agent.revision, api.rv().to_string());
+    assert!(agent.errors.is_empty(), "{:?}", agent.errors);
+    // Exactly the five collections were listed, cluster-wide: the paths come from
+    // the same WATCHED list the ClusterRole is checked against.
+    let listed: BTreeSet<String> = api
+        .requests()
+        .iter()
+        .filter(|r| !r.contains("watch=true"))
+        .map(|r| {
+            let target = r.trim_start_matches("GET ");
+            target.split('?').next().unwrap_or_default().to_string()
+        })
+        .collect();
+    let want: BTreeSet<String> = WATCHED
+        .iter()
+        .map(|w| collection(w.group, w.resource))
+        .collect();
+    assert_eq!(listed, want);
+
+    // 2. Watch events: ADDED, MODIFIED, DELETED, and a BOOKMARK in between.
+    api.put("pods", pod("prod", "web-2", "web", "10.244.1.11"));
+    api.put("pods", pod("prod", "web-1", "canary", "10.244.1.10"));
+    api.bookmark("pods");
+    api.delete("networkpolicies", "prod/deny-ingress", false);
+    api.put("networkpolicies", deny_all("default", "deny-all"));
+    agent
+        .synced_to(
+            &[
+                "ns default",
+                "ns prod",
+                "pod prod/web-1 app=canary",
+                "pod prod/web-2 app=web",
+                "netpol default/deny-all",
+                "svc prod/web",
+                "slice prod/web-abc",
+            ],
+            "watch events",
+        )
+        .await;
+    assert_eq!(agent.revision, api.rv().to_string());
+
+    // 3. A dropped connection: the watcher re-watches from its last version and
+    //    gets what happened meanwhile from the server's history.
+    api.drop_watches("pods");
+    api.put("pods", pod("prod", "web-3", "web", "10.244.1.12"));
+    agent.deletes.clear();
+    agent
+        .synced_to(
+            &[
+                "ns default",
+                "ns prod",
+                "pod prod/web-1 app=canary",
+                "pod prod/web-2 app=web",
+                "pod prod/web-3 app=web",
+                "netpol default/deny-all",
+                "svc prod/web",
+                "slice prod/web-abc",
+            ],
+            "after a dropped watch",
+        )
+        .await;
+    assert!(agent.deletes.is_empty(), "{:?}", agent.deletes);
+
+    // 4. 410 Gone when re-watching: the connection drops, a pod is deleted in a
+    //    history the server has since compacted, so the watcher's version is too
+    //    old; it relists, and the relist's end deletes the pod it never heard of.
+    api.drop_watches("pods");
+    api.delete("pods", "prod/web-2", true);
+    api.compact("pods");
+    agent
+        .synced_to(
+            &[
+                "ns default",
+                "ns prod",
+                "pod prod/web-1 app=canary",
+                "pod prod/web-3 app=web",
+                "netpol default/deny-all",
+                "svc prod/web",
+                "slice prod/web-abc",
+            ],
+            "after 410 on re-watch",
+        )
+        .await;
+    assert_eq!(agent.deletes, vec!["pod prod/web-2".to_string()]);
+
+    // 5. 410 Gone as an ERROR event on an open watch (namespaces this time).
+    agent.deletes.clear();
+    api.delete("namespaces", "default", true);
+    api.put("namespaces", namespace("staging", json!({})));
+    // The ADDED above reached the open watch; the deletion did not.
+    api.compact("namespaces");
+    api.expire_watches("namespaces");
+    agent
+        .synced_to(
+            &[
+                "ns prod",
+                "ns staging",
+                "pod prod/web-1 app=canary",
+                "pod prod/web-3 app=web",
+                "netpol default/deny-all",
+                "svc prod/web",
+                "slice prod/web-abc",
+            ],
+            "after 410 on an open watch",
+        )
+        .await;
+    assert_eq!(agent.deletes, vec!["namespace default".to_string()]);
+    assert!(agent.errors.is_empty(), "{:?}", agent.errors);
+}
+
+#[tokio::test]
+async fn api_server_restart_keeps_state_and_catches_up() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    let mut agent = Agent::start(&api);
+    agent.synced_to(SEEDED, "initial list").await;
+
+    // Down: every watch is cut and every reconnect fails. Nothing is deleted and
+    // nothing new is declared meanwhile; the last state stays as it was.
+    agent.deletes.clear();
+    api.set_down(true);
+    let synced = agent.drain_for(Duration::from_millis(800)).await;
+    assert_eq!(synced, 0, "no Synced while the API server is down");
+    assert!(agent.deletes.is_empty(), "{:?}", agent.deletes);
+    let want: BTreeSet<String> = SEEDED.iter().map(|s| s.to_string()).collect();
+    assert_eq!(agent.snapshot(), want);
+
+    // Changes while down (history kept): they arrive after the restart.
+    api.put("pods", pod("prod", "web-9", "web", "10.244.1.19"));
+    api.delete("services", "prod/web", false);
+    api.set_down(false);
+    agent
+        .synced_to(
+            &[
+                "ns default",
+                "ns prod",
+                "pod prod/web-1 app=web",
+                "pod prod/web-9 app=web",
+                "netpol prod/deny-ingress",
+                "slice prod/web-abc",
+            ],
+            "after the API server came back",
+        )
+        .await;
+    assert_eq!(agent.revision, api.rv().to_string());
+}
+
+/// A `MakeWriter` for tracing that keeps everything in memory.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer"))
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+// Single-threaded, so the thread-local log subscriber sees the source's task.
+#[tokio::test(flavor = "current_thread")]
+async fn forbidden_resource_blocks_sync_and_is_logged_once() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_env_filter("info,kube_runtime=error")
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let api = FakeApi::start().await;
+    seed(&api);
+    api.set_forbidden("networkpolicies", true);
+    let mut agent = Agent::start(&api);
+
+    // Four of five resources list fine; the fifth is refused again and again (the
+    // backoff is 20-200 ms here), and nothing may be declared synced meanwhile.
+    let synced = agent.drain_for(Duration::from_millis(1500)).await;
+    assert_eq!(synced, 0, "Synced before every resource was listed");
+    let refused = api
+        .requests()
+        .iter()
+        .filter(|r| r.contains("/networkpolicies"))
+        .count();
+    assert!(refused >= 3, "expected retries, saw {refused} requests");
+    let rbac: Vec<String> = logs
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("RBAC"))
+        .collect();
+    assert_eq!(rbac.len(), 1, "one RBAC line, not one per retry: {rbac:#?}");
+    assert!(
+        rbac[0].contains("list networkpolicies") && rbac[0].contains("networking.k8s.io"),
+        "the line names the verb, the resource and its group: {}",
+        rbac[0]
+    );
+
+    // Granted: the source completes its first state.
+    api.set_forbidden("networkpolicies", false);
+    agent.synced_to(SEEDED, "after the grant").await;
+    assert_eq!(agent.synced, 1);
+}

@@ -1,0 +1,193 @@
+//! PID 1 of the `cargo xtask vm-test` guest.
+//!
+//! Mounts proc, sys, devtmpfs, bpffs and cgroup2, loads the kernel modules listed
+//! in `/palisade/modules` (one path a line, dependencies first), runs every suite
+//! in `/palisade/suites` (`name<TAB>binary<TAB>args...`, libtest binaries), echoes
+//! their output to the console, and ends with one marker line the host reads:
+//!
+//! ```text
+//! PALISADE-VM-SUITE: <name> status=ok|FAILED passed=N failed=N ignored=N
+//! PALISADE-VM-RESULT: PASS|FAIL passed=N failed=N ignored=N
+//! ```
+//!
+//! then powers the machine off. Anything that goes wrong is printed and counted as
+//! a failure; the guest never stays up.
+use std::{
+    ffi::CString,
+    fs,
+    io::{BufRead, BufReader, Write},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+fn main() {
+    let ok = std::panic::catch_unwind(run).unwrap_or_else(|_| {
+        println!("PALISADE-VM-RESULT: FAIL init panicked");
+        false
+    });
+    let _ = std::io::stdout().flush();
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::LINUX_REBOOT_CMD_POWER_OFF);
+    }
+    // Not reached as PID 1; useful when run by hand.
+    std::process::exit(if ok { 0 } else { 1 });
+}
+
+fn mount(src: &str, target: &str, fstype: &str) {
+    let _ = fs::create_dir_all(target);
+    let c = |s: &str| CString::new(s).expect("no NUL");
+    let (s, t, f) = (c(src), c(target), c(fstype));
+    let r = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, std::ptr::null()) };
+    if r != 0 {
+        println!(
+            "palisade-vm-init: mount {fstype} on {target}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn load_module(path: &str) -> Result<(), String> {
+    let file = fs::File::open(path).map_err(|e| format!("open: {e}"))?;
+    let params = CString::default();
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_finit_module,
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            params.as_ptr(),
+            0,
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(e.to_string());
+        }
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Counts {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+/// `test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; ...`
+fn parse_result(line: &str, c: &mut Counts) -> bool {
+    let Some(rest) = line.strip_prefix("test result: ") else {
+        return false;
+    };
+    for part in rest.split(';') {
+        let mut words = part.split_whitespace().rev();
+        let (Some(what), Some(n)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u64>() else { continue };
+        match what {
+            "passed" => c.passed += n,
+            "failed" => c.failed += n,
+            "ignored" => c.ignored += n,
+            _ => {}
+        }
+    }
+    true
+}
+
+fn run_suite(name: &str, bin: &str, args: &[&str], total: &mut Counts) -> bool {
+    println!("PALISADE-VM-SUITE-START: {name}");
+    let start = Instant::now();
+    let child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            println!("PALISADE-VM-SUITE: {name} status=FAILED could not start {bin}: {e}");
+            total.failed += 1;
+            return false;
+        }
+    };
+    let mut c = Counts::default();
+    let mut saw_result = false;
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            saw_result |= parse_result(&line, &mut c);
+        }
+    }
+    let status = child.wait().map(|s| s.success()).unwrap_or(false);
+    let ok = status && saw_result && c.failed == 0;
+    if !ok && c.failed == 0 {
+        // Crashed or never summarised: count the suite itself as a failure.
+        c.failed = 1;
+    }
+    println!(
+        "PALISADE-VM-SUITE: {name} status={} passed={} failed={} ignored={} secs={:.1}",
+        if ok { "ok" } else { "FAILED" },
+        c.passed,
+        c.failed,
+        c.ignored,
+        start.elapsed().as_secs_f64()
+    );
+    total.passed += c.passed;
+    total.failed += c.failed;
+    total.ignored += c.ignored;
+    ok
+}
+
+fn run() -> bool {
+    std::env::set_var("PATH", "/bin:/sbin:/usr/bin:/usr/sbin");
+    std::env::set_var("RUST_BACKTRACE", "1");
+    mount("proc", "/proc", "proc");
+    mount("sysfs", "/sys", "sysfs");
+    mount("devtmpfs", "/dev", "devtmpfs");
+    mount("tmpfs", "/tmp", "tmpfs");
+    mount("tmpfs", "/run", "tmpfs");
+    mount("bpf", "/sys/fs/bpf", "bpf");
+    mount("cgroup2", "/sys/fs/cgroup", "cgroup2");
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("PALISADE-VM-KERNEL: {}", release.trim());
+
+    let mut ok = true;
+    for path in fs::read_to_string("/palisade/modules")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+    {
+        if let Err(e) = load_module(path) {
+            println!("PALISADE-VM-MODULE: {path} FAILED: {e}");
+            ok = false;
+        }
+    }
+    // Loopback up: some tests talk over it.
+    let _ = Command::new("/bin/ip")
+        .args(["link", "set", "lo", "up"])
+        .status();
+
+    let mut total = Counts::default();
+    let suites = fs::read_to_string("/palisade/suites").unwrap_or_default();
+    for line in suites.lines().filter(|l| !l.trim().is_empty()) {
+        let mut f = line.split('\t');
+        let (Some(name), Some(bin)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let args: Vec<&str> = f.collect();
+        ok &= run_suite(name, bin, &args, &mut total);
+    }
+    if suites.trim().is_empty() {
+        println!("palisade-vm-init: no suites in /palisade/suites");
+        ok = false;
+    }
+    println!(
+        "PALISADE-VM-RESULT: {} passed={} failed={} ignored={}",
+        if ok { "PASS" } else { "FAIL" },
+        total.passed,
+        total.failed,
+        total.ignored
+    );
+    ok
+}

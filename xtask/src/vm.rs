@@ -1,0 +1,720 @@
+//! `cargo xtask vm-test`: the datapath and attach tests on Debian kernels in qemu.
+//!
+//! For each kernel series: `apt-get download` the Debian kernel package (cached in
+//! `~/.cache/palisade/vm/`), extract vmlinuz and the modules the tests need (with
+//! their dependencies, read from each module's `.modinfo`), build a newc initramfs
+//! holding `palisade-vm-init` as `/init`, the test binaries, `ip`/`tc` and the
+//! shared libraries `ldd` names, boot it under `qemu-system-x86_64 -accel tcg`,
+//! and read the serial console until the init's result marker, a panic or the
+//! timeout. One summary table at the end; non-zero exit on any failure.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use super::{cache_dir, cargo, have, output, run, step};
+
+/// Kernel series tested when no `--kernel` is given: what Debian bookworm ships
+/// (6.1) and its security-updates 6.12 series (TCX).
+pub const DEFAULT_KERNELS: &[&str] = &["6.1", "6.12"];
+
+/// Modules the guest loads (their dependencies come along).
+const MODULES: &[&str] = &["veth", "sch_ingress", "cls_bpf", "sctp"];
+
+/// Test binaries of palisade-agent run in the guest, with their libtest arguments.
+const SUITES: &[(&str, &[&str])] = &[("datapath", &[]), ("attach", &["--nocapture"])];
+
+/// Host binaries copied into the guest (with their libraries).
+const GUEST_TOOLS: &[&str] = &["ip", "tc"];
+
+pub struct Options {
+    pub kernels: Vec<String>,
+    pub timeout: Duration,
+    pub verbose: bool,
+}
+
+struct Outcome {
+    kernel: String,
+    attach_mode: String,
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    secs: f64,
+    error: Option<String>,
+}
+
+pub fn vm_test(opts: Options) -> Result<()> {
+    let kernels: Vec<String> = if opts.kernels.is_empty() {
+        DEFAULT_KERNELS.iter().map(|s| s.to_string()).collect()
+    } else {
+        opts.kernels.clone()
+    };
+    ensure_host_packages()?;
+    let vm_dir = cache_dir().join("vm");
+    fs::create_dir_all(&vm_dir).context("creating ~/.cache/palisade/vm")?;
+
+    step("vm-test: building the guest init and the test binaries");
+    let init = build_init()?;
+    let suites = build_suites()?;
+
+    let mut outcomes = Vec::new();
+    for spec in &kernels {
+        step(&format!("vm-test: kernel {spec}"));
+        let kernel = match prepare_kernel(&vm_dir, spec) {
+            Ok(k) => k,
+            Err(e) => {
+                outcomes.push(Outcome {
+                    kernel: spec.clone(),
+                    attach_mode: "-".into(),
+                    passed: 0,
+                    failed: 0,
+                    ignored: 0,
+                    secs: 0.0,
+                    error: Some(format!("{e:#}")),
+                });
+                continue;
+            }
+        };
+        let initrd = vm_dir.join(format!("initramfs-{}.cpio", kernel.release));
+        build_initramfs(&initrd, &init, &suites, &kernel.modules)
+            .with_context(|| format!("building {}", initrd.display()))?;
+        eprintln!(
+            "    booting {} ({} modules, initramfs {} MiB)",
+            kernel.release,
+            kernel.modules.len(),
+            fs::metadata(&initrd).map(|m| m.len() >> 20).unwrap_or(0)
+        );
+        outcomes.push(boot(&kernel, &initrd, &opts));
+    }
+
+    print_summary(&outcomes);
+    let bad: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| o.error.is_some() || o.failed > 0)
+        .map(|o| o.kernel.as_str())
+        .collect();
+    if !bad.is_empty() {
+        bail!("vm-test failed on: {}", bad.join(", "));
+    }
+    Ok(())
+}
+
+fn ensure_host_packages() -> Result<()> {
+    step("vm-test: host packages");
+    let needed = [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("dpkg-deb", "dpkg"),
+        ("xz", "xz-utils"),
+        ("ip", "iproute2"),
+        ("tc", "iproute2"),
+        ("ldd", "libc-bin"),
+    ];
+    let mut missing: Vec<&str> = needed
+        .iter()
+        .filter(|(bin, _)| !have(bin))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let hint = "Run as root on Debian with the package archive reachable.";
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install() {
+        run(
+            Command::new("apt-get").args(["update", "-qq"]),
+            "apt-get update",
+            hint,
+        )?;
+        if !install() {
+            bail!("apt-get install {} failed. {hint}", missing.join(" "));
+        }
+    }
+    Ok(())
+}
+
+fn build_init() -> Result<PathBuf> {
+    run(
+        cargo().args(["build", "--release", "-p", "palisade-vm-init"]),
+        "building palisade-vm-init",
+        "See the compiler output above.",
+    )?;
+    Ok(super::workspace_root().join("target/release/palisade-vm-init"))
+}
+
+/// Build the agent's test binaries and return (suite name, executable, args).
+fn build_suites() -> Result<Vec<(String, PathBuf, Vec<String>)>> {
+    let mut cmd = cargo();
+    cmd.args(["test", "--release", "-p", "palisade-agent", "--no-run"])
+        .args(["--message-format", "json-render-diagnostics"]);
+    for (name, _) in SUITES {
+        cmd.args(["--test", name]);
+    }
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo test --no-run")?;
+    if !out.status.success() {
+        bail!("building the agent's test binaries failed; see the compiler output above");
+    }
+    let mut exes = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["reason"] != "compiler-artifact" {
+            continue;
+        }
+        if let (Some(name), Some(exe)) = (v["target"]["name"].as_str(), v["executable"].as_str()) {
+            exes.insert(name.to_string(), PathBuf::from(exe));
+        }
+    }
+    SUITES
+        .iter()
+        .map(|(name, args)| {
+            let exe = exes
+                .get(*name)
+                .with_context(|| format!("cargo named no executable for test {name}"))?;
+            Ok((
+                name.to_string(),
+                exe.clone(),
+                args.iter().map(|s| s.to_string()).collect(),
+            ))
+        })
+        .collect()
+}
+
+struct Kernel {
+    release: String,
+    vmlinuz: PathBuf,
+    /// Uncompressed modules in load order (dependencies first).
+    modules: Vec<PathBuf>,
+}
+
+/// `6.1` -> highest `linux-image-6.1.0-N-amd64`; `6.12` -> highest
+/// `linux-image-6.12.N+deb12-amd64`; an exact ABI (`6.1.0-56`) or package name works too.
+fn pick_package(spec: &str, names: &[String]) -> Option<String> {
+    let spec = spec.trim_start_matches("linux-image-");
+    let spec = spec.strip_suffix("-amd64").unwrap_or(spec);
+    let prefix = format!("linux-image-{spec}");
+    names
+        .iter()
+        .filter_map(|n| {
+            let rest = n.strip_prefix(&prefix)?.strip_suffix("-amd64")?;
+            let fits = (rest.is_empty() || rest.starts_with(['.', '-']))
+                && !rest.ends_with("-cloud")
+                && !rest.ends_with("-rt");
+            // A bare `linux-image-6.12-amd64` is a meta package unless it is all there is.
+            fits.then(|| (rest.is_empty(), natural_key(n), n.clone()))
+        })
+        .max_by(|a, b| (!a.0, &a.1).cmp(&(!b.0, &b.1)))
+        .map(|(_, _, n)| n)
+}
+
+fn natural_key(s: &str) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let mut chars = s.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        let mut chunk = String::new();
+        let digits = c.is_ascii_digit();
+        while let Some(&c) = chars.peek() {
+            if c.is_ascii_digit() != digits {
+                break;
+            }
+            chunk.push(c);
+            chars.next();
+        }
+        out.push(if digits {
+            (chunk.parse().unwrap_or(u64::MAX), String::new())
+        } else {
+            (0, chunk)
+        });
+    }
+    out
+}
+
+fn prepare_kernel(vm_dir: &Path, spec: &str) -> Result<Kernel> {
+    let kernels_dir = vm_dir.join("kernels");
+    fs::create_dir_all(&kernels_dir)?;
+    let mut names: Vec<String> =
+        output(Command::new("apt-cache").args(["pkgnames", "linux-image-"]))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+    // Kernels extracted earlier count as available even when apt cannot be reached.
+    names.extend(
+        fs::read_dir(&kernels_dir)?
+            .flatten()
+            .filter(|e| e.path().join(".extracted").exists())
+            .map(|e| e.file_name().to_string_lossy().into_owned()),
+    );
+    let pkg = pick_package(spec, &names).with_context(|| {
+        format!("no Debian kernel package matches {spec:?} (apt-cache pkgnames linux-image-; run apt-get update?)")
+    })?;
+    let root = kernels_dir.join(&pkg);
+    if !root.join(".extracted").exists() {
+        let debs = vm_dir.join("debs");
+        fs::create_dir_all(&debs)?;
+        let find_deb = || {
+            fs::read_dir(&debs).ok().and_then(|rd| {
+                rd.flatten().map(|e| e.path()).find(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
+                })
+            })
+        };
+        if find_deb().is_none() {
+            eprintln!("    apt-get download {pkg}");
+            run(
+                Command::new("apt-get")
+                    .args(["download", "-qq", &pkg])
+                    .current_dir(&debs),
+                &format!("apt-get download {pkg}"),
+                "The Debian archive must be reachable (run apt-get update?).",
+            )?;
+        }
+        let deb = find_deb().context("apt-get download left no .deb")?;
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root)?;
+        run(
+            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
+            "dpkg-deb -x",
+            "The downloaded package may be damaged; delete it from ~/.cache/palisade/vm/debs.",
+        )?;
+        fs::write(root.join(".extracted"), "")?;
+    }
+    let vmlinuz = fs::read_dir(root.join("boot"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
+        .context("no boot/vmlinuz-* in the kernel package")?;
+    let release = vmlinuz
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .unwrap_or_default()
+        .to_string();
+    let mod_root = root.join("lib/modules").join(&release);
+    let mut index = BTreeMap::new();
+    index_modules(&mod_root.join("kernel"), &mut index)?;
+    let ko_dir = root.join("ko");
+    fs::create_dir_all(&ko_dir)?;
+    let mut order = Vec::new();
+    let mut seen = BTreeSet::new();
+    for m in MODULES {
+        resolve_module(m, &index, &ko_dir, &mut seen, &mut order)?;
+    }
+    Ok(Kernel {
+        release,
+        vmlinuz,
+        modules: order,
+    })
+}
+
+fn index_modules(dir: &Path, index: &mut BTreeMap<String, PathBuf>) -> Result<()> {
+    for e in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let p = e?.path();
+        if p.is_dir() {
+            index_modules(&p, index)?;
+        } else if let Some(n) = p.file_name().and_then(|n| n.to_str()) {
+            if let Some(stem) = n
+                .strip_suffix(".ko")
+                .or_else(|| n.strip_suffix(".ko.xz"))
+                .or_else(|| n.strip_suffix(".ko.zst"))
+            {
+                index.insert(stem.replace('-', "_"), p.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decompress `name` (cached) and its `depends=` modules, appending them to `order`
+/// dependencies first. Built-in modules are not in the index and are skipped.
+fn resolve_module(
+    name: &str,
+    index: &BTreeMap<String, PathBuf>,
+    ko_dir: &Path,
+    seen: &mut BTreeSet<String>,
+    order: &mut Vec<PathBuf>,
+) -> Result<()> {
+    let name = name.replace('-', "_");
+    if !seen.insert(name.clone()) {
+        return Ok(());
+    }
+    let Some(src) = index.get(&name) else {
+        return Ok(()); // built in
+    };
+    let dst = ko_dir.join(format!("{name}.ko"));
+    if !dst.exists() {
+        let s = src.to_string_lossy();
+        let bytes = if s.ends_with(".xz") {
+            Command::new("xz").arg("-dc").arg(src).output()?.stdout
+        } else if s.ends_with(".zst") {
+            Command::new("zstd").arg("-dc").arg(src).output()?.stdout
+        } else {
+            fs::read(src)?
+        };
+        if bytes.len() < 64 {
+            bail!("could not decompress {}", src.display());
+        }
+        fs::write(&dst, bytes)?;
+    }
+    let bytes = fs::read(&dst)?;
+    let deps = find_modinfo(&bytes, "depends=").unwrap_or_default();
+    for dep in deps.split(',').filter(|d| !d.is_empty()) {
+        resolve_module(dep, index, ko_dir, seen, order)?;
+    }
+    order.push(dst);
+    Ok(())
+}
+
+fn find_modinfo(bytes: &[u8], key: &str) -> Option<String> {
+    let needle = format!("\0{key}");
+    let pos = bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())?;
+    let start = pos + needle.len();
+    let end = bytes[start..].iter().position(|&b| b == 0)? + start;
+    Some(String::from_utf8_lossy(&bytes[start..end]).into_owned())
+}
+
+/// A newc cpio archive assembled in memory.
+#[derive(Default)]
+struct Cpio {
+    /// path (no leading slash) -> (mode, contents)
+    entries: BTreeMap<String, (u32, Vec<u8>)>,
+}
+
+impl Cpio {
+    fn dirs_for(&mut self, path: &str) {
+        let mut acc = String::new();
+        let parts: Vec<&str> = path.split('/').collect();
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            if !acc.is_empty() {
+                acc.push('/');
+            }
+            acc.push_str(part);
+            self.entries
+                .entry(acc.clone())
+                .or_insert((0o040755, Vec::new()));
+        }
+    }
+    fn file(&mut self, path: &str, mode: u32, data: Vec<u8>) {
+        let path = path.trim_start_matches('/').to_string();
+        self.dirs_for(&path);
+        self.entries.insert(path, (0o100000 | mode, data));
+    }
+    fn host_file(&mut self, path: &str, host: &Path) -> Result<()> {
+        let data = fs::read(host).with_context(|| format!("reading {}", host.display()))?;
+        self.file(path, 0o755, data);
+        Ok(())
+    }
+    fn write(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let mut ino = 1u32;
+        let mut header = |out: &mut dyn Write, name: &str, mode: u32, size: usize| {
+            let namesize = name.len() + 1;
+            write!(
+                out,
+                "070701{ino:08x}{mode:08x}{:08x}{:08x}{:08x}{:08x}{size:08x}{:08x}{:08x}{:08x}{:08x}{namesize:08x}{:08x}",
+                0, 0, 1, 0, 0, 0, 0, 0, 0
+            )?;
+            ino += 1;
+            out.write_all(name.as_bytes())?;
+            out.write_all(&[0])?;
+            out.write_all(&[0; 3][..(4 - (110 + namesize) % 4) % 4])
+        };
+        for (name, (mode, data)) in &self.entries {
+            header(out, name, *mode, data.len())?;
+            out.write_all(data)?;
+            out.write_all(&[0; 3][..(4 - data.len() % 4) % 4])?;
+        }
+        header(out, "TRAILER!!!", 0, 0)
+    }
+}
+
+/// Add `bin`'s shared libraries (as `ldd` names them) to the archive.
+fn add_libs(cpio: &mut Cpio, bin: &Path) -> Result<()> {
+    let out = Command::new("ldd").arg(bin).output()?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let line = line.trim();
+        let path = match line.split_once(" => ") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            if !cpio.entries.contains_key(p.trim_start_matches('/')) {
+                cpio.host_file(p, Path::new(p))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn build_initramfs(
+    out: &Path,
+    init: &Path,
+    suites: &[(String, PathBuf, Vec<String>)],
+    modules: &[PathBuf],
+) -> Result<()> {
+    let mut cpio = Cpio::default();
+    for d in ["proc", "sys", "dev", "tmp", "run", "root", "etc"] {
+        cpio.entries.insert(d.into(), (0o040755, Vec::new()));
+    }
+    cpio.host_file("init", init)?;
+    add_libs(&mut cpio, init)?;
+    let mut list = String::new();
+    for (name, exe, args) in suites {
+        let guest = format!("palisade/tests/{name}");
+        cpio.host_file(&guest, exe)?;
+        add_libs(&mut cpio, exe)?;
+        list.push_str(&format!("{name}\t/{guest}"));
+        for a in args {
+            list.push('\t');
+            list.push_str(a);
+        }
+        list.push('\n');
+    }
+    cpio.file("palisade/suites", 0o644, list.into_bytes());
+    let mut mods = String::new();
+    for m in modules {
+        let name = m.file_name().and_then(|n| n.to_str()).unwrap_or("x.ko");
+        let guest = format!("palisade/ko/{name}");
+        cpio.file(&guest, 0o644, fs::read(m)?);
+        mods.push_str(&format!("/{guest}\n"));
+    }
+    cpio.file("palisade/modules", 0o644, mods.into_bytes());
+    for tool in GUEST_TOOLS {
+        let host = output(Command::new("sh").args(["-c", &format!("command -v {tool}")]))
+            .map(|s| PathBuf::from(s.trim()))
+            .with_context(|| format!("{tool} not found on the host"))?;
+        cpio.host_file(&format!("bin/{tool}"), &host)?;
+        add_libs(&mut cpio, &host)?;
+    }
+    let mut f = std::io::BufWriter::new(fs::File::create(out)?);
+    cpio.write(&mut f)?;
+    f.flush()?;
+    Ok(())
+}
+
+fn boot(kernel: &Kernel, initrd: &Path, opts: &Options) -> Outcome {
+    let start = Instant::now();
+    let mut outcome = Outcome {
+        kernel: kernel.release.clone(),
+        attach_mode: "-".into(),
+        passed: 0,
+        failed: 0,
+        ignored: 0,
+        secs: 0.0,
+        error: None,
+    };
+    let child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-m", "1G", "-smp", "2", "-nodefaults"])
+        .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 loglevel=4 rdinit=/init mitigations=off",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            outcome.error = Some(format!("could not start qemu-system-x86_64: {e}"));
+            return outcome;
+        }
+    };
+    let (tx, rx) = mpsc::channel::<String>();
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stream);
+            let mut buf = Vec::new();
+            while r.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+                let line = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string();
+                if tx.send(line).is_err() {
+                    break;
+                }
+                buf.clear();
+            }
+        });
+    }
+    drop(tx);
+    let deadline = start + opts.timeout;
+    let mut log = Vec::new();
+    let mut result = None;
+    let mut panic = false;
+    let mut timed_out = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if opts.verbose {
+                    eprintln!("    | {line}");
+                } else if line.starts_with("PALISADE-VM-") {
+                    eprintln!("    {line}");
+                }
+                if let Some(m) = line.split("PALISADE-VM-ATTACH-MODE: ").nth(1) {
+                    outcome.attach_mode = m.trim().to_string();
+                }
+                if let Some(r) = line.split("PALISADE-VM-RESULT: ").nth(1) {
+                    result = Some(r.to_string());
+                    for kv in r.split_whitespace() {
+                        if let Some((k, v)) = kv.split_once('=') {
+                            let v = v.parse().unwrap_or(0);
+                            match k {
+                                "passed" => outcome.passed = v,
+                                "failed" => outcome.failed = v,
+                                "ignored" => outcome.ignored = v,
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                panic |= line.contains("Kernel panic");
+                log.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                timed_out = true;
+                let _ = child.kill();
+                break;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let status = child.wait();
+    outcome.secs = start.elapsed().as_secs_f64();
+    outcome.error = if timed_out {
+        Some(format!(
+            "timed out after {} s (hang?)",
+            opts.timeout.as_secs()
+        ))
+    } else if panic {
+        Some("kernel panic".into())
+    } else {
+        match &result {
+            None => Some(format!(
+                "guest stopped without a result marker (qemu: {status:?})"
+            )),
+            Some(r) if !r.starts_with("PASS") => Some(format!("guest reported {r}")),
+            Some(_) => None,
+        }
+    };
+    if outcome.error.is_some() && !opts.verbose {
+        eprintln!("---- guest output ({}) ----", kernel.release);
+        for l in &log {
+            eprintln!("| {l}");
+        }
+        eprintln!("---- end of guest output ----");
+    }
+    outcome
+}
+
+fn print_summary(outcomes: &[Outcome]) {
+    println!();
+    println!(
+        "{:<24} {:<8} {:>6} {:>6} {:>7} {:>7}  result",
+        "kernel", "attach", "passed", "failed", "skipped", "secs"
+    );
+    for o in outcomes {
+        println!(
+            "{:<24} {:<8} {:>6} {:>6} {:>7} {:>7.1}  {}",
+            o.kernel,
+            o.attach_mode,
+            o.passed,
+            o.failed,
+            o.ignored,
+            o.secs,
+            o.error.as_deref().unwrap_or("ok")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_the_newest_flavourless_package() {
+        let names: Vec<String> = [
+            "linux-image-6.1.0-9-amd64",
+            "linux-image-6.1.0-47-amd64",
+            "linux-image-6.1.0-47-cloud-amd64",
+            "linux-image-6.1.0-47-rt-amd64",
+            "linux-image-6.1.0-47-amd64-dbg",
+            "linux-image-6.1.0-47-amd64-unsigned",
+            "linux-image-6.12-amd64",
+            "linux-image-6.12.100+deb12-amd64",
+            "linux-image-6.12.99+deb12-amd64",
+            "linux-image-amd64",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            pick_package("6.1", &names).as_deref(),
+            Some("linux-image-6.1.0-47-amd64")
+        );
+        assert_eq!(
+            pick_package("6.12", &names).as_deref(),
+            Some("linux-image-6.12.100+deb12-amd64")
+        );
+        assert_eq!(
+            pick_package("6.1.0-9", &names).as_deref(),
+            Some("linux-image-6.1.0-9-amd64")
+        );
+        assert_eq!(pick_package("5.10", &names), None);
+    }
+
+    #[test]
+    fn cpio_entries_are_aligned() {
+        let mut c = Cpio::default();
+        c.file("a/bc", 0o644, b"hello".to_vec());
+        let mut out = Vec::new();
+        c.write(&mut out).unwrap();
+        assert_eq!(out.len() % 4, 0);
+        assert!(out.starts_with(b"070701"));
+        let s = String::from_utf8_lossy(&out);
+        assert!(s.contains("a\0") && s.contains("a/bc\0") && s.contains("TRAILER!!!\0"));
+    }
+}
