@@ -57,7 +57,7 @@ fn pod_spec(sz: &Size, i: usize) -> PodSpec {
             ("tier".to_string(), ["fe", "be"][j % 2].to_string()),
         ]
         .into(),
-        node: if i % sz.local_every == 0 {
+        node: if i.is_multiple_of(sz.local_every) {
             1
         } else {
             2 + i % 90
@@ -320,7 +320,7 @@ fn agentside(s: &Sample, passes: &[Pass]) -> Option<Agentside> {
 enum Change {
     PolicyEdit,
     PodAdd,
-    LabelChange,
+    Relabel,
 }
 
 impl Change {
@@ -328,7 +328,7 @@ impl Change {
         match self {
             Change::PolicyEdit => "policy edit",
             Change::PodAdd => "pod add",
-            Change::LabelChange => "label change",
+            Change::Relabel => "label change",
         }
     }
 }
@@ -397,7 +397,9 @@ fn main() -> Result<()> {
             changes_per_kind: 70,
         }
     };
-    let locals: Vec<usize> = (0..sz.pods).filter(|i| i % sz.local_every == 0).collect();
+    let locals: Vec<usize> = (0..sz.pods)
+        .filter(|i| i.is_multiple_of(sz.local_every))
+        .collect();
     let mut cfg = AgentConfig::new(agent_binary()?);
     cfg.ready_timeout = Duration::from_secs(300);
     cfg.extra_args = vec![
@@ -482,7 +484,7 @@ fn main() -> Result<()> {
     let local_ns: Vec<usize> = locals.iter().map(|i| i % sz.namespaces).collect();
     let mut samples: Vec<Sample> = Vec::new();
     let mut labels_flipped: BTreeMap<usize, bool> = BTreeMap::new();
-    let kinds = [Change::PolicyEdit, Change::PodAdd, Change::LabelChange];
+    let kinds = [Change::PolicyEdit, Change::PodAdd, Change::Relabel];
     for n in 0..sz.changes_per_kind * kinds.len() {
         let kind = kinds[n % kinds.len()];
         let round = n / kinds.len();
@@ -510,7 +512,7 @@ fn main() -> Result<()> {
                     &pod_yaml(&p, pod_ip(i))?,
                 )?;
             }
-            Change::LabelChange => {
+            Change::Relabel => {
                 // A local pod's app label toggles between its own and one that
                 // policy p0 or p3 of its namespace selects: its rules change.
                 let i = locals[round % locals.len()];

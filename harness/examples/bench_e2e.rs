@@ -259,6 +259,7 @@ struct Measurement {
     gbps: f64,
     conn_per_sec: f64,
     connections: u64,
+    failures: u64,
 }
 
 struct Settings {
@@ -280,7 +281,9 @@ fn measure(c: &Cluster, e: Enforcer, s: &Settings, out: &mut Vec<Measurement>) -
             s.conn_dur,
             s.conn_threads,
         )?;
-        if rate.failures > 0 || rate.connections == 0 {
+        // A stray failure (a lost SYN on a loaded machine) is reported, not
+        // fatal; more than 1% means the allowed flow is not really allowed.
+        if rate.connections == 0 || rate.failures * 100 > rate.connections {
             bail!(
                 "{} {}: {} of {} connections of the allowed flow failed",
                 e.label(),
@@ -302,6 +305,7 @@ fn measure(c: &Cluster, e: Enforcer, s: &Settings, out: &mut Vec<Measurement>) -
             gbps,
             conn_per_sec: rate.per_sec,
             connections: rate.connections,
+            failures: rate.failures,
         });
     }
     Ok(())
@@ -487,6 +491,7 @@ fn report(
             "conn_per_s": x.conn_per_sec,
             "conn_rate_ratio": x.conn_per_sec / br,
             "connections": x.connections,
+            "failed_connections": x.failures,
         }));
     }
     println!();
