@@ -3,8 +3,9 @@
 //! network namespaces) between two pods on different nodes and two pods on the
 //! same node, for:
 //!
-//! - no program attached (no agent has run; measured first and again last,
-//!   after the agents are stopped and their pins removed);
+//! - no program attached (measured at the start of every round, before any
+//!   agent ran or after the agents stopped and their pins were removed, and
+//!   once more at the end);
 //! - an iptables enforcer: per-pod chain in the FORWARD chain of the server's
 //!   node with N rules (`-s <cidr> -p tcp --dport 5201:5202 -j ACCEPT`), the
 //!   allowed flow matching the last one, then DROP; replies accepted by
@@ -16,9 +17,12 @@
 //!
 //! Before measuring each enforcer, a probe to a port no rule allows (TCP 80,
 //! served by the harness) must be blocked on both paths, and after it the
-//! measured flows must have completed without failures.
+//! measured flows must have completed (at most 1% failed connections).
 //!
-//! `cargo xtask bench e2e [--quick]` (root). Prints a table, writes
+//! The whole sequence runs in rounds (2 by default, 1 with `--quick`,
+//! `--rounds N`); every figure is the median over rounds, with the range.
+//!
+//! `cargo xtask bench e2e [--quick] [--rounds N]` (root). Prints a table, writes
 //! `results/bench-e2e.json` and `results/bench-e2e.svg`.
 
 mod bench_util;
@@ -382,127 +386,158 @@ fn main() -> Result<()> {
         conn_servers.push(ConnServer::start(&ns, CONN_PORT, 2)?);
     }
 
+    let rounds: usize = std::env::args()
+        .skip_while(|a| a != "--rounds")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 1 } else { 2 });
     let mut m = Vec::new();
-    eprintln!("==> e2e: no program");
-    measure(&c, Enforcer::None, &settings, &mut m)?;
-    for &n in sizes {
-        for e in [Enforcer::Iptables(n), Enforcer::Nft(n)] {
-            set_firewall(&c, e)?;
-            measure(&c, e, &settings, &mut m)?;
+    for round in 1..=rounds {
+        eprintln!("==> e2e: round {round} of {rounds}");
+        measure(&c, Enforcer::None, &settings, &mut m)?;
+        for &n in sizes {
+            for e in [Enforcer::Iptables(n), Enforcer::Nft(n)] {
+                set_firewall(&c, e)?;
+                measure(&c, e, &settings, &mut m)?;
+            }
         }
-    }
-    set_firewall(&c, Enforcer::None)?;
-    c.start_agents()?;
-    measure(&c, Enforcer::PalisadeNoPolicy, &settings, &mut m)?;
-    for &n in sizes {
-        c.apply_policy(&policy(n))?;
-        let t = Instant::now();
+        set_firewall(&c, Enforcer::None)?;
+        c.start_agents()?;
+        measure(&c, Enforcer::PalisadeNoPolicy, &settings, &mut m)?;
+        for &n in sizes {
+            c.apply_policy(&policy(n))?;
+            let t = Instant::now();
+            c.sync()?;
+            eprintln!(
+                "    policy with {n} rules programmed in {:.0} ms",
+                t.elapsed().as_secs_f64() * 1e3
+            );
+            measure(&c, Enforcer::Palisade(n), &settings, &mut m)?;
+        }
+        // Back to no program: drop the policy (the next round's agents start
+        // without it), stop the agents and unpin their links and maps, which
+        // detaches the programs.
+        c.delete_policy(NS, "bench-allow")?;
         c.sync()?;
-        eprintln!(
-            "    policy with {n} rules programmed in {:.0} ms",
-            t.elapsed().as_secs_f64() * 1e3
-        );
-        measure(&c, Enforcer::Palisade(n), &settings, &mut m)?;
-    }
-    // Back to no program: stop the agents and unpin their links and maps,
-    // which detaches the programs.
-    for node in 1..=2 {
-        c.stop_agent(node)?;
-        let pins = c.pin_dir(node)?;
-        std::fs::remove_dir_all(&pins).with_context(|| format!("remove {}", pins.display()))?;
-    }
-    // The kernel releases unpinned links asynchronously: wait until the
-    // denied flow passes again (at most 20 s) before measuring.
-    let t = Instant::now();
-    while check_denied_flow(&c, Enforcer::None).is_err() {
-        if t.elapsed() > Duration::from_secs(20) {
-            bail!("the programs are still attached 20 s after the agents stopped and their pins were removed");
+        for node in 1..=2 {
+            c.stop_agent(node)?;
+            let pins = c.pin_dir(node)?;
+            std::fs::remove_dir_all(&pins).with_context(|| format!("remove {}", pins.display()))?;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        // The kernel releases unpinned links asynchronously: wait until the
+        // denied flow passes again (at most 20 s) before measuring.
+        let t = Instant::now();
+        while check_denied_flow(&c, Enforcer::None).is_err() {
+            if t.elapsed() > Duration::from_secs(20) {
+                bail!("the programs are still attached 20 s after the agents stopped and their pins were removed");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
-    eprintln!(
-        "==> e2e: no program again (programs gone {:.1} s after unpinning)",
-        t.elapsed().as_secs_f64()
-    );
-    let first_baseline = m.len();
+    eprintln!("==> e2e: no program again");
     measure(&c, Enforcer::None, &settings, &mut m)?;
     drop(conn_servers);
     drop(servers);
     c.teardown()?;
 
-    report(
-        &m,
-        first_baseline,
-        sizes,
-        &settings,
-        quick,
-        started.elapsed(),
-    )
+    report(&m, rounds, sizes, &settings, quick, started.elapsed())
 }
 
 fn report(
     m: &[Measurement],
-    second_baseline_at: usize,
+    rounds: usize,
     sizes: &[usize],
     s: &Settings,
     quick: bool,
     took: Duration,
 ) -> Result<()> {
-    // Baseline per path: mean of the first and the last no-program runs.
-    let mut base: BTreeMap<&str, (f64, f64, usize)> = BTreeMap::new();
-    for x in m.iter().filter(|x| x.enforcer == Enforcer::None) {
-        let e = base.entry(x.path).or_default();
-        e.0 += x.gbps;
-        e.1 += x.conn_per_sec;
-        e.2 += 1;
+    // Every case: median over its samples (rounds; the no-program case is
+    // measured at the start of every round and once more at the end).
+    struct Agg {
+        enforcer: Enforcer,
+        path: &'static str,
+        gbps: Vec<f64>,
+        conn: Vec<f64>,
+        connections: u64,
+        failures: u64,
     }
-    let base: BTreeMap<&str, (f64, f64)> = base
-        .into_iter()
-        .map(|(k, (g, r, n))| (k, (g / n as f64, r / n as f64)))
+    let mut aggs: Vec<Agg> = Vec::new();
+    for x in m {
+        match aggs
+            .iter_mut()
+            .find(|a| a.enforcer == x.enforcer && a.path == x.path)
+        {
+            Some(a) => {
+                a.gbps.push(x.gbps);
+                a.conn.push(x.conn_per_sec);
+                a.connections += x.connections;
+                a.failures += x.failures;
+            }
+            None => aggs.push(Agg {
+                enforcer: x.enforcer,
+                path: x.path,
+                gbps: vec![x.gbps],
+                conn: vec![x.conn_per_sec],
+                connections: x.connections,
+                failures: x.failures,
+            }),
+        }
+    }
+    let range = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (lo, hi)
+    };
+    let base: BTreeMap<&str, (f64, f64)> = aggs
+        .iter()
+        .filter(|a| a.enforcer == Enforcer::None)
+        .map(|a| (a.path, (median(&a.gbps), median(&a.conn))))
         .collect();
     let mut rows = Vec::new();
     let mut json_rows = Vec::new();
-    for (i, x) in m.iter().enumerate() {
-        let (bg, br) = base.get(x.path).copied().unwrap_or((f64::NAN, f64::NAN));
-        let label = if x.enforcer == Enforcer::None {
-            if i >= second_baseline_at {
-                "no program (end)".to_string()
-            } else {
-                "no program (start)".to_string()
-            }
-        } else {
-            x.enforcer.label()
-        };
+    for a in &aggs {
+        let (bg, br) = base.get(a.path).copied().unwrap_or((f64::NAN, f64::NAN));
+        let (g, r) = (median(&a.gbps), median(&a.conn));
+        let (glo, ghi) = range(&a.gbps);
+        let (rlo, rhi) = range(&a.conn);
         rows.push(vec![
-            label.clone(),
-            x.path.to_string(),
-            format!("{:.2}", x.gbps),
-            format!("{:.0}%", x.gbps / bg * 100.0),
-            format!("{:.0}", x.conn_per_sec),
-            format!("{:.0}%", x.conn_per_sec / br * 100.0),
+            a.enforcer.label(),
+            a.path.to_string(),
+            format!("{g:.2}"),
+            format!("{glo:.2}-{ghi:.2}"),
+            format!("{:.0}%", g / bg * 100.0),
+            format!("{r:.0}"),
+            format!("{rlo:.0}-{rhi:.0}"),
+            format!("{:.0}%", r / br * 100.0),
+            a.failures.to_string(),
         ]);
         json_rows.push(json!({
-            "case": label,
-            "enforcer": x.enforcer.kind(),
-            "rules": x.enforcer.rules(),
-            "path": x.path,
-            "gbit_per_s": x.gbps,
-            "throughput_ratio": x.gbps / bg,
-            "conn_per_s": x.conn_per_sec,
-            "conn_rate_ratio": x.conn_per_sec / br,
-            "connections": x.connections,
-            "failed_connections": x.failures,
+            "case": a.enforcer.label(),
+            "enforcer": a.enforcer.kind(),
+            "rules": a.enforcer.rules(),
+            "path": a.path,
+            "gbit_per_s": g,
+            "gbit_per_s_samples": a.gbps,
+            "throughput_ratio": g / bg,
+            "conn_per_s": r,
+            "conn_per_s_samples": a.conn,
+            "conn_rate_ratio": r / br,
+            "connections": a.connections,
+            "failed_connections": a.failures,
         }));
     }
     println!();
     println!(
-        "e2e: TCP throughput (iperf3, {} s) and new connections/s ({} threads, {:.1} s); ratios against the mean of the two no-program runs",
+        "e2e: TCP throughput (iperf3, {} s) and new connections/s ({} threads, {:.1} s), median of {rounds} round(s) (no program: {} samples); ratios against no program",
         s.iperf_secs,
         s.conn_threads,
-        s.conn_dur.as_secs_f64()
+        s.conn_dur.as_secs_f64(),
+        rounds + 1
     );
     print_table(
-        &["case", "path", "Gbit/s", "vs none", "conn/s", "vs none"],
+        &[
+            "case", "path", "Gbit/s", "range", "vs none", "conn/s", "range", "vs none", "failed",
+        ],
         &rows,
     );
 
@@ -510,7 +545,11 @@ fn report(
     let largest = sizes.iter().max().copied().unwrap_or(0);
     let mut goals = Vec::new();
     for p in &PATHS {
-        let pick = |e: Enforcer| m.iter().find(|x| x.enforcer == e && x.path == p.name);
+        let pick = |e: Enforcer| {
+            aggs.iter()
+                .find(|a| a.enforcer == e && a.path == p.name)
+                .map(|a| (median(&a.gbps), median(&a.conn)))
+        };
         let (bg, br) = base.get(p.name).copied().unwrap_or((f64::NAN, f64::NAN));
         if let (Some(pal), Some(ipt)) = (
             pick(Enforcer::Palisade(largest)),
@@ -519,20 +558,20 @@ fn report(
             goals.push(json!({
                 "path": p.name,
                 "rules": largest,
-                "palisade_throughput_ratio": pal.gbps / bg,
-                "palisade_conn_rate_ratio": pal.conn_per_sec / br,
-                "throughput_vs_iptables": pal.gbps / ipt.gbps,
-                "conn_rate_vs_iptables": pal.conn_per_sec / ipt.conn_per_sec,
-                "goal_throughput_98pct": pal.gbps / bg >= 0.98,
-                "goal_conn_rate_95pct": pal.conn_per_sec / br >= 0.95,
+                "palisade_throughput_ratio": pal.0 / bg,
+                "palisade_conn_rate_ratio": pal.1 / br,
+                "throughput_vs_iptables": pal.0 / ipt.0,
+                "conn_rate_vs_iptables": pal.1 / ipt.1,
+                "goal_throughput_98pct": pal.0 / bg >= 0.98,
+                "goal_conn_rate_95pct": pal.1 / br >= 0.95,
             }));
             println!(
                 "{} at {largest} rules: Palisade {:.0}% throughput, {:.0}% conn/s of no program (goals 98%, 95%); {:.1}x / {:.1}x iptables",
                 p.name,
-                pal.gbps / bg * 100.0,
-                pal.conn_per_sec / br * 100.0,
-                pal.gbps / ipt.gbps,
-                pal.conn_per_sec / ipt.conn_per_sec
+                pal.0 / bg * 100.0,
+                pal.1 / br * 100.0,
+                pal.0 / ipt.0,
+                pal.1 / ipt.1
             );
         }
     }
@@ -541,6 +580,7 @@ fn report(
         "part": "e2e",
         "quick": quick,
         "machine": machine(),
+        "rounds": rounds,
         "iperf3_seconds": s.iperf_secs,
         "conn_seconds": s.conn_dur.as_secs_f64(),
         "conn_threads": s.conn_threads,
@@ -554,48 +594,31 @@ fn report(
     let mut panels = Vec::new();
     for p in &PATHS {
         let (bg, br) = base.get(p.name).copied().unwrap_or((f64::NAN, f64::NAN));
-        let xs: Vec<(usize, &Measurement)> = m
-            .iter()
-            .enumerate()
-            .filter(|(_, x)| x.path == p.name)
-            .collect();
-        let name = |i: usize, x: &Measurement| {
-            if x.enforcer == Enforcer::None {
-                if i >= second_baseline_at {
-                    "no program (end)".to_string()
-                } else {
-                    "no program (start)".to_string()
-                }
-            } else {
-                x.enforcer.label()
-            }
-        };
+        let xs: Vec<&Agg> = aggs.iter().filter(|a| a.path == p.name).collect();
         panels.push(Panel {
-            title: format!("{}: TCP throughput, Gbit/s", p.name),
+            title: format!("{}: TCP throughput, Gbit/s (median)", p.name),
             bars: xs
                 .iter()
-                .map(|(i, x)| {
+                .map(|a| {
+                    let g = median(&a.gbps);
                     (
-                        name(*i, x),
-                        x.gbps,
-                        format!("{:.2} ({:.0}%)", x.gbps, x.gbps / bg * 100.0),
+                        a.enforcer.label(),
+                        g,
+                        format!("{g:.2} ({:.0}%)", g / bg * 100.0),
                     )
                 })
                 .collect(),
         });
         panels.push(Panel {
-            title: format!("{}: new connections per second", p.name),
+            title: format!("{}: new connections per second (median)", p.name),
             bars: xs
                 .iter()
-                .map(|(i, x)| {
+                .map(|a| {
+                    let r = median(&a.conn);
                     (
-                        name(*i, x),
-                        x.conn_per_sec,
-                        format!(
-                            "{:.0} ({:.0}%)",
-                            x.conn_per_sec,
-                            x.conn_per_sec / br * 100.0
-                        ),
+                        a.enforcer.label(),
+                        r,
+                        format!("{r:.0} ({:.0}%)", r / br * 100.0),
                     )
                 })
                 .collect(),
