@@ -65,6 +65,41 @@ fn fixture_with(policy_entries: Option<u32>) -> Fx {
     }
 }
 
+/// Give this test thread a private network namespace where ifindexes 2 and 3
+/// exist (a veth pair after loopback), for tests that run programs as if on other
+/// interfaces: BPF_PROG_TEST_RUN refuses an ifindex with no device behind it on
+/// some kernels (6.1), and a VM guest has only loopback.
+fn interfaces_2_and_3() {
+    // SAFETY: unshare affects only this thread, which the test owns.
+    assert_eq!(
+        unsafe { libc::unshare(libc::CLONE_NEWNET) },
+        0,
+        "unshare(CLONE_NEWNET): {}",
+        std::io::Error::last_os_error()
+    );
+    let out = std::process::Command::new("ip")
+        .args([
+            "link", "add", "pdt2", "type", "veth", "peer", "name", "pdt3",
+        ])
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut idx: Vec<u32> = ["pdt2", "pdt3"]
+        .iter()
+        .map(|name| {
+            let c = std::ffi::CString::new(*name).expect("no NUL");
+            // SAFETY: a valid C string.
+            unsafe { libc::if_nametoindex(c.as_ptr()) }
+        })
+        .collect();
+    idx.sort_unstable();
+    assert_eq!(idx, [2, 3], "ifindexes of the veth pair");
+}
+
 fn fixture() -> Fx {
     fixture_with(None)
 }
@@ -604,6 +639,7 @@ fn spoofed_source_is_dropped() {
 
 #[test]
 fn replies_pass_through_conntrack_and_withdrawn_allows_apply_at_once() {
+    interfaces_2_and_3();
     let mut fx = fixture();
     fx.maps
         .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED))
@@ -764,6 +800,7 @@ fn fail_closed_endpoint_denies_what_policy_judges() {
 
 #[test]
 fn service_egress_is_decided_after_dnat() {
+    interfaces_2_and_3();
     let mut fx = fixture();
     fx.maps
         .upsert_endpoint(IF, &endpoint(EP_EGRESS_ISOLATED))

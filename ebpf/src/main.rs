@@ -23,7 +23,10 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
-    maps::{lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf},
+    maps::{
+        lpm_trie::Key as LpmKey, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap,
+        RingBuf,
+    },
     programs::TcContext,
 };
 use palisade_common::*;
@@ -62,6 +65,14 @@ static COUNTERS: PerCpuHashMap<u32, Counters> = PerCpuHashMap::pinned(MAX_ENDPOI
 
 #[map(name = "PAL_CONFIG")]
 static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+/// Per-CPU scratch flows: 0 is the packet being judged, 1 the flow an ICMP error
+/// quotes. Kept in a map rather than on the stack because LLVM splits a stack
+/// Flow into scalars and spills them around every helper call, which pushed
+/// to_pod past the verifier's 512-byte stack limit on 6.1. Not pinned: scratch
+/// only, never shared across programs' runs.
+#[map(name = "PAL_SCRATCH")]
+static SCRATCH: PerCpuArray<Flow> = PerCpuArray::with_max_entries(2, 0);
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 const BPF_NOEXIST: u64 = 1;
@@ -107,6 +118,9 @@ fn be16(ctx: &TcContext, off: usize) -> Result<u16, Reason> {
 }
 
 /// Parse transport ports (or the ICMP echo id) at `off`.
+///
+/// Headers are read with one `bpf_skb_load_bytes` each and picked apart on the
+/// stack: fewer helper calls, and fewer stack temporaries than a load per field.
 #[inline(always)]
 fn parse_l4(ctx: &TcContext, flow: &mut Flow, off: usize) -> Result<(), Reason> {
     match flow.proto {
@@ -118,18 +132,20 @@ fn parse_l4(ctx: &TcContext, flow: &mut Flow, off: usize) -> Result<(), Reason> 
                 _ => 12,
             };
             let _: u8 = load(ctx, off + min - 1)?;
-            flow.sport = be16(ctx, off)?;
-            flow.dport = be16(ctx, off + 2)?;
+            let p: [u8; 4] = load(ctx, off)?;
+            flow.sport = u16::from_be_bytes([p[0], p[1]]);
+            flow.dport = u16::from_be_bytes([p[2], p[3]]);
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
-            let _: u8 = load(ctx, off + 7)?;
-            let ty: u8 = load(ctx, off)?;
+            let h: [u8; 8] = load(ctx, off)?;
+            let ty = h[0];
+            let id = u16::from_be_bytes([h[4], h[5]]);
             let v6 = flow.proto == PROTO_ICMPV6;
             let (echo_req, echo_rep) = if v6 { (128, 129) } else { (8, 0) };
             if ty == echo_req {
-                flow.sport = be16(ctx, off + 4)?;
+                flow.sport = id;
             } else if ty == echo_rep {
-                flow.dport = be16(ctx, off + 4)?;
+                flow.dport = id;
             } else if (!v6 && (ty == 3 || ty == 11 || ty == 12)) || (v6 && (1..=4).contains(&ty)) {
                 flow.icmp_error = true;
                 flow.inner_off = off + 8;
@@ -144,28 +160,37 @@ fn parse_l4(ctx: &TcContext, flow: &mut Flow, off: usize) -> Result<(), Reason> 
     Ok(())
 }
 
+/// Ports of the transport header quoted in an ICMP error (zero when cut off).
+#[inline(always)]
+fn quoted_ports(ctx: &TcContext, flow: &mut Flow, off: usize) {
+    if let Ok(p) = load::<[u8; 4]>(ctx, off) {
+        flow.sport = u16::from_be_bytes([p[0], p[1]]);
+        flow.dport = u16::from_be_bytes([p[2], p[3]]);
+    }
+}
+
 /// Parse an IPv4 header at `off` (real IHL, fragments) and its transport header.
 #[inline(always)]
 fn parse_v4(ctx: &TcContext, flow: &mut Flow, off: usize, l4: bool) -> Result<(), Reason> {
-    let vihl: u8 = load(ctx, off)?;
-    if vihl >> 4 != 4 {
+    let h: [u8; 20] = load(ctx, off)?;
+    if h[0] >> 4 != 4 {
         return Err(Reason::Malformed);
     }
-    let hlen = ((vihl & 0x0f) as usize) * 4;
+    let hlen = ((h[0] & 0x0f) as usize) * 4;
     if hlen < 20 {
         return Err(Reason::Malformed);
     }
-    // The options must be there too.
-    let _: u8 = load(ctx, off + hlen - 1)?;
-    let frag = be16(ctx, off + 6)?;
+    if hlen > 20 {
+        // The options must be there too.
+        let _: u8 = load(ctx, off + hlen - 1)?;
+    }
+    let frag = u16::from_be_bytes([h[6], h[7]]);
     flow.family = FAMILY_V4;
-    flow.proto = load(ctx, off + 9)?;
-    let src: [u8; 4] = load(ctx, off + 12)?;
-    let dst: [u8; 4] = load(ctx, off + 16)?;
+    flow.proto = h[9];
     flow.src = [0; 16];
     flow.dst = [0; 16];
-    flow.src[..4].copy_from_slice(&src);
-    flow.dst[..4].copy_from_slice(&dst);
+    flow.src[..4].copy_from_slice(&h[12..16]);
+    flow.dst[..4].copy_from_slice(&h[16..20]);
     if frag & 0x1fff != 0 {
         flow.fragment = true;
         return Ok(());
@@ -174,8 +199,7 @@ fn parse_v4(ctx: &TcContext, flow: &mut Flow, off: usize, l4: bool) -> Result<()
         parse_l4(ctx, flow, off + hlen)
     } else {
         // Quoted header inside an ICMP error: only the ports, if present.
-        flow.sport = be16(ctx, off + hlen).unwrap_or(0);
-        flow.dport = be16(ctx, off + hlen + 2).unwrap_or(0);
+        quoted_ports(ctx, flow, off + hlen);
         Ok(())
     }
 }
@@ -184,14 +208,14 @@ fn parse_v4(ctx: &TcContext, flow: &mut Flow, off: usize, l4: bool) -> Result<()
 /// transport header.
 #[inline(always)]
 fn parse_v6(ctx: &TcContext, flow: &mut Flow, off: usize, l4: bool) -> Result<(), Reason> {
-    let v: u8 = load(ctx, off)?;
-    if v >> 4 != 6 {
+    let h: [u8; 40] = load(ctx, off)?;
+    if h[0] >> 4 != 6 {
         return Err(Reason::Malformed);
     }
     flow.family = FAMILY_V6;
-    flow.src = load(ctx, off + 8)?;
-    flow.dst = load(ctx, off + 24)?;
-    let mut next: u8 = load(ctx, off + 6)?;
+    flow.src.copy_from_slice(&h[8..24]);
+    flow.dst.copy_from_slice(&h[24..40]);
+    let mut next = h[6];
     let mut pos = off + 40;
     let mut done = false;
     for _ in 0..MAX_EXT_HDRS {
@@ -234,12 +258,12 @@ fn parse_v6(ctx: &TcContext, flow: &mut Flow, off: usize, l4: bool) -> Result<()
     if l4 {
         parse_l4(ctx, flow, pos)
     } else {
-        flow.sport = be16(ctx, pos).unwrap_or(0);
-        flow.dport = be16(ctx, pos + 2).unwrap_or(0);
+        quoted_ports(ctx, flow, pos);
         Ok(())
     }
 }
 
+#[inline(always)]
 fn empty_flow() -> Flow {
     Flow {
         family: 0,
@@ -255,17 +279,28 @@ fn empty_flow() -> Flow {
     }
 }
 
-/// Returns `Ok(None)` for non-IP frames (they pass).
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Result<Option<Flow>, Reason> {
-    let proto = be16(ctx, 12)?;
-    let mut flow = empty_flow();
-    match proto {
-        ETH_P_IP => parse_v4(ctx, &mut flow, ETH_HLEN, true)?,
-        ETH_P_IPV6 => parse_v6(ctx, &mut flow, ETH_HLEN, true)?,
-        _ => return Ok(None),
+fn scratch(i: u32) -> Option<&'static mut Flow> {
+    // SAFETY: per-CPU, and a TC program runs to completion on its CPU.
+    SCRATCH.get_ptr_mut(i).map(|p| unsafe { &mut *p })
+}
+
+/// Parse the packet into `flow`. Returns `Ok(false)` for non-IP frames (they
+/// pass). On error `flow` is reset, so events about malformed packets carry no
+/// half-parsed fields.
+#[inline(always)]
+fn parse(ctx: &TcContext, flow: &mut Flow) -> Result<bool, Reason> {
+    *flow = empty_flow();
+    let r = match be16(ctx, 12) {
+        Ok(ETH_P_IP) => parse_v4(ctx, flow, ETH_HLEN, true),
+        Ok(ETH_P_IPV6) => parse_v6(ctx, flow, ETH_HLEN, true),
+        Ok(_) => return Ok(false),
+        Err(e) => Err(e),
+    };
+    if r.is_err() {
+        *flow = empty_flow();
     }
-    Ok(Some(flow))
+    r.map(|_| true)
 }
 
 #[inline(always)]
@@ -300,20 +335,24 @@ fn is_reply(ifindex: u32, f: &Flow, dir: u8) -> bool {
 /// An ICMP error quoting a flow tracked on this interface (either way round).
 #[inline(always)]
 fn icmp_error_of_tracked(ctx: &TcContext, ifindex: u32, f: &Flow) -> bool {
-    let mut inner = empty_flow();
-    let ok = if f.family == FAMILY_V4 {
-        parse_v4(ctx, &mut inner, f.inner_off, false)
-    } else {
-        parse_v6(ctx, &mut inner, f.inner_off, false)
+    let Some(inner) = scratch(1) else {
+        return false;
     };
+    *inner = empty_flow();
+    let ok = if f.family == FAMILY_V4 {
+        parse_v4(ctx, inner, f.inner_off, false)
+    } else {
+        parse_v6(ctx, inner, f.inner_off, false)
+    };
+    let inner: &Flow = inner;
     if ok.is_err() {
         return false;
     }
-    let fwd = ct_key(ifindex, &inner, false);
+    let fwd = ct_key(ifindex, inner, false);
     if unsafe { CONNTRACK.get(&fwd) }.is_some() {
         return true;
     }
-    let rev = ct_key(ifindex, &inner, true);
+    let rev = ct_key(ifindex, inner, true);
     unsafe { CONNTRACK.get(&rev) }.is_some()
 }
 
@@ -426,8 +465,15 @@ fn event_interval() -> u64 {
 }
 
 /// Emit a deny/audit event unless this flow already reported one recently.
-#[inline(always)]
-fn report(ifindex: u32, ep_id: u32, dir: u8, f: &Flow, reason: Reason, audit: bool) {
+///
+/// A real BPF subprogram (not inlined): its rate-limit key lives in its own frame,
+/// which keeps the callers under the verifier's 512-byte combined stack limit on
+/// kernels that count whole frames (6.1). At most five arguments, hence `what`.
+#[inline(never)]
+fn report(ifindex: u32, ep_id: u32, f: &Flow, what: u32) {
+    let dir = what as u8;
+    let reason = (what >> 8) as u8;
+    let audit = what & REPORT_AUDIT != 0;
     let now = unsafe { bpf_ktime_get_ns() };
     let key = ct_key(ifindex, f, false);
     let mut suppressed = 0;
@@ -448,27 +494,40 @@ fn report(ifindex: u32, ep_id: u32, dir: u8, f: &Flow, reason: Reason, audit: bo
         };
         let _ = EVENT_RATE.insert(&key, &v, 0);
     }
-    let ev = Event {
-        ts_ns: now,
-        ifindex,
-        endpoint_id: ep_id,
-        family: f.family,
-        proto: f.proto,
-        direction: dir,
-        reason: reason as u8,
-        verdict: if audit { VERDICT_AUDIT } else { VERDICT_DENIED },
-        flags: if f.fragment { EVF_FRAGMENT } else { 0 },
-        _pad0: [0; 2],
-        suppressed,
-        src: f.src,
-        dst: f.dst,
-        sport: f.sport,
-        dport: f.dport,
-        _pad1: [0; 4],
-    };
-    if EVENTS.output::<Event>(&ev, 0).is_err() {
+    // Written field by field into the reserved slot: an Event built on the
+    // stack first would cost 72 bytes of the 512-byte stack.
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(ep_id, false, false, 0, true);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        (*ev).ts_ns = now;
+        (*ev).ifindex = ifindex;
+        (*ev).endpoint_id = ep_id;
+        (*ev).family = f.family;
+        (*ev).proto = f.proto;
+        (*ev).direction = dir;
+        (*ev).reason = reason;
+        (*ev).verdict = if audit { VERDICT_AUDIT } else { VERDICT_DENIED };
+        (*ev).flags = if f.fragment { EVF_FRAGMENT } else { 0 };
+        (*ev)._pad0 = [0; 2];
+        (*ev).suppressed = suppressed;
+        (*ev).src = f.src;
+        (*ev).dst = f.dst;
+        (*ev).sport = f.sport;
+        (*ev).dport = f.dport;
+        (*ev)._pad1 = [0; 4];
     }
+    entry.submit(0);
+}
+
+const REPORT_AUDIT: u32 = 1 << 16;
+
+/// `report`'s packed direction, reason and audit flag.
+#[inline(always)]
+fn report_what(dir: u8, reason: Reason, audit: bool) -> u32 {
+    dir as u32 | (reason as u32) << 8 | if audit { REPORT_AUDIT } else { 0 }
 }
 
 /// Turn a verdict into a TC action, with counters, events and audit mode.
@@ -485,7 +544,7 @@ fn finish(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dir: u8, f: &Flow, v: Ve
             // packets are not a policy question and stay dropped.
             let auditable = !matches!(reason, Reason::SpoofedSource | Reason::Malformed);
             let audit = auditable && ep.flags & EP_AUDIT != 0;
-            report(ifindex, ep.id, dir, f, reason, audit);
+            report(ifindex, ep.id, f, report_what(dir, reason, audit));
             count(ep.id, false, audit, bytes, false);
             if audit {
                 TC_ACT_OK
@@ -508,12 +567,8 @@ fn mark_of(ctx: &TcContext) -> u32 {
 
 /// Report a drop that happened before the flow could be parsed or the endpoint found.
 #[inline(always)]
-fn drop_early(ifindex: u32, ep_id: u32, dir: u8, reason: Reason, f: Option<&Flow>) -> i32 {
-    let flow = match f {
-        Some(f) => *f,
-        None => empty_flow(),
-    };
-    report(ifindex, ep_id, dir, &flow, reason, false);
+fn drop_early(ifindex: u32, ep_id: u32, dir: u8, reason: Reason, f: &Flow) -> i32 {
+    report(ifindex, ep_id, f, report_what(dir, reason, false));
     count(ep_id, false, false, 0, false);
     TC_ACT_SHOT
 }
@@ -535,17 +590,17 @@ fn pending_service_egress(ctx: &TcContext, f: &Flow) -> Option<i32> {
     };
     let src_if = match unsafe { EP_BY_IP.get(&ipk) } {
         Some(i) => *i,
-        None => return Some(drop_early(0, 0, DIR_EGRESS, Reason::Internal, Some(f))),
+        None => return Some(drop_early(0, 0, DIR_EGRESS, Reason::Internal, f)),
     };
     let ep = match unsafe { ENDPOINTS.get(&src_if) } {
-        Some(e) => *e,
+        Some(e) => e,
         None => {
             return Some(drop_early(
                 src_if,
                 0,
                 DIR_EGRESS,
                 Reason::UnknownEndpoint,
-                Some(f),
+                f,
             ))
         }
     };
@@ -566,25 +621,21 @@ fn pending_service_egress(ctx: &TcContext, f: &Flow) -> Option<i32> {
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
     let ifindex = ifindex_of(&ctx);
-    let flow = match parse(&ctx) {
-        Ok(Some(f)) => f,
-        Ok(None) => return TC_ACT_OK,
+    let Some(flow) = scratch(0) else {
+        return TC_ACT_SHOT;
+    };
+    match parse(&ctx, flow) {
+        Ok(true) => {}
+        Ok(false) => return TC_ACT_OK,
         Err(r) => {
             let ep_id = unsafe { ENDPOINTS.get(&ifindex) }.map_or(0, |e| e.id);
-            return drop_early(ifindex, ep_id, DIR_INGRESS, r, None);
+            return drop_early(ifindex, ep_id, DIR_INGRESS, r, flow);
         }
-    };
+    }
+    let flow: &Flow = flow;
     let ep = match unsafe { ENDPOINTS.get(&ifindex) } {
-        Some(e) => *e,
-        None => {
-            return drop_early(
-                ifindex,
-                0,
-                DIR_INGRESS,
-                Reason::UnknownEndpoint,
-                Some(&flow),
-            )
-        }
+        Some(e) => e,
+        None => return drop_early(ifindex, 0, DIR_INGRESS, Reason::UnknownEndpoint, flow),
     };
     if flow.nd {
         return TC_ACT_OK;
@@ -641,17 +692,21 @@ fn is_service(f: &Flow) -> bool {
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
     let ifindex = ifindex_of(&ctx);
-    let flow = match parse(&ctx) {
-        Ok(Some(f)) => f,
-        Ok(None) => return TC_ACT_OK,
+    let Some(flow) = scratch(0) else {
+        return TC_ACT_SHOT;
+    };
+    match parse(&ctx, flow) {
+        Ok(true) => {}
+        Ok(false) => return TC_ACT_OK,
         Err(r) => {
             let ep_id = unsafe { ENDPOINTS.get(&ifindex) }.map_or(0, |e| e.id);
-            return drop_early(ifindex, ep_id, DIR_EGRESS, r, None);
+            return drop_early(ifindex, ep_id, DIR_EGRESS, r, flow);
         }
-    };
+    }
+    let flow: &Flow = flow;
     let ep = match unsafe { ENDPOINTS.get(&ifindex) } {
-        Some(e) => *e,
-        None => return drop_early(ifindex, 0, DIR_EGRESS, Reason::UnknownEndpoint, Some(&flow)),
+        Some(e) => e,
+        None => return drop_early(ifindex, 0, DIR_EGRESS, Reason::UnknownEndpoint, flow),
     };
     // Link-local (fe80::/10) and unspecified (::, duplicate address detection)
     // sources of IPv6 link control messages are the pod's own too; everything else
@@ -695,14 +750,18 @@ pub fn svc_egress(ctx: TcContext) -> i32 {
     if mark_of(&ctx) & MARK_SVC_PENDING == 0 {
         return TC_ACT_OK;
     }
-    let flow = match parse(&ctx) {
-        Ok(Some(f)) => f,
-        Ok(None) => {
+    let Some(flow) = scratch(0) else {
+        return TC_ACT_SHOT;
+    };
+    match parse(&ctx, flow) {
+        Ok(true) => {}
+        Ok(false) => {
             ctx.set_mark(mark_of(&ctx) & !MARK_SVC_PENDING);
             return TC_ACT_OK;
         }
-        Err(r) => return drop_early(ifindex_of(&ctx), 0, DIR_EGRESS, r, None),
-    };
+        Err(r) => return drop_early(ifindex_of(&ctx), 0, DIR_EGRESS, r, flow),
+    }
+    let flow: &Flow = flow;
     match pending_service_egress(&ctx, &flow) {
         Some(act) => act,
         None => TC_ACT_OK,

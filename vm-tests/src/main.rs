@@ -74,10 +74,15 @@ struct Counts {
     ignored: u64,
 }
 
-/// `test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; ...`
+/// libtest's `test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; ...`, or
+/// the conformance runner's last line `3 passed, 0 failed, 1 skipped`.
 fn parse_result(line: &str, c: &mut Counts) -> bool {
-    let Some(rest) = line.strip_prefix("test result: ") else {
-        return false;
+    let rest = match line.strip_prefix("test result: ") {
+        Some(rest) => rest.replace(',', ";"),
+        None if line.ends_with(" skipped") && line.contains(" passed, ") => {
+            line.replace(',', ";").replace("skipped", "ignored")
+        }
+        None => return false,
     };
     for part in rest.split(';') {
         let mut words = part.split_whitespace().rev();
@@ -190,4 +195,21 @@ fn run() -> bool {
         total.ignored
     );
     ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_libtest_and_conformance_summaries() {
+        let mut c = Counts::default();
+        assert!(parse_result(
+            "test result: ok. 18 passed; 1 failed; 2 ignored; 0 measured; 0 filtered out; finished in 1.1s",
+            &mut c
+        ));
+        assert!(parse_result("6 passed, 0 failed, 1 skipped", &mut c));
+        assert!(!parse_result("PASS 380-sctp-port", &mut c));
+        assert_eq!((c.passed, c.failed, c.ignored), (24, 1, 3));
+    }
 }

@@ -82,6 +82,10 @@ enum Cmd {
         /// Default: 6.1 and 6.12.
         #[arg(long = "kernel")]
         kernels: Vec<String>,
+        /// Conformance cases to run in the guest: `subset` (both SCTP cases and
+        /// four others), `all`, or `none`.
+        #[arg(long, default_value = "subset", value_parser = ["subset", "all", "none"])]
+        conformance: String,
         /// Seconds a guest may run before it counts as hung.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
@@ -124,12 +128,14 @@ fn main() -> Result<()> {
         },
         Cmd::VmTest {
             kernels,
+            conformance,
             timeout,
             verbose,
         } => {
             setup()?;
             vm::vm_test(vm::Options {
                 kernels,
+                conformance,
                 timeout: std::time::Duration::from_secs(timeout),
                 verbose,
             })

@@ -26,16 +26,71 @@ use super::{cache_dir, cargo, have, output, run, step};
 pub const DEFAULT_KERNELS: &[&str] = &["6.1", "6.12"];
 
 /// Modules the guest loads (their dependencies come along).
-const MODULES: &[&str] = &["veth", "sch_ingress", "cls_bpf", "sctp"];
+/// `crc32c_generic` first: sctp needs the crc32c algorithm, which the kernel would
+/// otherwise request through modprobe (absent in the guest).
+/// The netfilter pieces are for the conformance suite's kube-proxy-style Services
+/// (iptables-nft: nf_tables with xtables matches and targets through nft_compat).
+/// Names missing from a kernel's module tree are built in and skipped.
+const MODULES: &[&str] = &[
+    "veth",
+    "sch_ingress",
+    "cls_bpf",
+    "crc32c_generic",
+    "sctp",
+    "nf_tables",
+    "nft_compat",
+    "nft_chain_nat",
+    "nft_ct",
+    "nf_nat",
+    "nf_conntrack",
+    "xt_comment",
+    "xt_statistic",
+    "xt_mark",
+    "xt_MASQUERADE",
+    "xt_nat",
+    "xt_tcpudp",
+    "xt_sctp",
+    "xt_conntrack",
+    "xt_addrtype",
+    "ipt_REJECT",
+    "ip6t_REJECT",
+    "nft_reject_inet",
+    "nft_masq",
+];
+
+/// Conformance cases run in the guest by default (`--conformance subset`): both
+/// SCTP cases, which the host kernel cannot run, and one case for each of deny,
+/// selectors, Services and replies. Under software emulation every agent start
+/// costs tens of seconds of verifier time, so the whole suite is opt-in.
+const CONFORMANCE_SUBSET: &[&str] = &[
+    "010-default-deny-ingress.yaml",
+    "170-three-tier.yaml",
+    "360-via-service-and-pod.yaml",
+    "372-replies-pass-both-ways.yaml",
+    "380-sctp-port.yaml",
+    "385-sctp-no-ports.yaml",
+];
 
 /// Test binaries of palisade-agent run in the guest, with their libtest arguments.
 const SUITES: &[(&str, &[&str])] = &[("datapath", &[]), ("attach", &["--nocapture"])];
 
-/// Host binaries copied into the guest (with their libraries).
-const GUEST_TOOLS: &[&str] = &["ip", "tc"];
+/// Host binaries copied into the guest's /bin (with their libraries).
+/// `iptables-restore` is the xtables multi-binary, which dispatches on its name.
+const GUEST_TOOLS: &[&str] = &[
+    "ip",
+    "tc",
+    "bridge",
+    "iptables-restore",
+    "ip6tables-restore",
+];
+
+/// Where iptables loads its extensions from (dlopen, so `ldd` cannot see them).
+const XTABLES_LIBDIR: &str = "/usr/lib/x86_64-linux-gnu/xtables";
 
 pub struct Options {
     pub kernels: Vec<String>,
+    /// `subset`, `all` or `none`.
+    pub conformance: String,
     pub timeout: Duration,
     pub verbose: bool,
 }
@@ -62,7 +117,34 @@ pub fn vm_test(opts: Options) -> Result<()> {
 
     step("vm-test: building the guest init and the test binaries");
     let init = build_init()?;
-    let suites = build_suites()?;
+    let mut suites = build_suites()?;
+    let mut extra = Vec::new();
+    let cases = conformance_cases(&opts.conformance)?;
+    if !cases.is_empty() {
+        let agent = super::build_agent()?;
+        let runner = build_conformance_runner()?;
+        extra.push(("palisade/bin/palisade-agent".to_string(), agent));
+        extra.push(("palisade/bin/palisade-conformance".to_string(), runner));
+        let mut args = vec![
+            "--agent".to_string(),
+            "/palisade/bin/palisade-agent".to_string(),
+            "--require-sctp".to_string(),
+        ];
+        for case in &cases {
+            let name = case
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("case.yaml");
+            let guest = format!("palisade/conformance/{name}");
+            args.push(format!("/{guest}"));
+            extra.push((guest, case.clone()));
+        }
+        suites.push((
+            "conformance".to_string(),
+            PathBuf::from("/palisade/bin/palisade-conformance"),
+            args,
+        ));
+    }
 
     let mut outcomes = Vec::new();
     for spec in &kernels {
@@ -83,7 +165,7 @@ pub fn vm_test(opts: Options) -> Result<()> {
             }
         };
         let initrd = vm_dir.join(format!("initramfs-{}.cpio", kernel.release));
-        build_initramfs(&initrd, &init, &suites, &kernel.modules)
+        build_initramfs(&initrd, &init, &suites, &extra, &kernel.modules)
             .with_context(|| format!("building {}", initrd.display()))?;
         eprintln!(
             "    booting {} ({} modules, initramfs {} MiB)",
@@ -154,6 +236,50 @@ fn build_init() -> Result<PathBuf> {
         "See the compiler output above.",
     )?;
     Ok(super::workspace_root().join("target/release/palisade-vm-init"))
+}
+
+fn build_conformance_runner() -> Result<PathBuf> {
+    run(
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "palisade-harness",
+            "--bin",
+            "palisade-conformance",
+        ]),
+        "building palisade-conformance",
+        "See the compiler output above.",
+    )?;
+    Ok(super::workspace_root().join("target/release/palisade-conformance"))
+}
+
+/// The scenario files `--conformance` asks for.
+fn conformance_cases(which: &str) -> Result<Vec<PathBuf>> {
+    let dir = super::workspace_root().join("tests/conformance");
+    let mut all: Vec<PathBuf> = fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    all.sort();
+    match which {
+        "none" => Ok(Vec::new()),
+        "all" => Ok(all),
+        "subset" => CONFORMANCE_SUBSET
+            .iter()
+            .map(|name| {
+                let p = dir.join(name);
+                if p.exists() {
+                    Ok(p)
+                } else {
+                    bail!("conformance subset names {name}, which is not in tests/conformance")
+                }
+            })
+            .collect(),
+        other => bail!("--conformance {other}: expected subset, all or none"),
+    }
 }
 
 /// Build the agent's test binaries and return (suite name, executable, args).
@@ -475,6 +601,7 @@ fn build_initramfs(
     out: &Path,
     init: &Path,
     suites: &[(String, PathBuf, Vec<String>)],
+    extra: &[(String, PathBuf)],
     modules: &[PathBuf],
 ) -> Result<()> {
     let mut cpio = Cpio::default();
@@ -484,10 +611,20 @@ fn build_initramfs(
     cpio.host_file("init", init)?;
     add_libs(&mut cpio, init)?;
     let mut list = String::new();
+    for (guest, host) in extra {
+        cpio.host_file(guest, host)?;
+        add_libs(&mut cpio, host)?;
+    }
     for (name, exe, args) in suites {
-        let guest = format!("palisade/tests/{name}");
-        cpio.host_file(&guest, exe)?;
-        add_libs(&mut cpio, exe)?;
+        // Test binaries are copied from the host; a guest path is already there.
+        let guest = if exe.starts_with("/palisade/") {
+            exe.to_string_lossy().trim_start_matches('/').to_string()
+        } else {
+            let guest = format!("palisade/tests/{name}");
+            cpio.host_file(&guest, exe)?;
+            add_libs(&mut cpio, exe)?;
+            guest
+        };
         list.push_str(&format!("{name}\t/{guest}"));
         for a in args {
             list.push('\t');
@@ -510,6 +647,17 @@ fn build_initramfs(
             .with_context(|| format!("{tool} not found on the host"))?;
         cpio.host_file(&format!("bin/{tool}"), &host)?;
         add_libs(&mut cpio, &host)?;
+    }
+    if let Ok(dir) = fs::read_dir(XTABLES_LIBDIR) {
+        for e in dir.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "so") {
+                cpio.host_file(&p.to_string_lossy(), &p)?;
+            }
+        }
+    }
+    if let Ok(protocols) = fs::read("/etc/protocols") {
+        cpio.file("etc/protocols", 0o644, protocols);
     }
     let mut f = std::io::BufWriter::new(fs::File::create(out)?);
     cpio.write(&mut f)?;

@@ -1,0 +1,73 @@
+//! The conformance runner as a standalone binary, for places where `cargo xtask`
+//! is not available (the `cargo xtask vm-test` guest). Same output and exit status
+//! as `cargo xtask conformance` (shared/conformance/FORMAT.md).
+use std::{path::PathBuf, process::ExitCode};
+
+use palisade_harness::{run_conformance, sctp_supported, ConformanceOptions, Family};
+
+const USAGE: &str = "usage: palisade-conformance [--family ipv4|ipv6] [--agent PATH] \
+[--require-sctp] [--verbose] PATH...
+
+Runs the scenario files (or directories of them) on a network-namespace cluster
+with the real agent on every node. --agent defaults to $PALISADE_AGENT.
+--require-sctp fails at once when this kernel has no SCTP, instead of reporting
+SCTP expectations as skipped.";
+
+fn main() -> ExitCode {
+    let mut family = Family::Ipv4;
+    let mut agent = None;
+    let mut require_sctp = false;
+    let mut verbose = false;
+    let mut paths = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--family" => match args.next().as_deref() {
+                Some("ipv4") => family = Family::Ipv4,
+                Some("ipv6") => family = Family::Ipv6,
+                other => return usage(&format!("--family {other:?}: expected ipv4 or ipv6")),
+            },
+            "--agent" => match args.next() {
+                Some(p) => agent = Some(PathBuf::from(p)),
+                None => return usage("--agent needs a path"),
+            },
+            "--require-sctp" => require_sctp = true,
+            "--verbose" => verbose = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            s if s.starts_with('-') => return usage(&format!("unknown option {s}")),
+            _ => paths.push(PathBuf::from(a)),
+        }
+    }
+    let Some(agent) = agent.or_else(|| std::env::var_os("PALISADE_AGENT").map(PathBuf::from))
+    else {
+        return usage("no agent binary: pass --agent or set PALISADE_AGENT");
+    };
+    if paths.is_empty() {
+        return usage("no scenario paths given");
+    }
+    if require_sctp && !sctp_supported() {
+        eprintln!("palisade-conformance: --require-sctp, but this kernel cannot open an SCTP socket (sctp module not loaded?)");
+        return ExitCode::FAILURE;
+    }
+    match run_conformance(ConformanceOptions {
+        paths,
+        family,
+        agent: Some(agent),
+        verbose,
+    }) {
+        Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("palisade-conformance: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("palisade-conformance: {msg}\n\n{USAGE}");
+    ExitCode::from(2)
+}
