@@ -12,7 +12,8 @@
 //! the pinned maps).
 //!
 //! `cargo xtask bench control [--quick]` (root). Prints tables, writes
-//! `results/bench-control.json` and `results/bench-control.svg`.
+//! `results/bench-control.json` and `results/bench-control.svg` (`-quick` in the names with
+//! `--quick`).
 
 mod bench_util;
 

@@ -23,7 +23,8 @@
 //! `--rounds N`); every figure is the median over rounds, with the range.
 //!
 //! `cargo xtask bench e2e [--quick] [--rounds N]` (root). Prints a table, writes
-//! `results/bench-e2e.json` and `results/bench-e2e.svg`.
+//! `results/bench-e2e.json` and `results/bench-e2e.svg` (`-quick` in the names with
+//! `--quick`).
 
 mod bench_util;
 

@@ -13,7 +13,8 @@
 //!   per packet, up to what the ring buffer and the agent take).
 //!
 //! `cargo xtask bench events [--quick]` (root). Prints a table, writes
-//! `results/bench-events.json` and `results/bench-events.svg`.
+//! `results/bench-events.json` and `results/bench-events.svg` (`-quick` in the names with
+//! `--quick`).
 
 mod bench_util;
 

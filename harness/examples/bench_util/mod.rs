@@ -289,9 +289,19 @@ pub fn results_dir() -> Result<PathBuf> {
     Ok(d)
 }
 
-/// Writes `results/bench-<part>.json` and returns its path.
+/// `bench-<part>`, or `bench-<part>-quick` in `--quick` mode, so that the
+/// quick runs of `cargo xtask test` do not overwrite the real numbers.
+fn file_stem(part: &str) -> String {
+    if std::env::args().any(|a| a == "--quick") {
+        format!("bench-{part}-quick")
+    } else {
+        format!("bench-{part}")
+    }
+}
+
+/// Writes `results/bench-<part>[-quick].json` and returns its path.
 pub fn write_json(part: &str, v: &Value) -> Result<PathBuf> {
-    let p = results_dir()?.join(format!("bench-{part}.json"));
+    let p = results_dir()?.join(format!("{}.json", file_stem(part)));
     std::fs::write(&p, serde_json::to_string_pretty(v)?)
         .with_context(|| format!("write {}", p.display()))?;
     Ok(p)
@@ -342,7 +352,7 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// Writes `results/bench-<part>.svg`: panels of horizontal bars, one under the
+/// Writes `results/bench-<part>[-quick].svg`: panels of horizontal bars, one under the
 /// other. Hand-written SVG keeps the benchmark free of a plotting stack.
 pub fn write_svg(part: &str, title: &str, panels: &[Panel]) -> Result<PathBuf> {
     const W: f64 = 900.0;
@@ -396,7 +406,7 @@ pub fn write_svg(part: &str, title: &str, panels: &[Panel]) -> Result<PathBuf> {
         y + 10.0,
         esc(title)
     );
-    let path = results_dir()?.join(format!("bench-{part}.svg"));
+    let path = results_dir()?.join(format!("{}.svg", file_stem(part)));
     std::fs::write(&path, svg).with_context(|| format!("write {}", path.display()))?;
     Ok(path)
 }
