@@ -185,24 +185,42 @@ impl SyncLoop {
     ) {
         let mut resync = tokio::time::interval(self.opts.resync);
         resync.tick().await;
+        // Changes are programmed at batch boundaries: the source's `Synced` (both
+        // sources send one after every batch), an interface event or the resync
+        // timer. Programming on the first change of a batch would program twice
+        // per change (once for the object, once more for the batch's revision).
+        let mut pending = false;
         loop {
-            let mut dirty = tokio::select! {
+            let mut boundary = false;
+            let mut on_source = |this: &mut Self, ev: SourceEvent, boundary: &mut bool| {
+                *boundary |= matches!(ev, SourceEvent::Synced { .. });
+                this.handle(ev)
+            };
+            pending |= tokio::select! {
                 ev = src.recv() => match ev {
-                    Some(ev) => self.handle(ev),
+                    Some(ev) => on_source(&mut self, ev, &mut boundary),
                     None => return,
                 },
-                w = wake.recv() => w.is_some(),
-                _ = resync.tick() => true,
+                w = wake.recv() => {
+                    boundary = true;
+                    w.is_some()
+                }
+                _ = resync.tick() => {
+                    boundary = true;
+                    true
+                }
             };
             // Coalesce whatever else is already queued.
             while let Ok(ev) = src.try_recv() {
-                dirty |= self.handle(ev);
+                pending |= on_source(&mut self, ev, &mut boundary);
             }
             while wake.try_recv().is_ok() {
-                dirty = true;
+                pending = true;
+                boundary = true;
             }
-            if dirty && self.synced {
+            if pending && boundary && self.synced {
                 self.program();
+                pending = false;
             }
         }
     }

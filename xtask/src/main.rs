@@ -354,6 +354,13 @@ fn test(no_lint: bool) -> Result<()> {
         "ipv4",
         &[workspace_root().join("tests/conformance")],
     )?;
+    step("test: VM tests (Debian 6.1 kernel in qemu: datapath, attach, conformance subset with SCTP)");
+    vm::vm_test(vm::Options {
+        kernels: vec!["6.1".into()],
+        conformance: "subset".into(),
+        timeout: std::time::Duration::from_secs(1200),
+        verbose: false,
+    })?;
     let left = output(Command::new("ip").args(["netns", "list"])).unwrap_or_default();
     let ours: Vec<&str> = left.lines().filter(|l| l.starts_with("pal-")).collect();
     if !ours.is_empty() {

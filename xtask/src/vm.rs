@@ -34,6 +34,7 @@ pub const DEFAULT_KERNELS: &[&str] = &["6.1", "6.12"];
 const MODULES: &[&str] = &[
     "veth",
     "sch_ingress",
+    "bridge",
     "cls_bpf",
     "crc32c_generic",
     "sctp",
@@ -80,6 +81,7 @@ const GUEST_TOOLS: &[&str] = &[
     "ip",
     "tc",
     "bridge",
+    "sysctl",
     "iptables-restore",
     "ip6tables-restore",
 ];
