@@ -192,7 +192,7 @@ impl SyncLoop {
         let mut pending = false;
         loop {
             let mut boundary = false;
-            let mut on_source = |this: &mut Self, ev: SourceEvent, boundary: &mut bool| {
+            let on_source = |this: &mut Self, ev: SourceEvent, boundary: &mut bool| {
                 *boundary |= matches!(ev, SourceEvent::Synced { .. });
                 this.handle(ev)
             };

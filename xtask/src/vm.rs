@@ -378,12 +378,19 @@ fn natural_key(s: &str) -> Vec<(u64, String)> {
 fn prepare_kernel(vm_dir: &Path, spec: &str) -> Result<Kernel> {
     let kernels_dir = vm_dir.join("kernels");
     fs::create_dir_all(&kernels_dir)?;
-    let mut names: Vec<String> =
+    let apt_names = || -> Vec<String> {
         output(Command::new("apt-cache").args(["pkgnames", "linux-image-"]))
             .unwrap_or_default()
             .lines()
             .map(str::to_string)
-            .collect();
+            .collect()
+    };
+    let mut names = apt_names();
+    if pick_package(spec, &names).is_none() {
+        // A fresh machine may have no (or stale) package lists.
+        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+        names = apt_names();
+    }
     // Kernels extracted earlier count as available even when apt cannot be reached.
     names.extend(
         fs::read_dir(&kernels_dir)?
