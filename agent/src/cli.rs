@@ -66,14 +66,22 @@ pub struct Cli {
     #[arg(long, default_value_t = 60)]
     pub resync_seconds: u64,
 
-    /// How often the file source looks for changes (milliseconds).
-    #[arg(long, default_value_t = 100)]
+    /// How often the file source rescans its directory regardless of inotify
+    /// (milliseconds). Changes are normally picked up at once through inotify;
+    /// this is the safety net, and the only mechanism where inotify is unavailable.
+    #[arg(long, default_value_t = 1000)]
     pub poll_ms: u64,
 
     /// Minimum time between two deny events for the same flow (milliseconds);
     /// drops in between are counted in the next event's "suppressed".
     #[arg(long, default_value_t = 1000)]
     pub event_interval_ms: u64,
+
+    /// Deny events one pod may produce per second on each CPU, whatever the flows
+    /// (a flood of ever-new flows passes the per-flow limit). Events over the
+    /// budget are dropped and counted in the pod's next event's "throttled".
+    #[arg(long, default_value_t = palisade_common::ENDPOINT_EVENTS_PER_SEC)]
+    pub endpoint_events_per_second: u32,
 
     /// Log format on stderr: text or json.
     #[arg(long, default_value = "text")]

@@ -112,6 +112,7 @@ pub fn render(ev: &Event, names: &Names, now: SystemTime) -> Value {
     m.insert("ifindex".into(), json!(ev.ifindex));
     m.insert("fragment".into(), json!(ev.flags & EVF_FRAGMENT != 0));
     m.insert("suppressed".into(), json!(ev.suppressed));
+    m.insert("throttled".into(), json!(ev.throttled));
     Value::Object(m)
 }
 

@@ -96,6 +96,7 @@ async fn main() -> Result<()> {
     let mut maps = Maps::take(&mut dp)?;
     maps.set_config(Config {
         event_interval_ns: cli.event_interval_ms.max(1) * 1_000_000,
+        endpoint_events_per_sec: cli.endpoint_events_per_second.max(1),
         ..Default::default()
     })?;
     let mut events = EventReader::new(&mut dp)?;

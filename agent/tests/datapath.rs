@@ -886,6 +886,44 @@ fn events_are_rate_limited_per_flow() {
 }
 
 #[test]
+fn endpoint_budget_bounds_a_flood_of_new_flows() {
+    // The budget is per CPU: keep every run on one CPU.
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+    let mut fx = fixture();
+    fx.maps
+        .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED))
+        .unwrap();
+    fx.maps
+        .set_config(Config {
+            endpoint_events_per_sec: 3,
+            ..Default::default()
+        })
+        .unwrap();
+    // Ten new flows (a new source port each): the per-flow limit lets all of
+    // them through, the endpoint's budget only three.
+    for sport in 40000..40010 {
+        assert_eq!(fx.run("to_pod", &tcp(PEER, POD, sport, 80)), SHOT);
+    }
+    let evs = fx.events();
+    assert_eq!(evs.len(), 3, "the budget caps events per endpoint");
+    assert!(evs.iter().all(|e| e.throttled == 0));
+    assert_eq!(fx.maps.counters(7).unwrap().denied_packets, 10);
+    // The next window's first event reports what the last one dropped. (Waiting
+    // out the one-second window; nothing here is timed.)
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(fx.run("to_pod", &tcp(PEER, POD, 41000, 80)), SHOT);
+    assert_eq!(one_event(&mut fx).throttled, 7);
+}
+
+#[test]
 fn full_policy_map_refuses_instead_of_truncating() {
     let mut fx = fixture_with(Some(4));
     let v = ports(&[(PROTO_TCP, 80, 80)]);

@@ -20,6 +20,7 @@ pub mod maps {
     pub const EVENT_RATE: &str = "PAL_EVENT_RATE";
     pub const COUNTERS: &str = "PAL_COUNTERS";
     pub const CONFIG: &str = "PAL_CONFIG";
+    pub const EVENT_BUDGET: &str = "PAL_EVENT_BUDGET";
 
     /// Every map, for pinning and adoption.
     pub const ALL: [&str; 11] = [
@@ -61,6 +62,10 @@ pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 pub const MAX_PORT_RANGES: usize = 24;
 /// Minimum nanoseconds between two events for the same flow.
 pub const EVENT_INTERVAL_NS: u64 = 1_000_000_000;
+/// Events one endpoint may emit per second on one CPU (after the per-flow limit):
+/// bounds what a flood of ever-new flows costs the agent. Overridden by
+/// `Config::endpoint_events_per_sec`.
+pub const ENDPOINT_EVENTS_PER_SEC: u32 = 200;
 
 /// The skb mark bit `from_pod` sets on pod traffic to a Service address whose egress
 /// decision is deferred until after DNAT (see `progs::SVC_EGRESS`). Chosen clear of
@@ -339,7 +344,9 @@ pub struct Event {
     pub dst: [u8; 16],
     pub sport: u16,
     pub dport: u16,
-    pub _pad1: [u8; 4],
+    /// Events of this endpoint (any flow) that its per-second budget dropped on
+    /// this CPU in the window before this event.
+    pub throttled: u32,
 }
 const _: () = assert!(core::mem::size_of::<Event>() == 72);
 
@@ -351,9 +358,23 @@ pub struct Config {
     pub event_interval_ns: u64,
     /// `CFG_*` flags.
     pub flags: u32,
-    pub _pad0: u32,
+    /// Per-endpoint, per-CPU event budget (0 = `ENDPOINT_EVENTS_PER_SEC`).
+    pub endpoint_events_per_sec: u32,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 16);
+
+/// Per-endpoint event budget state (per CPU), keyed by endpoint id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EventBudget {
+    /// Start of the current one-second window.
+    pub window_ns: u64,
+    /// Events emitted in the window.
+    pub emitted: u32,
+    /// Events dropped in the window for want of budget.
+    pub throttled: u32,
+}
+const _: () = assert!(core::mem::size_of::<EventBudget>() == 16);
 
 #[cfg(feature = "user")]
 mod pod_impls {
@@ -374,6 +395,7 @@ mod pod_impls {
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for EventBudget {}
 }
 
 impl IpKey {

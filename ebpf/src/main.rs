@@ -63,6 +63,10 @@ static EVENT_RATE: LruHashMap<CtKey, RateValue> = LruHashMap::pinned(MAX_EVENT_R
 #[map(name = "PAL_COUNTERS")]
 static COUNTERS: PerCpuHashMap<u32, Counters> = PerCpuHashMap::pinned(MAX_ENDPOINTS, 0);
 
+#[map(name = "PAL_EVENT_BUDGET")]
+static EVENT_BUDGET: PerCpuHashMap<u32, EventBudget> =
+    PerCpuHashMap::pinned(MAX_ENDPOINTS, BPF_F_NO_PREALLOC);
+
 #[map(name = "PAL_CONFIG")]
 static CONFIG: Array<Config> = Array::pinned(1, 0);
 
@@ -73,6 +77,10 @@ static CONFIG: Array<Config> = Array::pinned(1, 0);
 /// only, never shared across programs' runs.
 #[map(name = "PAL_SCRATCH")]
 static SCRATCH: PerCpuArray<Flow> = PerCpuArray::with_max_entries(2, 0);
+
+/// Per-CPU scratch conntrack keys, see `ct_key`.
+#[map(name = "PAL_SCRATCH_KEY")]
+static SCRATCH_KEY: PerCpuArray<CtKey> = PerCpuArray::with_max_entries(2, 0);
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 const BPF_NOEXIST: u64 = 1;
@@ -303,30 +311,39 @@ fn parse(ctx: &TcContext, flow: &mut Flow) -> Result<bool, Reason> {
     r.map(|_| true)
 }
 
+/// Build a conntrack key (of `f`, or of its reverse) in per-CPU scratch slot
+/// `slot` (0: conntrack lookups, 1: `report`'s rate key); keys on the stack cost
+/// 48 bytes each of the 512.
 #[inline(always)]
-fn ct_key(ifindex: u32, f: &Flow, reverse: bool) -> CtKey {
-    let (src, dst, sport, dport) = if reverse {
-        (f.dst, f.src, f.dport, f.sport)
+fn ct_key(slot: u32, ifindex: u32, f: &Flow, reverse: bool) -> Option<&'static CtKey> {
+    let k = SCRATCH_KEY.get_ptr_mut(slot)?;
+    // SAFETY: per-CPU scratch, see `scratch`.
+    let k = unsafe { &mut *k };
+    k.ifindex = ifindex;
+    k.family = f.family;
+    k.proto = f.proto;
+    k._pad0 = [0; 2];
+    if reverse {
+        k.src = f.dst;
+        k.dst = f.src;
+        k.sport = f.dport;
+        k.dport = f.sport;
     } else {
-        (f.src, f.dst, f.sport, f.dport)
-    };
-    CtKey {
-        ifindex,
-        family: f.family,
-        proto: f.proto,
-        _pad0: [0; 2],
-        src,
-        dst,
-        sport,
-        dport,
+        k.src = f.src;
+        k.dst = f.dst;
+        k.sport = f.sport;
+        k.dport = f.dport;
     }
+    Some(k)
 }
 
 /// Is this packet a reply of a flow the other hook of this interface allowed?
 #[inline(always)]
 fn is_reply(ifindex: u32, f: &Flow, dir: u8) -> bool {
-    let key = ct_key(ifindex, f, true);
-    match unsafe { CONNTRACK.get(&key) } {
+    let Some(key) = ct_key(0, ifindex, f, true) else {
+        return false;
+    };
+    match unsafe { CONNTRACK.get(key) } {
         Some(v) => v.direction != dir,
         None => false,
     }
@@ -348,12 +365,14 @@ fn icmp_error_of_tracked(ctx: &TcContext, ifindex: u32, f: &Flow) -> bool {
     if ok.is_err() {
         return false;
     }
-    let fwd = ct_key(ifindex, inner, false);
-    if unsafe { CONNTRACK.get(&fwd) }.is_some() {
-        return true;
+    match ct_key(0, ifindex, inner, false) {
+        Some(fwd) if unsafe { CONNTRACK.get(fwd) }.is_some() => return true,
+        _ => {}
     }
-    let rev = ct_key(ifindex, inner, true);
-    unsafe { CONNTRACK.get(&rev) }.is_some()
+    match ct_key(0, ifindex, inner, true) {
+        Some(rev) => unsafe { CONNTRACK.get(rev) }.is_some(),
+        None => false,
+    }
 }
 
 #[inline(always)]
@@ -361,8 +380,10 @@ fn ct_record(ifindex: u32, f: &Flow, dir: u8) {
     if f.fragment {
         return;
     }
-    let key = ct_key(ifindex, f, false);
-    if unsafe { CONNTRACK.get(&key) }.is_some() {
+    let Some(key) = ct_key(0, ifindex, f, false) else {
+        return;
+    };
+    if unsafe { CONNTRACK.get(key) }.is_some() {
         return;
     }
     let v = CtValue {
@@ -371,7 +392,7 @@ fn ct_record(ifindex: u32, f: &Flow, dir: u8) {
         created_ns: unsafe { bpf_ktime_get_ns() },
     };
     // LRU: never fails for lack of room; a racing insert by another CPU is fine.
-    let _ = CONNTRACK.insert(&key, &v, BPF_NOEXIST);
+    let _ = CONNTRACK.insert(key, &v, BPF_NOEXIST);
 }
 
 /// The peer-prefix lookup and the entry's port/protocol set.
@@ -457,6 +478,44 @@ fn count(ep_id: u32, allowed: bool, audit: bool, bytes: u64, lost: bool) {
 }
 
 #[inline(always)]
+fn endpoint_budget() -> u32 {
+    match CONFIG.get(0) {
+        Some(c) if c.endpoint_events_per_sec != 0 => c.endpoint_events_per_sec,
+        _ => ENDPOINT_EVENTS_PER_SEC,
+    }
+}
+
+/// Take one event from the endpoint's budget for this CPU. Returns the number of
+/// events throttled in the previous window (to report with this one), or `None`
+/// when the budget is spent and the event must be dropped.
+#[inline(always)]
+fn take_budget(ep_id: u32, now: u64) -> Option<u32> {
+    let Some(b) = EVENT_BUDGET.get_ptr_mut(&ep_id) else {
+        let b = EventBudget {
+            window_ns: now,
+            emitted: 1,
+            throttled: 0,
+        };
+        let _ = EVENT_BUDGET.insert(&ep_id, &b, 0);
+        return Some(0);
+    };
+    let b = unsafe { &mut *b };
+    let mut carried = 0;
+    if now.wrapping_sub(b.window_ns) >= 1_000_000_000 {
+        carried = b.throttled;
+        b.window_ns = now;
+        b.emitted = 0;
+        b.throttled = 0;
+    }
+    if b.emitted >= endpoint_budget() {
+        b.throttled = b.throttled.saturating_add(1);
+        return None;
+    }
+    b.emitted += 1;
+    Some(carried)
+}
+
+#[inline(always)]
 fn event_interval() -> u64 {
     match CONFIG.get(0) {
         Some(c) if c.event_interval_ns != 0 => c.event_interval_ns,
@@ -475,9 +534,11 @@ fn report(ifindex: u32, ep_id: u32, f: &Flow, what: u32) {
     let reason = (what >> 8) as u8;
     let audit = what & REPORT_AUDIT != 0;
     let now = unsafe { bpf_ktime_get_ns() };
-    let key = ct_key(ifindex, f, false);
+    let Some(key) = ct_key(1, ifindex, f, false) else {
+        return;
+    };
     let mut suppressed = 0;
-    if let Some(r) = EVENT_RATE.get_ptr_mut(&key) {
+    if let Some(r) = EVENT_RATE.get_ptr_mut(key) {
         let r = unsafe { &mut *r };
         if now.wrapping_sub(r.last_ns) < event_interval() {
             r.suppressed = r.suppressed.saturating_add(1);
@@ -492,8 +553,13 @@ fn report(ifindex: u32, ep_id: u32, f: &Flow, what: u32) {
             suppressed: 0,
             _pad0: 0,
         };
-        let _ = EVENT_RATE.insert(&key, &v, 0);
+        let _ = EVENT_RATE.insert(key, &v, 0);
     }
+    // A flood of ever-new flows passes the per-flow limit; the endpoint's
+    // budget bounds it (the dropped count rides on the next event).
+    let Some(throttled) = take_budget(ep_id, now) else {
+        return;
+    };
     // Written field by field into the reserved slot: an Event built on the
     // stack first would cost 72 bytes of the 512-byte stack.
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
@@ -517,7 +583,7 @@ fn report(ifindex: u32, ep_id: u32, f: &Flow, what: u32) {
         (*ev).dst = f.dst;
         (*ev).sport = f.sport;
         (*ev).dport = f.dport;
-        (*ev)._pad1 = [0; 4];
+        (*ev).throttled = throttled;
     }
     entry.submit(0);
 }

@@ -147,6 +147,9 @@ fn run_suite(name: &str, bin: &str, args: &[&str], total: &mut Counts) -> bool {
 fn run() -> bool {
     std::env::set_var("PATH", "/bin:/sbin:/usr/bin:/usr/sbin");
     std::env::set_var("RUST_BACKTRACE", "1");
+    if fs::metadata("/palisade/bin/palisade-agent").is_ok() {
+        std::env::set_var("PALISADE_AGENT", "/palisade/bin/palisade-agent");
+    }
     mount("proc", "/proc", "proc");
     mount("sysfs", "/sys", "sysfs");
     mount("devtmpfs", "/dev", "devtmpfs");

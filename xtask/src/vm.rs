@@ -73,7 +73,13 @@ const CONFORMANCE_SUBSET: &[&str] = &[
 ];
 
 /// Test binaries of palisade-agent run in the guest, with their libtest arguments.
-const SUITES: &[(&str, &[&str])] = &[("datapath", &[]), ("attach", &["--nocapture"])];
+/// `cluster` is real traffic: the agent on a namespace cluster, restarted under an
+/// open connection, in the kernel's own attach mode and in netlink mode.
+const SUITES: &[(&str, &[&str])] = &[
+    ("datapath", &[]),
+    ("attach", &["--nocapture"]),
+    ("cluster", &["--test-threads", "2"]),
+];
 
 /// Host binaries copied into the guest's /bin (with their libraries).
 /// `iptables-restore` is the xtables multi-binary, which dispatches on its name.
@@ -122,10 +128,12 @@ pub fn vm_test(opts: Options) -> Result<()> {
     let mut suites = build_suites()?;
     let mut extra = Vec::new();
     let cases = conformance_cases(&opts.conformance)?;
+    // The init exports PALISADE_AGENT=/palisade/bin/palisade-agent for the
+    // cluster tests and the conformance runner.
+    let agent = super::build_agent()?;
+    extra.push(("palisade/bin/palisade-agent".to_string(), agent));
     if !cases.is_empty() {
-        let agent = super::build_agent()?;
         let runner = build_conformance_runner()?;
-        extra.push(("palisade/bin/palisade-agent".to_string(), agent));
         extra.push(("palisade/bin/palisade-conformance".to_string(), runner));
         let mut args = vec![
             "--agent".to_string(),
