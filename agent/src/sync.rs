@@ -242,10 +242,13 @@ impl SyncLoop {
     pub fn program(&mut self) {
         let started = Instant::now();
         let links = Links::scan();
+        let discover_ms = started.elapsed().as_millis() as u64;
         let node = NodeInfo {
             name: self.opts.node.clone(),
         };
+        let t = Instant::now();
         let desired = compile(&self.index, &node);
+        let compile_ms = t.elapsed().as_millis() as u64;
 
         // Local pods and their interfaces.
         let mut ifaces: BTreeMap<PodKey, (String, u32)> = BTreeMap::new();
@@ -315,12 +318,14 @@ impl SyncLoop {
         }
         let writes = diff(&self.written, &new);
         let n_writes = writes.len();
+        let t = Instant::now();
         let mut write_errors = Vec::new();
         for w in writes {
             if let Err(e) = self.apply_write(&w, &ifaces) {
                 write_errors.push(e.to_string());
             }
         }
+        let write_ms = t.elapsed().as_millis() as u64;
         // A pod whose writes failed must not be left half-open.
         if !write_errors.is_empty() {
             for e in &write_errors {
@@ -409,6 +414,9 @@ impl SyncLoop {
             endpoints = ifaces.len(),
             writes = n_writes,
             took_ms = started.elapsed().as_millis() as u64,
+            discover_ms,
+            compile_ms,
+            write_ms,
             "programmed"
         );
     }
