@@ -87,6 +87,16 @@ impl FileSource {
 
     /// One scan: send what changed since the last one, then `Synced`.
     fn scan(&mut self, tx: &mpsc::UnboundedSender<SourceEvent>) -> bool {
+        // REVISION is read before the directory: writers write their objects and
+        // then REVISION, so everything that revision covers is on disk by the time
+        // it is listed. Read after the listing, a revision could name objects the
+        // listing missed, and the agent would report state it has not programmed.
+        // Its stamp is taken before its content: a REVISION rewritten in between
+        // changes the stamp, so the next scan reports it.
+        let rev_stamp = self.revision_stamp();
+        let revision = std::fs::read_to_string(self.dir.join(REVISION_FILE))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
         let now = match self.list() {
             Ok(l) => l,
             Err(e) => {
@@ -97,7 +107,6 @@ impl FileSource {
                 return false;
             }
         };
-        let rev_stamp = self.revision_stamp();
         if !self.first && now == self.seen && rev_stamp == self.revision_stamp {
             return false;
         }
@@ -158,9 +167,6 @@ impl FileSource {
         self.seen = now;
         self.revision_stamp = rev_stamp;
         self.first = false;
-        let revision = std::fs::read_to_string(self.dir.join(REVISION_FILE))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default();
         tx.send(SourceEvent::Synced { revision }).is_ok()
     }
 
