@@ -3,7 +3,7 @@
 //! same run. Policy sizes of 10 to 100,000 peer prefixes, IPv4 and IPv6.
 //!
 //! `cargo xtask bench datapath [--quick]` runs it (root, bpffs). Prints a table and
-//! writes `results/bench-datapath.json`.
+//! writes `results/bench-datapath.json` and `.svg`.
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
@@ -16,6 +16,7 @@ use palisade_agent::{
     maps::Maps,
     packet::{self, L4},
 };
+use palisade_bench_report as report;
 use palisade_common::*;
 
 struct PinDir(PathBuf);
@@ -199,26 +200,61 @@ fn main() -> Result<()> {
     }
 
     println!("datapath (BPF_PROG_TEST_RUN, {repeat} repeats, median of 5; ratio = time / floor)");
-    println!(
-        "{:<46} {:>10} {:>8} {:>12}",
-        "case", "ns/pkt", "ratio", "over floor"
-    );
-    let mut json = Vec::new();
-    for (name, ns) in &rows {
-        println!(
-            "{name:<46} {ns:>10.1} {:>8.2} {:>10.1}ns",
-            ns / floor,
-            ns - floor
-        );
-        json.push(
-            serde_json::json!({"case": name, "ns_per_packet": ns, "ratio_to_floor": ns / floor}),
-        );
-    }
-    let results = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../results");
-    std::fs::create_dir_all(&results)?;
-    std::fs::write(
-        results.join("bench-datapath.json"),
-        serde_json::to_string_pretty(&serde_json::json!({"repeat": repeat, "rows": json}))?,
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(name, ns)| {
+            vec![
+                name.clone(),
+                format!("{ns:.1}"),
+                format!("{:.2}", ns / floor),
+                format!("{:.1}", ns - floor),
+            ]
+        })
+        .collect();
+    report::print_table(&["case", "ns/pkt", "ratio", "ns over floor"], &table);
+    let json: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(name, ns)| {
+            serde_json::json!({
+                "case": name,
+                "ns_per_packet": ns,
+                "ratio_to_floor": ns / floor,
+                "ns_over_floor": ns - floor,
+            })
+        })
+        .collect();
+    let json_path = report::write_json(
+        "datapath",
+        &serde_json::json!({
+            "machine": report::machine(),
+            "repeat": repeat,
+            "floor_ns": floor,
+            "rows": json,
+        }),
     )?;
+    // One panel per family, so each scale shows its own spread across sizes.
+    let panels: Vec<report::Panel> = ["IPv4", "IPv6"]
+        .iter()
+        .map(|fam| report::Panel {
+            title: format!("{fam}: ns per packet (floor {floor:.0} ns)"),
+            bars: rows
+                .iter()
+                .filter(|(name, _)| name.starts_with(fam) || name.starts_with("empty"))
+                .map(|(name, ns)| {
+                    (
+                        name.clone(),
+                        *ns,
+                        format!("{ns:.0} ns, {:.2}x floor", ns / floor),
+                    )
+                })
+                .collect(),
+        })
+        .collect();
+    let svg_path = report::write_svg(
+        "datapath",
+        &format!("Palisade datapath, BPF_PROG_TEST_RUN x{repeat}"),
+        &panels,
+    )?;
+    println!("wrote {} and {}", json_path.display(), svg_path.display());
     Ok(())
 }

@@ -5,12 +5,14 @@
 //! Generated cluster: 10,000 pods in 500 namespaces on 91 nodes (110 on the local
 //! node), 2,000 policies mixing pod, namespace and ipBlock peers and named ports.
 //! Measures the full compile (compile + encode + writes from nothing) and three
-//! incremental changes through the stateful `Compiler`.
+//! incremental changes through the stateful `Compiler`. Writes
+//! `results/bench-policy.json` and `.svg`.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
+use palisade_bench_report as report;
 use palisade_policy::model::{
     IpBlock, NamedPort, NamespaceScope, NetworkPolicySpec, Peer, Policy, PolicyBody, PolicyTypes,
     PortRef, PortSpec, Rule,
@@ -261,10 +263,11 @@ fn main() {
     let mut compiler = Compiler::new(node.clone(), false);
     let t = Instant::now();
     let writes = compiler.update(&index, &ids);
+    let t_full = t.elapsed();
+    let full_writes = writes.len();
     println!(
-        "full compile (Compiler::update from nothing): {:.1} ms, {} writes",
-        t.elapsed().as_secs_f64() * 1e3,
-        writes.len()
+        "full compile (Compiler::update from nothing): {:.1} ms, {full_writes} writes",
+        t_full.as_secs_f64() * 1e3,
     );
     assert_eq!(
         compiler.map_set(),
@@ -272,11 +275,19 @@ fn main() {
         "incremental state equals pure encode"
     );
 
+    // (change, ms, map writes, endpoints recompiled)
+    let mut changes: Vec<(String, f64, usize, usize)> = Vec::new();
     let mut step = |label: &str, index: &mut ClusterIndex, obj: Object| {
         let t0 = Instant::now();
         let changed = index.apply(obj).changed;
         let writes = compiler.update(index, &ids);
         let dt = t0.elapsed();
+        changes.push((
+            label.to_string(),
+            dt.as_secs_f64() * 1e3,
+            writes.len(),
+            compiler.last_recompiled(),
+        ));
         println!(
             "{label}: changed={changed} {:.3} ms, {} writes, {} endpoints recompiled",
             dt.as_secs_f64() * 1e3,
@@ -330,11 +341,76 @@ fn main() {
         "incremental == full after changes"
     );
 
+    let rss = rss_kib();
     println!(
         "memory: index ~{:.1} MB, compiler state ~{:.1} MB (estimates); process RSS {} MB (start {} MB)",
         index.approx_bytes() as f64 / 1e6,
         compiler.approx_bytes() as f64 / 1e6,
-        rss_kib().map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
+        rss.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
         rss0.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
     );
+
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let mut bars = vec![
+        (
+            "pure compile()".to_string(),
+            ms(t_compile),
+            format!("{:.1} ms", ms(t_compile)),
+        ),
+        (
+            "encode()".to_string(),
+            ms(t_encode),
+            format!("{:.1} ms", ms(t_encode)),
+        ),
+        (
+            "full compile from nothing".to_string(),
+            ms(t_full),
+            format!("{:.1} ms, {full_writes} writes", ms(t_full)),
+        ),
+    ];
+    bars.extend(changes.iter().map(|(label, ms, writes, recompiled)| {
+        (
+            label.clone(),
+            *ms,
+            format!("{ms:.2} ms, {writes} writes, {recompiled} endpoints"),
+        )
+    }));
+    let json = serde_json::json!({
+        "machine": report::machine(),
+        "cluster": {
+            "namespaces": NAMESPACES,
+            "pods": index.pods().count(),
+            "policies": index.policies().count(),
+            "local_pods": local.len(),
+        },
+        "compile_ms": ms(t_compile),
+        "encode_ms": ms(t_encode),
+        "full_compile_ms": ms(t_full),
+        "full_compile_writes": full_writes,
+        "changes": changes.iter().map(|(label, ms, writes, recompiled)| serde_json::json!({
+            "change": label, "ms": ms, "writes": writes, "endpoints_recompiled": recompiled,
+        })).collect::<Vec<_>>(),
+        "index_bytes_estimate": index.approx_bytes(),
+        "compiler_bytes_estimate": compiler.approx_bytes(),
+        "rss_kib": rss,
+    });
+    let written = report::write_json("policy", &json).and_then(|j| {
+        let panels = [report::Panel {
+            title: format!(
+                "{PODS} pods, {} policies, {} local pods: milliseconds",
+                index.policies().count(),
+                local.len()
+            ),
+            bars,
+        }];
+        let svg = report::write_svg("policy", "Palisade policy engine", &panels)?;
+        Ok((j, svg))
+    });
+    match written {
+        Ok((j, svg)) => println!("wrote {} and {}", j.display(), svg.display()),
+        Err(e) => {
+            eprintln!("bench: writing results: {e:#}");
+            std::process::exit(1);
+        }
+    }
 }

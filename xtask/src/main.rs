@@ -47,7 +47,7 @@ enum Cmd {
     /// Set up, build a small cluster, and show Palisade enforcing policies step by step.
     Demo,
     /// Benchmarks that print numbers, ratios against a baseline of the same run,
-    /// and write results/bench-<part>.json (and .svg for e2e, control, events).
+    /// and write results/bench-<part>.json and a bar chart, results/bench-<part>.svg.
     /// `datapath`: ns/packet of the TC programs (BPF_PROG_TEST_RUN) with 10 to
     /// 100,000 prefixes against an empty program. `policy`: the engine on a
     /// generated cluster of 10,000 pods / 2,000 policies. `e2e`: iperf3 and
