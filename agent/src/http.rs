@@ -16,12 +16,26 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
+            // Read up to the end of the request head: a client may send it in
+            // several segments. Bounded in size and time so a slow or silent
+            // client cannot hold the task.
+            let mut head = Vec::new();
             let mut buf = [0u8; 1024];
-            let n = match sock.read(&mut buf).await {
-                Ok(n) => n,
-                Err(_) => return,
+            let read_head = async {
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
             };
-            let req = String::from_utf8_lossy(&buf[..n]);
+            if tokio::time::timeout(std::time::Duration::from_secs(5), read_head)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let req = String::from_utf8_lossy(&head);
             let path = req.split_whitespace().nth(1).unwrap_or("/");
             let (status, body) = match path {
                 "/ready" | "/readyz" => {
@@ -42,5 +56,37 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             );
             let _ = sock.write_all(resp.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::sync::Readiness;
+
+    /// A request head that arrives in several segments is still one request
+    /// (a client that writes piecewise used to get 404 for `/ready`).
+    #[tokio::test]
+    async fn a_request_split_over_segments_is_answered() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shared = Arc::new(Shared {
+            ready: Mutex::new(Readiness::default()),
+            names: Mutex::new(Default::default()),
+        });
+        tokio::spawn(serve(listener, shared));
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET ").await.expect("write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s.write_all(b"/healthz HTTP/1.0\r\n").await.expect("write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s.write_all(b"\r\n").await.expect("write");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.expect("read");
+        assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
+        assert!(resp.ends_with("{\"ok\":true}"), "{resp}");
     }
 }

@@ -345,3 +345,112 @@ fn daemonset_command_line_parses_with_the_agent_cli() {
     let res = c.resources.as_ref().expect("resources");
     assert!(res.requests.is_some() && res.limits.is_some());
 }
+
+/// Every object `cargo xtask kind e2e` creates, for every conformance case, is a
+/// typed Kubernetes object without unknown fields, with names the API server
+/// accepts; and every policy of every case (placeholders rendered) is a typed
+/// NetworkPolicy. No cluster runs here, so this is what keeps the e2e's objects
+/// honest.
+#[test]
+fn kind_e2e_objects_of_every_conformance_case_are_valid() {
+    use k8s_openapi::api::{
+        core::v1::{Namespace, Pod, Service},
+        discovery::v1::EndpointSlice,
+        networking::v1::NetworkPolicy,
+    };
+    use palisade_harness::{kube, scenario, Family, Peer};
+
+    // RFC 1035 label: what Service names must be (and, at most 63, slice names).
+    fn dns_label(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && !s.ends_with('-')
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/conformance");
+    let files = scenario::collect_files(&[dir]).expect("tests/conformance");
+    assert!(files.len() > 50, "the suite is there");
+    let (mut pods, mut policies) = (0, 0);
+    for f in files {
+        let sc = scenario::load(&f).expect("scenario parses");
+        let name = sc.name.clone();
+        for family in [Family::Ipv4, Family::Ipv6] {
+            let spec = sc.cluster_spec(family);
+            let ip = |p: &str| -> std::net::IpAddr {
+                match family {
+                    Family::Ipv4 => format!("10.244.{}.{}", p.len(), p.len() + 7),
+                    Family::Ipv6 => format!("fd00:10:244::{}", p.len() + 7),
+                }
+                .parse()
+                .expect("address")
+            };
+            for (ns, labels) in &spec.namespaces {
+                typed::<Namespace>(&name, &kube::namespace_manifest(ns, labels));
+            }
+            for p in &spec.pods {
+                let pod: Pod = typed(
+                    &name,
+                    &kube::pod_manifest(p, "palisade-worker", "palisade-agent:dev", family),
+                );
+                for port in pod
+                    .spec
+                    .iter()
+                    .flat_map(|s| &s.containers)
+                    .flat_map(|c| c.ports.iter().flatten())
+                {
+                    if let Some(n) = &port.name {
+                        assert!(
+                            n.len() <= 15,
+                            "{name}: port name {n:?} is over 15 characters"
+                        );
+                    }
+                }
+                let svc: Service = typed(&name, &kube::service_manifest(p, family));
+                let svc_name = svc.metadata.name.clone().unwrap_or_default();
+                assert!(dns_label(&svc_name), "{name}: Service name {svc_name:?}");
+                let slice: EndpointSlice = typed(
+                    &name,
+                    &kube::endpointslice_manifest(p, ip(&p.name), "palisade-worker"),
+                );
+                let slice_name = slice.metadata.name.clone().unwrap_or_default();
+                assert!(
+                    dns_label(&slice_name),
+                    "{name}: EndpointSlice {slice_name:?}"
+                );
+                // The slice's ports are the Service's by name (kube-proxy joins them so).
+                let svc_ports: BTreeSet<Option<String>> = svc
+                    .spec
+                    .iter()
+                    .flat_map(|s| s.ports.iter().flatten())
+                    .map(|p| p.name.clone())
+                    .collect();
+                let slice_ports: BTreeSet<Option<String>> = slice
+                    .ports
+                    .iter()
+                    .flatten()
+                    .map(|p| p.name.clone())
+                    .collect();
+                assert_eq!(svc_ports, slice_ports, "{name}: {svc_name}");
+                pods += 1;
+            }
+            if !sc.families.contains(&family) {
+                continue;
+            }
+            let resolve = |peer: &Peer| Ok(ip(&peer.to_string()));
+            for step in &sc.steps {
+                for m in &step.apply {
+                    let m = scenario::substitute(m, family, &resolve).expect("placeholders");
+                    let (_, _, m) = kube::policy_manifest(&m).expect("a policy");
+                    typed::<NetworkPolicy>(&name, &m);
+                    policies += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        pods > 500 && policies > 50,
+        "{pods} pods, {policies} policies checked"
+    );
+}

@@ -221,25 +221,42 @@ pub struct Readiness {
     pub revision: Option<String>,
 }
 
-/// `GET /ready` from inside `netns`. A tiny HTTP/1.0 client: the endpoint is
-/// ours and simple, and this keeps the harness free of an HTTP stack.
+/// `GET /ready` from inside `netns`.
 pub fn get_ready(netns: &str) -> Result<Readiness> {
     in_netns(netns, || -> Result<Readiness> {
         let addr: SocketAddr = READY_ADDR.parse().map_err(|e| anyhow!("{e}"))?;
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-        s.set_read_timeout(Some(Duration::from_secs(2)))?;
-        s.write_all(b"GET /ready HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse::<u16>().ok())
-            .ok_or_else(|| anyhow!("malformed HTTP response: {head:?}"))?;
+        let (status, body) = http_get(addr, "/ready")?;
+        Ok(Readiness::parse(status, &body))
+    })?
+}
+
+/// A tiny HTTP/1.0 GET: (status, body). The agent's endpoint is ours and simple,
+/// and this keeps the harness (and `palisade-pod`) free of an HTTP stack.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+        .with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    // One write: a request split over segments may be read in pieces.
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .with_context(|| format!("reading the answer of {addr}"))?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .ok_or_else(|| anyhow!("malformed HTTP response from {addr}: {head:?}"))?;
+    Ok((status, body.trim().to_string()))
+}
+
+impl Readiness {
+    /// From the status and the JSON body of `GET /ready`.
+    pub fn parse(status: u16, body: &str) -> Readiness {
         let v: Option<Value> = serde_json::from_str(body.trim()).ok();
-        Ok(Readiness {
+        Readiness {
             status,
             body: body.trim().to_string(),
             ready: v
@@ -256,6 +273,6 @@ pub fn get_ready(netns: &str) -> Result<Readiness> {
                 .and_then(|v| v.get("revision"))
                 .and_then(Value::as_str)
                 .map(str::to_string),
-        })
-    })?
+        }
+    }
 }

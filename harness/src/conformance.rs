@@ -6,17 +6,94 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use serde_json::Value;
 
 use crate::agent::AgentConfig;
 use crate::cluster::{Cluster, ClusterOptions, Peer, Probe, Via};
-use crate::model::{Family, Protocol};
+use crate::model::{Family, Labels, Protocol};
 use crate::probe::Outcome;
 use crate::scenario::{self, Cell, Expectation, Scenario};
 use crate::servers::sctp_supported;
+
+/// What the runner needs of a cluster: the network-namespace [`Cluster`] is one,
+/// [`crate::kube::KubeCluster`] (a real cluster, through kubectl) the other. The
+/// case logic, the comparison and the output are the same for both.
+pub trait CaseCluster {
+    /// Called after the sanity probes: the namespace cluster starts its agents
+    /// here; on a real cluster the DaemonSet runs already.
+    fn start_enforcement(&mut self) -> Result<()>;
+    /// Replaces a pod's whole label map.
+    fn set_pod_labels(&mut self, pod: &str, labels: Labels) -> Result<()>;
+    /// Replaces a namespace's labels (`kubernetes.io/metadata.name` is kept).
+    fn set_namespace_labels(&mut self, ns: &str, labels: Labels) -> Result<()>;
+    fn delete_policy(&mut self, ns: &str, name: &str) -> Result<()>;
+    fn apply_policy(&mut self, manifest: &Value) -> Result<()>;
+    /// A peer's own address, for the manifest placeholders.
+    fn address_of(&self, peer: &Peer) -> Result<IpAddr>;
+    /// Returns once every agent has programmed everything written so far.
+    fn sync(&mut self) -> Result<()>;
+    /// Runs the probes; outcomes in input order. `want` is what the case expects:
+    /// a backend whose agents learn of changes asynchronously may re-probe the
+    /// cells that differ for a bounded time before answering.
+    fn probe(&mut self, probes: &[Probe], want: &[Outcome]) -> Result<Vec<Outcome>>;
+    /// The agents' recent logs, for a failure report.
+    fn logs(&self, verbose: bool) -> String;
+}
+
+impl CaseCluster for Cluster {
+    fn start_enforcement(&mut self) -> Result<()> {
+        self.start_agents()
+    }
+    fn set_pod_labels(&mut self, pod: &str, labels: Labels) -> Result<()> {
+        Cluster::set_pod_labels(self, pod, labels)
+    }
+    fn set_namespace_labels(&mut self, ns: &str, labels: Labels) -> Result<()> {
+        Cluster::set_namespace_labels(self, ns, labels)
+    }
+    fn delete_policy(&mut self, ns: &str, name: &str) -> Result<()> {
+        Cluster::delete_policy(self, ns, name)
+    }
+    fn apply_policy(&mut self, manifest: &Value) -> Result<()> {
+        Cluster::apply_policy(self, manifest)
+    }
+    fn address_of(&self, peer: &Peer) -> Result<IpAddr> {
+        Cluster::address_of(self, peer)
+    }
+    fn sync(&mut self) -> Result<()> {
+        Cluster::sync(self).map(|_| ())
+    }
+    /// The agents here report exactly what they programmed ([`Cluster::sync`]
+    /// waits for it), so one probe round is the answer.
+    fn probe(&mut self, probes: &[Probe], _want: &[Outcome]) -> Result<Vec<Outcome>> {
+        Cluster::probe(self, probes)
+    }
+    fn logs(&self, verbose: bool) -> String {
+        agent_logs(self, verbose)
+    }
+}
+
+/// A cluster for one case, or why the case cannot run on this backend.
+pub enum Built<C> {
+    Ready(C),
+    Skip(String),
+}
+
+/// How a run goes, whatever the backend.
+#[derive(Clone, Debug)]
+pub struct RunSettings {
+    pub family: Family,
+    /// Whether the pods can speak SCTP; when not, SCTP expectations are skipped.
+    pub sctp: bool,
+    /// Whether agents enforce (without them the run checks the harness and the
+    /// scenarios themselves, or, on a real cluster, that its CNI does not enforce).
+    pub enforced: bool,
+    pub verbose: bool,
+}
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -86,7 +163,35 @@ pub fn run_conformance(opts: ConformanceOptions) -> Result<Summary> {
 /// [`run_conformance`] writing to any sink.
 pub fn run_conformance_to(opts: &ConformanceOptions, out: &mut dyn Write) -> Result<Summary> {
     crate::netns::install_signal_handler();
-    let files = scenario::collect_files(&opts.paths)?;
+    let settings = RunSettings {
+        family: opts.family,
+        sctp: sctp_supported(),
+        enforced: opts.agent.is_some(),
+        verbose: opts.verbose,
+    };
+    let build = |sc: &Scenario| -> Result<Built<Cluster>> {
+        let copts = ClusterOptions {
+            agent: opts.agent.as_ref().map(AgentConfig::new),
+            keep_temp: false,
+        };
+        Cluster::build(&sc.cluster_spec(opts.family), copts).map(Built::Ready)
+    };
+    run_scenarios(&opts.paths, &settings, build, out)
+}
+
+/// Runs every scenario under `paths` on clusters made by `build` (one per case)
+/// and prints the report (FORMAT.md's output) to `out`.
+pub fn run_scenarios<C, F>(
+    paths: &[PathBuf],
+    settings: &RunSettings,
+    mut build: F,
+    out: &mut dyn Write,
+) -> Result<Summary>
+where
+    C: CaseCluster,
+    F: FnMut(&Scenario) -> Result<Built<C>>,
+{
+    let files = scenario::collect_files(paths)?;
     let mut summary = Summary::default();
     let mut names = BTreeSet::new();
     for path in files {
@@ -110,18 +215,20 @@ pub fn run_conformance_to(opts: &ConformanceOptions, out: &mut dyn Write) -> Res
                 // A panic in one case (a harness bug) fails that case, not the
                 // run; the case's cluster is torn down by its Drop on unwind.
                 let (status, notes) =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(&sc, opts)))
-                        .unwrap_or_else(|p| {
-                            let msg = p
-                                .downcast_ref::<String>()
-                                .cloned()
-                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                                .unwrap_or_default();
-                            (
-                                CaseStatus::Fail(format!("harness panic: {msg}")),
-                                Vec::new(),
-                            )
-                        });
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run_case(&sc, settings, &mut build)
+                    }))
+                    .unwrap_or_else(|p| {
+                        let msg = p
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default();
+                        (
+                            CaseStatus::Fail(format!("harness panic: {msg}")),
+                            Vec::new(),
+                        )
+                    });
                 (sc.name.clone(), status, notes)
             }
         };
@@ -146,7 +253,7 @@ pub fn run_conformance_to(opts: &ConformanceOptions, out: &mut dyn Write) -> Res
         for n in &notes {
             writeln!(out, "  note: {n}")?;
         }
-        if opts.verbose {
+        if settings.verbose {
             writeln!(out, "  took {:.1}s", duration.as_secs_f64())?;
         }
         out.flush()?;
@@ -185,11 +292,16 @@ fn expectation_probes(e: &Expectation) -> Vec<(usize, usize, Probe)> {
     v
 }
 
-fn skipped(e: &Expectation) -> bool {
-    e.protocol == Protocol::Sctp && !sctp_supported()
+fn skipped(e: &Expectation, settings: &RunSettings) -> bool {
+    e.protocol == Protocol::Sctp && !settings.sctp
 }
 
-fn run_case(sc: &Scenario, opts: &ConformanceOptions) -> (CaseStatus, Vec<String>) {
+fn run_case<C: CaseCluster>(
+    sc: &Scenario,
+    settings: &RunSettings,
+    build: &mut dyn FnMut(&Scenario) -> Result<Built<C>>,
+) -> (CaseStatus, Vec<String>) {
+    let opts = settings;
     if !sc.families.contains(&opts.family) {
         let fams: Vec<&str> = sc.families.iter().map(|f| f.as_str()).collect();
         return (
@@ -206,7 +318,7 @@ fn run_case(sc: &Scenario, opts: &ConformanceOptions) -> (CaseStatus, Vec<String
         .steps
         .iter()
         .flat_map(|s| &s.expect)
-        .filter(|e| skipped(e))
+        .filter(|e| skipped(e, settings))
         .count();
     if total > 0 && n_skipped == total {
         return (
@@ -220,7 +332,17 @@ fn run_case(sc: &Scenario, opts: &ConformanceOptions) -> (CaseStatus, Vec<String
             "{n_skipped} of {total} expectations skipped: SCTP, which this kernel does not support"
         ));
     }
-    let status = match run_case_inner(sc, opts) {
+    let mut cluster = match build(sc) {
+        Ok(Built::Ready(c)) => c,
+        Ok(Built::Skip(reason)) => return (CaseStatus::Skip(reason), notes),
+        Err(e) => {
+            return (
+                CaseStatus::Fail(format!("harness error: building the cluster: {e:#}")),
+                notes,
+            )
+        }
+    };
+    let status = match run_case_inner(sc, settings, &mut cluster) {
         Ok(None) => CaseStatus::Pass,
         Ok(Some(details)) => CaseStatus::Fail(details),
         Err(e) => CaseStatus::Fail(format!("{e:#}")),
@@ -230,18 +352,12 @@ fn run_case(sc: &Scenario, opts: &ConformanceOptions) -> (CaseStatus, Vec<String
 
 /// `Ok(None)` = pass, `Ok(Some(details))` = expectation mismatch, `Err` =
 /// harness or agent error.
-fn run_case_inner(sc: &Scenario, opts: &ConformanceOptions) -> Result<Option<String>> {
-    let copts = ClusterOptions {
-        agent: opts.agent.as_ref().map(AgentConfig::new),
-        keep_temp: false,
-    };
-    let t_build = Instant::now();
-    let mut cluster = Cluster::build(&sc.cluster_spec(opts.family), copts)
-        .context("harness error: building the cluster")?;
+fn run_case_inner<C: CaseCluster>(
+    sc: &Scenario,
+    opts: &RunSettings,
+    cluster: &mut C,
+) -> Result<Option<String>> {
     let mut log = String::new();
-    if opts.verbose {
-        log += &format!("cluster built in {:.2}s\n", t_build.elapsed().as_secs_f64());
-    }
 
     // Sanity: every checked pair of every step reachable before any policy,
     // and before any agent runs, so a failure here is the harness's own.
@@ -251,7 +367,7 @@ fn run_case_inner(sc: &Scenario, opts: &ConformanceOptions) -> Result<Option<Str
         .steps
         .iter()
         .flat_map(|s| &s.expect)
-        .filter(|e| !skipped(e))
+        .filter(|e| !skipped(e, opts))
     {
         for (_, _, p) in expectation_probes(e) {
             let key = (
@@ -268,7 +384,7 @@ fn run_case_inner(sc: &Scenario, opts: &ConformanceOptions) -> Result<Option<Str
     }
     let t = Instant::now();
     let res = cluster
-        .probe(&sanity)
+        .probe(&sanity, &vec![Outcome::Reachable; sanity.len()])
         .context("harness error: sanity probes")?;
     let bad: Vec<String> = sanity
         .iter()
@@ -302,9 +418,9 @@ fn run_case_inner(sc: &Scenario, opts: &ConformanceOptions) -> Result<Option<Str
         );
     }
 
-    if opts.agent.is_some() {
+    if opts.enforced {
         let t = Instant::now();
-        cluster.start_agents().context("starting the agents")?;
+        cluster.start_enforcement().context("starting the agents")?;
         if opts.verbose {
             log += &format!("agents ready in {:.2}s\n", t.elapsed().as_secs_f64());
         }
@@ -333,26 +449,32 @@ fn run_case_inner(sc: &Scenario, opts: &ConformanceOptions) -> Result<Option<Str
             Ok(())
         })();
         r.with_context(|| format!("step {} of {nsteps}", si + 1))
-            .map_err(|e| with_logs(e, &cluster, opts.verbose))?;
+            .map_err(|e| with_logs(e, &*cluster, opts.verbose))?;
         let t_sync = t.elapsed();
 
         // All expectations of a step probe together: one timeout per step.
         let mut probes = Vec::new();
+        let mut want = Vec::new();
         let mut owners = Vec::new();
         for (ei, e) in step.expect.iter().enumerate() {
-            if skipped(e) {
+            if skipped(e, opts) {
                 continue;
             }
             for (r, c, p) in expectation_probes(e) {
                 probes.push(p);
+                want.push(if e.matrix.rows[r].1[c] == Cell::Reachable {
+                    Outcome::Reachable
+                } else {
+                    Outcome::Blocked
+                });
                 owners.push((ei, r, c));
             }
         }
         let res = cluster
-            .probe(&probes)
+            .probe(&probes, &want)
             .with_context(|| format!("step {}: probes", si + 1))?;
         for (ei, e) in step.expect.iter().enumerate() {
-            if skipped(e) {
+            if skipped(e, opts) {
                 continue;
             }
             let rows = e.matrix.rows.len();
@@ -402,14 +524,18 @@ fn run_case_inner(sc: &Scenario, opts: &ConformanceOptions) -> Result<Option<Str
         return Ok(None);
     }
     let mut details = log + &failures;
-    if opts.agent.is_some() {
-        details += &agent_logs(&cluster, opts.verbose);
+    if opts.enforced {
+        details += &cluster.logs(opts.verbose);
     }
     Ok(Some(details))
 }
 
-fn with_logs(e: anyhow::Error, cluster: &Cluster, verbose: bool) -> anyhow::Error {
-    let logs = agent_logs(cluster, verbose);
+fn with_logs<C: CaseCluster + ?Sized>(
+    e: anyhow::Error,
+    cluster: &C,
+    verbose: bool,
+) -> anyhow::Error {
+    let logs = cluster.logs(verbose);
     if logs.is_empty() {
         e
     } else {

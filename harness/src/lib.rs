@@ -14,9 +14,11 @@
 pub mod agent;
 pub mod cluster;
 pub mod conformance;
+pub mod kube;
 pub mod model;
 pub mod netns;
 pub mod objects;
+pub mod podtool;
 pub mod probe;
 pub mod scenario;
 pub mod servers;
@@ -25,7 +27,8 @@ pub mod services;
 pub use agent::{default_agent_path, AgentConfig};
 pub use cluster::{pod_service_name, Cluster, ClusterOptions, Peer, Probe, Via};
 pub use conformance::{
-    run_conformance, run_conformance_to, CaseReport, CaseStatus, ConformanceOptions, Summary,
+    run_conformance, run_conformance_to, run_scenarios, Built, CaseCluster, CaseReport, CaseStatus,
+    ConformanceOptions, RunSettings, Summary,
 };
 pub use model::{ClusterSpec, ExternalSpec, Family, Labels, PodSpec, PortSpec, Protocol};
 pub use netns::{cleanup_leftovers, in_netns, install_signal_handler};

@@ -93,6 +93,50 @@ pub fn run_probes(probes: &[RawProbe], timeout: Duration) -> Result<Vec<Outcome>
     Ok(out)
 }
 
+/// Probes `targets` from the calling process's own network namespace (a pod of a
+/// real cluster: `palisade-pod probe`), all in parallel; outcomes in input order.
+/// SCTP targets are [`Outcome::Skipped`] when the kernel has no SCTP.
+pub fn probe_here(targets: &[(SocketAddr, Protocol)], timeout: Duration) -> Vec<Outcome> {
+    let probes: Vec<RawProbe> = targets
+        .iter()
+        .map(|&(to, protocol)| RawProbe {
+            netns: String::new(),
+            to,
+            protocol,
+        })
+        .collect();
+    let mut out = vec![Outcome::Skipped; probes.len()];
+    let runnable: Vec<usize> = (0..probes.len())
+        .filter(|&i| probes[i].protocol != Protocol::Sctp || sctp_supported())
+        .collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = runnable
+            .chunks(CHUNK)
+            .map(|idxs| {
+                let probes = &probes;
+                s.spawn(move || {
+                    let batch: Vec<&RawProbe> = idxs.iter().map(|&i| &probes[i]).collect();
+                    idxs.iter()
+                        .copied()
+                        .zip(probe_group(&batch, timeout))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            match h.join() {
+                Ok(res) => {
+                    for (i, o) in res {
+                        out[i] = o;
+                    }
+                }
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+    });
+    out
+}
+
 enum State {
     Connecting(Socket),
     Udp(Socket, Vec<u8>),

@@ -119,6 +119,20 @@ impl Drop for ServerSet {
     }
 }
 
+/// Binds every port in `ports` in the calling process's own network namespace and
+/// serves them until the process ends: what a pod of a real cluster runs
+/// (`palisade-pod serve`). SCTP ports are left out when the kernel has no SCTP.
+pub fn serve_here(family: Family, identity: &str, ports: &[PortSpec]) -> Result<()> {
+    let ports: Vec<PortSpec> = ports
+        .iter()
+        .filter(|p| p.protocol != Protocol::Sctp || sctp_supported())
+        .cloned()
+        .collect();
+    let sockets = bind_all(family, &ports)?;
+    serve(sockets, identity.as_bytes(), &AtomicBool::new(false));
+    Ok(())
+}
+
 enum Kind {
     Listener,
     Udp,

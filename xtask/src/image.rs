@@ -1,8 +1,9 @@
 //! `cargo xtask image`: the agent's container image, built from host files only.
 //!
-//! Owns the image build context: [`stage`] copies the release agent and the shared
-//! libraries it links (as `ldd` names them) into a directory that
-//! `deploy/Dockerfile` (`FROM scratch`) packages, so the build pulls nothing.
+//! Owns the image build context: [`stage`] copies the release agent, `palisade-pod`
+//! (what the pods of `cargo xtask kind e2e` run) and the shared libraries both link
+//! (as `ldd` names them) into a directory that `deploy/Dockerfile` (`FROM scratch`)
+//! packages, so the build pulls nothing.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -21,8 +22,8 @@ pub fn context_dir() -> PathBuf {
     crate::workspace_root().join("target/image")
 }
 
-/// Stage the build context for `agent` in `ctx` (emptied first).
-pub fn stage(agent: &Path, ctx: &Path) -> Result<()> {
+/// Stage the build context for `agent` and `pod_tool` in `ctx` (emptied first).
+pub fn stage(agent: &Path, pod_tool: &Path, ctx: &Path) -> Result<()> {
     if ctx.exists() {
         std::fs::remove_dir_all(ctx).with_context(|| format!("emptying {}", ctx.display()))?;
     }
@@ -30,7 +31,13 @@ pub fn stage(agent: &Path, ctx: &Path) -> Result<()> {
     std::fs::create_dir_all(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
     std::fs::copy(agent, ctx.join("palisade-agent"))
         .with_context(|| format!("copying {}", agent.display()))?;
-    for lib in shared_libraries(agent)? {
+    std::fs::copy(pod_tool, ctx.join("palisade-pod"))
+        .with_context(|| format!("copying {}", pod_tool.display()))?;
+    let mut libs = shared_libraries(agent)?;
+    libs.extend(shared_libraries(pod_tool)?);
+    libs.sort();
+    libs.dedup();
+    for lib in libs {
         let rel = lib.strip_prefix("/").unwrap_or(&lib);
         let dst = rootfs.join(rel);
         if let Some(parent) = dst.parent() {
@@ -94,9 +101,10 @@ fn copy_sources(dockerfile: &str) -> Vec<String> {
 /// answers.
 pub fn image() -> Result<()> {
     let agent = crate::build_agent()?;
+    let pod_tool = crate::build_pod_tool()?;
     let ctx = context_dir();
     crate::step("image: staging the build context");
-    stage(&agent, &ctx)?;
+    stage(&agent, &pod_tool, &ctx)?;
     let text = std::fs::read_to_string(dockerfile()).context("reading deploy/Dockerfile")?;
     for src in copy_sources(&text) {
         if !ctx.join(&src).exists() {
@@ -162,7 +170,7 @@ mod tests {
         // exercises the same ldd path.
         let ctx = std::env::temp_dir().join(format!("palisade-image-test-{}", std::process::id()));
         let stand_in = Path::new("/bin/true");
-        stage(stand_in, &ctx).expect("stage");
+        stage(stand_in, Path::new("/bin/false"), &ctx).expect("stage");
         let sources = copy_sources(&text);
         assert!(!sources.is_empty());
         for s in &sources {
@@ -183,6 +191,10 @@ mod tests {
             .expect("ENTRYPOINT");
         assert!(entry.contains("\"/palisade-agent\""));
         assert!(sources.iter().any(|s| s == "palisade-agent"));
+        assert!(
+            sources.iter().any(|s| s == "palisade-pod"),
+            "kind e2e pods run /palisade-pod from this image"
+        );
         let _ = std::fs::remove_dir_all(&ctx);
     }
 }

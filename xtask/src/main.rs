@@ -67,13 +67,32 @@ enum Cmd {
     /// scratch, host files only); without a Docker engine, stage the context and
     /// say so.
     Image,
-    /// A kind cluster with Palisade: `up` (1 control plane + 2 workers, kindnet),
-    /// `deploy` (image, kind load, kubectl apply -k deploy/, wait for readiness),
-    /// `down`. Needs docker, kind and kubectl; not exercised on this project's
-    /// machines.
+    /// A kind cluster with Palisade. `up`: 1 control plane + 2 workers with kindnet,
+    /// minus kind's own NetworkPolicy controller. `deploy`: image, kind load, a
+    /// check that the CNI alone enforces nothing (first deploy only), kubectl apply
+    /// -k deploy/, wait for every agent's readiness. `e2e`: deploy, then the
+    /// conformance scenarios on the real cluster (real pods, one Service per pod,
+    /// probes from inside the pods), FORMAT.md's output. `down`: delete the
+    /// cluster. Needs docker, kind and kubectl; not exercised on this project's
+    /// machines, which have no Docker engine.
     Kind {
-        #[arg(value_parser = ["up", "deploy", "down"])]
+        #[arg(value_parser = ["up", "deploy", "e2e", "down"])]
         action: String,
+        /// e2e: scenario files or directories (default: tests/conformance).
+        paths: Vec<PathBuf>,
+        /// e2e: ipv4 or ipv6 (the cluster must have that family).
+        #[arg(long, default_value = "ipv4", value_parser = ["ipv4", "ipv6"])]
+        family: String,
+        /// e2e: report SCTP expectations as skipped (nodes without SCTP).
+        #[arg(long)]
+        no_sctp: bool,
+        /// e2e: seconds a differing cell is re-probed after the agents report a
+        /// step programmed (watches of different resources arrive separately).
+        #[arg(long, default_value_t = 15)]
+        settle: u64,
+        /// e2e: step timings and whole agent logs on failure.
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// Boot Debian kernels in qemu (tcg) and run the datapath and attach tests
     /// there; one summary table per kernel. Caches in ~/.cache/palisade/vm.
@@ -118,11 +137,28 @@ fn main() -> Result<()> {
             setup()?;
             image::image()
         }
-        Cmd::Kind { action } => match action.as_str() {
+        Cmd::Kind {
+            action,
+            paths,
+            family,
+            no_sctp,
+            settle,
+            verbose,
+        } => match action.as_str() {
             "up" => kind::up(),
             "deploy" => {
                 setup()?;
                 kind::deploy()
+            }
+            "e2e" => {
+                setup()?;
+                kind::deploy()?;
+                let paths = if paths.is_empty() {
+                    vec![workspace_root().join("tests/conformance")]
+                } else {
+                    paths
+                };
+                kind::e2e(&paths, &family, !no_sctp, settle, verbose)
             }
             _ => kind::down(),
         },
@@ -310,6 +346,24 @@ fn build_agent() -> Result<PathBuf> {
         "Run `cargo xtask setup` and read its output.",
     )?;
     Ok(workspace_root().join("target/release/palisade-agent"))
+}
+
+/// `palisade-pod`, which the image carries for the pods of `kind e2e`.
+fn build_pod_tool() -> Result<PathBuf> {
+    step("build: palisade-pod");
+    run(
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "palisade-harness",
+            "--bin",
+            "palisade-pod",
+        ]),
+        "cargo build --bin palisade-pod",
+        "Run `cargo xtask setup` and read its output.",
+    )?;
+    Ok(workspace_root().join("target/release/palisade-pod"))
 }
 
 fn test(no_lint: bool) -> Result<()> {

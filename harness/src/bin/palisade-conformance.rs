@@ -1,17 +1,29 @@
 //! The conformance runner as a standalone binary, for places where `cargo xtask`
-//! is not available (the `cargo xtask vm-test` guest). Same output and exit status
-//! as `cargo xtask conformance` (shared/conformance/FORMAT.md).
+//! is not available (the `cargo xtask vm-test` guest), and for a real cluster
+//! where Palisade is deployed (`--kube`). Same output and exit status as
+//! `cargo xtask conformance` (shared/conformance/FORMAT.md).
 use std::{path::PathBuf, process::ExitCode};
 
-use palisade_harness::{run_conformance, sctp_supported, ConformanceOptions, Family};
+use palisade_harness::{
+    kube::{run_kube_conformance, KubeOptions},
+    run_conformance, sctp_supported, ConformanceOptions, Family, RunSettings,
+};
 
 const USAGE: &str = "usage: palisade-conformance [--family ipv4|ipv6] [--agent PATH] \
 [--require-sctp] [--verbose] PATH...
+       palisade-conformance --kube [--context CTX] [--image IMAGE] [--no-sctp] \
+[--family ipv4|ipv6] [--verbose] PATH...
 
 Runs the scenario files (or directories of them) on a network-namespace cluster
 with the real agent on every node. --agent defaults to $PALISADE_AGENT.
 --require-sctp fails at once when this kernel has no SCTP, instead of reporting
-SCTP expectations as skipped.";
+SCTP expectations as skipped.
+
+With --kube, runs them on the cluster of kubectl's context CTX (default: the
+current one), where Palisade runs as deploy/ installs it: pods from IMAGE (the
+agent image, default palisade-agent:dev, which carries /palisade-pod), one
+Service per pod, probes from inside the pods. --no-sctp reports SCTP
+expectations as skipped (nodes without SCTP).";
 
 fn main() -> ExitCode {
     let mut family = Family::Ipv4;
@@ -19,6 +31,9 @@ fn main() -> ExitCode {
     let mut require_sctp = false;
     let mut verbose = false;
     let mut paths = Vec::new();
+    let mut kube = false;
+    let mut kube_opts = KubeOptions::default();
+    let mut sctp = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -32,6 +47,16 @@ fn main() -> ExitCode {
                 None => return usage("--agent needs a path"),
             },
             "--require-sctp" => require_sctp = true,
+            "--kube" => kube = true,
+            "--context" => match args.next() {
+                Some(c) => kube_opts.context = Some(c),
+                None => return usage("--context needs a kubectl context name"),
+            },
+            "--image" => match args.next() {
+                Some(i) => kube_opts.image = i,
+                None => return usage("--image needs an image reference"),
+            },
+            "--no-sctp" => sctp = false,
             "--verbose" => verbose = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -40,6 +65,26 @@ fn main() -> ExitCode {
             s if s.starts_with('-') => return usage(&format!("unknown option {s}")),
             _ => paths.push(PathBuf::from(a)),
         }
+    }
+    if kube {
+        if paths.is_empty() {
+            return usage("no scenario paths given");
+        }
+        let settings = RunSettings {
+            family,
+            sctp,
+            enforced: true,
+            verbose,
+        };
+        let stdout = std::io::stdout();
+        return match run_kube_conformance(&paths, &settings, &kube_opts, &mut stdout.lock()) {
+            Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("palisade-conformance: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let Some(agent) = agent.or_else(|| std::env::var_os("PALISADE_AGENT").map(PathBuf::from))
     else {
