@@ -66,10 +66,11 @@ pub struct Cli {
     #[arg(long, default_value_t = 60)]
     pub resync_seconds: u64,
 
-    /// How often the file source rescans its directory regardless of inotify
-    /// (milliseconds). Changes are normally picked up at once through inotify;
-    /// this is the safety net, and the only mechanism where inotify is unavailable.
-    #[arg(long, default_value_t = 1000)]
+    /// How often the file source rescans its whole directory regardless of
+    /// inotify (milliseconds). Changes are picked up at once through inotify,
+    /// which names the files to read; this is the safety net, and the only
+    /// mechanism where inotify is unavailable (lower it there).
+    #[arg(long, default_value_t = 10_000)]
     pub poll_ms: u64,
 
     /// Minimum time between two deny events for the same flow (milliseconds);

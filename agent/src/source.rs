@@ -5,7 +5,8 @@
 //! source after each scan; the kube source once every watcher has listed). Nothing
 //! is programmed before the first `Synced`.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
+    ffi::OsString,
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
@@ -64,11 +65,7 @@ impl FileSource {
         for e in std::fs::read_dir(&self.dir)? {
             let e = e?;
             let p = e.path();
-            let ext_ok = p
-                .extension()
-                .and_then(|x| x.to_str())
-                .is_some_and(|x| matches!(x, "yaml" | "yml" | "json"));
-            if !ext_ok {
+            if !has_object_extension(&p) {
                 continue;
             }
             if let Ok(m) = e.metadata() {
@@ -112,41 +109,8 @@ impl FileSource {
         }
         let mut deleted: Vec<ObjectRef> = Vec::new();
         for (path, stamp) in &now {
-            if self.seen.get(path) == Some(stamp) {
-                continue;
-            }
-            let origin = path.display().to_string();
-            let text = match std::fs::read_to_string(path) {
-                Ok(t) => t,
-                Err(e) => {
-                    let _ = tx.send(SourceEvent::Error {
-                        origin,
-                        message: format!("reading file: {e}"),
-                    });
-                    continue;
-                }
-            };
-            let mut refs = Vec::new();
-            for r in parse_yaml_documents(&text, &origin) {
-                match r {
-                    Ok(obj) => {
-                        refs.push(obj.object_ref());
-                        let _ = tx.send(SourceEvent::Apply {
-                            obj,
-                            origin: origin.clone(),
-                        });
-                    }
-                    Err(e) => {
-                        let _ = tx.send(SourceEvent::Error {
-                            origin: origin.clone(),
-                            message: e.to_string(),
-                        });
-                    }
-                }
-            }
-            // Objects this file no longer defines are deleted.
-            if let Some(old) = self.objects.insert(path.clone(), refs.clone()) {
-                deleted.extend(old.into_iter().filter(|r| !refs.contains(r)));
+            if self.seen.get(path) != Some(stamp) {
+                self.read_file(path, tx, &mut deleted);
             }
         }
         let gone: Vec<PathBuf> = self
@@ -158,22 +122,122 @@ impl FileSource {
         for p in gone {
             deleted.extend(self.objects.remove(&p).unwrap_or_default());
         }
-        // An object that moved to another file is still alive.
-        for r in deleted {
-            if !self.objects.values().any(|refs| refs.contains(&r)) {
-                let _ = tx.send(SourceEvent::Delete(r));
-            }
-        }
+        self.send_deletes(deleted, tx);
         self.seen = now;
         self.revision_stamp = rev_stamp;
         self.first = false;
         tx.send(SourceEvent::Synced { revision }).is_ok()
     }
 
-    /// Scan forever: at once when inotify reports a change in the directory, and
+    /// Reads and parses one file, sends its objects, records them, and adds what it
+    /// no longer defines to `deleted`.
+    fn read_file(
+        &mut self,
+        path: &Path,
+        tx: &mpsc::UnboundedSender<SourceEvent>,
+        deleted: &mut Vec<ObjectRef>,
+    ) {
+        let origin = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = tx.send(SourceEvent::Error {
+                    origin,
+                    message: format!("reading file: {e}"),
+                });
+                return;
+            }
+        };
+        let mut refs = Vec::new();
+        for r in parse_yaml_documents(&text, &origin) {
+            match r {
+                Ok(obj) => {
+                    refs.push(obj.object_ref());
+                    let _ = tx.send(SourceEvent::Apply {
+                        obj,
+                        origin: origin.clone(),
+                    });
+                }
+                Err(e) => {
+                    let _ = tx.send(SourceEvent::Error {
+                        origin: origin.clone(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        // Objects this file no longer defines are deleted.
+        if let Some(old) = self.objects.insert(path.to_path_buf(), refs.clone()) {
+            deleted.extend(old.into_iter().filter(|r| !refs.contains(r)));
+        }
+    }
+
+    /// Sends a delete for every object in `deleted` that no file defines any more
+    /// (an object that moved to another file is still alive).
+    fn send_deletes(&self, deleted: Vec<ObjectRef>, tx: &mpsc::UnboundedSender<SourceEvent>) {
+        for r in deleted {
+            if !self.objects.values().any(|refs| refs.contains(&r)) {
+                let _ = tx.send(SourceEvent::Delete(r));
+            }
+        }
+    }
+
+    /// A scan of only the files inotify named: what a change costs no longer grows
+    /// with the size of the directory. Same ordering rule as [`Self::scan`]:
+    /// REVISION is read first, and the names queued up to that read are added,
+    /// so every object a revision covers is read before it is reported.
+    fn scan_named(
+        &mut self,
+        mut names: BTreeSet<OsString>,
+        watch: &mut DirWatch,
+        tx: &mpsc::UnboundedSender<SourceEvent>,
+    ) -> std::io::Result<bool> {
+        let rev_stamp = self.revision_stamp();
+        let revision = std::fs::read_to_string(self.dir.join(REVISION_FILE))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        match watch.drain_names()? {
+            Drained::Names(more) => names.extend(more),
+            Drained::Overflow => return Ok(self.scan(tx)),
+        }
+        let mut changed = false;
+        let mut deleted = Vec::new();
+        for name in names {
+            let path = self.dir.join(&name);
+            if !has_object_extension(&path) {
+                continue;
+            }
+            let stamp = std::fs::metadata(&path)
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
+            match stamp {
+                Some(st) if self.seen.get(&path) == Some(&st) => {}
+                Some(st) => {
+                    changed = true;
+                    self.read_file(&path, tx, &mut deleted);
+                    self.seen.insert(path, st);
+                }
+                None => {
+                    if self.seen.remove(&path).is_some() {
+                        changed = true;
+                        deleted.extend(self.objects.remove(&path).unwrap_or_default());
+                    }
+                }
+            }
+        }
+        if !changed && rev_stamp == self.revision_stamp {
+            return Ok(false);
+        }
+        self.send_deletes(deleted, tx);
+        self.revision_stamp = rev_stamp;
+        Ok(tx.send(SourceEvent::Synced { revision }).is_ok())
+    }
+
+    /// Scan forever: the files inotify names, at once, and the whole directory
     /// every poll interval regardless (the safety net for filesystems without
-    /// inotify, or a full inotify queue). Without inotify (watch limit reached),
-    /// polling alone bounds the latency.
+    /// inotify, or a full inotify queue, which also triggers a full scan). Without
+    /// inotify (watch limit reached), polling alone bounds the latency.
     pub async fn run(mut self, tx: mpsc::UnboundedSender<SourceEvent>) {
         let mut watch = match DirWatch::new(&self.dir) {
             Ok(w) => Some(w),
@@ -182,27 +246,45 @@ impl FileSource {
                 None
             }
         };
+        self.scan(&tx);
         loop {
-            self.scan(&tx);
             if tx.is_closed() {
                 return;
             }
-            match watch.as_mut() {
-                Some(w) => {
-                    tokio::select! {
-                        r = w.changed() => {
-                            if let Err(e) = r {
-                                tracing::warn!(error = %e, "inotify failed; polling only");
-                                watch = None;
-                            }
-                        }
-                        _ = tokio::time::sleep(self.poll) => {}
+            let Some(w) = watch.as_mut() else {
+                tokio::time::sleep(self.poll).await;
+                self.scan(&tx);
+                continue;
+            };
+            let woke = tokio::select! {
+                r = w.changed() => Some(r),
+                _ = tokio::time::sleep(self.poll) => None,
+            };
+            match woke {
+                None | Some(Ok(Drained::Overflow)) => {
+                    self.scan(&tx);
+                }
+                Some(Ok(Drained::Names(names))) => {
+                    if let Err(e) = self.scan_named(names, w, &tx) {
+                        tracing::warn!(error = %e, "inotify failed; polling only");
+                        watch = None;
+                        self.scan(&tx);
                     }
                 }
-                None => tokio::time::sleep(self.poll).await,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "inotify failed; polling only");
+                    watch = None;
+                    self.scan(&tx);
+                }
             }
         }
     }
+}
+
+fn has_object_extension(p: &Path) -> bool {
+    p.extension()
+        .and_then(|x| x.to_str())
+        .is_some_and(|x| matches!(x, "yaml" | "yml" | "json"))
 }
 
 /// An inotify watch on one directory: wakes the file source when a file in it is
@@ -241,28 +323,55 @@ impl DirWatch {
         Ok(Self { fd })
     }
 
-    /// Wait for at least one change, then drain the queue. A writer usually
-    /// touches several files in a row (objects, then REVISION): a short settle
-    /// time lets one scan see the whole batch.
-    async fn changed(&mut self) -> std::io::Result<()> {
-        loop {
+    /// Wait for at least one change, then collect the names queued. A writer
+    /// usually touches several files in a row (objects, then REVISION): a short
+    /// settle time lets one scan see the whole batch.
+    async fn changed(&mut self) -> std::io::Result<Drained> {
+        let mut got = loop {
             let mut guard = self.fd.readable().await?;
-            if drain(guard.get_inner())? {
-                guard.clear_ready();
-                break;
-            }
+            let d = drain(guard.get_inner())?;
             guard.clear_ready();
-        }
+            match &d {
+                Drained::Names(n) if n.is_empty() => continue,
+                _ => break d,
+            }
+        };
         tokio::time::sleep(Duration::from_millis(2)).await;
-        let _ = drain(self.fd.get_ref());
-        Ok(())
+        got.merge(self.drain_names()?);
+        Ok(got)
+    }
+
+    /// The names queued now, without waiting.
+    fn drain_names(&mut self) -> std::io::Result<Drained> {
+        drain(self.fd.get_ref())
     }
 }
 
-/// Read every queued inotify event; true when there was at least one.
-fn drain(fd: &std::os::fd::OwnedFd) -> std::io::Result<bool> {
-    let mut buf = [0u8; 4096];
-    let mut any = false;
+/// What an inotify queue held.
+#[derive(Debug, PartialEq)]
+enum Drained {
+    /// The names of the files that changed (possibly none).
+    Names(BTreeSet<OsString>),
+    /// Events were lost (queue overflow) or the watch itself changed: only a full
+    /// scan knows what happened.
+    Overflow,
+}
+
+impl Drained {
+    fn merge(&mut self, other: Drained) {
+        match (&mut *self, other) {
+            (Drained::Names(a), Drained::Names(b)) => a.extend(b),
+            (_, Drained::Overflow) => *self = Drained::Overflow,
+            (Drained::Overflow, _) => {}
+        }
+    }
+}
+
+/// Read every queued inotify event.
+fn drain(fd: &std::os::fd::OwnedFd) -> std::io::Result<Drained> {
+    // Room for many events per read (each is 16 bytes plus its padded name).
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out = Drained::Names(BTreeSet::new());
     loop {
         // SAFETY: reading into a buffer we own, of the length we pass.
         let n = unsafe {
@@ -273,19 +382,54 @@ fn drain(fd: &std::os::fd::OwnedFd) -> std::io::Result<bool> {
             )
         };
         if n > 0 {
-            any = true;
+            out.merge(parse_events(&buf[..n as usize]));
             continue;
         }
         if n == 0 {
-            return Ok(any);
+            return Ok(out);
         }
         let e = std::io::Error::last_os_error();
         return match e.kind() {
-            std::io::ErrorKind::WouldBlock => Ok(any),
+            std::io::ErrorKind::WouldBlock => Ok(out),
             std::io::ErrorKind::Interrupted => continue,
             _ => Err(e),
         };
     }
+}
+
+/// `struct inotify_event` records: wd (i32), mask, cookie, len (u32 each), then
+/// `len` bytes of NUL-padded name. A record that does not fit is treated like an
+/// overflow: a full scan is always correct.
+fn parse_events(mut buf: &[u8]) -> Drained {
+    const HEADER: usize = 16;
+    let mut names = BTreeSet::new();
+    while !buf.is_empty() {
+        let (Some(mask), Some(len)) = (u32_at(buf, 4), u32_at(buf, 12)) else {
+            return Drained::Overflow;
+        };
+        let end = HEADER + len as usize;
+        let Some(raw) = buf.get(HEADER..end) else {
+            return Drained::Overflow;
+        };
+        if mask
+            & (libc::IN_Q_OVERFLOW | libc::IN_IGNORED | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF)
+            != 0
+        {
+            return Drained::Overflow;
+        }
+        let name = raw.split(|b| *b == 0).next().unwrap_or_default();
+        if !name.is_empty() {
+            use std::os::unix::ffi::OsStrExt;
+            names.insert(std::ffi::OsStr::from_bytes(name).to_os_string());
+        }
+        buf = &buf[end..];
+    }
+    Drained::Names(names)
+}
+
+fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
+    let b: [u8; 4] = buf.get(at..at + 4)?.try_into().ok()?;
+    Some(u32::from_ne_bytes(b))
 }
 
 #[cfg(test)]
@@ -323,5 +467,117 @@ mod tests {
         task.abort();
         let _ = std::fs::remove_dir_all(&dir);
         assert!(applied, "the new file was never read");
+    }
+
+    /// Parses the raw records the kernel writes for `names`.
+    fn records(events: &[(u32, &str)]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for (mask, name) in events {
+            let mut padded = name.as_bytes().to_vec();
+            if !padded.is_empty() {
+                padded.resize(name.len().div_ceil(16) * 16 + 16, 0);
+            }
+            buf.extend_from_slice(&1i32.to_ne_bytes());
+            buf.extend_from_slice(&mask.to_ne_bytes());
+            buf.extend_from_slice(&0u32.to_ne_bytes());
+            buf.extend_from_slice(&(padded.len() as u32).to_ne_bytes());
+            buf.extend_from_slice(&padded);
+        }
+        buf
+    }
+
+    #[test]
+    fn inotify_records_give_names_or_ask_for_a_full_scan() {
+        let buf = records(&[
+            (libc::IN_CLOSE_WRITE, "pod-a.yaml"),
+            (libc::IN_MOVED_TO, "REVISION"),
+            (libc::IN_CLOSE_WRITE, "pod-a.yaml"),
+        ]);
+        let Drained::Names(names) = parse_events(&buf) else {
+            panic!("names expected");
+        };
+        let names: Vec<&str> = names.iter().filter_map(|n| n.to_str()).collect();
+        assert_eq!(names, ["REVISION", "pod-a.yaml"]);
+        assert_eq!(
+            parse_events(&records(&[
+                (libc::IN_CLOSE_WRITE, "a.yaml"),
+                (libc::IN_Q_OVERFLOW, "")
+            ])),
+            Drained::Overflow
+        );
+        assert_eq!(
+            parse_events(&records(&[(libc::IN_IGNORED, "")])),
+            Drained::Overflow,
+            "the directory itself went away"
+        );
+        let cut = records(&[(libc::IN_CLOSE_WRITE, "a-long-name.yaml")]);
+        assert_eq!(parse_events(&cut[..20]), Drained::Overflow, "a torn record");
+    }
+
+    /// Edits, deletions and revisions in a large directory are all seen through
+    /// the named-file path alone (the poll interval is never reached), and a
+    /// revision is reported only after the objects written before it.
+    #[tokio::test]
+    async fn edits_deletes_and_revisions_are_seen_through_inotify_alone() {
+        let dir = std::env::temp_dir().join(format!("palisade-src-named-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let ns = |name: &str, team: &str| {
+            format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels: {{team: {team}}}\n")
+        };
+        for i in 0..200 {
+            std::fs::write(dir.join(format!("ns-{i}.yaml")), ns(&format!("n{i}"), "a"))
+                .expect("write");
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(FileSource::new(&dir, Duration::from_secs(3600)).run(tx));
+        // Events up to the next Synced: (applied names, deleted names, revision).
+        async fn batch(
+            rx: &mut mpsc::UnboundedReceiver<SourceEvent>,
+        ) -> (Vec<String>, Vec<String>, String) {
+            let (mut applied, mut deleted) = (Vec::new(), Vec::new());
+            loop {
+                let ev = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                    .await
+                    .expect("an event within 30 s")
+                    .expect("source alive");
+                match ev {
+                    SourceEvent::Apply { obj, .. } => applied.push(obj.object_ref().name.clone()),
+                    SourceEvent::Delete(r) => deleted.push(r.name.clone()),
+                    SourceEvent::Synced { revision } => return (applied, deleted, revision),
+                    SourceEvent::Error { origin, message } => panic!("{origin}: {message}"),
+                }
+            }
+        }
+        let (applied, _, _) = batch(&mut rx).await;
+        assert_eq!(applied.len(), 200, "the first scan reads everything");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        std::fs::write(dir.join("ns-7.yaml"), ns("n7", "b")).expect("edit");
+        std::fs::write(dir.join(REVISION_FILE), "r1").expect("revision");
+        let (mut applied, mut deleted, mut rev) = batch(&mut rx).await;
+        while rev != "r1" {
+            // The edit and the revision may arrive in two batches.
+            let (a, d, r) = batch(&mut rx).await;
+            applied.extend(a);
+            deleted.extend(d);
+            rev = r;
+        }
+        assert_eq!(applied, ["n7"], "only the edited file is read again");
+        assert!(deleted.is_empty());
+
+        std::fs::remove_file(dir.join("ns-9.yaml")).expect("delete");
+        std::fs::write(dir.join(REVISION_FILE), "r2").expect("revision");
+        let (mut applied, mut deleted, mut rev) = batch(&mut rx).await;
+        while rev != "r2" {
+            let (a, d, r) = batch(&mut rx).await;
+            applied.extend(a);
+            deleted.extend(d);
+            rev = r;
+        }
+        assert!(applied.is_empty(), "{applied:?}");
+        assert_eq!(deleted, ["n9"]);
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

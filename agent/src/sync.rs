@@ -1,9 +1,14 @@
-//! The sync loop: source events -> ClusterIndex -> compile -> encode -> diff -> map
-//! writes, plus attaching programs to the interfaces of local pods.
+//! The sync loop: source events -> ClusterIndex -> incremental compile (only the
+//! endpoints a change can affect) -> map writes, plus attaching programs to the
+//! interfaces of local pods.
 //!
 //! Nothing is written before the source's first `Synced`. Events are coalesced:
 //! the loop drains everything pending, then programs once. Interface changes
-//! (netlink) and a periodic resync also trigger programming.
+//! (netlink) and a periodic resync also trigger programming. The first pass, every
+//! resync and the pass after a failed write compile everything and diff against
+//! what the maps actually hold (an earlier agent's pins, or drift); the passes in
+//! between go through the engine's `Compiler`, whose cost follows the change, not
+//! the cluster.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
@@ -13,7 +18,8 @@ use std::{
 
 use palisade_common::{Endpoint, EP_FAIL_CLOSED};
 use palisade_policy::{
-    compile, diff, encode, ClusterIndex, Direction, MapSet, MapWrite, NodeInfo, PodKey,
+    compile, compile::is_local, diff, encode, ClusterIndex, Compiler, Direction, MapSet, MapWrite,
+    NodeInfo, PodKey,
 };
 use tokio::sync::mpsc;
 use tracing::{error, info};
@@ -68,8 +74,9 @@ pub struct SyncLoop {
     dp: Datapath,
     maps: Maps,
     index: ClusterIndex,
-    /// What the maps hold now, keyed as the engine keys it.
-    written: MapSet,
+    /// The incremental compiler, in step with the maps; `None` until a full pass
+    /// has brought the maps to a known state.
+    compiler: Option<Compiler>,
     /// Pod -> ifindex its endpoint record was written under.
     written_if: BTreeMap<PodKey, u32>,
     ids: BTreeMap<PodKey, u32>,
@@ -94,18 +101,10 @@ pub enum Wake {
 impl SyncLoop {
     pub fn new(opts: Options, dp: Datapath, maps: Maps, shared: Arc<Shared>) -> Self {
         let endpoints: BTreeMap<u32, Endpoint> = maps.endpoints().into_iter().collect();
-        let mut written = MapSet::default();
-        for (plen, k, v) in maps.policy_v4_entries() {
-            written.policy_v4.insert((plen, k), v);
-        }
-        for (plen, k, v) in maps.policy_v6_entries() {
-            written.policy_v6.insert((plen, k), v);
-        }
-        written.services = maps.services().into_iter().collect();
         if !endpoints.is_empty() {
             info!(
                 endpoints = endpoints.len(),
-                policy_entries = written.policy_v4.len() + written.policy_v6.len(),
+                policy_entries = maps.policy_v4_entries().len() + maps.policy_v6_entries().len(),
                 "adopting state pinned by an earlier agent"
             );
         }
@@ -114,7 +113,7 @@ impl SyncLoop {
             dp,
             maps,
             index: ClusterIndex::new(),
-            written,
+            compiler: None,
             written_if: BTreeMap::new(),
             ids: BTreeMap::new(),
             errors: BTreeMap::new(),
@@ -192,6 +191,7 @@ impl SyncLoop {
         let mut pending = false;
         loop {
             let mut boundary = false;
+            let mut full = false;
             let on_source = |this: &mut Self, ev: SourceEvent, boundary: &mut bool| {
                 *boundary |= matches!(ev, SourceEvent::Synced { .. });
                 this.handle(ev)
@@ -207,6 +207,7 @@ impl SyncLoop {
                 }
                 _ = resync.tick() => {
                     boundary = true;
+                    full = true;
                     true
                 }
             };
@@ -219,6 +220,11 @@ impl SyncLoop {
                 boundary = true;
             }
             if pending && boundary && self.synced {
+                if full {
+                    // The resync rewrites what the maps should hold, whatever
+                    // they hold now (repairs drift, retries failed writes).
+                    self.compiler = None;
+                }
                 self.program();
                 pending = false;
             }
@@ -238,7 +244,7 @@ impl SyncLoop {
         id
     }
 
-    /// Compile and write everything; then report the revision as programmed.
+    /// Compile and write what changed; then report the revision as programmed.
     pub fn program(&mut self) {
         let started = Instant::now();
         let links = Links::scan();
@@ -246,16 +252,17 @@ impl SyncLoop {
         let node = NodeInfo {
             name: self.opts.node.clone(),
         };
-        let t = Instant::now();
-        let desired = compile(&self.index, &node);
-        let compile_ms = t.elapsed().as_millis() as u64;
 
         // Local pods and their interfaces.
         let mut ifaces: BTreeMap<PodKey, (String, u32)> = BTreeMap::new();
-        for (pod, ep) in &desired.endpoints {
-            let ip = ep.ipv4.map(IpAddr::V4).or(ep.ipv6.map(IpAddr::V6));
+        for pod in self
+            .index
+            .pods_on_node(&node.name)
+            .filter(|p| is_local(p, &node))
+        {
+            let ip = pod.ipv4().map(IpAddr::V4).or(pod.ipv6().map(IpAddr::V6));
             if let Some(found) = ip.and_then(|ip| links.pod_interface(ip)) {
-                ifaces.insert(pod.clone(), found);
+                ifaces.insert(pod.key(), found);
             }
         }
         // Endpoint ids: keep ids across restarts (adopted records) and changes.
@@ -270,12 +277,20 @@ impl SyncLoop {
         }
         self.ids.retain(|p, _| ifaces.contains_key(p));
         if let Some(a) = &adopted {
-            for (ifindex, ep) in &a.endpoints {
+            for ifindex in a.endpoints.keys() {
                 if let Some((pod, _)) = ifaces.iter().find(|(_, (_, i))| i == ifindex) {
-                    self.written.endpoints.insert(pod.clone(), *ep);
                     self.written_if.insert(pod.clone(), *ifindex);
                 }
             }
+        }
+        // A pod whose interface was replaced keeps its id and its rules, so only a
+        // full pass (which reads the records back per current interface) notices
+        // that the new interface has no record yet.
+        if ifaces
+            .iter()
+            .any(|(p, (_, i))| self.written_if.get(p).is_some_and(|old| old != i))
+        {
+            self.compiler = None;
         }
 
         // Every veth that is not an uplink is a pod interface: attach before writing,
@@ -311,12 +326,35 @@ impl SyncLoop {
             error!(error = %e, "attach failed");
         }
 
-        let mut new = encode(&desired, &self.ids, self.opts.audit);
-        new.endpoints.retain(|p, _| ifaces.contains_key(p));
-        for (pod, why) in &new.overflow {
+        let t = Instant::now();
+        let full = self.compiler.is_none();
+        let (writes, overflow) = match self.compiler.as_mut() {
+            Some(c) => {
+                let writes = c.update(&self.index, &self.ids);
+                (writes, c.overflow())
+            }
+            None => {
+                // Full pass: everything against what the maps hold now, endpoint
+                // records as found under each pod's current interface.
+                let current: BTreeMap<PodKey, u32> =
+                    ifaces.iter().map(|(p, (_, i))| (p.clone(), *i)).collect();
+                let written = read_back(&self.maps, &current);
+                let desired = compile(&self.index, &node);
+                let mut new = encode(&desired, &self.ids, self.opts.audit);
+                new.endpoints.retain(|p, _| ifaces.contains_key(p));
+                let writes = diff(&written, &new);
+                // The compiler's first update covers the same state; its writes are
+                // the ones just computed against reality, so they are dropped.
+                let mut c = Compiler::new(node.clone(), self.opts.audit);
+                let _ = c.update(&self.index, &self.ids);
+                self.compiler = Some(c);
+                (writes, new.overflow)
+            }
+        };
+        let compile_ms = t.elapsed().as_millis() as u64;
+        for (pod, why) in &overflow {
             error!(pod = %pod, reason = %why, "rules do not fit the datapath; pod is fail-closed");
         }
-        let writes = diff(&self.written, &new);
         let n_writes = writes.len();
         let t = Instant::now();
         let mut write_errors = Vec::new();
@@ -326,18 +364,18 @@ impl SyncLoop {
             }
         }
         let write_ms = t.elapsed().as_millis() as u64;
-        // A pod whose writes failed must not be left half-open.
+        // A pod whose writes failed must not be left half-open: every local
+        // endpoint fails closed until a full pass (the next change or resync)
+        // has rewritten the maps from what they actually hold.
         if !write_errors.is_empty() {
             for e in &write_errors {
                 error!(error = %e, "map write failed; affected pods are fail-closed");
             }
-            for (pod, ep) in &new.endpoints {
-                if let Some((_, idx)) = ifaces.get(pod) {
-                    let mut ep = *ep;
-                    ep.flags |= EP_FAIL_CLOSED;
-                    let _ = self.maps.upsert_endpoint(*idx, &ep);
-                }
+            for (idx, mut ep) in self.maps.endpoints() {
+                ep.flags |= EP_FAIL_CLOSED;
+                let _ = self.maps.upsert_endpoint(idx, &ep);
             }
+            self.compiler = None;
         }
         // Records of interfaces no local pod owns (deleted pods, earlier runs): remove,
         // so the interface is fail-closed as an unknown endpoint.
@@ -355,7 +393,6 @@ impl SyncLoop {
         if let Err(e) = self.maps.set_node_addrs(&links.node_addrs) {
             error!(error = %e, "writing node addresses");
         }
-        self.written = new;
         self.written_if = ifaces.iter().map(|(p, (_, i))| (p.clone(), *i)).collect();
         self.generation += 1;
 
@@ -414,6 +451,7 @@ impl SyncLoop {
             endpoints = ifaces.len(),
             writes = n_writes,
             took_ms = started.elapsed().as_millis() as u64,
+            full,
             discover_ms,
             compile_ms,
             write_ms,
@@ -458,4 +496,25 @@ impl SyncLoop {
             MapWrite::ServiceDelete(k) => self.maps.delete_service(*k),
         }
     }
+}
+
+/// What the maps hold, keyed as the engine keys it; endpoint records are keyed by
+/// pod through `pods_by_if` (pod -> its current ifindex), and records no pod owns
+/// are left out (the pass removes them separately).
+fn read_back(maps: &Maps, pods_by_if: &BTreeMap<PodKey, u32>) -> MapSet {
+    let mut written = MapSet::default();
+    for (plen, k, v) in maps.policy_v4_entries() {
+        written.policy_v4.insert((plen, k), v);
+    }
+    for (plen, k, v) in maps.policy_v6_entries() {
+        written.policy_v6.insert((plen, k), v);
+    }
+    written.services = maps.services().into_iter().collect();
+    let eps: BTreeMap<u32, Endpoint> = maps.endpoints().into_iter().collect();
+    for (pod, idx) in pods_by_if {
+        if let Some(ep) = eps.get(idx) {
+            written.endpoints.insert(pod.clone(), *ep);
+        }
+    }
+    written
 }

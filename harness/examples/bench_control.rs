@@ -42,7 +42,7 @@ struct Size {
 }
 
 /// The agent's default safety-net rescan; changes arrive through inotify.
-const POLL_MS: u64 = 1000;
+const POLL_MS: u64 = 10_000;
 
 fn pod_ip(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(0x0a40_0000u32 + i as u32 + 1))
