@@ -141,7 +141,8 @@ async fn main() -> Result<()> {
     let (wake_tx, wake_rx) = mpsc::unbounded_channel();
     std::thread::spawn(move || {
         if let Err(e) = discovery::watch_netlink(|| wake_tx.send(Wake::Links).is_ok()) {
-            error!(error = %e, "netlink watch failed; relying on periodic resync");
+            error!(error = %e, "netlink watch failed; discovering interfaces on every pass");
+            let _ = wake_tx.send(Wake::Unwatched);
         }
     });
 

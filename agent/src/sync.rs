@@ -79,6 +79,11 @@ pub struct SyncLoop {
     compiler: Option<Compiler>,
     /// Pod -> ifindex its endpoint record was written under.
     written_if: BTreeMap<PodKey, u32>,
+    /// Interfaces found by the last discovery, reused until netlink reports a
+    /// change (discovery forks `ip`, which costs more than a small change).
+    links: Option<Links>,
+    /// Whether the netlink watch runs (otherwise every pass discovers).
+    links_watched: bool,
     ids: BTreeMap<PodKey, u32>,
     /// Errors per input, so each is logged once per change.
     errors: BTreeMap<String, String>,
@@ -95,7 +100,10 @@ struct Adopted {
 }
 
 pub enum Wake {
+    /// An interface, address or route changed: rediscover before the next pass.
     Links,
+    /// No netlink watch runs: discover on every pass.
+    Unwatched,
 }
 
 impl SyncLoop {
@@ -115,6 +123,8 @@ impl SyncLoop {
             index: ClusterIndex::new(),
             compiler: None,
             written_if: BTreeMap::new(),
+            links: None,
+            links_watched: true,
             ids: BTreeMap::new(),
             errors: BTreeMap::new(),
             synced: false,
@@ -203,7 +213,13 @@ impl SyncLoop {
                 },
                 w = wake.recv() => {
                     boundary = true;
-                    w.is_some()
+                    match w {
+                        Some(w) => {
+                            self.on_wake(w);
+                            true
+                        }
+                        None => false,
+                    }
                 }
                 _ = resync.tick() => {
                     boundary = true;
@@ -215,7 +231,8 @@ impl SyncLoop {
             while let Ok(ev) = src.try_recv() {
                 pending |= on_source(&mut self, ev, &mut boundary);
             }
-            while wake.try_recv().is_ok() {
+            while let Ok(w) = wake.try_recv() {
+                self.on_wake(w);
                 pending = true;
                 boundary = true;
             }
@@ -229,6 +246,40 @@ impl SyncLoop {
                 pending = false;
             }
         }
+    }
+
+    fn on_wake(&mut self, w: Wake) {
+        match w {
+            Wake::Links => self.links = None,
+            Wake::Unwatched => {
+                self.links_watched = false;
+                self.links = None;
+            }
+        }
+    }
+
+    /// Local pods (from the index) and the interface each was found on.
+    fn pod_interfaces(
+        &self,
+        node: &NodeInfo,
+        links: &Links,
+    ) -> (BTreeMap<PodKey, (String, u32)>, usize) {
+        let mut ifaces = BTreeMap::new();
+        let mut missing = 0;
+        for pod in self
+            .index
+            .pods_on_node(&node.name)
+            .filter(|p| is_local(p, node))
+        {
+            let ip = pod.ipv4().map(IpAddr::V4).or(pod.ipv6().map(IpAddr::V6));
+            match ip.and_then(|ip| links.pod_interface(ip)) {
+                Some(found) => {
+                    ifaces.insert(pod.key(), found);
+                }
+                None => missing += 1,
+            }
+        }
+        (ifaces, missing)
     }
 
     fn alloc_id(&mut self, pod: &PodKey, reuse: Option<u32>) -> u32 {
@@ -247,24 +298,33 @@ impl SyncLoop {
     /// Compile and write what changed; then report the revision as programmed.
     pub fn program(&mut self) {
         let started = Instant::now();
-        let links = Links::scan();
-        let discover_ms = started.elapsed().as_millis() as u64;
         let node = NodeInfo {
             name: self.opts.node.clone(),
         };
-
-        // Local pods and their interfaces.
-        let mut ifaces: BTreeMap<PodKey, (String, u32)> = BTreeMap::new();
-        for pod in self
-            .index
-            .pods_on_node(&node.name)
-            .filter(|p| is_local(p, &node))
-        {
-            let ip = pod.ipv4().map(IpAddr::V4).or(pod.ipv6().map(IpAddr::V6));
-            if let Some(found) = ip.and_then(|ip| links.pod_interface(ip)) {
-                ifaces.insert(pod.key(), found);
+        // Local pods and their interfaces. Cached interfaces serve while netlink
+        // reports no change, on incremental passes, and while every local pod is
+        // found (a pod without one may be waiting for a neighbour or FDB entry,
+        // which netlink does not report here).
+        let cached = self
+            .links
+            .take()
+            .filter(|_| self.links_watched && self.compiler.is_some());
+        let (links, ifaces) = match cached {
+            Some(l) => match self.pod_interfaces(&node, &l) {
+                (ifaces, 0) => (l, ifaces),
+                _ => {
+                    let l = Links::scan();
+                    let (ifaces, _) = self.pod_interfaces(&node, &l);
+                    (l, ifaces)
+                }
+            },
+            None => {
+                let l = Links::scan();
+                let (ifaces, _) = self.pod_interfaces(&node, &l);
+                (l, ifaces)
             }
-        }
+        };
+        let discover_ms = started.elapsed().as_millis() as u64;
         // Endpoint ids: keep ids across restarts (adopted records) and changes.
         let adopted = self.adopted.take();
         let pods: Vec<PodKey> = ifaces.keys().cloned().collect();
@@ -394,12 +454,15 @@ impl SyncLoop {
             error!(error = %e, "writing node addresses");
         }
         self.written_if = ifaces.iter().map(|(p, (_, i))| (p.clone(), *i)).collect();
+        let node_addrs = links.node_addrs.clone();
+        self.links = Some(links);
+
         self.generation += 1;
 
         // Names for the deny log.
         let mut names = Names {
             node: self.opts.node.clone(),
-            node_addrs: links.node_addrs.clone(),
+            node_addrs,
             ..Default::default()
         };
         for pod in self.index.pods() {
