@@ -110,6 +110,15 @@ struct Flow {
     inner_off: usize,
 }
 
+/// An Ethernet header followed by a fixed IPv4 header, as one load.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct EthV4 {
+    _macs: [u8; 12],
+    ethertype: [u8; 2],
+    ip: [u8; 20],
+}
+
 enum Verdict {
     Allow,
     Deny(Reason),
@@ -139,7 +148,11 @@ fn parse_l4(ctx: &TcContext, flow: &mut Flow, off: usize) -> Result<(), Reason> 
                 PROTO_UDP => 8,
                 _ => 12,
             };
-            let _: u8 = load(ctx, off + min - 1)?;
+            // skb->len covers linear and paged data alike, so this is the same
+            // test as loading the header's last byte, without a helper call.
+            if (ctx.len() as usize) < off + min {
+                return Err(Reason::Malformed);
+            }
             let p: [u8; 4] = load(ctx, off)?;
             flow.sport = u16::from_be_bytes([p[0], p[1]]);
             flow.dport = u16::from_be_bytes([p[2], p[3]]);
@@ -181,6 +194,18 @@ fn quoted_ports(ctx: &TcContext, flow: &mut Flow, off: usize) {
 #[inline(always)]
 fn parse_v4(ctx: &TcContext, flow: &mut Flow, off: usize, l4: bool) -> Result<(), Reason> {
     let h: [u8; 20] = load(ctx, off)?;
+    parse_v4_header(ctx, flow, off, &h, l4)
+}
+
+/// [`parse_v4`] with the fixed header `h` (read from `off`) already loaded.
+#[inline(always)]
+fn parse_v4_header(
+    ctx: &TcContext,
+    flow: &mut Flow,
+    off: usize,
+    h: &[u8; 20],
+    l4: bool,
+) -> Result<(), Reason> {
     if h[0] >> 4 != 4 {
         return Err(Reason::Malformed);
     }
@@ -314,11 +339,19 @@ fn scratch(i: u32) -> Option<&'static mut Flow> {
 #[inline(always)]
 fn parse(ctx: &TcContext, flow: &mut Flow) -> Result<bool, Reason> {
     reset(flow);
-    let r = match be16(ctx, 12) {
-        Ok(ETH_P_IP) => parse_v4(ctx, flow, ETH_HLEN, true),
-        Ok(ETH_P_IPV6) => parse_v6(ctx, flow, ETH_HLEN, true),
-        Ok(_) => return Ok(false),
-        Err(e) => Err(e),
+    // The Ethernet header and a fixed IPv4 header in one helper call: the common
+    // case. Shorter frames (no room for an IPv4 header) take the slow path.
+    let r = match load::<EthV4>(ctx, 0) {
+        Ok(b) => match u16::from_be_bytes(b.ethertype) {
+            ETH_P_IP => parse_v4_header(ctx, flow, ETH_HLEN, &b.ip, true),
+            ETH_P_IPV6 => parse_v6(ctx, flow, ETH_HLEN, true),
+            _ => return Ok(false),
+        },
+        Err(_) => match be16(ctx, 12) {
+            Ok(ETH_P_IP) | Ok(ETH_P_IPV6) => Err(Reason::Malformed),
+            Ok(_) => return Ok(false),
+            Err(e) => Err(e),
+        },
     };
     if r.is_err() {
         *flow = empty_flow();
