@@ -69,8 +69,11 @@ async fn main() -> Result<()> {
     // logs one clear line per RBAC refusal, so only its errors are let through.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_runtime=error"));
+    // Colour only on a terminal: escape codes in a log file or `kubectl logs`
+    // break grep.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if cli.log_format == "json" {
         builder.json().init();

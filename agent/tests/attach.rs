@@ -10,6 +10,8 @@ use std::{path::PathBuf, process::Command};
 
 use palisade_agent::datapath::{AttachMode, Datapath, Hook};
 
+mod common;
+
 struct PinDir(PathBuf);
 
 impl Drop for PinDir {
@@ -33,28 +35,7 @@ fn cmd(bin: &str, args: &[&str]) -> String {
 
 /// Move this test thread into a fresh network namespace holding veth pva/pvb.
 fn private_veth() -> u32 {
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "attach tests need root (run them through `cargo xtask test`)"
-    );
-    assert_eq!(
-        unsafe { libc::unshare(libc::CLONE_NEWNET) },
-        0,
-        "unshare(CLONE_NEWNET): {}",
-        std::io::Error::last_os_error()
-    );
-    cmd(
-        "ip",
-        &[
-            "link", "add", "name", "pva", "type", "veth", "peer", "name", "pvb",
-        ],
-    );
-    cmd("ip", &["link", "set", "pva", "up"]);
-    cmd("ip", &["link", "set", "pvb", "up"]);
-    let name = std::ffi::CString::new("pva").unwrap();
-    let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert_ne!(idx, 0, "no ifindex for pva");
-    idx
+    common::private_veth("pva", "pvb").0
 }
 
 fn pin_dir(tag: &str) -> PinDir {

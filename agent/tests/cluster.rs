@@ -5,7 +5,7 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use palisade_harness::{
@@ -364,5 +364,56 @@ fn deny_log_lines_name_pods_and_policies() {
     assert_eq!(v["policies"], json!(["x/b-from-a"]));
     assert!(v["src_port"].as_u64().is_some_and(|p| p > 0));
     assert!(v["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+    c.teardown().unwrap();
+}
+
+/// The resync (here every second) is a full pass: the maps are read back and
+/// diffed against the whole desired state, while the passes in between go
+/// through the incremental compiler. In steady state a full pass must find the
+/// maps exactly as the incremental passes left them: no writes (a read-back that
+/// keyed entries differently would delete and rewrite them, opening gaps).
+#[test]
+fn a_full_resync_pass_finds_the_incremental_state_in_step() {
+    let mut c = cluster_with(&["--resync-seconds", "1"]);
+    c.apply_policy(&only_a_to_b()).unwrap();
+    c.sync().unwrap();
+    let field = |l: &str, k: &str| -> Option<String> {
+        let at = l.find(&format!("{k}="))? + k.len() + 1;
+        Some(l[at..].split_whitespace().next()?.to_string())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut incremental, mut resyncs) = (0, 0);
+    while Instant::now() < deadline && (incremental == 0 || resyncs < 2) {
+        let log = c.agent_log_tail(1, 1000);
+        let passes: Vec<(String, String)> = log
+            .lines()
+            .filter(|l| l.contains("programmed"))
+            .filter_map(|l| Some((field(l, "full")?, field(l, "writes")?)))
+            .collect();
+        incremental = passes.iter().filter(|(f, _)| f == "false").count();
+        // Full passes after the first incremental one are resyncs.
+        let first_inc = passes.iter().position(|(f, _)| f == "false");
+        let after: Vec<&(String, String)> = first_inc
+            .map(|i| passes[i..].iter().filter(|(f, _)| f == "true").collect())
+            .unwrap_or_default();
+        resyncs = after.len();
+        for (_, writes) in &after {
+            assert_eq!(
+                writes, "0",
+                "a resync after incremental passes wrote:\n{log}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(incremental > 0, "the policy was programmed incrementally");
+    assert!(resyncs >= 2, "two resyncs within 30 s");
+    assert_eq!(
+        probe(&c, "x/a", "x/b", 80, Protocol::Tcp, Via::Pod),
+        Outcome::Reachable
+    );
+    assert_eq!(
+        probe(&c, "x/c", "x/b", 80, Protocol::Tcp, Via::Pod),
+        Outcome::Blocked
+    );
     c.teardown().unwrap();
 }

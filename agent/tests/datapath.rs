@@ -15,6 +15,8 @@ use palisade_agent::{
 };
 use palisade_common::*;
 
+mod common;
+
 const OK: u32 = 0;
 const SHOT: u32 = 2;
 const IF: u32 = 1;
@@ -70,32 +72,8 @@ fn fixture_with(policy_entries: Option<u32>) -> Fx {
 /// interfaces: BPF_PROG_TEST_RUN refuses an ifindex with no device behind it on
 /// some kernels (6.1), and a VM guest has only loopback.
 fn interfaces_2_and_3() {
-    // SAFETY: unshare affects only this thread, which the test owns.
-    assert_eq!(
-        unsafe { libc::unshare(libc::CLONE_NEWNET) },
-        0,
-        "unshare(CLONE_NEWNET): {}",
-        std::io::Error::last_os_error()
-    );
-    let out = std::process::Command::new("ip")
-        .args([
-            "link", "add", "pdt2", "type", "veth", "peer", "name", "pdt3",
-        ])
-        .output()
-        .expect("run ip");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut idx: Vec<u32> = ["pdt2", "pdt3"]
-        .iter()
-        .map(|name| {
-            let c = std::ffi::CString::new(*name).expect("no NUL");
-            // SAFETY: a valid C string.
-            unsafe { libc::if_nametoindex(c.as_ptr()) }
-        })
-        .collect();
+    let (a, b) = common::private_veth("pdt2", "pdt3");
+    let mut idx = [a, b];
     idx.sort_unstable();
     assert_eq!(idx, [2, 3], "ifindexes of the veth pair");
 }

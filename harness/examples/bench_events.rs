@@ -1,7 +1,8 @@
 //! Deny-event benchmark: a pod floods a denied destination at full speed
 //! while an allowed TCP flow (iperf3) runs between two other pods; measures
 //! the deny-log lines per second, the events suppressed by the per-flow rate
-//! limit (the `suppressed` field), the CPU of the agent that logs them (from
+//! limit (the `suppressed` field) and by the per-endpoint budget (`throttled`),
+//! the CPU of the agent that logs them (from
 //! /proc/PID/stat, % of one core), and the allowed flow's throughput against
 //! its value without the flood.
 //!
@@ -155,25 +156,40 @@ fn file_len(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
-/// Deny-log lines appended after byte `from`: (lines, sum of `suppressed`,
-/// lines about the flood target).
-fn log_since(p: &Path, from: u64, target: &str) -> Result<(u64, u64, u64)> {
+/// What the deny log gained after byte `from`.
+struct LogWindow {
+    lines: u64,
+    /// Sum of `suppressed` (the per-flow rate limit).
+    suppressed: u64,
+    /// Sum of `throttled` (the per-endpoint budget).
+    throttled: u64,
+    /// Lines about the flood target.
+    flood: u64,
+}
+
+fn log_since(p: &Path, from: u64, target: &str) -> Result<LogWindow> {
     let mut f = std::fs::File::open(p).with_context(|| format!("open {}", p.display()))?;
     f.seek(SeekFrom::Start(from))?;
     let mut s = String::new();
     f.read_to_string(&mut s)?;
-    let (mut lines, mut suppressed, mut flood) = (0, 0, 0);
+    let mut w = LogWindow {
+        lines: 0,
+        suppressed: 0,
+        throttled: 0,
+        flood: 0,
+    };
     for l in s.lines() {
         let Ok(v) = serde_json::from_str::<Value>(l) else {
             continue;
         };
-        lines += 1;
-        suppressed += v["suppressed"].as_u64().unwrap_or(0);
+        w.lines += 1;
+        w.suppressed += v["suppressed"].as_u64().unwrap_or(0);
+        w.throttled += v["throttled"].as_u64().unwrap_or(0);
         if v["dst_ip"].as_str() == Some(target) {
-            flood += 1;
+            w.flood += 1;
         }
     }
-    Ok((lines, suppressed, flood))
+    Ok(w)
 }
 
 struct Row {
@@ -183,6 +199,7 @@ struct Row {
     lines_per_s: f64,
     flood_lines: u64,
     suppressed_per_s: f64,
+    throttled_per_s: f64,
     cpu_pct: f64,
     secs: f64,
 }
@@ -304,8 +321,8 @@ fn main() -> Result<()> {
         drop(flooder);
         // The agent may still be writing the window's last events.
         std::thread::sleep(Duration::from_millis(300));
-        let (lines, suppressed, flood_lines) = log_since(&log, off, &target_ip.to_string())?;
-        if flood != Flood::None && flood_lines == 0 {
+        let w = log_since(&log, off, &target_ip.to_string())?;
+        if flood != Flood::None && w.flood == 0 {
             bail!(
                 "{}: no deny line names the flood's destination",
                 flood.label()
@@ -315,19 +332,21 @@ fn main() -> Result<()> {
             flood,
             gbps,
             sent_per_s: sent as f64 / el,
-            lines_per_s: lines as f64 / el,
-            flood_lines,
-            suppressed_per_s: suppressed as f64 / el,
+            lines_per_s: w.lines as f64 / el,
+            flood_lines: w.flood,
+            suppressed_per_s: w.suppressed as f64 / el,
+            throttled_per_s: w.throttled as f64 / el,
             cpu_pct: ticks as f64 / clk_tck() / el * 100.0,
             secs: el,
         };
         eprintln!(
-            "    {:<28} {:>6.2} Gbit/s  flood {:>9.0} pkt/s  {:>8.0} lines/s  {:>9.0} suppressed/s  agent {:>5.1}% CPU",
+            "    {:<28} {:>6.2} Gbit/s  flood {:>9.0} pkt/s  {:>8.0} lines/s  {:>9.0} suppressed/s  {:>9.0} throttled/s  agent {:>5.1}% CPU",
             flood.label(),
             r.gbps,
             r.sent_per_s,
             r.lines_per_s,
             r.suppressed_per_s,
+            r.throttled_per_s,
             r.cpu_pct
         );
         rows.push(r);
@@ -352,6 +371,7 @@ fn main() -> Result<()> {
             format!("{:.0}", r.sent_per_s),
             format!("{:.0}", r.lines_per_s),
             format!("{:.0}", r.suppressed_per_s),
+            format!("{:.0}", r.throttled_per_s),
             format!("{:.1}%", r.cpu_pct),
         ]);
         json_rows.push(json!({
@@ -362,6 +382,7 @@ fn main() -> Result<()> {
             "deny_lines_per_s": r.lines_per_s,
             "flood_deny_lines": r.flood_lines,
             "suppressed_per_s": r.suppressed_per_s,
+            "throttled_per_s": r.throttled_per_s,
             "agent_cpu_percent_of_core": r.cpu_pct,
             "window_seconds": r.secs,
         }));
@@ -378,6 +399,7 @@ fn main() -> Result<()> {
             "flood pkt/s",
             "deny lines/s",
             "suppressed/s",
+            "throttled/s",
             "agent CPU",
         ],
         &table,
