@@ -415,18 +415,27 @@ impl KubeCluster {
             c.claim_namespace(ns)?;
             c.namespaces.insert(ns.clone(), labels.clone());
         }
-        let mut items: Vec<Value> = spec
+        let namespaces: Vec<Value> = spec
             .namespaces
             .iter()
             .map(|(ns, l)| namespace_manifest(ns, l))
             .collect();
+        c.k.run(&["create", "-f", "-"], Some(&list(namespaces).to_string()))
+            .context("creating the case's namespaces")?;
+        // The ServiceAccount admission refuses pods until the namespace's
+        // `default` ServiceAccount exists, which a controller creates shortly
+        // after the namespace.
+        for ns in spec.namespaces.keys() {
+            c.wait_for_default_service_account(ns)?;
+        }
+        let mut items = Vec::new();
         for p in &spec.pods {
             let node = c.node_name(p.node)?;
             items.push(pod_manifest(p, &node, &opts.image, spec.family));
             items.push(service_manifest(p, spec.family));
         }
         c.k.run(&["create", "-f", "-"], Some(&list(items).to_string()))
-            .context("creating the case's namespaces, pods and Services")?;
+            .context("creating the case's pods and Services")?;
         let timeout = format!("--timeout={}s", opts.timeout.as_secs());
         for ns in spec.namespaces.keys() {
             if spec.pods.iter().any(|p| &p.namespace == ns) {
@@ -497,6 +506,35 @@ impl KubeCluster {
             );
         }
         self.delete_namespaces(&[ns.to_string()])
+    }
+
+    fn wait_for_default_service_account(&self, ns: &str) -> Result<()> {
+        let deadline = Instant::now() + self.opts.timeout;
+        loop {
+            let found = self.k.run(
+                &[
+                    "get",
+                    "serviceaccount",
+                    "default",
+                    "-n",
+                    ns,
+                    "--ignore-not-found",
+                    "-o",
+                    "name",
+                ],
+                None,
+            )?;
+            if !found.trim().is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "namespace {ns}: no `default` ServiceAccount after {:?} (is kube-controller-manager running?)",
+                    self.opts.timeout
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn delete_namespaces(&self, names: &[String]) -> Result<()> {
