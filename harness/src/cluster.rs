@@ -626,32 +626,7 @@ impl Cluster {
     /// Creates or replaces a NetworkPolicy (by metadata.namespace/name).
     /// Missing `apiVersion`/`kind` are filled in.
     pub fn apply_policy(&mut self, manifest: &Value) -> Result<()> {
-        let mut m = manifest.clone();
-        let obj = m
-            .as_object_mut()
-            .ok_or_else(|| anyhow!("a NetworkPolicy manifest must be a mapping"))?;
-        match obj.get("kind").and_then(Value::as_str) {
-            None => {
-                obj.insert("kind".into(), Value::from("NetworkPolicy"));
-            }
-            Some("NetworkPolicy") => {}
-            Some(k) => bail!("kind is {k:?}, expected NetworkPolicy"),
-        }
-        obj.entry("apiVersion")
-            .or_insert_with(|| Value::from("networking.k8s.io/v1"));
-        let meta = obj
-            .get("metadata")
-            .ok_or_else(|| anyhow!("metadata is required"))?;
-        let name = meta
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| anyhow!("metadata.name is required"))?
-            .to_string();
-        let ns = meta
-            .get("namespace")
-            .and_then(Value::as_str)
-            .ok_or_else(|| anyhow!("metadata.namespace is required (policy {name})"))?
-            .to_string();
+        let (ns, name, m) = objects::policy_manifest(manifest)?;
         self.write_all_nodes(&objects::policy_file(&ns, &name), &objects::to_yaml(&m)?)?;
         self.policies.insert((ns, name), m);
         Ok(())

@@ -216,17 +216,7 @@ pub fn pod_manifest(p: &PodSpec, node: &str, image: &str, family: Family) -> Val
             .iter()
             .map(|port| format!("{}/{}", port.port, port.protocol)),
     );
-    let ports: Vec<Value> = p
-        .ports
-        .iter()
-        .map(|port| {
-            let mut v = json!({"containerPort": port.port, "protocol": port.protocol.as_str()});
-            if let Some(n) = &port.name {
-                v["name"] = json!(n);
-            }
-            v
-        })
-        .collect();
+    let ports = crate::objects::container_ports(p);
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -253,13 +243,17 @@ pub fn pod_manifest(p: &PodSpec, node: &str, image: &str, family: Family) -> Val
     })
 }
 
+/// The ports of a pod's Service: one per service port and protocol.
+fn service_ports(p: &PodSpec) -> impl Iterator<Item = &PortSpec> {
+    let mut seen = std::collections::BTreeSet::new();
+    p.ports
+        .iter()
+        .filter(move |port| seen.insert((port.service_port, port.protocol)))
+}
+
 /// The selectorless Service `s-<ns>-<pod>` of a pod, every port it serves.
 pub fn service_manifest(p: &PodSpec, family: Family) -> Value {
-    let mut seen = std::collections::BTreeSet::new();
-    let ports: Vec<Value> = p
-        .ports
-        .iter()
-        .filter(|port| seen.insert((port.service_port, port.protocol)))
+    let ports: Vec<Value> = service_ports(p)
         .map(|port| {
             json!({
                 "name": port.service_port_name(),
@@ -289,11 +283,7 @@ pub fn service_manifest(p: &PodSpec, family: Family) -> Value {
 /// The EndpointSlice that backs a pod's Service with that pod alone.
 pub fn endpointslice_manifest(p: &PodSpec, ip: IpAddr, node: &str) -> Value {
     let service = pod_service_name(&p.namespace, &p.name);
-    let mut seen = std::collections::BTreeSet::new();
-    let ports: Vec<Value> = p
-        .ports
-        .iter()
-        .filter(|port| seen.insert((port.service_port, port.protocol)))
+    let ports: Vec<Value> = service_ports(p)
         .map(|port| {
             json!({
                 "name": port.service_port_name(),
@@ -338,34 +328,7 @@ pub fn labels_patch(old: &Labels, new: &Labels) -> Value {
     json!({"metadata": {"labels": m}})
 }
 
-/// A NetworkPolicy manifest with `kind`/`apiVersion` filled in, and its
-/// namespace and name.
-pub fn policy_manifest(manifest: &Value) -> Result<(String, String, Value)> {
-    let mut m = manifest.clone();
-    let obj = m
-        .as_object_mut()
-        .ok_or_else(|| anyhow!("a NetworkPolicy manifest must be a mapping"))?;
-    match obj.get("kind").and_then(Value::as_str) {
-        None => {
-            obj.insert("kind".into(), Value::from("NetworkPolicy"));
-        }
-        Some("NetworkPolicy") => {}
-        Some(k) => bail!("kind is {k:?}, expected NetworkPolicy"),
-    }
-    obj.entry("apiVersion")
-        .or_insert_with(|| Value::from("networking.k8s.io/v1"));
-    let name = m
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| anyhow!("metadata.name is required"))?
-        .to_string();
-    let ns = m
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .ok_or_else(|| anyhow!("metadata.namespace is required (policy {name})"))?
-        .to_string();
-    Ok((ns, name, m))
-}
+pub use crate::objects::policy_manifest;
 
 struct PodState {
     spec: PodSpec,

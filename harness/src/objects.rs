@@ -13,7 +13,7 @@ use std::fs;
 use std::net::IpAddr;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::model::{Family, Labels, PodSpec};
@@ -60,10 +60,9 @@ pub fn namespace(name: &str, labels: &Labels) -> Value {
     })
 }
 
-/// A running Pod with its IP, host IP, node and container ports.
-pub fn pod(p: &PodSpec, ip: IpAddr, host_ip: IpAddr) -> Value {
-    let ports: Vec<Value> = p
-        .ports
+/// The container ports of a pod (named ports resolve against these).
+pub fn container_ports(p: &PodSpec) -> Vec<Value> {
+    p.ports
         .iter()
         .map(|port| {
             let mut v = json!({"containerPort": port.port, "protocol": port.protocol.as_str()});
@@ -72,7 +71,41 @@ pub fn pod(p: &PodSpec, ip: IpAddr, host_ip: IpAddr) -> Value {
             }
             v
         })
-        .collect();
+        .collect()
+}
+
+/// A NetworkPolicy manifest with missing `kind`/`apiVersion` filled in, and its
+/// namespace and name (both required).
+pub fn policy_manifest(manifest: &Value) -> Result<(String, String, Value)> {
+    let mut m = manifest.clone();
+    let obj = m
+        .as_object_mut()
+        .ok_or_else(|| anyhow!("a NetworkPolicy manifest must be a mapping"))?;
+    match obj.get("kind").and_then(Value::as_str) {
+        None => {
+            obj.insert("kind".into(), Value::from("NetworkPolicy"));
+        }
+        Some("NetworkPolicy") => {}
+        Some(k) => bail!("kind is {k:?}, expected NetworkPolicy"),
+    }
+    obj.entry("apiVersion")
+        .or_insert_with(|| Value::from("networking.k8s.io/v1"));
+    let name = m
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("metadata.name is required"))?
+        .to_string();
+    let ns = m
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("metadata.namespace is required (policy {name})"))?
+        .to_string();
+    Ok((ns, name, m))
+}
+
+/// A running Pod with its IP, host IP, node and container ports.
+pub fn pod(p: &PodSpec, ip: IpAddr, host_ip: IpAddr) -> Value {
+    let ports = container_ports(p);
     json!({
         "apiVersion": "v1",
         "kind": "Pod",

@@ -351,6 +351,11 @@ fn build_agent() -> Result<PathBuf> {
 /// `palisade-pod`, which the image carries for the pods of `kind e2e`.
 fn build_pod_tool() -> Result<PathBuf> {
     step("build: palisade-pod");
+    build_harness_bin("palisade-pod")
+}
+
+/// A release binary of the harness crate (`palisade-pod`, `palisade-conformance`).
+fn build_harness_bin(name: &str) -> Result<PathBuf> {
     run(
         cargo().args([
             "build",
@@ -358,12 +363,12 @@ fn build_pod_tool() -> Result<PathBuf> {
             "-p",
             "palisade-harness",
             "--bin",
-            "palisade-pod",
+            name,
         ]),
-        "cargo build --bin palisade-pod",
-        "Run `cargo xtask setup` and read its output.",
+        &format!("cargo build --bin {name}"),
+        "See the compiler output above.",
     )?;
-    Ok(workspace_root().join("target/release/palisade-pod"))
+    Ok(workspace_root().join("target/release").join(name))
 }
 
 fn test(no_lint: bool) -> Result<()> {

@@ -133,7 +133,7 @@ pub fn vm_test(opts: Options) -> Result<()> {
     let agent = super::build_agent()?;
     extra.push(("palisade/bin/palisade-agent".to_string(), agent));
     if !cases.is_empty() {
-        let runner = build_conformance_runner()?;
+        let runner = super::build_harness_bin("palisade-conformance")?;
         extra.push(("palisade/bin/palisade-conformance".to_string(), runner));
         let mut args = vec![
             "--agent".to_string(),
@@ -246,22 +246,6 @@ fn build_init() -> Result<PathBuf> {
         "See the compiler output above.",
     )?;
     Ok(super::workspace_root().join("target/release/palisade-vm-init"))
-}
-
-fn build_conformance_runner() -> Result<PathBuf> {
-    run(
-        cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "palisade-harness",
-            "--bin",
-            "palisade-conformance",
-        ]),
-        "building palisade-conformance",
-        "See the compiler output above.",
-    )?;
-    Ok(super::workspace_root().join("target/release/palisade-conformance"))
 }
 
 /// The scenario files `--conformance` asks for.
