@@ -165,7 +165,7 @@ fn kustomization_lists_every_manifest() {
 }
 
 #[test]
-fn kind_config_has_three_nodes_and_the_default_cni() {
+fn kind_config_has_three_nodes_and_no_default_cni() {
     let text = std::fs::read_to_string(deploy_dir().join("kind-config.yaml")).expect("read");
     let k: Value = serde_yaml::from_str(&text).expect("yaml");
     assert_eq!(k["kind"], "Cluster");
@@ -177,9 +177,11 @@ fn kind_config_has_three_nodes_and_the_default_cni() {
         .map(|n| n["role"].as_str().expect("role"))
         .collect();
     assert_eq!(roles, ["control-plane", "worker", "worker"]);
-    // kindnet must stay: it does not enforce NetworkPolicy, which is what Palisade
-    // is for; `disableDefaultCNI` would leave the cluster without pod networking.
-    assert!(k["networking"]["disableDefaultCNI"].is_null());
+    // kindnet enforces NetworkPolicy itself (kind 0.24+): it must be off, and
+    // `cargo xtask kind up` configures plain ptp networking in its place, for the
+    // pod subnet written here.
+    assert_eq!(k["networking"]["disableDefaultCNI"], true);
+    assert!(k["networking"]["podSubnet"].as_str().is_some());
 }
 
 #[test]

@@ -359,10 +359,27 @@ impl KubeCluster {
                 "external hosts (@name) need a host outside every pod network, which a real cluster run does not have".into(),
             ));
         }
+        if let Some(why) = unfit_names(spec) {
+            return Ok(Built::Skip(why));
+        }
         let k = Kubectl::new(opts.context.clone());
         let nodes = parse_nodes(&k.json(&["get", "nodes"])?)?;
-        if nodes.is_empty() {
-            bail!("the cluster has no nodes");
+        if nodes.len() < spec.nodes.max(1) {
+            // Wrapping would put "other node" pods on one node and test nothing.
+            return Ok(Built::Skip(format!(
+                "the case needs {} nodes and the cluster has {}",
+                spec.nodes,
+                nodes.len()
+            )));
+        }
+        // A namespace of the case that exists and is not ours (kube-system, say)
+        // is never touched: the case cannot run here.
+        for ns in spec.namespaces.keys() {
+            if let Some(false) = namespace_owned(&k, ns)? {
+                return Ok(Built::Skip(format!(
+                    "namespace {ns} exists and was not created by a Palisade e2e run (no {OWNED} annotation)"
+                )));
+            }
         }
         let mut c = KubeCluster {
             k,
@@ -446,29 +463,13 @@ impl KubeCluster {
         Ok(Built::Ready(c))
     }
 
-    /// A namespace of the case must not exist, or be one an earlier run left
-    /// (then it is deleted first); someone else's namespace is never touched.
+    /// A namespace an earlier run left is deleted (and waited for) first.
     fn claim_namespace(&self, ns: &str) -> Result<()> {
-        let found = self.k.run(
-            &["get", "namespace", ns, "--ignore-not-found", "-o", "json"],
-            None,
-        )?;
-        if found.trim().is_empty() {
-            return Ok(());
+        match namespace_owned(&self.k, ns)? {
+            None => Ok(()),
+            Some(true) => self.delete_namespaces(&[ns.to_string()], true),
+            Some(false) => bail!("namespace {ns} exists and is not ours"),
         }
-        let v: Value = serde_json::from_str(&found).context("kubectl get namespace: not JSON")?;
-        if v.pointer(&format!(
-            "/metadata/annotations/{}",
-            OWNED.replace('/', "~1")
-        ))
-        .is_none()
-        {
-            bail!(
-                "namespace {ns} exists and was not created by a Palisade e2e run \
-                 (no {OWNED} annotation); the case needs that exact name: delete it or use another cluster"
-            );
-        }
-        self.delete_namespaces(&[ns.to_string()])
     }
 
     fn wait_for_default_service_account(&self, ns: &str) -> Result<()> {
@@ -500,18 +501,13 @@ impl KubeCluster {
         }
     }
 
-    fn delete_namespaces(&self, names: &[String]) -> Result<()> {
+    fn delete_namespaces(&self, names: &[String], wait: bool) -> Result<()> {
         if names.is_empty() {
             return Ok(());
         }
         let timeout = format!("--timeout={}s", self.opts.timeout.as_secs());
-        let mut args = vec![
-            "delete",
-            "namespace",
-            "--ignore-not-found",
-            "--wait=true",
-            &timeout,
-        ];
+        let wait = if wait { "--wait=true" } else { "--wait=false" };
+        let mut args = vec!["delete", "namespace", "--ignore-not-found", wait, &timeout];
         args.extend(names.iter().map(String::as_str));
         self.k.run(&args, None).map(|_| ())
     }
@@ -555,6 +551,12 @@ impl KubeCluster {
             .into_iter()
             .flatten()
         {
+            // A terminating agent (rolling update) is not the one that counts.
+            if p.pointer("/metadata/deletionTimestamp").is_some()
+                || p.pointer("/status/phase").and_then(Value::as_str) != Some("Running")
+            {
+                continue;
+            }
             let (Some(name), Some(node)) = (
                 p.pointer("/metadata/name").and_then(Value::as_str),
                 p.pointer("/spec/nodeName").and_then(Value::as_str),
@@ -573,6 +575,8 @@ impl KubeCluster {
             "-n",
             &self.opts.agent_namespace,
             agent_pod,
+            "-c",
+            "agent",
             "--",
             POD_TOOL,
             "get",
@@ -580,11 +584,11 @@ impl KubeCluster {
             "/ready",
         ]);
         let out = c.output().context("running kubectl exec")?;
-        // `get` exits 1 on a non-200 answer (503 before the first programming),
-        // 2 when nothing answered.
+        // `get` exits 3 on a non-200 answer (503 before the first programming);
+        // anything else is kubectl's or the tool's own failure.
         let status = match out.status.code() {
             Some(0) => 200,
-            Some(1) => 503,
+            Some(3) => 503,
             _ => bail!(
                 "agent pod {agent_pod}: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
@@ -708,6 +712,52 @@ impl KubeCluster {
         }
         Ok(out)
     }
+}
+
+/// Whether namespace `ns` exists (`None` if not) and carries our annotation.
+fn namespace_owned(k: &Kubectl, ns: &str) -> Result<Option<bool>> {
+    let found = k.run(
+        &["get", "namespace", ns, "--ignore-not-found", "-o", "json"],
+        None,
+    )?;
+    if found.trim().is_empty() {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_str(&found).context("kubectl get namespace: not JSON")?;
+    Ok(Some(
+        v.pointer(&format!(
+            "/metadata/annotations/{}",
+            OWNED.replace('/', "~1")
+        ))
+        .is_some(),
+    ))
+}
+
+/// Why the API server would refuse the case's names, if it would: namespace
+/// names are RFC 1123 labels and Service names (`s-<ns>-<pod>`) RFC 1035 labels,
+/// 63 characters at most. (The scenario format allows more.)
+pub fn unfit_names(spec: &ClusterSpec) -> Option<String> {
+    fn label(s: &str, first_letter: bool) -> bool {
+        !s.is_empty()
+            && s.len() <= 63
+            && (!first_letter || s.starts_with(|c: char| c.is_ascii_lowercase()))
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    }
+    if let Some(ns) = spec.namespaces.keys().find(|ns| !label(ns, false)) {
+        return Some(format!("namespace name {ns:?} is not a DNS label"));
+    }
+    spec.pods.iter().find_map(|p| {
+        let svc = pod_service_name(&p.namespace, &p.name);
+        (!label(&svc, true)).then(|| {
+            format!(
+                "the Service name {svc:?} of pod {} is not an RFC 1035 label",
+                p.key()
+            )
+        })
+    })
 }
 
 /// A `v1` List of objects, for one `kubectl create -f -`.
@@ -921,8 +971,9 @@ impl CaseCluster for KubeCluster {
 
 impl Drop for KubeCluster {
     fn drop(&mut self) {
+        // Not waited for: the next case that needs a name waits in `claim_namespace`.
         let names: Vec<String> = self.namespaces.keys().cloned().collect();
-        if let Err(e) = self.delete_namespaces(&names) {
+        if let Err(e) = self.delete_namespaces(&names, false) {
             eprintln!("warning: deleting the case's namespaces {names:?}: {e:#}");
         }
     }
@@ -1135,5 +1186,30 @@ mod tests {
         assert_eq!(slice["endpoints"][0]["addresses"], json!(["10.244.2.9"]));
         assert_eq!(slice["ports"][1]["port"], 81);
         assert_eq!(slice["ports"][1]["name"], svc["spec"]["ports"][1]["name"]);
+    }
+
+    /// Names the API server would refuse skip the case instead of failing it.
+    #[test]
+    fn names_the_api_server_refuses_are_found() {
+        let spec = |ns: &str, pod: &str| ClusterSpec {
+            family: Family::Ipv4,
+            nodes: 2,
+            namespaces: [(ns.to_string(), Labels::new())].into(),
+            pods: vec![PodSpec {
+                namespace: ns.into(),
+                name: pod.into(),
+                labels: Labels::new(),
+                node: 1,
+                ports: vec![PortSpec::new(80, Protocol::Tcp)],
+            }],
+            externals: Vec::new(),
+        };
+        assert_eq!(unfit_names(&spec("x", "a")), None);
+        assert!(unfit_names(&spec("x.y", "a")).is_some(), "dots");
+        assert!(
+            unfit_names(&spec("x", &"p".repeat(62))).is_some(),
+            "over 63"
+        );
+        assert!(unfit_names(&spec("X", "a")).is_some(), "upper case");
     }
 }

@@ -145,15 +145,15 @@ fn the_pod_command_of_the_e2e_serves_and_probes_report() {
 }
 
 #[test]
-fn get_prints_the_body_and_fails_on_a_non_200_answer() {
+fn get_prints_the_body_and_exits_3_on_a_non_200_answer() {
     if !is_root() {
         eprintln!("skipped: needs root");
         return;
     }
     let ns = Netns::new("get");
-    for (status, body, ok) in [
-        ("200 OK", "{\"ready\":true,\"revision\":\"42\"}", true),
-        ("503 Service Unavailable", "{\"ready\":false}", false),
+    for (status, body, code) in [
+        ("200 OK", "{\"ready\":true,\"revision\":\"42\"}", 0),
+        ("503 Service Unavailable", "{\"ready\":false}", 3),
     ] {
         let listener = in_netns(&ns.0, || TcpListener::bind("127.0.0.1:0"))
             .expect("netns")
@@ -182,7 +182,7 @@ fn get_prints_the_body_and_fails_on_a_non_200_answer() {
             .expect("palisade-pod get");
         let req = responder.join().expect("responder");
         assert!(req.starts_with("GET /ready HTTP/1."), "{req:?}");
-        assert_eq!(out.status.success(), ok, "{status}");
+        assert_eq!(out.status.code(), Some(code), "{status}");
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), body);
     }
 }

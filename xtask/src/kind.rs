@@ -5,13 +5,19 @@
 //! this project is developed on (no Docker engine, no registry for kind's node
 //! images); the manifests it applies are checked by agent/tests/deploy.rs, the
 //! objects it creates per case and the pod tool by the harness's tests.
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{
+    io::Write,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use palisade_harness::{
     kube::{check_cni_does_not_enforce, run_kube_conformance, KubeOptions, Kubectl},
     Family, RunSettings,
 };
+use serde_json::{json, Value};
 
 pub const CLUSTER: &str = "palisade";
 
@@ -20,8 +26,14 @@ fn context() -> String {
 }
 
 fn tool(name: &str) -> Result<Command> {
+    // `kubectl version` alone also asks the current context's server.
+    let args: &[&str] = if name == "kubectl" {
+        &["version", "--client"]
+    } else {
+        &["version"]
+    };
     let found = Command::new(name)
-        .arg("version")
+        .args(args)
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
@@ -61,23 +73,139 @@ pub fn up() -> Result<()> {
             "kind create cluster",
         )?;
     }
-    // kind 0.24 and later run kube-network-policies beside kindnet, which
-    // enforces NetworkPolicy itself; Palisade must be the only enforcer, or
-    // every result would be that controller's. `deploy` proves it is gone.
+    pod_network()?;
     check(
         tool("kubectl")?.args([
             "--context",
             &context(),
-            "-n",
-            "kube-system",
-            "delete",
-            "daemonset",
-            "kube-network-policies",
-            "--ignore-not-found",
-            "--wait=true",
+            "wait",
+            "--for=condition=Ready",
+            "node",
+            "--all",
+            "--timeout=300s",
         ]),
-        "kubectl delete daemonset kube-network-policies",
+        "kubectl wait for the nodes",
     )
+}
+
+/// A node as `kind up` needs it: its name (also its container's), pod CIDR and
+/// address.
+#[derive(Debug, PartialEq)]
+struct KindNode {
+    name: String,
+    pod_cidr: String,
+    ip: String,
+}
+
+fn kind_nodes(list: &Value) -> Result<Vec<KindNode>> {
+    let items = list
+        .get("items")
+        .and_then(Value::as_array)
+        .ok_or_else(|| anyhow!("node list has no items"))?;
+    items
+        .iter()
+        .map(|n| {
+            let name = n
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| anyhow!("a node without a name"))?;
+            let pod_cidr = n
+                .pointer("/spec/podCIDR")
+                .and_then(Value::as_str)
+                .ok_or_else(|| anyhow!("node {name} has no spec.podCIDR yet"))?;
+            let ip = n
+                .pointer("/status/addresses")
+                .and_then(Value::as_array)
+                .and_then(|a| {
+                    a.iter()
+                        .find(|a| a["type"] == "InternalIP")
+                        .and_then(|a| a["address"].as_str())
+                })
+                .ok_or_else(|| anyhow!("node {name} has no InternalIP"))?;
+            Ok(KindNode {
+                name: name.into(),
+                pod_cidr: pod_cidr.into(),
+                ip: ip.into(),
+            })
+        })
+        .collect()
+}
+
+/// The CNI configuration of one node: ptp veths (one host route per pod, which
+/// is what the agent discovers pods by) with addresses from the node's pod CIDR,
+/// no masquerade (pod addresses stay visible to policy across nodes).
+fn cni_config(pod_cidr: &str) -> Value {
+    json!({
+        "cniVersion": "0.4.0",
+        "name": "palisade-ptp",
+        "plugins": [
+            {
+                "type": "ptp",
+                "ipMasq": false,
+                "mtu": 1500,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": pod_cidr}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": true}},
+        ],
+    })
+}
+
+fn docker_exec(node: &str, args: &[&str], stdin: Option<&str>) -> Result<()> {
+    let mut cmd = tool("docker")?;
+    cmd.arg("exec");
+    if stdin.is_some() {
+        cmd.arg("-i");
+    }
+    let mut child = cmd
+        .arg(node)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .spawn()
+        .with_context(|| format!("docker exec {node}"))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())?;
+    }
+    let st = child.wait()?;
+    if !st.success() {
+        bail!("docker exec {node} {}: {st}", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Pod networking without kindnet: every node gets the ptp CNI configuration for
+/// its pod CIDR and a route to every other node's pod CIDR through that node.
+fn pod_network() -> Result<()> {
+    crate::step("kind: pod networking (ptp CNI, routes between nodes; no policy)");
+    let k = Kubectl::new(Some(context()));
+    let nodes = kind_nodes(&k.json(&["get", "nodes"])?)?;
+    for n in &nodes {
+        let conf = serde_json::to_string_pretty(&cni_config(&n.pod_cidr))?;
+        docker_exec(
+            &n.name,
+            &[
+                "sh",
+                "-c",
+                "mkdir -p /etc/cni/net.d && cat > /etc/cni/net.d/10-palisade-ptp.conflist",
+            ],
+            Some(&conf),
+        )?;
+        for other in nodes.iter().filter(|o| o.name != n.name) {
+            docker_exec(
+                &n.name,
+                &["ip", "route", "replace", &other.pod_cidr, "via", &other.ip],
+                None,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn deployed(k: &Kubectl) -> Result<bool> {
@@ -99,15 +227,22 @@ fn deployed(k: &Kubectl) -> Result<bool> {
 
 pub fn deploy() -> Result<()> {
     crate::image::image()?;
+    // Through an archive: `kind load docker-image` fails on images whose
+    // manifest lists attestations (BuildKit's default provenance).
+    let archive = crate::image::context_dir().join("palisade-agent.tar");
     check(
-        tool("kind")?.args([
-            "load",
-            "docker-image",
-            crate::image::IMAGE,
-            "--name",
-            CLUSTER,
-        ]),
-        "kind load docker-image",
+        tool("docker")?
+            .args(["save", "-o"])
+            .arg(&archive)
+            .arg(crate::image::IMAGE),
+        "docker save",
+    )?;
+    check(
+        tool("kind")?
+            .args(["load", "image-archive"])
+            .arg(&archive)
+            .args(["--name", CLUSTER]),
+        "kind load image-archive",
     )?;
     let k = Kubectl::new(Some(context()));
     if deployed(&k)? {
@@ -161,14 +296,11 @@ pub fn deploy() -> Result<()> {
 }
 
 /// The conformance scenarios on the kind cluster (deployed first by the caller).
-pub fn e2e(paths: &[PathBuf], family: &str, sctp: bool, settle: u64, verbose: bool) -> Result<()> {
-    let family = match family {
-        "ipv6" => Family::Ipv6,
-        _ => Family::Ipv4,
-    };
+pub fn e2e(paths: &[PathBuf], sctp: bool, settle: u64, verbose: bool) -> Result<()> {
     crate::step("kind: conformance scenarios on the real cluster");
+    // deploy/kind-config.yaml makes an IPv4 cluster.
     let settings = RunSettings {
-        family,
+        family: Family::Ipv4,
         sctp,
         enforced: true,
         verbose,
@@ -192,4 +324,47 @@ pub fn down() -> Result<()> {
         tool("kind")?.args(["delete", "cluster", "--name", CLUSTER]),
         "kind delete cluster",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_give_pod_cidrs_and_addresses() {
+        let list = json!({"items": [
+            {"metadata": {"name": "palisade-worker"},
+             "spec": {"podCIDR": "10.244.1.0/24"},
+             "status": {"addresses": [{"type": "Hostname", "address": "palisade-worker"},
+                                      {"type": "InternalIP", "address": "172.18.0.3"}]}},
+        ]});
+        assert_eq!(
+            kind_nodes(&list).expect("parses"),
+            [KindNode {
+                name: "palisade-worker".into(),
+                pod_cidr: "10.244.1.0/24".into(),
+                ip: "172.18.0.3".into()
+            }]
+        );
+        let no_cidr = json!({"items": [{"metadata": {"name": "n"}, "status": {}}]});
+        assert!(kind_nodes(&no_cidr).is_err());
+    }
+
+    /// The pod subnet of the kind config is what the CNI hands out from, per node.
+    #[test]
+    fn cni_config_is_ptp_with_host_local_ranges_and_no_masquerade() {
+        let c = cni_config("10.244.2.0/24");
+        assert_eq!(c["plugins"][0]["type"], "ptp");
+        assert_eq!(c["plugins"][0]["ipMasq"], false);
+        assert_eq!(c["plugins"][0]["ipam"]["type"], "host-local");
+        assert_eq!(
+            c["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            "10.244.2.0/24"
+        );
+        let text = std::fs::read_to_string(crate::workspace_root().join("deploy/kind-config.yaml"))
+            .expect("kind config");
+        let k: Value = serde_yaml::from_str(&text).expect("yaml");
+        assert_eq!(k["networking"]["disableDefaultCNI"], true);
+        assert_eq!(k["networking"]["podSubnet"], "10.244.0.0/16");
+    }
 }

@@ -67,8 +67,8 @@ enum Cmd {
     /// scratch, host files only); without a Docker engine, stage the context and
     /// say so.
     Image,
-    /// A kind cluster with Palisade. `up`: 1 control plane + 2 workers with kindnet,
-    /// minus kind's own NetworkPolicy controller. `deploy`: image, kind load, a
+    /// A kind cluster with Palisade. `up`: 1 control plane + 2 workers, with plain
+    /// ptp pod networking instead of kindnet (which enforces NetworkPolicy itself). `deploy`: image, kind load, a
     /// check that the CNI alone enforces nothing (first deploy only), kubectl apply
     /// -k deploy/, wait for every agent's readiness. `e2e`: deploy, then the
     /// conformance scenarios on the real cluster (real pods, one Service per pod,
@@ -80,9 +80,6 @@ enum Cmd {
         action: String,
         /// e2e: scenario files or directories (default: tests/conformance).
         paths: Vec<PathBuf>,
-        /// e2e: ipv4 or ipv6 (the cluster must have that family).
-        #[arg(long, default_value = "ipv4", value_parser = ["ipv4", "ipv6"])]
-        family: String,
         /// e2e: report SCTP expectations as skipped (nodes without SCTP).
         #[arg(long)]
         no_sctp: bool,
@@ -140,7 +137,6 @@ fn main() -> Result<()> {
         Cmd::Kind {
             action,
             paths,
-            family,
             no_sctp,
             settle,
             verbose,
@@ -158,7 +154,7 @@ fn main() -> Result<()> {
                 } else {
                     paths
                 };
-                kind::e2e(&paths, &family, !no_sctp, settle, verbose)
+                kind::e2e(&paths, !no_sctp, settle, verbose)
             }
             _ => kind::down(),
         },

@@ -49,7 +49,7 @@ enum Cmd {
         targets: Vec<String>,
     },
     /// HTTP GET of PATH from ADDR (e.g. 127.0.0.1:9464 /ready); prints the body.
-    /// Exit status 0 only for 200.
+    /// Exit status 0 for 200, 3 for any other answer, 2 when nothing answered.
     Get { addr: SocketAddr, path: String },
     /// Exit status 0 when this kernel can open an SCTP socket.
     Sctp,
@@ -101,7 +101,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(if status == 200 {
                 ExitCode::SUCCESS
             } else {
-                ExitCode::FAILURE
+                ExitCode::from(3)
             })
         }
         Cmd::Sctp => Ok(if sctp_supported() {
