@@ -190,6 +190,8 @@ struct WatchState {
     listed: bool,
     /// The error last logged, so a retry loop logs it once.
     logged_error: Option<String>,
+    /// The highest resourceVersion this watcher has delivered.
+    revision: u64,
 }
 
 /// The Kubernetes source. See the module docs.
@@ -288,14 +290,15 @@ impl Run {
         let _ = self.tx.send(ev);
     }
 
-    fn seen_rv(&mut self, rv: Option<u64>) {
+    fn seen_rv(&mut self, i: usize, rv: Option<u64>) {
         if let Some(rv) = rv {
             self.revision = self.revision.max(rv);
+            self.states[i].revision = self.states[i].revision.max(rv);
         }
     }
 
     fn apply(&mut self, i: usize, c: Converted) {
-        self.seen_rv(c.resource_version);
+        self.seen_rv(i, c.resource_version);
         match c.obj {
             Ok(obj) => {
                 self.states[i].known.insert(c.r);
@@ -357,7 +360,7 @@ impl Run {
             }
             Update::Apply(c) => self.apply(i, c),
             Update::Delete(r, rv) => {
-                self.seen_rv(rv);
+                self.seen_rv(i, rv);
                 self.states[i].known.remove(&r);
                 self.send(SourceEvent::Delete(r));
             }
@@ -421,6 +424,11 @@ impl Run {
         self.dirty = false;
         let _ = self.tx.send(SourceEvent::Synced {
             revision: self.revision.to_string(),
+            revisions: WATCHED
+                .iter()
+                .zip(&self.states)
+                .map(|(w, s)| (w.resource.to_string(), s.revision.to_string()))
+                .collect(),
         });
     }
 }

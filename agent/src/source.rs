@@ -29,6 +29,10 @@ pub enum SourceEvent {
     /// Everything sent so far is a consistent snapshot at `revision`.
     Synced {
         revision: String,
+        /// Per resource (kube source: `pods`, `namespaces`, ...), the highest
+        /// resourceVersion delivered. Each resource is its own watch stream, so
+        /// only this tells that a given write has arrived. Empty for files.
+        revisions: BTreeMap<String, String>,
     },
 }
 
@@ -126,7 +130,11 @@ impl FileSource {
         self.seen = now;
         self.revision_stamp = rev_stamp;
         self.first = false;
-        tx.send(SourceEvent::Synced { revision }).is_ok()
+        tx.send(SourceEvent::Synced {
+            revision,
+            revisions: BTreeMap::new(),
+        })
+        .is_ok()
     }
 
     /// Reads and parses one file, sends its objects, records them, and adds what it
@@ -231,7 +239,12 @@ impl FileSource {
         }
         self.send_deletes(deleted, tx);
         self.revision_stamp = rev_stamp;
-        Ok(tx.send(SourceEvent::Synced { revision }).is_ok())
+        Ok(tx
+            .send(SourceEvent::Synced {
+                revision,
+                revisions: BTreeMap::new(),
+            })
+            .is_ok())
     }
 
     /// Scan forever: the files inotify names, at once, and the whole directory
@@ -544,7 +557,7 @@ mod tests {
                 match ev {
                     SourceEvent::Apply { obj, .. } => applied.push(obj.object_ref().name.clone()),
                     SourceEvent::Delete(r) => deleted.push(r.name.clone()),
-                    SourceEvent::Synced { revision } => return (applied, deleted, revision),
+                    SourceEvent::Synced { revision, .. } => return (applied, deleted, revision),
                     SourceEvent::Error { origin, message } => panic!("{origin}: {message}"),
                 }
             }

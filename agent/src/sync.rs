@@ -37,6 +37,9 @@ pub struct Readiness {
     pub ready: bool,
     pub generation: u64,
     pub revision: String,
+    /// Per resource, the highest resourceVersion programmed (kube source only).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub revisions: BTreeMap<String, String>,
     pub endpoints: usize,
     pub attach_mode: String,
     pub errors: Vec<String>,
@@ -89,6 +92,7 @@ pub struct SyncLoop {
     errors: BTreeMap<String, String>,
     synced: bool,
     revision: String,
+    revisions: BTreeMap<String, String>,
     generation: u64,
     shared: Arc<Shared>,
     adopted: Option<Adopted>,
@@ -129,6 +133,7 @@ impl SyncLoop {
             errors: BTreeMap::new(),
             synced: false,
             revision: String::new(),
+            revisions: BTreeMap::new(),
             generation: 0,
             shared,
             adopted: Some(Adopted { endpoints }),
@@ -173,10 +178,14 @@ impl SyncLoop {
                 }
                 false
             }
-            SourceEvent::Synced { revision } => {
+            SourceEvent::Synced {
+                revision,
+                revisions,
+            } => {
                 let changed = !self.synced || revision != self.revision;
                 self.synced = true;
                 self.revision = revision;
+                self.revisions = revisions;
                 changed
             }
         }
@@ -503,6 +512,7 @@ impl SyncLoop {
                 ready: true,
                 generation: self.generation,
                 revision: self.revision.clone(),
+                revisions: self.revisions.clone(),
                 endpoints: ifaces.len(),
                 attach_mode: self.dp.mode.as_str().to_string(),
                 errors,

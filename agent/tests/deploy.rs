@@ -455,4 +455,13 @@ fn kind_e2e_objects_of_every_conformance_case_are_valid() {
         pods > 500 && policies > 50,
         "{pods} pods, {policies} policies checked"
     );
+    let marker: NetworkPolicy = typed("sync marker", &kube::sync_policy_manifest("x"));
+    let selector = marker
+        .spec
+        .and_then(|s| s.pod_selector)
+        .and_then(|p| p.match_labels);
+    assert!(
+        selector.is_some_and(|l| !l.is_empty()),
+        "the step marker policy selects by a label no pod carries"
+    );
 }

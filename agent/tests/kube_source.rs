@@ -441,6 +441,7 @@ struct Agent {
     index: ClusterIndex,
     synced: usize,
     revision: String,
+    revisions: BTreeMap<String, String>,
     /// Deletes received since the last `take_deletes`.
     deletes: Vec<String>,
     errors: Vec<String>,
@@ -463,6 +464,7 @@ impl Agent {
             index: ClusterIndex::new(),
             synced: 0,
             revision: String::new(),
+            revisions: BTreeMap::new(),
             deletes: Vec::new(),
             errors: Vec::new(),
         }
@@ -480,9 +482,13 @@ impl Agent {
             SourceEvent::Error { origin, message } => {
                 self.errors.push(format!("{origin}: {message}"))
             }
-            SourceEvent::Synced { revision } => {
+            SourceEvent::Synced {
+                revision,
+                revisions,
+            } => {
                 self.synced += 1;
                 self.revision = revision;
+                self.revisions = revisions;
             }
         }
     }
@@ -601,12 +607,22 @@ async fn lists_then_follows_watch_events_bookmarks_drops_and_410() {
         .collect();
     assert_eq!(listed, want);
 
+    // Every resource reports its own revision; the overall one is their maximum.
+    let per: Vec<u64> = WATCHED
+        .iter()
+        .map(|w| agent.revisions[w.resource].parse().expect("a number"))
+        .collect();
+    assert_eq!(
+        per.iter().max().map(|m| m.to_string()),
+        Some(agent.revision.clone())
+    );
+
     // 2. Watch events: ADDED, MODIFIED, DELETED, and a BOOKMARK in between.
     api.put("pods", pod("prod", "web-2", "web", "10.244.1.11"));
-    api.put("pods", pod("prod", "web-1", "canary", "10.244.1.10"));
+    let pods_rv = api.put("pods", pod("prod", "web-1", "canary", "10.244.1.10"));
     api.bookmark("pods");
     api.delete("networkpolicies", "prod/deny-ingress", false);
-    api.put("networkpolicies", deny_all("default", "deny-all"));
+    let policies_rv = api.put("networkpolicies", deny_all("default", "deny-all"));
     agent
         .synced_to(
             &[
@@ -622,6 +638,10 @@ async fn lists_then_follows_watch_events_bookmarks_drops_and_410() {
         )
         .await;
     assert_eq!(agent.revision, api.rv().to_string());
+    // Each stream's revision is the last event it delivered, not the overall one:
+    // this is what tells a client that a write to one resource has arrived.
+    assert_eq!(agent.revisions["pods"], pods_rv.to_string());
+    assert_eq!(agent.revisions["networkpolicies"], policies_rv.to_string());
 
     // 3. A dropped connection: the watcher re-watches from its last version and
     //    gets what happened meanwhile from the server's history.

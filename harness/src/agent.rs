@@ -9,6 +9,7 @@
 //! /sys/fs/bpf, so pins would live in a private mount and die with the agent,
 //! defeating restart tests.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -219,6 +220,8 @@ pub struct Readiness {
     pub ready: bool,
     pub generation: Option<u64>,
     pub revision: Option<String>,
+    /// Per resource, the highest resourceVersion programmed (kube source).
+    pub revisions: BTreeMap<String, u64>,
 }
 
 /// `GET /ready` from inside `netns`.
@@ -273,6 +276,16 @@ impl Readiness {
                 .and_then(|v| v.get("revision"))
                 .and_then(Value::as_str)
                 .map(str::to_string),
+            revisions: v
+                .as_ref()
+                .and_then(|v| v.get("revisions"))
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.parse().ok()?)))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }

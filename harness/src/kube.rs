@@ -38,6 +38,9 @@ use crate::probe::Outcome;
 pub const OWNED: &str = "palisade.dev/e2e";
 /// The annotation bumped after each step, whose resourceVersion agents must reach.
 const SYNC_MARK: &str = "palisade.dev/e2e-sync";
+/// The NetworkPolicy whose annotation marks a step on the policy stream. It
+/// selects no pod (no pod has its label), so it changes no verdict.
+const SYNC_POLICY: &str = "palisade-e2e-sync";
 /// The container of the case pods.
 const CONTAINER: &str = "serve";
 /// Where `palisade-pod` lives in the image.
@@ -409,6 +412,9 @@ impl KubeCluster {
             c.wait_for_default_service_account(ns)?;
         }
         let mut items = Vec::new();
+        if let Some(ns) = spec.namespaces.keys().next() {
+            items.push(sync_policy_manifest(ns));
+        }
         for p in &spec.pods {
             let node = c.node_name(p.node)?;
             items.push(pod_manifest(p, &node, &opts.image, spec.family));
@@ -470,6 +476,20 @@ impl KubeCluster {
             Some(true) => self.delete_namespaces(&[ns.to_string()], true),
             Some(false) => bail!("namespace {ns} exists and is not ours"),
         }
+    }
+
+    /// Bumps the sync annotation on an object; returns its new resourceVersion.
+    fn mark(&self, kind: &str, name: &str, ns: Option<&str>) -> Result<u64> {
+        let mark = format!("{SYNC_MARK}={}", self.sync_seq);
+        let mut args = vec!["annotate", kind, name, &mark, "--overwrite"];
+        if let Some(ns) = ns {
+            args.extend(["-n", ns]);
+        }
+        args.extend(["-o", "jsonpath={.metadata.resourceVersion}"]);
+        let text = self.k.run(&args, None)?;
+        text.trim()
+            .parse()
+            .with_context(|| format!("{kind} {name}: resourceVersion {text:?} is not a number"))
     }
 
     fn wait_for_default_service_account(&self, ns: &str) -> Result<()> {
@@ -714,6 +734,19 @@ impl KubeCluster {
     }
 }
 
+/// The step marker policy of [`SYNC_POLICY`] in namespace `ns`.
+pub fn sync_policy_manifest(ns: &str) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"namespace": ns, "name": SYNC_POLICY, "annotations": {OWNED: "true"}},
+        "spec": {
+            "podSelector": {"matchLabels": {"palisade.dev/e2e-sync-marker": "selects-no-pod"}},
+            "policyTypes": ["Ingress"],
+        },
+    })
+}
+
 /// Whether namespace `ns` exists (`None` if not) and carries our annotation.
 fn namespace_owned(k: &Kubectl, ns: &str) -> Result<Option<bool>> {
     let found = k.run(
@@ -864,23 +897,32 @@ impl CaseCluster for KubeCluster {
         let Some(ns) = self.namespaces.keys().next().cloned() else {
             return Ok(());
         };
+        // Each resource is its own watch stream: one marker write per stream
+        // the steps change. Once an agent reports a stream at its marker, it has
+        // programmed every earlier event of that stream (a stream is in order).
         self.sync_seq += 1;
-        let mark = format!("{SYNC_MARK}={}", self.sync_seq);
-        let rv_text = self.k.run(
-            &[
-                "annotate",
-                "namespace",
-                &ns,
-                &mark,
-                "--overwrite",
-                "-o",
-                "jsonpath={.metadata.resourceVersion}",
-            ],
-            None,
-        )?;
-        let want: u64 = rv_text.trim().parse().with_context(|| {
-            format!("namespace {ns}: resourceVersion {rv_text:?} is not a number")
-        })?;
+        let mut want: BTreeMap<&str, u64> = BTreeMap::new();
+        want.insert("namespaces", self.mark("namespace", &ns, None)?);
+        want.insert(
+            "networkpolicies",
+            self.mark("networkpolicy", SYNC_POLICY, Some(&ns))?,
+        );
+        if let Some(p) = self.pods.values().next().map(|p| p.spec.clone()) {
+            want.insert("pods", self.mark("pod", &p.name, Some(&p.namespace))?);
+        }
+        let reached = |r: &Readiness| -> bool {
+            if r.revisions.is_empty() {
+                // An agent that reports no per-resource revisions: its overall one.
+                let max = want.values().copied().max().unwrap_or(0);
+                return r
+                    .revision
+                    .as_deref()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .is_some_and(|v| v >= max);
+            }
+            want.iter()
+                .all(|(res, rv)| r.revisions.get(*res).is_some_and(|have| have >= rv))
+        };
         let deadline = Instant::now() + self.opts.timeout;
         let mut last = BTreeMap::new();
         loop {
@@ -895,12 +937,7 @@ impl CaseCluster for KubeCluster {
             let mut pending = Vec::new();
             for (node, pod) in &agents {
                 match self.readiness(pod) {
-                    Ok(r)
-                        if r.ready
-                            && r.revision
-                                .as_deref()
-                                .and_then(|v| v.parse::<u64>().ok())
-                                .is_some_and(|v| v >= want) => {}
+                    Ok(r) if r.ready && reached(&r) => {}
                     Ok(r) => {
                         last.insert(node.clone(), format!("HTTP {} {}", r.status, r.body));
                         pending.push(node.clone());
@@ -917,7 +954,7 @@ impl CaseCluster for KubeCluster {
             if Instant::now() >= deadline {
                 let node = &pending[0];
                 bail!(
-                    "the agent on {node} did not program resourceVersion {want} within {:?}; last /ready: {}",
+                    "the agent on {node} did not program the resourceVersions {want:?} within {:?}; last /ready: {}",
                     self.opts.timeout,
                     last.get(node).cloned().unwrap_or_default()
                 );
