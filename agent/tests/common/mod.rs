@@ -17,6 +17,12 @@ pub fn private_veth(a: &str, b: &str) -> (u32, u32) {
         "unshare(CLONE_NEWNET): {}",
         std::io::Error::last_os_error()
     );
+    private_veth_here(a, b)
+}
+
+/// Another veth pair `a`/`b`, both up, in the namespace [`private_veth`] made.
+#[allow(dead_code)] // not every test file that includes this module uses it
+pub fn private_veth_here(a: &str, b: &str) -> (u32, u32) {
     for args in [
         vec!["link", "add", "name", a, "type", "veth", "peer", "name", b],
         vec!["link", "set", a, "up"],
