@@ -37,7 +37,7 @@ enum Cmd {
         /// What a `whoami` request gets back (the pod as ns/name).
         #[arg(long)]
         identity: String,
-        #[arg(required = true)]
+        /// None at all is allowed: a pod that is only ever a client still runs.
         ports: Vec<String>,
     },
     /// Probe every PROTO:ADDR:PORT target in parallel; prints `TARGET reachable`,
