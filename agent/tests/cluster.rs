@@ -239,7 +239,25 @@ fn new_pod_under_existing_policy_is_never_reachable_against_it() {
         ports: vec![PortSpec::new(80, Protocol::Tcp)],
     };
     // The pod's network exists before the agent knows the pod: it must be closed.
+    // The agent attaches to a new veth on the netlink event of its creation; the
+    // moment between creation and attachment is the CNI's (no pod runs yet), so
+    // the check starts once both programs are on the interface, which a slow
+    // guest (6.1 under TCG) can take a while to get to.
     c.add_pod_network(spec).unwrap();
+    let veth = c.pod_host_veth("x/d").expect("host veth").to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let progs = tc_programs(&c, 1, &veth);
+        let has = |p: &str| progs.iter().any(|n| n.starts_with(p));
+        if has("from_pod") && has("to_pod") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "programs on {veth} after 30 s: {progs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     for _ in 0..5 {
         assert_eq!(
             probe(&c, "y/a", "x/d", 80, Protocol::Tcp, Via::Pod),
