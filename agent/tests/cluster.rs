@@ -435,3 +435,58 @@ fn a_full_resync_pass_finds_the_incremental_state_in_step() {
     );
     c.teardown().unwrap();
 }
+
+/// A CNI that re-creates a pod's sandbox gives the pod a new veth (new ifindex)
+/// under the same pod and address. The new interface must get the pod's endpoint
+/// record, or it drops everything as an unknown endpoint while the old record
+/// lingers under a dead ifindex.
+#[test]
+fn a_replaced_pod_veth_gets_the_pods_record() {
+    let mut c = cluster();
+    c.apply_policy(&only_a_to_b()).unwrap();
+    c.sync().unwrap();
+    assert_eq!(
+        probe(&c, "x/a", "x/b", 80, Protocol::Tcp, Via::Pod),
+        Outcome::Reachable
+    );
+    // The agent is paused meanwhile, so it sees the old and the new interface
+    // in one look (a fast CNI), not an interval without one, after which it
+    // would re-create the pod's state from nothing anyway.
+    let pid = c.agent_pid(2).expect("agent on node 2") as libc::pid_t;
+    // SAFETY: signals to our own child process.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let replaced = c.replace_pod_veth("x/b");
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    replaced.unwrap();
+    // No source change: the agent learns of it from netlink alone. First the
+    // programs go on (the moment before is the CNI's, as for any new veth) ...
+    let veth = c.pod_host_veth("x/b").expect("host veth").to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let progs = tc_programs(&c, 2, &veth);
+        let has = |p: &str| progs.iter().any(|n| n.starts_with(p));
+        if has("from_pod") && has("to_pod") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "programs on the new {veth}: {progs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // ... then the record: until it is written the interface drops everything.
+    while probe(&c, "x/a", "x/b", 80, Protocol::Tcp, Via::Pod) != Outcome::Reachable {
+        assert!(
+            Instant::now() < deadline,
+            "x/b's new veth never got its record:\n{}",
+            c.agent_log_tail(2, 40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        probe(&c, "x/c", "x/b", 80, Protocol::Tcp, Via::Pod),
+        Outcome::Blocked,
+        "the policy still holds on the new interface"
+    );
+    c.teardown().unwrap();
+}

@@ -784,6 +784,26 @@ impl Cluster {
         Ok(self.pods[i].ip)
     }
 
+    /// The process id of the running agent on `node`.
+    pub fn agent_pid(&self, node: usize) -> Option<u32> {
+        self.agent(node).ok()?.child.as_ref().map(|c| c.id())
+    }
+
+    /// Replaces a pod's veth pair, as a CNI does when it re-creates a pod's
+    /// sandbox: same host-side name and addresses, a new interface (new ifindex).
+    /// The pod object and its servers stay.
+    pub fn replace_pod_veth(&mut self, pod: &str) -> Result<()> {
+        let i = self.pod_index(pod)?;
+        let node = self.pods[i].spec.node;
+        let node_ns = self.node_ns[node - 1].clone();
+        ip_batch(&node_ns, &format!("link del {}\n", self.pods[i].host_veth))?;
+        ip_batch(&node_ns, &self.pod_veth_lines(&self.pods[i]))?;
+        ip_batch(
+            &self.pods[i].netns,
+            &self.guest_script(self.pods[i].ip, node_gateway(self.family, node)),
+        )
+    }
+
     /// [`Cluster::add_pod_network`] + [`Cluster::publish_pod`] (not synced).
     pub fn add_pod(&mut self, spec: PodSpec) -> Result<IpAddr> {
         let key = spec.key();
