@@ -18,8 +18,7 @@ use std::{
 
 use palisade_common::{Endpoint, EP_FAIL_CLOSED};
 use palisade_policy::{
-    compile, compile::is_local, diff, encode, ClusterIndex, Compiler, Direction, MapSet, MapWrite,
-    NodeInfo, PodKey,
+    compile::is_local, diff, ClusterIndex, Compiler, Direction, MapSet, MapWrite, NodeInfo, PodKey,
 };
 use tokio::sync::mpsc;
 use tracing::{error, info};
@@ -408,14 +407,13 @@ impl SyncLoop {
                 let current: BTreeMap<PodKey, u32> =
                     ifaces.iter().map(|(p, (_, i))| (p.clone(), *i)).collect();
                 let written = read_back(&self.maps, &current);
-                let desired = compile(&self.index, &node);
-                let mut new = encode(&desired, &self.ids, self.opts.audit);
-                new.endpoints.retain(|p, _| ifaces.contains_key(p));
-                let writes = diff(&written, &new);
-                // The compiler's first update covers the same state; its writes are
-                // the ones just computed against reality, so they are dropped.
+                // A fresh compiler compiles the whole node once; its writes assume
+                // empty maps, so they are dropped for a diff of its state (pods
+                // with an id only, i.e. with an interface) against reality.
                 let mut c = Compiler::new(node.clone(), self.opts.audit);
                 let _ = c.update(&self.index, &self.ids);
+                let new = c.map_set();
+                let writes = diff(&written, &new);
                 self.compiler = Some(c);
                 (writes, new.overflow)
             }
