@@ -32,7 +32,7 @@ use crate::cluster::{pod_service_name, Peer, Probe, Via};
 use crate::conformance::{run_scenarios, Built, CaseCluster, RunSettings, Summary};
 use crate::model::{ClusterSpec, Family, Labels, PodSpec, PortSpec, Protocol};
 use crate::podtool::{format_target, parse_results};
-use crate::probe::Outcome;
+use crate::probe::{scatter, Outcome};
 
 /// The annotation that marks what a run created (a label could be selected).
 pub const OWNED: &str = "palisade.dev/e2e";
@@ -696,39 +696,19 @@ impl KubeCluster {
         let groups: Vec<_> = groups.into_iter().collect();
         let mut out = vec![Outcome::Blocked; probes.len()];
         for batch in groups.chunks(8) {
-            let results: Vec<Result<Vec<(usize, Outcome)>>> = std::thread::scope(|s| {
-                let handles: Vec<_> = batch
-                    .iter()
-                    .map(|((ns, pod, container), targets)| {
-                        s.spawn(move || -> Result<Vec<(usize, Outcome)>> {
-                            let words: Vec<String> =
-                                targets.iter().map(|(_, t)| t.clone()).collect();
-                            let mut args = vec![
-                                "exec", "-n", ns, pod, "-c", container, "--", POD_TOOL, "probe",
-                            ];
-                            args.extend(words.iter().map(String::as_str));
-                            let text = self
-                                .k
-                                .run(&args, None)
-                                .with_context(|| format!("probing from {ns}/{pod}"))?;
-                            let res = parse_results(&text, &words)?;
-                            Ok(targets.iter().map(|(i, _)| *i).zip(res).collect())
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| match h.join() {
-                        Ok(r) => r,
-                        Err(p) => std::panic::resume_unwind(p),
-                    })
-                    .collect()
-            });
-            for r in results {
-                for (i, o) in r? {
-                    out[i] = o;
-                }
-            }
+            scatter(&mut out, batch, |((ns, pod, container), targets)| {
+                let words: Vec<String> = targets.iter().map(|(_, t)| t.clone()).collect();
+                let mut args = vec![
+                    "exec", "-n", ns, pod, "-c", container, "--", POD_TOOL, "probe",
+                ];
+                args.extend(words.iter().map(String::as_str));
+                let text = self
+                    .k
+                    .run(&args, None)
+                    .with_context(|| format!("probing from {ns}/{pod}"))?;
+                let res = parse_results(&text, &words)?;
+                Ok(targets.iter().map(|(i, _)| *i).zip(res).collect())
+            })?;
         }
         Ok(out)
     }

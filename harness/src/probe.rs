@@ -65,38 +65,19 @@ pub fn run_probes(probes: &[RawProbe], timeout: Duration) -> Result<Vec<Outcome>
             jobs.push((ns.to_string(), file, chunk.to_vec()));
         }
     }
-    let results: Vec<Result<Vec<(usize, Outcome)>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = jobs
-            .into_iter()
-            .map(|(ns, file, idxs)| {
-                s.spawn(move || -> Result<Vec<(usize, Outcome)>> {
-                    enter_netns(&file).with_context(|| format!("enter {ns}"))?;
-                    let batch: Vec<&RawProbe> = idxs.iter().map(|&i| &probes[i]).collect();
-                    let res = probe_group(&batch, timeout);
-                    Ok(idxs.into_iter().zip(res).collect())
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| match h.join() {
-                Ok(r) => r,
-                Err(p) => std::panic::resume_unwind(p),
-            })
-            .collect()
-    });
-    for r in results {
-        for (i, o) in r? {
-            out[i] = o;
-        }
-    }
+    scatter(&mut out, jobs, |(ns, file, idxs)| {
+        enter_netns(&file).with_context(|| format!("enter {ns}"))?;
+        let batch: Vec<&RawProbe> = idxs.iter().map(|&i| &probes[i]).collect();
+        let res = probe_group(&batch, timeout);
+        Ok(idxs.into_iter().zip(res).collect())
+    })?;
     Ok(out)
 }
 
 /// Probes `targets` from the calling process's own network namespace (a pod of a
 /// real cluster: `palisade-pod probe`), all in parallel; outcomes in input order.
 /// SCTP targets are [`Outcome::Skipped`] when the kernel has no SCTP.
-pub fn probe_here(targets: &[(SocketAddr, Protocol)], timeout: Duration) -> Vec<Outcome> {
+pub fn probe_here(targets: &[(SocketAddr, Protocol)], timeout: Duration) -> Result<Vec<Outcome>> {
     let probes: Vec<RawProbe> = targets
         .iter()
         .map(|&(to, protocol)| RawProbe {
@@ -109,32 +90,39 @@ pub fn probe_here(targets: &[(SocketAddr, Protocol)], timeout: Duration) -> Vec<
     let runnable: Vec<usize> = (0..probes.len())
         .filter(|&i| probes[i].protocol != Protocol::Sctp || sctp_supported())
         .collect();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = runnable
-            .chunks(CHUNK)
-            .map(|idxs| {
-                let probes = &probes;
-                s.spawn(move || {
-                    let batch: Vec<&RawProbe> = idxs.iter().map(|&i| &probes[i]).collect();
-                    idxs.iter()
-                        .copied()
-                        .zip(probe_group(&batch, timeout))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for h in handles {
-            match h.join() {
-                Ok(res) => {
-                    for (i, o) in res {
-                        out[i] = o;
-                    }
-                }
-                Err(p) => std::panic::resume_unwind(p),
-            }
-        }
+    scatter(&mut out, runnable.chunks(CHUNK), |idxs| {
+        let batch: Vec<&RawProbe> = idxs.iter().map(|&i| &probes[i]).collect();
+        Ok(idxs
+            .iter()
+            .copied()
+            .zip(probe_group(&batch, timeout))
+            .collect())
+    })?;
+    Ok(out)
+}
+
+/// Runs `job` once per item of `jobs`, each on its own scoped thread, and writes
+/// the (input index, outcome) pairs they return into `out`. A job's panic is
+/// resumed here; the first error is returned once every job has finished.
+pub(crate) fn scatter<J: Send>(
+    out: &mut [Outcome],
+    jobs: impl IntoIterator<Item = J>,
+    job: impl Fn(J) -> Result<Vec<(usize, Outcome)>> + Sync,
+) -> Result<()> {
+    let results: Vec<Result<Vec<(usize, Outcome)>>> = std::thread::scope(|s| {
+        let job = &job;
+        let handles: Vec<_> = jobs.into_iter().map(|j| s.spawn(move || job(j))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
     });
-    out
+    for r in results {
+        for (i, o) in r? {
+            out[i] = o;
+        }
+    }
+    Ok(())
 }
 
 enum State {

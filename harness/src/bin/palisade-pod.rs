@@ -88,7 +88,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .iter()
                 .map(|t| parse_target(t))
                 .collect::<Result<Vec<_>>>()?;
-            let res = probe_here(&parsed, Duration::from_millis(timeout_ms));
+            let res = probe_here(&parsed, Duration::from_millis(timeout_ms))?;
             let mut out = std::io::stdout().lock();
             for ((to, p), o) in parsed.iter().zip(res) {
                 writeln!(out, "{} {}", format_target(*to, *p), outcome_word(o))?;
