@@ -146,6 +146,8 @@ pub struct Node {
     pub name: String,
     pub addresses: Vec<IpAddr>,
     pub control_plane: bool,
+    /// `spec.podCIDR`, once the controller manager has assigned one.
+    pub pod_cidr: Option<String>,
 }
 
 /// Nodes from `kubectl get nodes -o json`, workers first (sorted by name), then
@@ -177,10 +179,15 @@ pub fn parse_nodes(list: &Value) -> Result<Vec<Node>> {
                     .collect()
             })
             .unwrap_or_default();
+        let pod_cidr = n
+            .pointer("/spec/podCIDR")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         nodes.push(Node {
             name,
             addresses,
             control_plane,
+            pod_cidr,
         });
     }
     nodes.sort_by(|a, b| (a.control_plane, &a.name).cmp(&(b.control_plane, &b.name)));
@@ -1094,7 +1101,9 @@ mod tests {
              "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.4"},
                                       {"type": "InternalIP", "address": "fc00:f853::4"}]}},
             {"metadata": {"name": "palisade-worker"},
-             "status": {"addresses": [{"type": "InternalIP", "address": "172.18.0.3"}]}},
+             "spec": {"podCIDR": "10.244.1.0/24"},
+             "status": {"addresses": [{"type": "Hostname", "address": "palisade-worker"},
+                                      {"type": "InternalIP", "address": "172.18.0.3"}]}},
         ]});
         let nodes = parse_nodes(&list).expect("parses");
         let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
@@ -1107,6 +1116,13 @@ mod tests {
             ]
         );
         assert_eq!(nodes[1].addresses.len(), 2);
+        assert_eq!(nodes[0].pod_cidr.as_deref(), Some("10.244.1.0/24"));
+        assert_eq!(
+            nodes[0].addresses,
+            ["172.18.0.3".parse::<IpAddr>().expect("ip")],
+            "InternalIP only"
+        );
+        assert_eq!(nodes[2].pod_cidr, None, "not assigned yet");
         assert!(nodes[2].control_plane && !nodes[0].control_plane);
         assert!(parse_nodes(&json!({})).is_err());
     }

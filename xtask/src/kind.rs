@@ -7,6 +7,7 @@
 //! objects it creates per case and the pod tool by the harness's tests.
 use std::{
     io::Write,
+    net::IpAddr,
     path::PathBuf,
     process::{Command, Stdio},
     time::Duration,
@@ -14,7 +15,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use palisade_harness::{
-    kube::{check_cni_does_not_enforce, run_kube_conformance, KubeOptions, Kubectl},
+    kube::{check_cni_does_not_enforce, parse_nodes, run_kube_conformance, KubeOptions, Kubectl},
     Family, RunSettings,
 };
 use serde_json::{json, Value};
@@ -51,6 +52,14 @@ fn check(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// `kubectl --context kind-palisade ARGS`, its output shown; fails naming `what`.
+fn kubectl(args: &[&str], what: &str) -> Result<()> {
+    check(
+        tool("kubectl")?.args(["--context", &context()]).args(args),
+        what,
+    )
+}
+
 fn cluster_exists() -> Result<bool> {
     let out = tool("kind")?
         .args(["get", "clusters"])
@@ -74,59 +83,33 @@ pub fn up() -> Result<()> {
         )?;
     }
     pod_network()?;
-    check(
-        tool("kubectl")?.args([
-            "--context",
-            &context(),
+    kubectl(
+        &[
             "wait",
             "--for=condition=Ready",
             "node",
             "--all",
             "--timeout=300s",
-        ]),
+        ],
         "kubectl wait for the nodes",
     )
 }
 
-/// A node as `kind up` needs it: its name (also its container's), pod CIDR and
-/// address.
-#[derive(Debug, PartialEq)]
-struct KindNode {
-    name: String,
-    pod_cidr: String,
-    ip: String,
-}
-
-fn kind_nodes(list: &Value) -> Result<Vec<KindNode>> {
-    let items = list
-        .get("items")
-        .and_then(Value::as_array)
-        .ok_or_else(|| anyhow!("node list has no items"))?;
-    items
-        .iter()
+/// (name, pod CIDR, IPv4 address) of every node, from `kubectl get nodes -o
+/// json`; a kind node's name is also its container's.
+fn routed_nodes(list: &Value) -> Result<Vec<(String, String, String)>> {
+    parse_nodes(list)?
+        .into_iter()
         .map(|n| {
-            let name = n
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| anyhow!("a node without a name"))?;
-            let pod_cidr = n
-                .pointer("/spec/podCIDR")
-                .and_then(Value::as_str)
-                .ok_or_else(|| anyhow!("node {name} has no spec.podCIDR yet"))?;
+            let cidr = n
+                .pod_cidr
+                .ok_or_else(|| anyhow!("node {} has no spec.podCIDR yet", n.name))?;
             let ip = n
-                .pointer("/status/addresses")
-                .and_then(Value::as_array)
-                .and_then(|a| {
-                    a.iter()
-                        .find(|a| a["type"] == "InternalIP")
-                        .and_then(|a| a["address"].as_str())
-                })
-                .ok_or_else(|| anyhow!("node {name} has no InternalIP"))?;
-            Ok(KindNode {
-                name: name.into(),
-                pod_cidr: pod_cidr.into(),
-                ip: ip.into(),
-            })
+                .addresses
+                .into_iter()
+                .find(IpAddr::is_ipv4)
+                .ok_or_else(|| anyhow!("node {} has no IPv4 InternalIP", n.name))?;
+            Ok((n.name, cidr, ip.to_string()))
         })
         .collect()
 }
@@ -185,11 +168,11 @@ fn docker_exec(node: &str, args: &[&str], stdin: Option<&str>) -> Result<()> {
 fn pod_network() -> Result<()> {
     crate::step("kind: pod networking (ptp CNI, routes between nodes; no policy)");
     let k = Kubectl::new(Some(context()));
-    let nodes = kind_nodes(&k.json(&["get", "nodes"])?)?;
-    for n in &nodes {
-        let conf = serde_json::to_string_pretty(&cni_config(&n.pod_cidr))?;
+    let nodes = routed_nodes(&k.json(&["get", "nodes"])?)?;
+    for (name, cidr, _) in &nodes {
+        let conf = serde_json::to_string_pretty(&cni_config(cidr))?;
         docker_exec(
-            &n.name,
+            name,
             &[
                 "sh",
                 "-c",
@@ -197,10 +180,10 @@ fn pod_network() -> Result<()> {
             ],
             Some(&conf),
         )?;
-        for other in nodes.iter().filter(|o| o.name != n.name) {
+        for (_, other_cidr, other_ip) in nodes.iter().filter(|o| &o.0 != name) {
             docker_exec(
-                &n.name,
-                &["ip", "route", "replace", &other.pod_cidr, "via", &other.ip],
+                name,
+                &["ip", "route", "replace", other_cidr, "via", other_ip],
                 None,
             )?;
         }
@@ -260,37 +243,32 @@ pub fn deploy() -> Result<()> {
         check_cni_does_not_enforce(&opts, Family::Ipv4)?;
         eprintln!("a deny-all policy blocked nothing without Palisade: good");
     }
-    check(
-        tool("kubectl")?
-            .args(["--context", &context(), "apply", "-k"])
-            .arg(crate::workspace_root().join("deploy")),
+    let deploy_dir = crate::workspace_root().join("deploy");
+    kubectl(
+        &["apply", "-k", &deploy_dir.to_string_lossy()],
         "kubectl apply -k deploy/",
     )?;
     // A new image under the same tag: restart so every node runs it.
-    check(
-        tool("kubectl")?.args([
-            "--context",
-            &context(),
+    kubectl(
+        &[
             "-n",
             "kube-system",
             "rollout",
             "restart",
             "ds/palisade-agent",
-        ]),
+        ],
         "kubectl rollout restart",
     )?;
     // Ready means every node's agent has programmed its first full state.
-    check(
-        tool("kubectl")?.args([
-            "--context",
-            &context(),
+    kubectl(
+        &[
             "-n",
             "kube-system",
             "rollout",
             "status",
             "ds/palisade-agent",
             "--timeout=300s",
-        ]),
+        ],
         "kubectl rollout status",
     )
 }
@@ -339,15 +317,15 @@ mod tests {
                                       {"type": "InternalIP", "address": "172.18.0.3"}]}},
         ]});
         assert_eq!(
-            kind_nodes(&list).expect("parses"),
-            [KindNode {
-                name: "palisade-worker".into(),
-                pod_cidr: "10.244.1.0/24".into(),
-                ip: "172.18.0.3".into()
-            }]
+            routed_nodes(&list).expect("parses"),
+            [(
+                "palisade-worker".to_string(),
+                "10.244.1.0/24".to_string(),
+                "172.18.0.3".to_string()
+            )]
         );
         let no_cidr = json!({"items": [{"metadata": {"name": "n"}, "status": {}}]});
-        assert!(kind_nodes(&no_cidr).is_err());
+        assert!(routed_nodes(&no_cidr).is_err());
     }
 
     /// The pod subnet of the kind config is what the CNI hands out from, per node.
