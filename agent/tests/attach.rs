@@ -6,11 +6,13 @@
 //!
 //! `attach_in_the_kernels_mode` prints `PALISADE-VM-ATTACH-MODE: <mode>`, which
 //! `cargo xtask vm-test` reports per kernel (run it with `--nocapture` to see it).
-use std::{path::PathBuf, process::Command};
+use std::path::PathBuf;
 
 use palisade_agent::datapath::{AttachMode, Datapath, Hook};
 
 mod common;
+
+use common::cmd;
 
 struct PinDir(PathBuf);
 
@@ -18,19 +20,6 @@ impl Drop for PinDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn cmd(bin: &str, args: &[&str]) -> String {
-    let out = Command::new(bin)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {bin}: {e}"));
-    assert!(
-        out.status.success(),
-        "{bin} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Move this test thread into a fresh network namespace holding veth pva/pvb.

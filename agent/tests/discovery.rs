@@ -3,31 +3,16 @@
 //! gives its MAC and the bridge's forwarding database the port it is on. The
 //! namespace harness is ptp-style, so this is where the bridge path runs. Needs
 //! root; everything happens in a network namespace private to the test thread.
-use std::process::Command;
-
 use palisade_agent::discovery::Links;
 
 mod common;
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::cmd("ip", args);
 }
 
 fn bridge(args: &[&str]) {
-    let out = Command::new("bridge")
-        .args(args)
-        .output()
-        .expect("run bridge");
-    assert!(
-        out.status.success(),
-        "bridge {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::cmd("bridge", args);
 }
 
 #[test]
@@ -39,11 +24,8 @@ fn bridge_style_pods_are_found_through_neighbour_and_fdb_entries() {
     ip(&["addr", "add", "10.88.0.1/24", "dev", "cni0"]);
     ip(&["link", "set", "vethpod1", "master", "cni0"]);
     // (sysfs shows the namespace it was mounted in, not this thread's: ask ip.)
-    let out = Command::new("ip")
-        .args(["-json", "link", "show", "podeth"])
-        .output()
-        .expect("run ip");
-    let link: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -json");
+    let shown = common::cmd("ip", &["-json", "link", "show", "podeth"]);
+    let link: serde_json::Value = serde_json::from_str(&shown).expect("ip -json");
     let mac = link[0]["address"].as_str().expect("pod MAC").to_string();
     ip(&[
         "neigh",

@@ -1,6 +1,22 @@
 //! Helpers shared by the root-only integration tests (each test file includes
 //! this module with `mod common;`).
 
+/// Runs `bin args` (in the calling thread's network namespace) and returns its
+/// stdout; fails the test with its stderr when it exits non-zero.
+#[allow(dead_code)] // not every test file that includes this module uses it
+pub fn cmd(bin: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {bin}: {e}"));
+    assert!(
+        out.status.success(),
+        "{bin} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Moves the calling test thread into a fresh network namespace of its own and
 /// makes the veth pair `a`/`b` there, both up; returns their ifindexes. The
 /// namespace goes away with the thread, so nothing outlives the test.
@@ -23,21 +39,12 @@ pub fn private_veth(a: &str, b: &str) -> (u32, u32) {
 /// Another veth pair `a`/`b`, both up, in the namespace [`private_veth`] made.
 #[allow(dead_code)] // not every test file that includes this module uses it
 pub fn private_veth_here(a: &str, b: &str) -> (u32, u32) {
-    for args in [
-        vec!["link", "add", "name", a, "type", "veth", "peer", "name", b],
-        vec!["link", "set", a, "up"],
-        vec!["link", "set", b, "up"],
-    ] {
-        let out = std::process::Command::new("ip")
-            .args(&args)
-            .output()
-            .expect("run ip");
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    cmd(
+        "ip",
+        &["link", "add", "name", a, "type", "veth", "peer", "name", b],
+    );
+    cmd("ip", &["link", "set", a, "up"]);
+    cmd("ip", &["link", "set", b, "up"]);
     let index = |name: &str| {
         let c = std::ffi::CString::new(name).expect("no NUL");
         // SAFETY: a valid C string.
