@@ -46,9 +46,22 @@ pub struct Cli {
     /// The Service egress check runs on their egress. Every other veth is a pod
     /// interface and is fail-closed until its pod's state is written. Repeatable.
     /// A trailing `*` matches a name prefix (`--uplink 'eth*'`).
-    /// Default: every interface that is not a veth (loopback excluded).
+    /// Default: every interface that is not a veth (loopback excluded), and the
+    /// veths that are the node's own link: those holding a --node-ip address or
+    /// carrying a route through a gateway (a kind node's eth0 is a veth).
     #[arg(long = "uplink", value_name = "IFACE")]
     pub uplinks: Vec<String>,
+
+    /// The node's own addresses (comma-separated). Without --uplink, the
+    /// interface holding one of them is an uplink even if it is a veth. In a
+    /// DaemonSet, set NODE_IP from the downward API (status.hostIPs).
+    #[arg(
+        long = "node-ip",
+        env = "NODE_IP",
+        value_delimiter = ',',
+        value_name = "ADDR"
+    )]
+    pub node_ips: Vec<std::net::IpAddr>,
 
     /// How programs are attached: `auto` uses TCX links on kernels from 6.6 and
     /// netlink TC (a clsact qdisc with direct-action filters) before; `tcx` and

@@ -16,7 +16,7 @@ use palisade_agent::{
     kube_source::KubeSource,
     maps::Maps,
     source::FileSource,
-    sync::{Options, Readiness, Shared, SyncLoop, Wake},
+    sync::{Names, Options, Readiness, Shared, SyncLoop, Wake},
 };
 use palisade_common::Config;
 use tokio::sync::mpsc;
@@ -53,6 +53,11 @@ fn startup_checks(cli: &Cli) -> Result<()> {
     }
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
         bail!("this kernel has no BTF (/sys/kernel/btf/vmlinux missing); Palisade needs CONFIG_DEBUG_INFO_BTF");
+    }
+    // Interface discovery runs iproute2's `ip` and `bridge`: without them the
+    // agent would find no pod at all.
+    if let Err(e) = discovery::Links::scan() {
+        bail!("cannot read this node's interfaces: {e}");
     }
     if let Some(dir) = &cli.source_dir {
         if !dir.is_dir() {
@@ -107,7 +112,12 @@ async fn main() -> Result<()> {
 
     let shared = Arc::new(Shared {
         ready: Mutex::new(Readiness::default()),
-        names: Mutex::new(Default::default()),
+        // The node is named from the start: adopted programs may report denies
+        // before the first pass fills in the rest.
+        names: Mutex::new(Names {
+            node: cli.node_name.clone(),
+            ..Default::default()
+        }),
     });
     let listener = tokio::net::TcpListener::bind(cli.ready_addr)
         .await
@@ -143,7 +153,14 @@ async fn main() -> Result<()> {
     // Interface changes wake the sync loop.
     let (wake_tx, wake_rx) = mpsc::unbounded_channel();
     std::thread::spawn(move || {
-        if let Err(e) = discovery::watch_netlink(|| wake_tx.send(Wake::Links).is_ok()) {
+        let watch = discovery::watch_netlink(|change| {
+            let w = match change {
+                discovery::NetlinkChange::Links => Wake::Links,
+                discovery::NetlinkChange::Neigh => Wake::Neigh,
+            };
+            wake_tx.send(w).is_ok()
+        });
+        if let Err(e) = watch {
             error!(error = %e, "netlink watch failed; discovering interfaces on every pass");
             let _ = wake_tx.send(Wake::Unwatched);
         }
@@ -168,6 +185,7 @@ async fn main() -> Result<()> {
             node: cli.node_name.clone(),
             audit: cli.audit,
             uplinks: cli.uplinks.clone(),
+            node_ips: cli.node_ips.clone(),
             resync: Duration::from_secs(cli.resync_seconds.max(1)),
         },
         dp,

@@ -16,16 +16,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use palisade_common::{Endpoint, EP_FAIL_CLOSED};
+use palisade_common::{Endpoint, EP_FAIL_CLOSED, EP_HAS_V4, EP_HAS_V6};
 use palisade_policy::{
     compile::is_local, diff, ClusterIndex, Compiler, Direction, MapSet, MapWrite, NodeInfo, PodKey,
 };
 use tokio::sync::mpsc;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::{
     datapath::{Datapath, Hook},
-    discovery::Links,
+    discovery::{self, Links},
     maps::{Maps, WriteError},
     source::SourceEvent,
 };
@@ -68,6 +68,7 @@ pub struct Options {
     pub node: String,
     pub audit: bool,
     pub uplinks: Vec<String>,
+    pub node_ips: Vec<IpAddr>,
     pub resync: Duration,
 }
 
@@ -86,6 +87,12 @@ pub struct SyncLoop {
     links: Option<Links>,
     /// Whether the netlink watch runs (otherwise every pass discovers).
     links_watched: bool,
+    /// Local pods the last pass found no interface for.
+    missing_ifaces: usize,
+    /// The last failure to add or remove a managed neighbour entry.
+    neigh_error: Option<String>,
+    /// The last failure to scan the interfaces.
+    scan_error: Option<String>,
     ids: BTreeMap<PodKey, u32>,
     /// Errors per input, so each is logged once per change.
     errors: BTreeMap<String, String>,
@@ -105,6 +112,9 @@ struct Adopted {
 pub enum Wake {
     /// An interface, address or route changed: rediscover before the next pass.
     Links,
+    /// A neighbour or bridge FDB entry changed: rediscover if a local pod has no
+    /// interface yet (bridge-style nodes find pods through those entries).
+    Neigh,
     /// No netlink watch runs: discover on every pass.
     Unwatched,
 }
@@ -128,6 +138,9 @@ impl SyncLoop {
             written_if: BTreeMap::new(),
             links: None,
             links_watched: true,
+            missing_ifaces: 0,
+            neigh_error: None,
+            scan_error: None,
             ids: BTreeMap::new(),
             errors: BTreeMap::new(),
             synced: false,
@@ -219,16 +232,14 @@ impl SyncLoop {
                     Some(ev) => on_source(&mut self, ev, &mut boundary),
                     None => return,
                 },
-                w = wake.recv() => {
-                    boundary = true;
-                    match w {
-                        Some(w) => {
-                            self.on_wake(w);
-                            true
-                        }
-                        None => false,
+                w = wake.recv() => match w {
+                    Some(w) => {
+                        let relevant = self.on_wake(w);
+                        boundary |= relevant;
+                        relevant
                     }
-                }
+                    None => false,
+                },
                 _ = resync.tick() => {
                     boundary = true;
                     full = true;
@@ -240,9 +251,10 @@ impl SyncLoop {
                 pending |= on_source(&mut self, ev, &mut boundary);
             }
             while let Ok(w) = wake.try_recv() {
-                self.on_wake(w);
-                pending = true;
-                boundary = true;
+                if self.on_wake(w) {
+                    pending = true;
+                    boundary = true;
+                }
             }
             if pending && boundary && self.synced {
                 if full {
@@ -256,14 +268,20 @@ impl SyncLoop {
         }
     }
 
-    fn on_wake(&mut self, w: Wake) {
+    /// Whether the wake calls for a pass.
+    fn on_wake(&mut self, w: Wake) -> bool {
         match w {
             Wake::Links => self.links = None,
+            // Neighbour entries change all the time (reachability): only a pod
+            // still waiting for its interface needs them.
+            Wake::Neigh if self.missing_ifaces == 0 => return false,
+            Wake::Neigh => self.links = None,
             Wake::Unwatched => {
                 self.links_watched = false;
                 self.links = None;
             }
         }
+        true
     }
 
     /// Local pods (from the index) and the interface each was found on.
@@ -280,7 +298,14 @@ impl SyncLoop {
             .filter(|p| is_local(p, node))
         {
             let ip = pod.ipv4().map(IpAddr::V4).or(pod.ipv6().map(IpAddr::V6));
-            match ip.and_then(|ip| links.pod_interface(ip)) {
+            let Some(ip) = ip else {
+                missing += 1;
+                continue;
+            };
+            match links
+                .pod_interface(ip)
+                .or_else(|| self.known_interface(&pod.key(), ip, links))
+            {
                 Some(found) => {
                     ifaces.insert(pod.key(), found);
                 }
@@ -288,6 +313,90 @@ impl SyncLoop {
             }
         }
         (ifaces, missing)
+    }
+
+    /// Scans the node's interfaces; if that fails, keeps what the last scan
+    /// found (an empty table would unknow every pod: a transient failure must
+    /// not cut every pod off), and logs the failure once per message.
+    fn discover(&mut self, prev: Option<Links>) -> Option<Links> {
+        match Links::scan() {
+            Ok(l) => {
+                self.scan_error = None;
+                Some(l)
+            }
+            Err(e) => {
+                if self.scan_error.as_ref() != Some(&e) {
+                    error!(error = %e, "interface discovery failed; keeping the interfaces found last (none: nothing is programmed until it works)");
+                    self.scan_error = Some(e);
+                }
+                prev
+            }
+        }
+    }
+
+    /// Bridge-style nodes: every local pod on a bridge subnet without a
+    /// neighbour entry gets a managed one (see [`discovery::resolve_neighbour`]);
+    /// managed entries of ours whose address no local pod holds are removed.
+    fn manage_neighbours(&mut self, node: &NodeInfo, links: &Links) {
+        if links.bridge_subnets.is_empty() && links.managed.is_empty() {
+            return;
+        }
+        let local: BTreeSet<IpAddr> = self
+            .index
+            .pods_on_node(&node.name)
+            .filter(|p| is_local(p, node))
+            .flat_map(|p| [p.ipv4().map(IpAddr::V4), p.ipv6().map(IpAddr::V6)])
+            .flatten()
+            .collect();
+        let mut failures = Vec::new();
+        for ip in &local {
+            if links.neigh.contains_key(ip) || links.managed.contains_key(ip) {
+                continue;
+            }
+            if let Some(bridge) = links.bridge_for(*ip) {
+                if let Err(e) = discovery::resolve_neighbour(*ip, bridge) {
+                    failures.push(e);
+                }
+            }
+        }
+        for (ip, dev) in &links.managed {
+            if !local.contains(ip) {
+                if let Err(e) = discovery::forget_neighbour(*ip, dev) {
+                    failures.push(e);
+                }
+            }
+        }
+        // One line per distinct failure (an old kernel refuses every entry).
+        let summary = failures.first().cloned();
+        if summary != self.neigh_error {
+            if let Some(e) = &summary {
+                warn!(error = %e, failed = failures.len(), "managed neighbour entries for bridge-style pods: pods are found once they send or receive traffic");
+            }
+            self.neigh_error = summary;
+        }
+    }
+
+    /// The interface a pod was found on before, while it still exists. On a
+    /// bridge-style node a pod is found through its neighbour and FDB entries,
+    /// which age out when the pod is idle (FDB after 300 s by default); losing
+    /// the pod then would drop its traffic as an unknown endpoint until it sent
+    /// something again. The record written under that interface (this run's,
+    /// or one adopted from an earlier agent, matched by address) is the proof.
+    fn known_interface(&self, pod: &PodKey, ip: IpAddr, links: &Links) -> Option<(String, u32)> {
+        let idx = self.written_if.get(pod).copied().or_else(|| {
+            let adopted = self.adopted.as_ref()?;
+            adopted
+                .endpoints
+                .iter()
+                .find(|(_, e)| endpoint_has(e, ip))
+                .map(|(idx, _)| *idx)
+        })?;
+        let name = links
+            .veths
+            .iter()
+            .find(|(_, i)| **i == idx)
+            .map(|(n, _)| n.clone())?;
+        Some((name, idx))
     }
 
     fn alloc_id(&mut self, pod: &PodKey, reuse: Option<u32>) -> u32 {
@@ -311,27 +420,21 @@ impl SyncLoop {
         };
         // Local pods and their interfaces. Cached interfaces serve while netlink
         // reports no change, on incremental passes, and while every local pod is
-        // found (a pod without one may be waiting for a neighbour or FDB entry,
-        // which netlink does not report here).
-        let cached = self
-            .links
-            .take()
-            .filter(|_| self.links_watched && self.compiler.is_some());
-        let (links, ifaces) = match cached {
-            Some(l) => match self.pod_interfaces(&node, &l) {
-                (ifaces, 0) => (l, ifaces),
-                _ => {
-                    let l = Links::scan();
-                    let (ifaces, _) = self.pod_interfaces(&node, &l);
-                    (l, ifaces)
-                }
-            },
-            None => {
-                let l = Links::scan();
-                let (ifaces, _) = self.pod_interfaces(&node, &l);
-                (l, ifaces)
-            }
+        // found (a pod without one may be waiting for a neighbour or FDB entry;
+        // their changes wake a pass only while such a pod exists).
+        let prev = self.links.take();
+        let reuse = self.links_watched && self.compiler.is_some();
+        let links = match prev {
+            Some(l) if reuse && self.pod_interfaces(&node, &l).1 == 0 => Some(l),
+            prev => self.discover(prev),
         };
+        let Some(links) = links else {
+            // Nothing known to program against: leave the maps as they are.
+            return;
+        };
+        let (ifaces, missing) = self.pod_interfaces(&node, &links);
+        self.missing_ifaces = missing;
+        self.manage_neighbours(&node, &links);
         let discover_ms = started.elapsed().as_millis() as u64;
         // Endpoint ids: keep ids across restarts (adopted records) and changes.
         let adopted = self.adopted.take();
@@ -363,21 +466,13 @@ impl SyncLoop {
 
         // Every veth that is not an uplink is a pod interface: attach before writing,
         // so an interface whose pod is not known yet (or whose record is not written
-        // yet) drops everything (fail closed). With --uplink, only those interfaces
-        // are uplinks; without, every non-veth interface but loopback is.
+        // yet) drops everything (fail closed).
         let mut attach_errors = Vec::new();
         for (name, idx) in &links.by_name {
-            let is_uplink = if self.opts.uplinks.is_empty() {
-                !links.veths.contains_key(name)
-            } else {
-                self.opts.uplinks.iter().any(|u| match u.strip_suffix('*') {
-                    Some(prefix) => name.starts_with(prefix),
-                    None => u == name,
-                })
-            };
+            let uplink = is_uplink(name, &links, &self.opts.uplinks, &self.opts.node_ips);
             let hooks: &[Hook] = if name == "lo" {
                 &[]
-            } else if is_uplink {
+            } else if uplink {
                 &[Hook::SvcEgress]
             } else if links.veths.contains_key(name) {
                 &[Hook::FromPod, Hook::ToPod]
@@ -462,7 +557,8 @@ impl SyncLoop {
         }
         self.written_if = ifaces.iter().map(|(p, (_, i))| (p.clone(), *i)).collect();
         let node_addrs = links.node_addrs.clone();
-        self.links = Some(links);
+        // After a failed scan the next pass scans again.
+        self.links = self.scan_error.is_none().then_some(links);
 
         self.generation += 1;
 
@@ -569,6 +665,33 @@ impl SyncLoop {
     }
 }
 
+/// Whether interface `name` leads out of the node (Service egress hook) rather
+/// than to a pod. With `uplinks` given, exactly those (a trailing `*` matches a
+/// prefix). Without: every interface but the veths, plus the veths that are the
+/// node's own link, recognised by a node address or a route via a gateway
+/// (pod veths carry neither: host routes and connected bridge subnets only).
+pub fn is_uplink(name: &str, links: &Links, uplinks: &[String], node_ips: &[IpAddr]) -> bool {
+    if !uplinks.is_empty() {
+        return uplinks.iter().any(|u| match u.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => u == name,
+        });
+    }
+    !links.veths.contains_key(name)
+        || links.gateway_devs.contains(name)
+        || node_ips
+            .iter()
+            .any(|ip| links.addr_devs.get(ip).is_some_and(|d| d == name))
+}
+
+/// Whether an endpoint record carries address `ip`.
+fn endpoint_has(ep: &Endpoint, ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => ep.flags & EP_HAS_V4 != 0 && ep.ipv4 == a.octets(),
+        IpAddr::V6(a) => ep.flags & EP_HAS_V6 != 0 && ep.ipv6 == a.octets(),
+    }
+}
+
 /// What the maps hold, keyed as the engine keys it; endpoint records are keyed by
 /// pod through `pods_by_if` (pod -> its current ifindex), and records no pod owns
 /// are left out (the pass removes them separately).
@@ -588,4 +711,69 @@ fn read_back(maps: &Maps, pods_by_if: &BTreeMap<PodKey, u32>) -> MapSet {
         }
     }
     written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kind node: eth0 is a veth with the default route and the node's
+    /// address; pod veths carry host routes only; cni0 is a bridge.
+    fn kind_node() -> Links {
+        let mut l = Links::default();
+        for (i, n) in ["lo", "eth0", "veth1", "veth2", "cni0"].iter().enumerate() {
+            l.by_name.insert(n.to_string(), i as u32 + 1);
+        }
+        for (n, i) in [("eth0", 2), ("veth1", 3), ("veth2", 4)] {
+            l.veths.insert(n.to_string(), i);
+        }
+        l.gateway_devs.insert("eth0".into());
+        l.addr_devs
+            .insert("172.18.0.2".parse().expect("ip"), "eth0".into());
+        l.addr_devs
+            .insert("10.244.1.1".parse().expect("ip"), "veth1".into());
+        l
+    }
+
+    #[test]
+    fn a_veth_with_a_gateway_route_or_the_node_address_is_an_uplink() {
+        let l = kind_node();
+        assert!(is_uplink("eth0", &l, &[], &[]));
+        assert!(is_uplink("cni0", &l, &[], &[]));
+        assert!(!is_uplink("veth1", &l, &[], &[]));
+        assert!(!is_uplink("veth2", &l, &[], &[]));
+
+        // Without the gateway route (a single node with connected routes only),
+        // the node address alone tells.
+        let mut l = kind_node();
+        l.gateway_devs.clear();
+        assert!(!is_uplink("eth0", &l, &[], &[]));
+        let node_ip: IpAddr = "172.18.0.2".parse().expect("ip");
+        assert!(is_uplink("eth0", &l, &[], &[node_ip]));
+        assert!(!is_uplink("veth1", &l, &[], &[node_ip]));
+    }
+
+    #[test]
+    fn explicit_uplinks_are_exactly_those() {
+        let l = kind_node();
+        let up = vec!["eth*".to_string()];
+        assert!(is_uplink("eth0", &l, &up, &[]));
+        assert!(!is_uplink("cni0", &l, &up, &[]));
+        assert!(!is_uplink("veth1", &l, &["veth2".into()], &[]));
+        assert!(is_uplink("veth2", &l, &["veth2".into()], &[]));
+    }
+
+    #[test]
+    fn an_endpoint_record_is_matched_by_address() {
+        let ep = Endpoint {
+            id: 1,
+            flags: EP_HAS_V4,
+            ipv4: [10, 0, 0, 5],
+            _pad0: [0; 4],
+            ipv6: [0; 16],
+        };
+        assert!(endpoint_has(&ep, "10.0.0.5".parse().expect("ip")));
+        assert!(!endpoint_has(&ep, "10.0.0.6".parse().expect("ip")));
+        assert!(!endpoint_has(&ep, "::".parse().expect("ip")));
+    }
 }

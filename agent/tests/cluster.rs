@@ -10,7 +10,7 @@ use std::{
 
 use palisade_harness::{
     in_netns, AgentConfig, Cluster, ClusterOptions, ClusterSpec, Family, Labels, Outcome, Peer,
-    PodSpec, PortSpec, Probe, Protocol, Via,
+    PodSpec, PortSpec, Probe, Protocol, Topology, Via,
 };
 use serde_json::{json, Value};
 
@@ -32,6 +32,7 @@ fn cluster_with(agent_args: &[&str]) -> Cluster {
         ClusterOptions {
             agent: Some(agent),
             keep_temp: false,
+            ..Default::default()
         },
     )
     .expect("build cluster");
@@ -489,4 +490,140 @@ fn a_replaced_pod_veth_gets_the_pods_record() {
         "the policy still holds on the new interface"
     );
     c.teardown().unwrap();
+}
+
+/// `ip -n <ns> -json <args>` as JSON.
+fn ip_json(ns: &str, args: &[&str]) -> Value {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns, "-json"])
+        .args(args)
+        .output()
+        .expect("run ip");
+    assert!(out.status.success(), "ip {args:?}: {:?}", out);
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(Vec::new()))
+}
+
+/// The addresses the agent holds managed neighbour entries for in `ns`.
+fn managed_neighbours(ns: &str) -> Vec<String> {
+    let proto = palisade_agent::discovery::NEIGH_PROTOCOL.to_string();
+    ip_json(ns, &["neigh", "show"])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["protocol"].as_str() == Some(proto.as_str()))
+        .filter_map(|n| n["dst"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// A bridge-style node (CNI bridge plugin, flannel): pods on a bridge, no host
+/// routes, found only through neighbour and FDB entries. Pods of one node that
+/// talk only to each other never give the node those entries; the agent asks
+/// the kernel for them (managed neighbour entries), and removes them with the
+/// pod.
+#[test]
+fn bridge_style_pods_that_never_talked_to_their_node_are_found_and_enforced() {
+    let mut c = Cluster::build(
+        &ClusterSpec::default_model(Family::Ipv4),
+        ClusterOptions {
+            agent: Some(AgentConfig::new(agent_binary())),
+            topology: Topology::Bridge,
+            ..Default::default()
+        },
+    )
+    .expect("build cluster");
+    let ns = c.node_netns(1).expect("node 1").to_string();
+    let local: Vec<String> = c
+        .pod_keys()
+        .into_iter()
+        .filter(|k| c.pod_spec(k).expect("pod").node == 1)
+        .collect();
+    assert!(local.len() >= 3, "{local:?}");
+    // The node is bridge-style: the pods' host sides are ports of cni0, and no
+    // host route names them.
+    for k in &local {
+        let veth = c.pod_host_veth(k).expect("veth");
+        let link = ip_json(&ns, &["link", "show", veth]);
+        assert_eq!(link[0]["master"].as_str(), Some("cni0"), "{link}");
+        let ip = c.pod_ip(k).expect("ip").to_string();
+        let routes = ip_json(&ns, &["route", "show", &ip]);
+        assert!(
+            routes.as_array().is_none_or(|r| r.is_empty()),
+            "host route to {k}: {routes}"
+        );
+    }
+    c.start_agents().expect("start agents");
+    c.sync().expect("agents programmed");
+
+    // Every local pod gets a managed entry and an endpoint record; until it has
+    // one, its interface drops everything.
+    let want: Vec<String> = local
+        .iter()
+        .map(|k| c.pod_ip(k).expect("ip").to_string())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let managed = managed_neighbours(&ns);
+        let ready = palisade_harness::agent::get_ready(&ns).expect("ready");
+        let body: Value = serde_json::from_str(&ready.body).unwrap_or_default();
+        let endpoints = body["endpoints"].as_u64().unwrap_or(0) as usize;
+        if want.iter().all(|ip| managed.contains(ip)) && endpoints == local.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 20 s: managed {managed:?}, want {want:?}; {ready:?}\n{}",
+            c.agent_log_tail(1, 30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Layer-2 traffic between pods of the node, both ends found.
+    let (a, b) = (&local[0], &local[1]);
+    assert_eq!(
+        probe(&c, a, b, 80, Protocol::Tcp, Via::Pod),
+        Outcome::Reachable
+    );
+    // A deny-all in the target's namespace closes that path, through the
+    // Service too (the reply is bridged back through br_netfilter's un-DNAT).
+    let target_ns = c.pod_spec(b).expect("pod").namespace.clone();
+    c.apply_policy(&json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "deny-all", "namespace": target_ns},
+        "spec": {"podSelector": {}}
+    }))
+    .expect("policy");
+    c.sync().expect("sync");
+    for via in [Via::Pod, Via::Service] {
+        assert_eq!(
+            probe(&c, a, b, 80, Protocol::Tcp, via),
+            Outcome::Blocked,
+            "{a} -> {b} {via:?}"
+        );
+    }
+    assert_eq!(
+        probe(&c, "node/1", b, 80, Protocol::Tcp, Via::Pod),
+        Outcome::Reachable,
+        "its own node still reaches it"
+    );
+    c.delete_policy(&target_ns, "deny-all").expect("delete");
+    c.sync().expect("sync");
+    assert_eq!(
+        probe(&c, a, b, 80, Protocol::Tcp, Via::Service),
+        Outcome::Reachable
+    );
+
+    // A removed pod's entry goes with it.
+    let gone = local[2].clone();
+    let gone_ip = c.pod_ip(&gone).expect("ip").to_string();
+    c.remove_pod(&gone).expect("remove pod");
+    c.sync().expect("sync");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while managed_neighbours(&ns).contains(&gone_ip) {
+        assert!(
+            Instant::now() < deadline,
+            "managed entry of removed pod {gone} ({gone_ip}) still there"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.teardown().expect("teardown");
 }

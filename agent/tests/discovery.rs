@@ -45,7 +45,7 @@ fn bridge_style_pods_are_found_through_neighbour_and_fdb_entries() {
     let (ptp_if, _) = common::private_veth_here("vethpod2", "podeth2");
     ip(&["route", "add", "10.99.0.7/32", "dev", "vethpod2"]);
 
-    let links = Links::scan();
+    let links = Links::scan().expect("scan");
     assert_eq!(
         links.pod_interface("10.88.0.5".parse().expect("ip")),
         Some(("vethpod1".to_string(), host_if)),

@@ -17,7 +17,7 @@ use std::{
 };
 
 use palisade_agent::{
-    kube_source::{BackoffConfig, KubeSource, WATCHED},
+    kube_source::{BackoffConfig, KubeSource, VERBS, WATCHED},
     source::SourceEvent,
 };
 use palisade_policy::ClusterIndex;
@@ -42,6 +42,8 @@ struct Res {
     /// Watches from a version below this get 410 Gone.
     compacted: u64,
     forbidden: bool,
+    /// Lists are allowed, watches refused (a ClusterRole missing `watch`).
+    watch_forbidden: bool,
     watchers: Vec<mpsc::UnboundedSender<String>>,
 }
 
@@ -214,6 +216,14 @@ impl FakeApi {
             .forbidden = forbidden;
     }
 
+    fn set_watch_forbidden(&self, resource: &str, forbidden: bool) {
+        self.lock()
+            .res
+            .get_mut(&path_of(resource))
+            .expect("resource")
+            .watch_forbidden = forbidden;
+    }
+
     /// Down: cut every watch and close new connections before answering.
     fn set_down(&self, down: bool) {
         let mut st = self.lock();
@@ -276,7 +286,7 @@ impl FakeApi {
     /// The answer to a request for a known collection.
     fn decide(res: &mut Res, path: &str, watch: bool, from: u64, rv: u64) -> Reply {
         {
-            if res.forbidden {
+            if res.forbidden || (watch && res.watch_forbidden) {
                 let resource = path.rsplit('/').next().unwrap_or_default();
                 let verb = if watch { "watch" } else { "list" };
                 let body = status(
@@ -710,6 +720,41 @@ async fn lists_then_follows_watch_events_bookmarks_drops_and_410() {
         .await;
     assert_eq!(agent.deletes, vec!["namespace default".to_string()]);
     assert!(agent.errors.is_empty(), "{:?}", agent.errors);
+
+    // What the source did over lists, watches, drops and 410s, as RBAC sees it
+    // ((resource, verb); a path below a collection would be a `get`), is
+    // exactly WATCHED x VERBS, which tests/deploy.rs holds the ClusterRole to.
+    let collections: BTreeMap<String, &str> = WATCHED
+        .iter()
+        .map(|w| (collection(w.group, w.resource), w.resource))
+        .collect();
+    let used: BTreeSet<(String, String)> = api
+        .requests()
+        .iter()
+        .map(|r| {
+            let target = r.trim_start_matches("GET ");
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            let watch = query
+                .split('&')
+                .any(|kv| kv == "watch=true" || kv == "watch=1");
+            match collections.get(path) {
+                Some(res) => (
+                    res.to_string(),
+                    if watch { "watch" } else { "list" }.to_string(),
+                ),
+                None => (path.to_string(), "get".to_string()),
+            }
+        })
+        .collect();
+    let granted: BTreeSet<(String, String)> = WATCHED
+        .iter()
+        .flat_map(|w| {
+            VERBS
+                .iter()
+                .map(|v| (w.resource.to_string(), v.to_string()))
+        })
+        .collect();
+    assert_eq!(used, granted);
 }
 
 #[tokio::test]
@@ -815,4 +860,56 @@ async fn forbidden_resource_blocks_sync_and_is_logged_once() {
     api.set_forbidden("networkpolicies", false);
     agent.synced_to(SEEDED, "after the grant").await;
     assert_eq!(agent.synced, 1);
+}
+
+// Single-threaded, so the thread-local log subscriber sees the source's task.
+#[tokio::test(flavor = "current_thread")]
+async fn forbidden_watch_after_an_allowed_list_is_logged_once_and_recovers() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_env_filter("info,kube_runtime=error")
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let api = FakeApi::start().await;
+    seed(&api);
+    api.set_watch_forbidden("services", true);
+    let mut agent = Agent::start(&api);
+    // Every list succeeds: the first state is complete and programmed.
+    agent.synced_to(SEEDED, "initial list").await;
+    // The services watch is refused again and again meanwhile.
+    agent.drain_for(Duration::from_millis(1500)).await;
+    let watches = api
+        .requests()
+        .iter()
+        .filter(|r| r.contains("/services") && r.contains("watch=true"))
+        .count();
+    assert!(watches >= 3, "expected watch retries, saw {watches}");
+    let rbac: Vec<String> = logs
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("RBAC"))
+        .collect();
+    assert_eq!(rbac.len(), 1, "one RBAC line, not one per retry: {rbac:#?}");
+    assert!(
+        rbac[0].contains("watch services"),
+        "the line names the verb and the resource: {}",
+        rbac[0]
+    );
+
+    // Granted: a Service created meanwhile arrives (through a relist or the
+    // watch), and the state follows again.
+    api.put("services", service("prod", "api", "10.96.0.20"));
+    api.set_watch_forbidden("services", false);
+    let mut want: Vec<&str> = SEEDED.to_vec();
+    want.push("svc prod/api");
+    agent.synced_to(&want, "after the grant").await;
+    api.put("services", service("prod", "db", "10.96.0.30"));
+    want.push("svc prod/db");
+    agent
+        .synced_to(&want, "a watch event after the grant")
+        .await;
 }

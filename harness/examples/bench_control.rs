@@ -422,6 +422,7 @@ fn main() -> Result<()> {
         ClusterOptions {
             agent: Some(cfg),
             keep_temp: false,
+            ..Default::default()
         },
     )?;
     let node_ns = c.node_netns(1)?.to_string();

@@ -364,6 +364,7 @@ fn main() -> Result<()> {
         ClusterOptions {
             agent: Some(cfg),
             keep_temp: false,
+            ..Default::default()
         },
     )?;
     for p in &PATHS {

@@ -244,6 +244,7 @@ fn main() -> Result<()> {
         ClusterOptions {
             agent: Some(cfg),
             keep_temp: false,
+            ..Default::default()
         },
     )?;
     c.start_agents()?;

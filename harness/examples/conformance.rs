@@ -13,6 +13,7 @@ fn main() -> Result<()> {
         family: Family::Ipv4,
         agent: Some(default_agent_path()),
         verbose: false,
+        topology: Default::default(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {

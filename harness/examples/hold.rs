@@ -31,6 +31,7 @@ fn main() -> Result<()> {
     let opts = ClusterOptions {
         agent: agent.then(|| AgentConfig::new(default_agent_path())),
         keep_temp: false,
+        ..Default::default()
     };
     let mut c = Cluster::build(&spec, opts)?;
     if agent {

@@ -13,6 +13,10 @@
 //! - pod: `eth0` with its /32 [/128]; host side `palp<k>` in the node with the
 //!   gateway 10.100.i.1/32 [fe80::1/64]; routes: gateway dev eth0, default via
 //!   gateway; node: `<podip> dev palp<k>`.
+//! - [`Topology::Bridge`] instead: node i has a bridge `cni0` with
+//!   10.100.i.1/24 [fd00:100:i::1/64] and the pods' host sides as ports; a pod's
+//!   `eth0` has its address with the subnet's prefix and a default route via
+//!   the bridge's address; no host routes; br_netfilter on in the node.
 //! - external k: `eth0` 10.254.0.(10+k)/32 [fd00:254::(10+k)/128] with host
 //!   side `pale<k>` on node 1 (gateway 10.100.1.1 [fe80::1]); other nodes route
 //!   10.254.0.0/24 [fd00:254::/64] via node 1.
@@ -107,6 +111,19 @@ pub struct Probe {
     pub via: Via,
 }
 
+/// How a node connects its pods.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Topology {
+    /// One routed veth per pod (kindnet, Calico, the CNI ptp plugin): the node
+    /// holds a host route to each pod.
+    #[default]
+    Ptp,
+    /// Pod veths on a bridge `cni0` that holds the gateway address (the CNI
+    /// bridge plugin, flannel): pods of a node reach each other over layer 2,
+    /// the node finds them only through neighbour and FDB entries.
+    Bridge,
+}
+
 /// Options for [`Cluster::build`].
 #[derive(Clone, Debug, Default)]
 pub struct ClusterOptions {
@@ -116,6 +133,7 @@ pub struct ClusterOptions {
     /// Keep the temp dir (sources, logs) after teardown. Also set by the
     /// environment variable `PALISADE_KEEP_TEMP=1`.
     pub keep_temp: bool,
+    pub topology: Topology,
 }
 
 struct PodState {
@@ -137,6 +155,7 @@ struct ExternalState {
 pub struct Cluster {
     id: String,
     family: Family,
+    topology: Topology,
     nodes: usize,
     fabric_ns: String,
     node_ns: Vec<String>,
@@ -187,6 +206,7 @@ impl Cluster {
             node_ns: (1..=spec.nodes).map(|i| format!("{id}-n{i}")).collect(),
             id,
             family: spec.family,
+            topology: opts.topology,
             nodes: spec.nodes,
             namespaces: spec.namespaces.clone(),
             pods: Vec::new(),
@@ -271,10 +291,7 @@ impl Cluster {
         // Pod and external sides, in parallel.
         let mut scripts = Vec::new();
         for p in &self.pods {
-            scripts.push((
-                p.netns.clone(),
-                self.guest_script(p.ip, node_gateway(self.family, p.spec.node)),
-            ));
+            scripts.push((p.netns.clone(), self.pod_guest_script(p)));
         }
         for e in &self.externals {
             scripts.push((
@@ -363,6 +380,14 @@ impl Cluster {
                     "net.ipv4.conf.all.rp_filter=0",
                     "net.ipv4.conf.default.rp_filter=0",
                 ]);
+                if self.topology == Topology::Bridge {
+                    // kube-proxy's DNAT must see bridged replies between pods
+                    // of one node (br_netfilter), as on a real bridge node.
+                    args.extend([
+                        "net.bridge.bridge-nf-call-iptables=1",
+                        "net.bridge.bridge-nf-call-ip6tables=1",
+                    ]);
+                }
             }
             exec_in(ns, "sysctl", &args, None).map(|_| ())
         })
@@ -404,6 +429,13 @@ impl Cluster {
     }
 
     fn pod_veth_lines(&self, p: &PodState) -> String {
+        if self.topology == Topology::Bridge {
+            return format!(
+                "link add {v} type veth peer name eth0 netns {ns}\nlink set {v} master cni0\nlink set {v} up\n",
+                v = p.host_veth,
+                ns = p.netns,
+            );
+        }
         format!(
             "link add {v} type veth peer name eth0 netns {ns}\nlink set {v} up\n{}{}",
             self.gateway_line(p.spec.node, &p.host_veth),
@@ -420,6 +452,13 @@ impl Cluster {
             (Family::Ipv6, a) => format!("addr add {a}/64 dev eth0 nodad\n"),
         };
         let mut s = format!("link set lo up\n{uplink}link set eth0 up\n");
+        if self.topology == Topology::Bridge {
+            s += "link add cni0 type bridge\nlink set cni0 up\n";
+            s += &match bridge_gateway(f, i) {
+                IpAddr::V4(g) => format!("addr add {g}/24 dev cni0\n"),
+                IpAddr::V6(g) => format!("addr add {g}/64 dev cni0 nodad\n"),
+            };
+        }
         for j in 1..=self.nodes {
             if j != i {
                 s += &format!("route add {} via {}\n", pod_cidr(f, j), node_addr(f, j));
@@ -443,6 +482,20 @@ impl Cluster {
             s += &format!("route add {} via {}\n", external_cidr(f), node_addr(f, 1));
         }
         s
+    }
+
+    /// Inside a pod: its address and the default route through its node.
+    fn pod_guest_script(&self, p: &PodState) -> String {
+        if self.topology == Topology::Ptp {
+            return self.guest_script(p.ip, node_gateway(self.family, p.spec.node));
+        }
+        // Bridge: the node's pod subnet is on-link (same-node pods talk over
+        // layer 2), everything else goes through the bridge's address.
+        let (addr, gw) = match (p.ip, bridge_gateway(self.family, p.spec.node)) {
+            (IpAddr::V4(a), g) => (format!("addr add {a}/24 dev eth0\n"), g),
+            (IpAddr::V6(a), g) => (format!("addr add {a}/64 dev eth0 nodad\n"), g),
+        };
+        format!("link set lo up\n{addr}link set eth0 up\nroute add default via {gw} dev eth0\n")
     }
 
     /// Inside a pod or external: address, gateway route, default route.
@@ -769,10 +822,7 @@ impl Cluster {
         let (ns, node) = (self.pods[i].netns.clone(), self.pods[i].spec.node);
         self.create_netns(std::slice::from_ref(&ns))?;
         ip_batch(&self.node_ns[node - 1], &self.pod_veth_lines(&self.pods[i]))?;
-        ip_batch(
-            &ns,
-            &self.guest_script(self.pods[i].ip, node_gateway(self.family, node)),
-        )?;
+        ip_batch(&ns, &self.pod_guest_script(&self.pods[i]))?;
         self.pods[i].servers = Some(ServerSet::start(
             &ns,
             self.family,
@@ -798,10 +848,7 @@ impl Cluster {
         let node_ns = self.node_ns[node - 1].clone();
         ip_batch(&node_ns, &format!("link del {}\n", self.pods[i].host_veth))?;
         ip_batch(&node_ns, &self.pod_veth_lines(&self.pods[i]))?;
-        ip_batch(
-            &self.pods[i].netns,
-            &self.guest_script(self.pods[i].ip, node_gateway(self.family, node)),
-        )
+        ip_batch(&self.pods[i].netns, &self.pod_guest_script(&self.pods[i]))
     }
 
     /// [`Cluster::add_pod_network`] + [`Cluster::publish_pod`] (not synced).

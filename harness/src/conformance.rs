@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 
 use crate::agent::AgentConfig;
-use crate::cluster::{Cluster, ClusterOptions, Peer, Probe, Via};
+use crate::cluster::{Cluster, ClusterOptions, Peer, Probe, Topology, Via};
 use crate::model::{Family, Labels, Protocol};
 use crate::probe::Outcome;
 use crate::scenario::{self, Cell, Expectation, Scenario};
@@ -106,6 +106,8 @@ pub struct ConformanceOptions {
     pub agent: Option<PathBuf>,
     /// Print step timings and full agent logs of failed cases.
     pub verbose: bool,
+    /// How nodes connect their pods.
+    pub topology: Topology,
 }
 
 /// Result of one case.
@@ -173,6 +175,7 @@ pub fn run_conformance_to(opts: &ConformanceOptions, out: &mut dyn Write) -> Res
         let copts = ClusterOptions {
             agent: opts.agent.as_ref().map(AgentConfig::new),
             keep_temp: false,
+            topology: opts.topology,
         };
         Cluster::build(&sc.cluster_spec(opts.family), copts).map(Built::Ready)
     };

@@ -25,7 +25,7 @@ pub mod servers;
 pub mod services;
 
 pub use agent::{default_agent_path, AgentConfig};
-pub use cluster::{pod_service_name, Cluster, ClusterOptions, Peer, Probe, Via};
+pub use cluster::{pod_service_name, Cluster, ClusterOptions, Peer, Probe, Topology, Via};
 pub use conformance::{
     run_conformance, run_conformance_to, run_scenarios, Built, CaseCluster, CaseReport, CaseStatus,
     ConformanceOptions, RunSettings, Summary,

@@ -282,6 +282,15 @@ pub fn node_gateway(family: Family, node: usize) -> IpAddr {
     }
 }
 
+/// Node i's gateway on a bridge-style node: the bridge's address, inside the
+/// pod CIDR (10.100.i.1 / fd00:100:i::1).
+pub fn bridge_gateway(family: Family, node: usize) -> IpAddr {
+    match family {
+        Family::Ipv4 => node_gateway(family, node),
+        Family::Ipv6 => IpAddr::V6(Ipv6Addr::new(0xfd00, 0x100, node as u16, 0, 0, 0, 0, 1)),
+    }
+}
+
 /// Node i's pod CIDR as text (10.100.i.0/24 / fd00:100:i::/64).
 pub fn pod_cidr(family: Family, node: usize) -> String {
     match family {

@@ -37,6 +37,7 @@ fn agents_start_report_revisions_and_restart() {
     let opts = ClusterOptions {
         agent: Some(fake_agent()),
         keep_temp: false,
+        ..Default::default()
     };
     let mut c = Cluster::build(&spec, opts).expect("build");
     let id = c.id().to_string();
@@ -144,6 +145,7 @@ fn agent_that_never_gets_ready_is_reported() {
         ClusterOptions {
             agent: Some(cfg),
             keep_temp: false,
+            ..Default::default()
         },
     )
     .expect("build");

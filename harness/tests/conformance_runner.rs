@@ -18,6 +18,7 @@ fn run(family: Family, files: &[&str]) -> (Summary, String) {
         family,
         agent: None,
         verbose: false,
+        topology: Default::default(),
     };
     let mut out = Vec::new();
     let s = run_conformance_to(&opts, &mut out).expect("runner");
@@ -101,6 +102,7 @@ fn invalid_files_fail_with_their_path() {
         family: Family::Ipv4,
         agent: None,
         verbose: false,
+        topology: Default::default(),
     };
     let mut out = Vec::new();
     let s = run_conformance_to(&opts, &mut out).expect("runner");

@@ -305,6 +305,7 @@ pub fn run(agent: &Path) -> Result<()> {
         ClusterOptions {
             agent: Some(AgentConfig::new(agent)),
             keep_temp: false,
+            ..Default::default()
         },
     )
     .context("building the demo cluster")?;

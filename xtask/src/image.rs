@@ -22,6 +22,25 @@ pub fn context_dir() -> PathBuf {
     crate::workspace_root().join("target/image")
 }
 
+/// The programs the agent runs (iproute2, for interface discovery and netlink
+/// filter clean-up), staged at `/usr/sbin` in the image with their libraries.
+/// A test derives this list from the agent's `Command::new` calls.
+pub const AGENT_TOOLS: &[&str] = &["bridge", "ip", "tc"];
+
+/// Where a host program is: `PATH`, then the sbin directories (not on a
+/// non-root user's PATH on Debian).
+fn find_tool(name: &str) -> Result<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file());
+    found.with_context(|| {
+        format!("{name} not found on this machine (Debian package iproute2); the agent runs it")
+    })
+}
+
 /// Stage the build context for `agent` and `pod_tool` in `ctx` (emptied first).
 pub fn stage(agent: &Path, pod_tool: &Path, ctx: &Path) -> Result<()> {
     if ctx.exists() {
@@ -35,6 +54,14 @@ pub fn stage(agent: &Path, pod_tool: &Path, ctx: &Path) -> Result<()> {
         .with_context(|| format!("copying {}", pod_tool.display()))?;
     let mut libs = shared_libraries(agent)?;
     libs.extend(shared_libraries(pod_tool)?);
+    let sbin = rootfs.join("usr/sbin");
+    std::fs::create_dir_all(&sbin).with_context(|| format!("creating {}", sbin.display()))?;
+    for name in AGENT_TOOLS {
+        let tool = find_tool(name)?;
+        std::fs::copy(&tool, sbin.join(name))
+            .with_context(|| format!("copying {}", tool.display()))?;
+        libs.extend(shared_libraries(&tool)?);
+    }
     libs.sort();
     libs.dedup();
     for lib in libs {
@@ -142,6 +169,31 @@ pub fn image() -> Result<()> {
 mod tests {
     use super::*;
 
+    /// Every program the agent's code runs is staged, and nothing else.
+    #[test]
+    fn agent_tools_are_what_the_agent_runs() {
+        fn walk(dir: &Path, out: &mut std::collections::BTreeSet<String>) {
+            for e in std::fs::read_dir(dir).expect("agent/src").flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    let text = std::fs::read_to_string(&p).expect("source");
+                    for part in text.split("Command::new(\"").skip(1) {
+                        if let Some((name, _)) = part.split_once('"') {
+                            out.insert(name.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        let mut run = std::collections::BTreeSet::new();
+        walk(&crate::workspace_root().join("agent/src"), &mut run);
+        let staged: std::collections::BTreeSet<String> =
+            AGENT_TOOLS.iter().map(|s| s.to_string()).collect();
+        assert_eq!(run, staged);
+    }
+
     #[test]
     fn ldd_output_is_parsed() {
         let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\
@@ -195,6 +247,17 @@ mod tests {
             sources.iter().any(|s| s == "palisade-pod"),
             "kind e2e pods run /palisade-pod from this image"
         );
+        for tool in AGENT_TOOLS {
+            assert!(
+                ctx.join("rootfs/usr/sbin").join(tool).is_file(),
+                "{tool} is staged"
+            );
+        }
+        let path = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ENV PATH="))
+            .expect("ENV PATH (a scratch image has none)");
+        assert!(path.split(':').any(|d| d == "/usr/sbin"), "{path}");
         let _ = std::fs::remove_dir_all(&ctx);
     }
 }

@@ -166,10 +166,33 @@ fn docker_exec(node: &str, args: &[&str], stdin: Option<&str>) -> Result<()> {
 /// Pod networking without kindnet: every node gets the ptp CNI configuration for
 /// its pod CIDR and a route to every other node's pod CIDR through that node.
 fn pod_network() -> Result<()> {
-    crate::step("kind: pod networking (ptp CNI, routes between nodes; no policy)");
+    crate::step("kind: bpffs and pod networking (ptp CNI, routes between nodes; no policy)");
     let k = Kubectl::new(Some(context()));
-    let nodes = routed_nodes(&k.json(&["get", "nodes"])?)?;
+    // The controller manager assigns pod CIDRs shortly after a node registers.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let nodes = loop {
+        match routed_nodes(&k.json(&["get", "nodes"])?) {
+            Ok(n) => break n,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("waiting: {e}");
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     for (name, cidr, _) in &nodes {
+        // systemd does not mount bpffs inside a container, and the agent pins
+        // its programs and maps there. Shared, so that the DaemonSet's
+        // HostToContainer mount sees it.
+        docker_exec(
+            name,
+            &[
+                "sh",
+                "-c",
+                "[ \"$(stat -f -c %T /sys/fs/bpf)\" = bpf_fs ] || mount -t bpf bpf /sys/fs/bpf; mount --make-shared /sys/fs/bpf",
+            ],
+            None,
+        )?;
         let conf = serde_json::to_string_pretty(&cni_config(cidr))?;
         docker_exec(
             name,

@@ -40,6 +40,10 @@ enum Cmd {
         /// ipv4 or ipv6.
         #[arg(long, default_value = "ipv4")]
         family: String,
+        /// Bridge-style nodes (pod veths on a bridge, as the CNI bridge plugin
+        /// and flannel build them) instead of ptp ones.
+        #[arg(long)]
+        bridge: bool,
         /// Scenario files or directories (every *.yaml below, sorted).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -116,10 +120,14 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Setup => setup(),
         Cmd::Test { no_lint } => test(no_lint),
-        Cmd::Conformance { family, paths } => {
+        Cmd::Conformance {
+            family,
+            bridge,
+            paths,
+        } => {
             setup()?;
             let agent = build_agent()?;
-            conformance(&agent, &family, &paths)
+            conformance(&agent, &family, bridge, &paths)
         }
         Cmd::Demo => {
             setup()?;
@@ -407,6 +415,14 @@ fn test(no_lint: bool) -> Result<()> {
     conformance(
         &agent,
         "ipv4",
+        false,
+        &[workspace_root().join("tests/conformance")],
+    )?;
+    step("test: conformance suite on bridge-style nodes (CNI bridge plugin, flannel)");
+    conformance(
+        &agent,
+        "ipv4",
+        true,
         &[workspace_root().join("tests/conformance")],
     )?;
     step("test: VM tests (Debian 6.1 kernel in qemu: datapath, attach, conformance subset with SCTP)");
@@ -469,7 +485,7 @@ fn bench(part: &str, quick: bool) -> Result<()> {
     Ok(())
 }
 
-fn conformance(agent: &Path, family: &str, paths: &[PathBuf]) -> Result<()> {
+fn conformance(agent: &Path, family: &str, bridge: bool, paths: &[PathBuf]) -> Result<()> {
     let family = match family {
         "ipv4" => palisade_harness::Family::Ipv4,
         "ipv6" => palisade_harness::Family::Ipv6,
@@ -480,6 +496,11 @@ fn conformance(agent: &Path, family: &str, paths: &[PathBuf]) -> Result<()> {
         family,
         agent: Some(agent.to_path_buf()),
         verbose: env::var_os("PALISADE_VERBOSE").is_some(),
+        topology: if bridge {
+            palisade_harness::Topology::Bridge
+        } else {
+            palisade_harness::Topology::Ptp
+        },
     })?;
     if summary.failed > 0 {
         bail!("{} conformance case(s) failed", summary.failed);

@@ -6,18 +6,19 @@ use std::{path::PathBuf, process::ExitCode};
 
 use palisade_harness::{
     kube::{run_kube_conformance, KubeOptions},
-    run_conformance, sctp_supported, ConformanceOptions, Family, RunSettings,
+    run_conformance, sctp_supported, ConformanceOptions, Family, RunSettings, Topology,
 };
 
 const USAGE: &str = "usage: palisade-conformance [--family ipv4|ipv6] [--agent PATH] \
-[--require-sctp] [--verbose] PATH...
+[--require-sctp] [--bridge] [--verbose] PATH...
        palisade-conformance --kube [--context CTX] [--image IMAGE] [--no-sctp] \
 [--family ipv4|ipv6] [--verbose] PATH...
 
 Runs the scenario files (or directories of them) on a network-namespace cluster
 with the real agent on every node. --agent defaults to $PALISADE_AGENT.
 --require-sctp fails at once when this kernel has no SCTP, instead of reporting
-SCTP expectations as skipped.
+SCTP expectations as skipped. --bridge builds bridge-style nodes (pod veths
+on a bridge, as the CNI bridge plugin and flannel do) instead of ptp ones.
 
 With --kube, runs them on the cluster of kubectl's context CTX (default: the
 current one), where Palisade runs as deploy/ installs it: pods from IMAGE (the
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
     let mut agent = None;
     let mut require_sctp = false;
     let mut verbose = false;
+    let mut topology = Topology::Ptp;
     let mut paths = Vec::new();
     let mut kube = false;
     let mut kube_opts = KubeOptions::default();
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
             },
             "--no-sctp" => sctp = false,
             "--verbose" => verbose = true,
+            "--bridge" => topology = Topology::Bridge,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
         family,
         agent: Some(agent),
         verbose,
+        topology,
     }) {
         Ok(summary) if summary.failed == 0 => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
