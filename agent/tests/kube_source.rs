@@ -8,7 +8,9 @@
 //! connections dropped mid-stream, an API server that is down, and 403 Forbidden.
 //! The real `KubeSource` (real kube::Client, real watchers) runs against it; its
 //! events feed a `ClusterIndex` the way the sync loop does, and the index is
-//! checked each time the source declares a consistent state (`Synced`).
+//! checked each time the source declares a consistent state (`Synced`). The
+//! last test runs the whole agent binary with `--kube` against it on a node of
+//! the namespace harness, and checks what is programmed by probing the pods.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
@@ -91,6 +93,12 @@ fn key_of(obj: &Value) -> String {
 
 impl FakeApi {
     async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve_on(listener)
+    }
+
+    /// Serve on `listener` (which may belong to another network namespace).
+    fn serve_on(listener: TcpListener) -> Self {
         let mut st = State::default();
         for (resource, kind, api_version) in [
             ("pods", "Pod", "v1"),
@@ -108,7 +116,6 @@ impl FakeApi {
                 },
             );
         }
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let api = FakeApi {
             addr,
@@ -178,12 +185,13 @@ impl FakeApi {
         res.watchers.retain(|w| w.send(line.clone()).is_ok());
     }
 
-    /// Forget history: watches from before now get 410 Gone.
+    /// Forget history: watches from before now get 410 Gone (a watch from now
+    /// on is fine: there is nothing to replay).
     fn compact(&self, resource: &str) {
         let mut st = self.lock();
         let rv = st.rv;
         let res = st.res.get_mut(&path_of(resource)).expect("resource");
-        res.compacted = rv + 1;
+        res.compacted = rv;
         res.history.clear();
     }
 
@@ -720,6 +728,16 @@ async fn lists_then_follows_watch_events_bookmarks_drops_and_410() {
         .await;
     assert_eq!(agent.deletes, vec!["namespace default".to_string()]);
     assert!(agent.errors.is_empty(), "{:?}", agent.errors);
+    // One relist settles it: the new watch starts from the list's version.
+    let lists = |api: &FakeApi| {
+        api.requests()
+            .iter()
+            .filter(|r| r.contains("/api/v1/namespaces") && !r.contains("watch=true"))
+            .count()
+    };
+    let before = lists(&api);
+    agent.drain_for(Duration::from_millis(1000)).await;
+    assert_eq!(lists(&api), before, "relisting again and again");
 
     // What the source did over lists, watches, drops and 410s, as RBAC sees it
     // ((resource, verb); a path below a collection would be a `get`), is
@@ -912,4 +930,185 @@ async fn forbidden_watch_after_an_allowed_list_is_logged_once_and_recovers() {
     agent
         .synced_to(&want, "a watch event after the grant")
         .await;
+}
+
+// ---------------------------------------------------------------------------
+// The whole agent against the fake API server
+
+fn agent_binary() -> std::path::PathBuf {
+    std::env::var_os("PALISADE_AGENT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_BIN_EXE_palisade-agent")))
+}
+
+/// Waits until the agent on `ns` has programmed resourceVersion `rv`.
+fn wait_programmed(ns: &str, rv: u64, what: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = palisade_harness::agent::get_ready(ns) {
+            if r.ready && r.revision.as_deref() == Some(rv.to_string().as_str()) {
+                return serde_json::from_str(&r.body).unwrap_or_default();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: resourceVersion {rv} not programmed after 30 s: {}",
+                r.body
+            );
+        } else {
+            assert!(Instant::now() < deadline, "{what}: no /ready after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Needs root (network namespaces, BPF), like the cluster tests.
+#[test]
+fn the_agent_programs_what_the_api_server_says_through_drops_410_and_outages() {
+    use palisade_harness::{
+        objects, AgentConfig, Cluster, ClusterOptions, ClusterSpec, Family, Labels, Outcome, Peer,
+        PodSpec, PortSpec, Probe, Protocol, Via,
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pod_spec = |ns: &str, name: &str| PodSpec {
+        namespace: ns.into(),
+        name: name.into(),
+        labels: Labels::from([("pod".to_string(), name.to_string())]),
+        node: 1,
+        ports: vec![PortSpec::new(80, Protocol::Tcp)],
+    };
+    let spec = ClusterSpec {
+        family: Family::Ipv4,
+        nodes: 1,
+        namespaces: [("x", Labels::new()), ("y", Labels::new())]
+            .into_iter()
+            .map(|(n, l)| (n.to_string(), l))
+            .collect(),
+        pods: vec![pod_spec("x", "a"), pod_spec("x", "b"), pod_spec("y", "a")],
+        externals: Vec::new(),
+    };
+    let kubeconfig =
+        std::env::temp_dir().join(format!("palisade-kubeconfig-{}", std::process::id()));
+    let mut agent = AgentConfig::new(agent_binary());
+    agent.kube = true;
+    agent.env = vec![
+        ("KUBECONFIG".into(), kubeconfig.display().to_string()),
+        ("RUST_LOG".into(), "info,kube_runtime=error".into()),
+    ];
+    let mut c = Cluster::build(
+        &spec,
+        ClusterOptions {
+            agent: Some(agent),
+            ..Default::default()
+        },
+    )
+    .expect("build cluster");
+    let ns = c.node_netns(1).expect("node").to_string();
+
+    // The API server listens in the node's namespace, where the agent runs.
+    let std_listener = palisade_harness::in_netns(&ns, || {
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind in the node")
+    })
+    .expect("in node netns");
+    std_listener.set_nonblocking(true).expect("nonblocking");
+    let api = {
+        let _rt = rt.enter();
+        FakeApi::serve_on(TcpListener::from_std(std_listener).expect("tokio listener"))
+    };
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"http://{}\"}}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: fake}}\ncurrent-context: fake\n",
+            api.addr
+        ),
+    )
+    .expect("kubeconfig");
+
+    // The cluster's objects, as the API server holds them.
+    for n in ["x", "y"] {
+        api.put("namespaces", objects::namespace(n, &Labels::new()));
+    }
+    let node_ip = c.node_ip(1).expect("node ip");
+    for key in c.pod_keys() {
+        let p = c.pod_spec(&key).expect("pod").clone();
+        let ip = c.pod_ip(&key).expect("ip");
+        api.put("pods", objects::pod(&p, ip, node_ip));
+    }
+    let same_namespace_only = json!({
+        "metadata": {"namespace": "x", "name": "same-namespace-only"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"],
+                 "ingress": [{"from": [{"podSelector": {}}]}]}
+    });
+    let probe = |c: &Cluster, from: &str, to: &str| -> Outcome {
+        let p = Probe {
+            from: Peer::parse(from).expect("peer"),
+            to: Peer::parse(to).expect("peer"),
+            port: 80,
+            protocol: Protocol::Tcp,
+            via: Via::Pod,
+        };
+        c.probe(&[p]).expect("probe")[0]
+    };
+
+    c.launch_agent(1).expect("start agent");
+    // 1. Initial lists: every local pod has its endpoint; nothing isolates.
+    let ready = wait_programmed(&ns, api.rv(), "initial lists");
+    assert_eq!(ready["endpoints"], json!(3), "{ready}");
+    assert_eq!(probe(&c, "y/a", "x/a"), Outcome::Reachable);
+
+    // 2. A watch event: a policy isolates x to itself.
+    let rv = api.put("networkpolicies", same_namespace_only.clone());
+    wait_programmed(&ns, rv, "policy added");
+    assert_eq!(probe(&c, "y/a", "x/a"), Outcome::Blocked);
+    assert_eq!(probe(&c, "x/b", "x/a"), Outcome::Reachable);
+    // The deny line names the node (Kubernetes mode).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = c.deny_log_lines(1).expect("deny log");
+        if let Some(l) = lines.iter().find(|l| l["endpoint"] == json!("x/a")) {
+            assert_eq!(l["node"], json!("node-1"), "{l}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no deny line for x/a: {lines:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // 3. The policy is deleted in history the API server has compacted, and the
+    //    watch expires (410): the relist finds it gone.
+    api.delete("networkpolicies", "x/same-namespace-only", true);
+    api.compact("networkpolicies");
+    api.expire_watches("networkpolicies");
+    // `revision` counts objects' resourceVersions (kube-rs's watcher passes no
+    // list or bookmark versions on), so a later write on the stream, a policy
+    // that selects no pod, marks the point to wait for, as `kind e2e` does.
+    let rv = api.put(
+        "networkpolicies",
+        json!({"metadata": {"namespace": "y", "name": "marker"},
+               "spec": {"podSelector": {"matchLabels": {"none": "none"}}}}),
+    );
+    wait_programmed(&ns, rv, "relist after 410");
+    assert_eq!(probe(&c, "y/a", "x/a"), Outcome::Reachable);
+
+    // 4. A connection dropped mid-stream: the watch resumes, the next event lands.
+    api.drop_watches("networkpolicies");
+    let rv = api.put("networkpolicies", same_namespace_only.clone());
+    wait_programmed(&ns, rv, "after a dropped watch");
+    assert_eq!(probe(&c, "y/a", "x/a"), Outcome::Blocked);
+
+    // 5. The API server goes away: the last programmed state stays enforced,
+    //    and what changed meanwhile is programmed when it is back.
+    api.set_down(true);
+    api.delete("networkpolicies", "x/same-namespace-only", false);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        probe(&c, "y/a", "x/a"),
+        Outcome::Blocked,
+        "state kept while the API server is down"
+    );
+    assert_eq!(probe(&c, "x/b", "x/a"), Outcome::Reachable);
+    api.set_down(false);
+    wait_programmed(&ns, api.rv(), "after the outage");
+    assert_eq!(probe(&c, "y/a", "x/a"), Outcome::Reachable);
+
+    c.teardown().expect("teardown");
+    let _ = std::fs::remove_file(&kubeconfig);
 }

@@ -38,6 +38,11 @@ pub struct AgentConfig {
     pub env: Vec<(String, String)>,
     /// How long to wait for every agent to report a revision.
     pub ready_timeout: Duration,
+    /// Read an API server (`--kube`; give `KUBECONFIG` in `env`) instead of the
+    /// node's source directory. The cluster's revisions then mean nothing to
+    /// the agent: start it with [`crate::Cluster::launch_agent`] and wait on
+    /// its `/ready` yourself.
+    pub kube: bool,
 }
 
 impl AgentConfig {
@@ -47,6 +52,7 @@ impl AgentConfig {
             extra_args: Vec::new(),
             env: Vec::new(),
             ready_timeout: Duration::from_secs(30),
+            kube: false,
         }
     }
 }
@@ -107,11 +113,13 @@ impl NodeAgent {
             self.node
         );
         let mut cmd = Command::new(&cfg.binary);
-        cmd.arg("--node-name")
-            .arg(format!("node-{}", self.node))
-            .arg("--source-dir")
-            .arg(&self.source_dir)
-            .arg("--ready-addr")
+        cmd.arg("--node-name").arg(format!("node-{}", self.node));
+        if cfg.kube {
+            cmd.arg("--kube");
+        } else {
+            cmd.arg("--source-dir").arg(&self.source_dir);
+        }
+        cmd.arg("--ready-addr")
             .arg(READY_ADDR)
             .arg("--pin-dir")
             .arg(&self.pin_dir)

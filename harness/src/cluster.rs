@@ -897,6 +897,13 @@ impl Cluster {
         self.wait_programmed()
     }
 
+    /// Starts the agent on one node without waiting for it (an agent that reads
+    /// an API server, [`AgentConfig::kube`], knows nothing of this cluster's
+    /// revisions).
+    pub fn launch_agent(&mut self, node: usize) -> Result<()> {
+        self.spawn_agent(node)
+    }
+
     fn spawn_agent(&mut self, node: usize) -> Result<()> {
         let cfg = self
             .agent_cfg
