@@ -47,7 +47,14 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     };
                     (status, serde_json::to_string(&r).unwrap_or_default())
                 }
-                "/healthz" | "/livez" => ("200 OK", "{\"ok\":true}".to_string()),
+                // Liveness: the sync loop goes round at least every resync; a
+                // loop stuck longer is restarted by the kubelet.
+                "/healthz" | "/livez" if shared.alive() => ("200 OK", "{\"ok\":true}".to_string()),
+                "/healthz" | "/livez" => (
+                    "503 Service Unavailable",
+                    "{\"ok\":false,\"error\":\"the sync loop has not gone round in time\"}"
+                        .to_string(),
+                ),
                 _ => ("404 Not Found", "{\"error\":\"not found\"}".to_string()),
             };
             let resp = format!(
@@ -61,11 +68,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
     use std::time::Duration;
 
     use super::*;
-    use crate::sync::Readiness;
 
     /// A request head that arrives in several segments is still one request
     /// (a client that writes piecewise used to get 404 for `/ready`).
@@ -73,10 +78,7 @@ mod tests {
     async fn a_request_split_over_segments_is_answered() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let shared = Arc::new(Shared {
-            ready: Mutex::new(Readiness::default()),
-            names: Mutex::new(Default::default()),
-        });
+        let shared = Arc::new(Shared::new("node-1", Duration::from_secs(60)));
         tokio::spawn(serve(listener, shared));
         let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
         s.write_all(b"GET ").await.expect("write");
@@ -88,5 +90,38 @@ mod tests {
         s.read_to_string(&mut resp).await.expect("read");
         assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
         assert!(resp.ends_with("{\"ok\":true}"), "{resp}");
+    }
+}
+
+#[cfg(test)]
+mod liveness_tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.expect("read");
+        resp
+    }
+
+    /// A sync loop silent for longer than it may be fails liveness.
+    #[tokio::test]
+    async fn healthz_fails_when_the_sync_loop_stalls() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shared = Arc::new(Shared::new("node-1", Duration::from_secs(1)));
+        tokio::spawn(serve(listener, shared.clone()));
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        let long_ago = Instant::now()
+            .checked_sub(shared.stall_after + Duration::from_secs(1))
+            .expect("clock");
+        *shared.heartbeat.lock().expect("heartbeat") = long_ago;
+        let resp = get(addr, "/healthz").await;
+        assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
     }
 }

@@ -1,7 +1,7 @@
 //! palisade-agent: enforces Kubernetes NetworkPolicy on this node with eBPF.
 use std::{
     io::Write,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -16,11 +16,38 @@ use palisade_agent::{
     kube_source::KubeSource,
     maps::Maps,
     source::FileSource,
-    sync::{Names, Options, Readiness, Shared, SyncLoop, Wake},
+    sync::{Options, Shared, SyncLoop, Wake},
 };
 use palisade_common::Config;
 use tokio::sync::mpsc;
 use tracing::{error, info};
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK, whose default (64 KiB
+/// in many container runtimes) is far too small for the maps. Best effort: later
+/// kernels do not use it, and without CAP_SYS_RESOURCE the hard limit stays.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct we pass; no other effect on memory.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0 {
+        return;
+    }
+    let mut cur = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut cur) } == 0 {
+        let raised = libc::rlimit {
+            rlim_cur: cur.rlim_max,
+            rlim_max: cur.rlim_max,
+        };
+        // SAFETY: as above.
+        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) };
+    }
+}
 
 fn startup_checks(cli: &Cli) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -89,6 +116,7 @@ async fn main() -> Result<()> {
         error!("{e:#}");
         return Err(e);
     }
+    raise_memlock_limit();
 
     let mut dp = Datapath::load(&cli.pin_dir).with_context(|| {
         format!(
@@ -110,15 +138,8 @@ async fn main() -> Result<()> {
     let mut events = EventReader::new(&mut dp)?;
     info!(node = %cli.node_name, attach_mode = dp.mode.as_str(), pin_dir = %cli.pin_dir.display(), "datapath loaded");
 
-    let shared = Arc::new(Shared {
-        ready: Mutex::new(Readiness::default()),
-        // The node is named from the start: adopted programs may report denies
-        // before the first pass fills in the rest.
-        names: Mutex::new(Names {
-            node: cli.node_name.clone(),
-            ..Default::default()
-        }),
-    });
+    let resync = Duration::from_secs(cli.resync_seconds.max(1));
+    let shared = Arc::new(Shared::new(&cli.node_name, resync));
     let listener = tokio::net::TcpListener::bind(cli.ready_addr)
         .await
         .with_context(|| format!("binding the readiness endpoint {}", cli.ready_addr))?;
@@ -186,7 +207,7 @@ async fn main() -> Result<()> {
             audit: cli.audit,
             uplinks: cli.uplinks.clone(),
             node_ips: cli.node_ips.clone(),
-            resync: Duration::from_secs(cli.resync_seconds.max(1)),
+            resync,
         },
         dp,
         maps,

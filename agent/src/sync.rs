@@ -62,6 +62,42 @@ pub struct Names {
 pub struct Shared {
     pub ready: Mutex<Readiness>,
     pub names: Mutex<Names>,
+    /// When the sync loop last went round (liveness).
+    pub heartbeat: Mutex<Instant>,
+    /// How long the loop may stay silent before `/healthz` fails: it wakes at
+    /// least at every resync, so only a pass stuck in a syscall or a child
+    /// process stays silent longer.
+    pub stall_after: Duration,
+}
+
+impl Shared {
+    pub fn new(node: &str, resync: Duration) -> Self {
+        Shared {
+            ready: Mutex::new(Readiness::default()),
+            // The node is named from the start: adopted programs may report
+            // denies before the first pass fills in the rest.
+            names: Mutex::new(Names {
+                node: node.to_string(),
+                ..Default::default()
+            }),
+            heartbeat: Mutex::new(Instant::now()),
+            stall_after: resync * 3 + Duration::from_secs(30),
+        }
+    }
+
+    /// Whether the sync loop went round recently enough.
+    pub fn alive(&self) -> bool {
+        self.heartbeat
+            .lock()
+            .map(|t| t.elapsed() <= self.stall_after)
+            .unwrap_or(false)
+    }
+
+    fn beat(&self) {
+        if let Ok(mut t) = self.heartbeat.lock() {
+            *t = Instant::now();
+        }
+    }
 }
 
 pub struct Options {
@@ -265,6 +301,7 @@ impl SyncLoop {
                 self.program();
                 pending = false;
             }
+            self.shared.beat();
         }
     }
 

@@ -35,6 +35,9 @@ const MODULES: &[&str] = &[
     "veth",
     "sch_ingress",
     "bridge",
+    // Bridge-style nodes of the cluster tests: kube-proxy's DNAT on bridged
+    // replies.
+    "br_netfilter",
     "cls_bpf",
     "crc32c_generic",
     "sctp",
