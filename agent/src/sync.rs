@@ -40,6 +40,9 @@ pub struct Readiness {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub revisions: BTreeMap<String, String>,
     pub endpoints: usize,
+    /// Local pods whose interface was not found (yet): their traffic is not
+    /// checked by anything of theirs until it is.
+    pub missing_interfaces: usize,
     pub attach_mode: String,
     pub errors: Vec<String>,
 }
@@ -645,6 +648,7 @@ impl SyncLoop {
                 revision: self.revision.clone(),
                 revisions: self.revisions.clone(),
                 endpoints: ifaces.len(),
+                missing_interfaces: missing,
                 attach_mode: self.dp.mode.as_str().to_string(),
                 errors,
             };
@@ -653,6 +657,7 @@ impl SyncLoop {
             generation = self.generation,
             revision = %self.revision,
             endpoints = ifaces.len(),
+            missing_interfaces = missing,
             writes = n_writes,
             took_ms = started.elapsed().as_millis() as u64,
             full,

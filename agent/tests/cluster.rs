@@ -566,7 +566,11 @@ fn bridge_style_pods_that_never_talked_to_their_node_are_found_and_enforced() {
         let ready = palisade_harness::agent::get_ready(&ns).expect("ready");
         let body: Value = serde_json::from_str(&ready.body).unwrap_or_default();
         let endpoints = body["endpoints"].as_u64().unwrap_or(0) as usize;
-        if want.iter().all(|ip| managed.contains(ip)) && endpoints == local.len() {
+        let missing = body["missing_interfaces"].as_u64();
+        if want.iter().all(|ip| managed.contains(ip))
+            && endpoints == local.len()
+            && missing == Some(0)
+        {
             break;
         }
         assert!(

@@ -827,9 +827,24 @@ impl std::io::Write for Captured {
 }
 
 impl Captured {
-    fn lines(&self) -> Vec<String> {
+    /// Captures this thread's logs, filtered as the agent filters them, until
+    /// the guard drops.
+    fn install() -> (Self, tracing::subscriber::DefaultGuard) {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_env_filter("info,kube_runtime=error")
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// The RBAC lines logged so far.
+    fn rbac_lines(&self) -> Vec<String> {
         String::from_utf8_lossy(&self.0.lock().expect("log buffer"))
             .lines()
+            .filter(|l| l.contains("RBAC"))
             .map(str::to_string)
             .collect()
     }
@@ -838,14 +853,7 @@ impl Captured {
 // Single-threaded, so the thread-local log subscriber sees the source's task.
 #[tokio::test(flavor = "current_thread")]
 async fn forbidden_resource_blocks_sync_and_is_logged_once() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_env_filter("info,kube_runtime=error")
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Captured::install();
 
     let api = FakeApi::start().await;
     seed(&api);
@@ -862,11 +870,7 @@ async fn forbidden_resource_blocks_sync_and_is_logged_once() {
         .filter(|r| r.contains("/networkpolicies"))
         .count();
     assert!(refused >= 3, "expected retries, saw {refused} requests");
-    let rbac: Vec<String> = logs
-        .lines()
-        .into_iter()
-        .filter(|l| l.contains("RBAC"))
-        .collect();
+    let rbac = logs.rbac_lines();
     assert_eq!(rbac.len(), 1, "one RBAC line, not one per retry: {rbac:#?}");
     assert!(
         rbac[0].contains("list networkpolicies") && rbac[0].contains("networking.k8s.io"),
@@ -883,14 +887,7 @@ async fn forbidden_resource_blocks_sync_and_is_logged_once() {
 // Single-threaded, so the thread-local log subscriber sees the source's task.
 #[tokio::test(flavor = "current_thread")]
 async fn forbidden_watch_after_an_allowed_list_is_logged_once_and_recovers() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_env_filter("info,kube_runtime=error")
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Captured::install();
 
     let api = FakeApi::start().await;
     seed(&api);
@@ -906,11 +903,7 @@ async fn forbidden_watch_after_an_allowed_list_is_logged_once_and_recovers() {
         .filter(|r| r.contains("/services") && r.contains("watch=true"))
         .count();
     assert!(watches >= 3, "expected watch retries, saw {watches}");
-    let rbac: Vec<String> = logs
-        .lines()
-        .into_iter()
-        .filter(|l| l.contains("RBAC"))
-        .collect();
+    let rbac = logs.rbac_lines();
     assert_eq!(rbac.len(), 1, "one RBAC line, not one per retry: {rbac:#?}");
     assert!(
         rbac[0].contains("watch services"),
