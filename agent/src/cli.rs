@@ -13,7 +13,7 @@ use clap::{ArgGroup, Parser, ValueEnum};
 #[command(name = "palisade-agent", version)]
 // Exactly one source of cluster state: a half-configured agent must not start and
 // enforce an empty cluster.
-#[command(group(ArgGroup::new("source").required(true).args(["source_dir", "kube"])))]
+#[command(group(ArgGroup::new("source").required(true).args(["source_dir", "kube", "uninstall"])))]
 pub struct Cli {
     /// This node's name: pods whose spec.nodeName equals it are enforced here.
     /// In a DaemonSet, set NODE_NAME from the downward API (spec.nodeName).
@@ -32,6 +32,13 @@ pub struct Cli {
     /// Services, EndpointSlices and NetworkPolicies in all namespaces.
     #[arg(long)]
     pub kube: bool,
+
+    /// Remove Palisade from this node and exit: detach its programs from every
+    /// interface and delete everything pinned under --pin-dir. Run it once the
+    /// DaemonSet is gone; until then the pinned programs keep enforcing the last
+    /// state they were given (that is what carries enforcement across restarts).
+    #[arg(long)]
+    pub uninstall: bool,
 
     /// bpffs directory where maps and links are pinned; enforcement survives agent
     /// restarts because the next agent adopts what it finds here.

@@ -104,6 +104,11 @@ impl Hook {
             Self::SvcEgress => progs::SVC_EGRESS,
         }
     }
+    fn from_program(name: &str) -> Option<Self> {
+        [Self::ToPod, Self::FromPod, Self::SvcEgress]
+            .into_iter()
+            .find(|h| h.program() == name)
+    }
     fn attach_type(self) -> TcAttachType {
         match self {
             Self::FromPod => TcAttachType::Ingress,
@@ -345,6 +350,69 @@ fn remove_netlink_filter(iface: &str, hook: Hook, priority: u16) {
             &priority.to_string(),
         ])
         .output();
+}
+
+/// What [`uninstall`] removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Uninstalled {
+    /// TCX links unpinned (each detaches with its last reference).
+    pub links: usize,
+    /// Netlink TC filters deleted.
+    pub filters: usize,
+}
+
+/// Detach every program an agent attached under `pin_dir` and remove the pin
+/// dir (maps go with their last reference). For after the agent is gone: its
+/// pins are what keeps the last state enforced across restarts, so without this
+/// a removed agent's programs go on enforcing a state nothing updates. An
+/// interface that no longer exists took its attachments with it.
+pub fn uninstall(pin_dir: &Path) -> io::Result<Uninstalled> {
+    let mut done = Uninstalled::default();
+    let links = pin_dir.join("links");
+    let entries = match fs::read_dir(&links) {
+        Ok(e) => e.flatten().collect::<Vec<_>>(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        let path = e.path();
+        if path.is_dir() {
+            // Netlink mode: `<ifindex>-<program>/prio-N` records the filter.
+            let name = e.file_name().to_string_lossy().into_owned();
+            let hook = name
+                .split_once('-')
+                .and_then(|(_, prog)| Hook::from_program(prog));
+            let iface = name
+                .split('-')
+                .next()
+                .and_then(|i| i.parse().ok())
+                .and_then(interface_name);
+            if let (Some(hook), Some(iface), Some(prio)) = (hook, iface, netlink_priority(&path)) {
+                remove_netlink_filter(&iface, hook, prio);
+                done.filters += 1;
+            }
+            fs::remove_dir_all(&path)?;
+        } else {
+            fs::remove_file(&path)?;
+            done.links += 1;
+        }
+    }
+    match fs::remove_dir_all(pin_dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(done),
+    }
+}
+
+/// The name of interface `ifindex` in this network namespace.
+fn interface_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes into `buf`.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return None;
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
 /// Open one pinned map of an agent's pin dir (for tools and tests).

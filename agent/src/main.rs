@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use palisade_agent::{
     cli::{AttachModeArg, Cli},
-    datapath::{AttachMode, Datapath},
+    datapath::{self, AttachMode, Datapath},
     denylog, discovery,
     events::EventReader,
     http,
@@ -112,6 +112,18 @@ async fn main() -> Result<()> {
     } else {
         builder.init();
     }
+    if cli.uninstall {
+        let done = datapath::uninstall(&cli.pin_dir)
+            .with_context(|| format!("uninstalling from {}", cli.pin_dir.display()))?;
+        info!(
+            node = %cli.node_name,
+            pin_dir = %cli.pin_dir.display(),
+            tcx_links = done.links,
+            netlink_filters = done.filters,
+            "uninstalled: no Palisade program is attached here any more"
+        );
+        return Ok(());
+    }
     if let Err(e) = startup_checks(&cli) {
         error!("{e:#}");
         return Err(e);
@@ -193,7 +205,8 @@ async fn main() -> Result<()> {
             tokio::spawn(FileSource::new(dir, Duration::from_millis(cli.poll_ms)).run(src_tx));
         }
         None => {
-            // clap requires exactly one of --source-dir and --kube.
+            // clap requires exactly one of --source-dir, --kube and --uninstall,
+            // and --uninstall has returned above.
             let client = kube::Client::try_default().await.context(
                 "connecting to the Kubernetes API server (in-cluster service account, or KUBECONFIG / ~/.kube/config)",
             )?;

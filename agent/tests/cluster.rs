@@ -631,3 +631,73 @@ fn bridge_style_pods_that_never_talked_to_their_node_are_found_and_enforced() {
     }
     c.teardown().expect("teardown");
 }
+
+/// Every Palisade program attached in `node`'s namespace, as `iface:name`.
+fn palisade_programs(c: &Cluster, node: usize) -> Vec<String> {
+    let ns = c.node_netns(node).expect("node ns").to_string();
+    let links = ip_json(&ns, &["link", "show"]);
+    let mut out = Vec::new();
+    for l in links.as_array().into_iter().flatten() {
+        let Some(dev) = l["ifname"].as_str() else {
+            continue;
+        };
+        let mut progs = tc_programs(c, node, dev);
+        // tc_programs reports pod programs; svc_egress is on the uplinks.
+        for hook in ["ingress", "egress"] {
+            let shown = std::process::Command::new("ip")
+                .args([
+                    "netns", "exec", &ns, "tc", "filter", "show", "dev", dev, hook,
+                ])
+                .output()
+                .expect("tc filter show");
+            if String::from_utf8_lossy(&shown.stdout).contains("svc_egress") {
+                progs.push("svc_egress".into());
+            }
+        }
+        out.extend(progs.into_iter().map(|p| format!("{dev}:{p}")));
+    }
+    out
+}
+
+/// After the DaemonSet is gone, the pinned programs go on enforcing the last
+/// state; `--uninstall` detaches them all and removes the pins, in both attach
+/// modes.
+#[test]
+fn uninstall_detaches_every_program_and_removes_the_pins() {
+    for args in [&[][..], &["--attach-mode", "netlink"][..]] {
+        let mut c = cluster_with(args);
+        c.apply_policy(&only_a_to_b()).unwrap();
+        c.sync().unwrap();
+        assert!(!palisade_programs(&c, 2).is_empty(), "{args:?}");
+        c.stop_agent(2).unwrap();
+        assert_eq!(
+            probe(&c, "x/c", "x/b", 80, Protocol::Tcp, Via::Pod),
+            Outcome::Blocked,
+            "{args:?}: the pins enforce without the agent"
+        );
+        let pin = c.pin_dir(2).unwrap();
+        let ns = c.node_netns(2).unwrap().to_string();
+        // In the node's network namespace only (`ip netns exec` would also
+        // remount /sys, hiding bpffs).
+        let pin_arg = pin.clone();
+        let out = in_netns(&ns, move || {
+            std::process::Command::new(agent_binary())
+                .args(["--uninstall", "--node-name", "node-2", "--pin-dir"])
+                .arg(&pin_arg)
+                .output()
+        })
+        .unwrap()
+        .expect("run --uninstall");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {log}");
+        assert!(log.contains("uninstalled"), "{log}");
+        assert!(!pin.exists(), "{args:?}: {} is still there", pin.display());
+        assert_eq!(palisade_programs(&c, 2), Vec::<String>::new(), "{args:?}");
+        assert_eq!(
+            probe(&c, "x/c", "x/b", 80, Protocol::Tcp, Via::Pod),
+            Outcome::Reachable,
+            "{args:?}: nothing enforces on node 2 any more"
+        );
+        c.teardown().unwrap();
+    }
+}
