@@ -277,7 +277,7 @@ impl Datapath {
                 // outlive this process, so the handle is deliberately leaked.
                 std::mem::forget(link);
                 if let Some(old) = old {
-                    remove_netlink_filter(iface, hook, old);
+                    let _ = remove_netlink_filter(iface, hook, old);
                 }
                 // bpffs holds only objects and directories, so the priority is
                 // recorded as an empty directory `<pin>/prio-N`.
@@ -332,14 +332,14 @@ fn netlink_priority(pin: &Path) -> Option<u16> {
         .max()
 }
 
-/// Remove the netlink filter of `hook` at `priority` (best effort; used only after
-/// its replacement is in place).
-fn remove_netlink_filter(iface: &str, hook: Hook, priority: u16) {
+/// Remove the netlink filter of `hook` at `priority` (best effort: after its
+/// replacement is in place, and at uninstall); whether `tc` removed it.
+fn remove_netlink_filter(iface: &str, hook: Hook, priority: u16) -> bool {
     let dir = match hook.attach_type() {
         TcAttachType::Ingress => "ingress",
         _ => "egress",
     };
-    let _ = std::process::Command::new("tc")
+    std::process::Command::new("tc")
         .args([
             "filter",
             "del",
@@ -349,7 +349,8 @@ fn remove_netlink_filter(iface: &str, hook: Hook, priority: u16) {
             "pref",
             &priority.to_string(),
         ])
-        .output();
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// What [`uninstall`] removed.
@@ -388,8 +389,9 @@ pub fn uninstall(pin_dir: &Path) -> io::Result<Uninstalled> {
                 .and_then(|i| i.parse().ok())
                 .and_then(interface_name);
             if let (Some(hook), Some(iface), Some(prio)) = (hook, iface, netlink_priority(&path)) {
-                remove_netlink_filter(&iface, hook, prio);
-                done.filters += 1;
+                if remove_netlink_filter(&iface, hook, prio) {
+                    done.filters += 1;
+                }
             }
             fs::remove_dir_all(&path)?;
         } else {

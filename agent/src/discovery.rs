@@ -205,8 +205,10 @@ impl Links {
 pub fn resolve_neighbour(ip: IpAddr, dev: &str) -> Result<(), String> {
     let ip = ip.to_string();
     let proto = NEIGH_PROTOCOL.to_string();
+    // `replace`: an entry without a link-layer address (failed, incomplete)
+    // may exist; it becomes ours and is resolved again.
     let args = [
-        "neigh", "add", &ip, "dev", dev, "managed", "protocol", &proto,
+        "neigh", "replace", &ip, "dev", dev, "managed", "protocol", &proto,
     ];
     run_ip(&args)
 }

@@ -115,11 +115,20 @@ async fn main() -> Result<()> {
     if cli.uninstall {
         let done = datapath::uninstall(&cli.pin_dir)
             .with_context(|| format!("uninstalling from {}", cli.pin_dir.display()))?;
+        // The managed neighbour entries of bridge-style pods go too.
+        let links = discovery::Links::scan()
+            .map_err(|e| anyhow::anyhow!("reading this node's neighbour entries: {e}"))?;
+        for (ip, dev) in &links.managed {
+            if let Err(e) = discovery::forget_neighbour(*ip, dev) {
+                bail!("removing managed neighbour entry {ip} on {dev}: {e}");
+            }
+        }
         info!(
             node = %cli.node_name,
             pin_dir = %cli.pin_dir.display(),
             tcx_links = done.links,
             netlink_filters = done.filters,
+            neighbour_entries = links.managed.len(),
             "uninstalled: no Palisade program is attached here any more"
         );
         return Ok(());

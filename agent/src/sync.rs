@@ -126,6 +126,12 @@ pub struct SyncLoop {
     links: Option<Links>,
     /// Whether the netlink watch runs (otherwise every pass discovers).
     links_watched: bool,
+    /// Netlink reported a change since `links` was scanned.
+    links_stale: bool,
+    /// When the interfaces were last scanned.
+    last_scan: Instant,
+    /// A neighbour change that arrived too soon after a scan, to rescan for.
+    neigh_retry: Option<Instant>,
     /// Local pods the last pass found no interface for.
     missing_ifaces: usize,
     /// The last failure to add or remove a managed neighbour entry.
@@ -177,6 +183,9 @@ impl SyncLoop {
             written_if: BTreeMap::new(),
             links: None,
             links_watched: true,
+            links_stale: true,
+            last_scan: Instant::now(),
+            neigh_retry: None,
             missing_ifaces: 0,
             neigh_error: None,
             scan_error: None,
@@ -259,6 +268,9 @@ impl SyncLoop {
         // timer. Programming on the first change of a batch would program twice
         // per change (once for the object, once more for the batch's revision).
         let mut pending = false;
+        // The netlink watch may end (it then says `Unwatched`); a closed channel
+        // must not be polled again, or the loop would spin.
+        let mut wake_open = true;
         loop {
             let mut boundary = false;
             let mut full = false;
@@ -271,14 +283,23 @@ impl SyncLoop {
                     Some(ev) => on_source(&mut self, ev, &mut boundary),
                     None => return,
                 },
-                w = wake.recv() => match w {
+                w = wake.recv(), if wake_open => match w {
                     Some(w) => {
                         let relevant = self.on_wake(w);
                         boundary |= relevant;
                         relevant
                     }
-                    None => false,
+                    None => {
+                        wake_open = false;
+                        false
+                    }
                 },
+                _ = sleep_until_opt(self.neigh_retry), if self.neigh_retry.is_some() => {
+                    self.neigh_retry = None;
+                    self.links_stale = true;
+                    boundary = true;
+                    true
+                }
                 _ = resync.tick() => {
                     boundary = true;
                     full = true;
@@ -311,14 +332,22 @@ impl SyncLoop {
     /// Whether the wake calls for a pass.
     fn on_wake(&mut self, w: Wake) -> bool {
         match w {
-            Wake::Links => self.links = None,
+            Wake::Links => self.links_stale = true,
             // Neighbour entries change all the time (reachability): only a pod
-            // still waiting for its interface needs them.
+            // still waiting for its interface needs them, and a burst of them
+            // costs one rescan a second at most.
             Wake::Neigh if self.missing_ifaces == 0 => return false,
-            Wake::Neigh => self.links = None,
+            Wake::Neigh => {
+                let next = self.last_scan + NEIGH_RESCAN_EVERY;
+                if Instant::now() < next {
+                    self.neigh_retry = Some(next);
+                    return false;
+                }
+                self.links_stale = true;
+            }
             Wake::Unwatched => {
                 self.links_watched = false;
-                self.links = None;
+                self.links_stale = true;
             }
         }
         true
@@ -342,9 +371,12 @@ impl SyncLoop {
                 missing += 1;
                 continue;
             };
-            match links
-                .pod_interface(ip)
-                .or_else(|| self.known_interface(&pod.key(), ip, links))
+            // The interface a pod was found on stays its own while it exists:
+            // on a bridge-style node, ARP or ND from another pod claiming the
+            // address must not move the pod's record to that pod's interface.
+            match self
+                .known_interface(&pod.key(), ip, links)
+                .or_else(|| links.pod_interface(ip))
             {
                 Some(found) => {
                     ifaces.insert(pod.key(), found);
@@ -359,9 +391,12 @@ impl SyncLoop {
     /// found (an empty table would unknow every pod: a transient failure must
     /// not cut every pod off), and logs the failure once per message.
     fn discover(&mut self, prev: Option<Links>) -> Option<Links> {
+        self.last_scan = Instant::now();
+        self.neigh_retry = None;
         match Links::scan() {
             Ok(l) => {
                 self.scan_error = None;
+                self.links_stale = false;
                 Some(l)
             }
             Err(e) => {
@@ -377,7 +412,7 @@ impl SyncLoop {
     /// Bridge-style nodes: every local pod on a bridge subnet without a
     /// neighbour entry gets a managed one (see [`discovery::resolve_neighbour`]);
     /// managed entries of ours whose address no local pod holds are removed.
-    fn manage_neighbours(&mut self, node: &NodeInfo, links: &Links) {
+    fn manage_neighbours(&mut self, node: &NodeInfo, links: &mut Links) {
         if links.bridge_subnets.is_empty() && links.managed.is_empty() {
             return;
         }
@@ -388,22 +423,32 @@ impl SyncLoop {
             .flat_map(|p| [p.ipv4().map(IpAddr::V4), p.ipv6().map(IpAddr::V6)])
             .flatten()
             .collect();
+        // `links` is kept between scans: record what was done in it, so that
+        // later passes on the same scan do not do it again.
         let mut failures = Vec::new();
         for ip in &local {
             if links.neigh.contains_key(ip) || links.managed.contains_key(ip) {
                 continue;
             }
-            if let Some(bridge) = links.bridge_for(*ip) {
-                if let Err(e) = discovery::resolve_neighbour(*ip, bridge) {
-                    failures.push(e);
+            if let Some(bridge) = links.bridge_for(*ip).map(str::to_string) {
+                match discovery::resolve_neighbour(*ip, &bridge) {
+                    Ok(()) => {
+                        links.managed.insert(*ip, bridge);
+                    }
+                    Err(e) => failures.push(e),
                 }
             }
         }
-        for (ip, dev) in &links.managed {
-            if !local.contains(ip) {
-                if let Err(e) = discovery::forget_neighbour(*ip, dev) {
-                    failures.push(e);
-                }
+        let gone: Vec<(IpAddr, String)> = links
+            .managed
+            .iter()
+            .filter(|(ip, _)| !local.contains(ip))
+            .map(|(ip, dev)| (*ip, dev.clone()))
+            .collect();
+        for (ip, dev) in gone {
+            links.managed.remove(&ip);
+            if let Err(e) = discovery::forget_neighbour(ip, &dev) {
+                failures.push(e);
             }
         }
         // One line per distinct failure (an old kernel refuses every entry).
@@ -463,18 +508,18 @@ impl SyncLoop {
         // found (a pod without one may be waiting for a neighbour or FDB entry;
         // their changes wake a pass only while such a pod exists).
         let prev = self.links.take();
-        let reuse = self.links_watched && self.compiler.is_some();
+        let reuse = !self.links_stale && self.links_watched && self.compiler.is_some();
         let links = match prev {
             Some(l) if reuse && self.pod_interfaces(&node, &l).1 == 0 => Some(l),
             prev => self.discover(prev),
         };
-        let Some(links) = links else {
+        let Some(mut links) = links else {
             // Nothing known to program against: leave the maps as they are.
             return;
         };
         let (ifaces, missing) = self.pod_interfaces(&node, &links);
         self.missing_ifaces = missing;
-        self.manage_neighbours(&node, &links);
+        self.manage_neighbours(&node, &mut links);
         let discover_ms = started.elapsed().as_millis() as u64;
         // Endpoint ids: keep ids across restarts (adopted records) and changes.
         let adopted = self.adopted.take();
@@ -509,7 +554,11 @@ impl SyncLoop {
         // yet) drops everything (fail closed).
         let mut attach_errors = Vec::new();
         for (name, idx) in &links.by_name {
-            let uplink = is_uplink(name, &links, &self.opts.uplinks, &self.opts.node_ips);
+            // A pod's own interface is never an uplink, whatever routes it
+            // carries (a pod's router advertisement could add one).
+            let pod_if = ifaces.values().any(|(_, i)| i == idx);
+            let uplink =
+                !pod_if && is_uplink(name, &links, &self.opts.uplinks, &self.opts.node_ips);
             let hooks: &[Hook] = if name == "lo" {
                 &[]
             } else if uplink {
@@ -597,8 +646,8 @@ impl SyncLoop {
         }
         self.written_if = ifaces.iter().map(|(p, (_, i))| (p.clone(), *i)).collect();
         let node_addrs = links.node_addrs.clone();
-        // After a failed scan the next pass scans again.
-        self.links = self.scan_error.is_none().then_some(links);
+        // After a failed scan `links_stale` stays set: the next pass scans again.
+        self.links = Some(links);
 
         self.generation += 1;
 
@@ -704,6 +753,17 @@ impl SyncLoop {
             MapWrite::ServiceUpsert(k) => self.maps.upsert_service(*k),
             MapWrite::ServiceDelete(k) => self.maps.delete_service(*k),
         }
+    }
+}
+
+/// At most one rescan a second for neighbour and FDB changes.
+const NEIGH_RESCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// Sleeps until `at` (forever without one; the caller guards on `is_some`).
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

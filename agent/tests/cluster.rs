@@ -701,3 +701,64 @@ fn uninstall_detaches_every_program_and_removes_the_pins() {
         c.teardown().unwrap();
     }
 }
+
+/// An IPv6 pod that joins a bridge-style node under a running agent has sent
+/// nothing: its interface is attached (and fail-closed) from the start, and the
+/// node learns its address only from the neighbour discovery the agent asks
+/// for, which must get through that interface both ways.
+#[test]
+fn bridge_style_ipv6_pod_joining_under_a_running_agent_is_found() {
+    let mut c = Cluster::build(
+        &ClusterSpec::default_model(Family::Ipv6),
+        ClusterOptions {
+            agent: Some(AgentConfig::new(agent_binary())),
+            topology: Topology::Bridge,
+            ..Default::default()
+        },
+    )
+    .expect("build cluster");
+    c.start_agents().expect("start agents");
+    c.sync().expect("agents programmed");
+    let spec = PodSpec {
+        namespace: "x".into(),
+        name: "d".into(),
+        labels: Labels::from([("pod".to_string(), "d".to_string())]),
+        node: 1,
+        ports: vec![PortSpec::new(80, Protocol::Tcp)],
+    };
+    c.add_pod(spec).expect("add pod");
+    c.sync().expect("sync");
+    let local = c
+        .pod_keys()
+        .into_iter()
+        .filter(|k| c.pod_spec(k).expect("pod").node == 1)
+        .count();
+    let ns = c.node_netns(1).expect("node").to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = palisade_harness::agent::get_ready(&ns).expect("ready");
+        let body: Value = serde_json::from_str(&ready.body).unwrap_or_default();
+        if body["endpoints"].as_u64() == Some(local as u64)
+            && body["missing_interfaces"].as_u64() == Some(0)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "x/d not found after 20 s: {}\n{}",
+            ready.body,
+            c.agent_log_tail(1, 20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let peer = c
+        .pod_keys()
+        .into_iter()
+        .find(|k| k != "x/d" && c.pod_spec(k).expect("pod").node == 1)
+        .expect("another pod on node 1");
+    assert_eq!(
+        probe(&c, &peer, "x/d", 80, Protocol::Tcp, Via::Pod),
+        Outcome::Reachable
+    );
+    c.teardown().expect("teardown");
+}

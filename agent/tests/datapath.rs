@@ -182,6 +182,18 @@ fn unknown_endpoint_fails_closed_and_reports() {
     assert_eq!(ev.direction, DIR_INGRESS);
     assert_eq!(fx.run("from_pod", &tcp(POD, PEER, 40000, 80)), SHOT);
     assert_eq!(one_event(&mut fx).direction, DIR_EGRESS);
+    // Neighbour discovery is how a bridge-style node learns a new IPv6 pod: the
+    // node's solicitation reaches it, its advertisement (from its global
+    // address) gets out. A router advertisement of its own does not.
+    let ns = packet::frame(PEER6.into(), POD6.into(), &L4::Icmp6Type(135));
+    assert_eq!(fx.run("to_pod", &ns), OK);
+    let na = packet::frame(POD6.into(), PEER6.into(), &L4::Icmp6Type(136));
+    assert_eq!(fx.run("from_pod", &na), OK);
+    let ll = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 5);
+    let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    let ra = packet::frame(ll.into(), all_nodes.into(), &L4::Icmp6Type(134));
+    assert_eq!(fx.run("from_pod", &ra), SHOT);
+    assert_eq!(one_event(&mut fx).reason, Reason::UnknownEndpoint as u8);
 }
 
 #[test]
@@ -613,6 +625,17 @@ fn spoofed_source_is_dropped() {
     // But any other ICMPv6 from a link-local source is spoofed.
     let echo = packet::frame(ll.into(), PEER6.into(), &L4::IcmpEchoRequest { id: 9 });
     assert_eq!(fx.run("from_pod", &echo), SHOT);
+    // And a pod is no router: its router advertisements and redirects are
+    // spoofed whatever their source (an advertisement could give its node a
+    // route through the pod).
+    let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    let _ = fx.events();
+    // (Different destinations: events are rate-limited per flow.)
+    for (ty, dst) in [(134, all_nodes), (137, PEER6)] {
+        let f = packet::frame(ll.into(), dst.into(), &L4::Icmp6Type(ty));
+        assert_eq!(fx.run("from_pod", &f), SHOT, "ICMPv6 type {ty}");
+        assert_eq!(one_event(&mut fx).reason, Reason::SpoofedSource as u8);
+    }
 }
 
 #[test]

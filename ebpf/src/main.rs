@@ -7,9 +7,11 @@
 //! - `svc_egress`: TC egress of the node's other interfaces; makes the egress
 //!   decision for pod traffic to a Service after kube-proxy's DNAT picked the backend.
 //!
-//! Decision order per packet (see README "Datapath"): non-IP passes; unknown
-//! endpoint drops; malformed/truncated headers drop; spoofed source (from_pod)
-//! drops; IPv6 neighbour discovery passes; a pending service egress decision is
+//! Decision order per packet (see README "Datapath"): non-IP passes; IPv6
+//! neighbour discovery to a pod passes, and from a pod not known yet (router
+//! messages excepted); unknown endpoint drops; malformed/truncated headers drop;
+//! spoofed source (from_pod, router messages included) drops; IPv6 neighbour
+//! discovery passes; a pending service egress decision is
 //! made (to_pod); conntrack replies and ICMP errors about tracked flows pass; from
 //! the pod's own node passes (to_pod); a direction the pod is not isolated in
 //! passes; Service frontends defer the egress decision (from_pod); otherwise the
@@ -102,6 +104,9 @@ struct Flow {
     icmp_error: bool,
     /// ICMPv6 neighbour discovery / router messages.
     nd: bool,
+    /// Of those, router advertisements and redirects: a router's to send,
+    /// never a pod's.
+    nd_router: bool,
     src: [u8; 16],
     dst: [u8; 16],
     sport: u16,
@@ -174,6 +179,7 @@ fn parse_l4(ctx: &TcContext, flow: &mut Flow, off: usize) -> Result<(), Reason> 
                 // Neighbour discovery and multicast listener messages: link-local
                 // control traffic IPv6 cannot work without.
                 flow.nd = true;
+                flow.nd_router = ty == 134 || ty == 137;
             }
         }
         _ => {}
@@ -304,6 +310,7 @@ fn empty_flow() -> Flow {
         fragment: false,
         icmp_error: false,
         nd: false,
+        nd_router: false,
         src: [0; 16],
         dst: [0; 16],
         sport: 0,
@@ -322,6 +329,7 @@ fn reset(flow: &mut Flow) {
     flow.fragment = false;
     flow.icmp_error = false;
     flow.nd = false;
+    flow.nd_router = false;
     flow.sport = 0;
     flow.dport = 0;
     flow.inner_off = 0;
@@ -747,13 +755,15 @@ pub fn to_pod(ctx: TcContext) -> i32 {
         }
     }
     let flow: &Flow = flow;
+    // Neighbour discovery passes even to a pod not known yet: on a bridge-style
+    // node the agent finds an IPv6 pod through the neighbour entry it resolves.
+    if flow.nd {
+        return TC_ACT_OK;
+    }
     let ep = match unsafe { ENDPOINTS.get(&ifindex) } {
         Some(e) => e,
         None => return drop_early(ifindex, 0, DIR_INGRESS, Reason::UnknownEndpoint, flow),
     };
-    if flow.nd {
-        return TC_ACT_OK;
-    }
     if let Some(act) = pending_service_egress(&ctx, &flow) {
         return act;
     }
@@ -820,14 +830,18 @@ pub fn from_pod(ctx: TcContext) -> i32 {
     let flow: &Flow = flow;
     let ep = match unsafe { ENDPOINTS.get(&ifindex) } {
         Some(e) => e,
+        // A pod not known yet answers its node's neighbour solicitations (how a
+        // bridge-style node learns it); router messages are never a pod's.
+        None if flow.nd && !flow.nd_router => return TC_ACT_OK,
         None => return drop_early(ifindex, 0, DIR_EGRESS, Reason::UnknownEndpoint, flow),
     };
     // Link-local (fe80::/10) and unspecified (::, duplicate address detection)
     // sources of IPv6 link control messages are the pod's own too; everything else
-    // must carry the pod's address.
+    // must carry the pod's address. A pod's router advertisement or redirect is
+    // spoofed whatever its source.
     let link_local = flow.family == FAMILY_V6
         && ((flow.src[0] == 0xfe && flow.src[1] & 0xc0 == 0x80) || flow.src == [0u8; 16]);
-    if flow.nd && (link_local || own_address(&ep, &flow)) {
+    if flow.nd && !flow.nd_router && (link_local || own_address(&ep, &flow)) {
         return TC_ACT_OK;
     }
     if !own_address(&ep, &flow) {
