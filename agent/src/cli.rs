@@ -61,7 +61,7 @@ pub struct Cli {
 
     /// The node's own addresses (comma-separated). Without --uplink, the
     /// interface holding one of them is an uplink even if it is a veth. In a
-    /// DaemonSet, set NODE_IP from the downward API (status.hostIPs).
+    /// DaemonSet, set NODE_IP from the downward API (status.hostIP).
     #[arg(
         long = "node-ip",
         env = "NODE_IP",
