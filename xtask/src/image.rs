@@ -27,20 +27,6 @@ pub fn context_dir() -> PathBuf {
 /// A test derives this list from the agent's `Command::new` calls.
 pub const AGENT_TOOLS: &[&str] = &["bridge", "ip", "tc"];
 
-/// Where a host program is: `PATH`, then the sbin directories (not on a
-/// non-root user's PATH on Debian).
-fn find_tool(name: &str) -> Result<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file());
-    found.with_context(|| {
-        format!("{name} not found on this machine (Debian package iproute2); the agent runs it")
-    })
-}
-
 /// Stage the build context for `agent` and `pod_tool` in `ctx` (emptied first).
 pub fn stage(agent: &Path, pod_tool: &Path, ctx: &Path) -> Result<()> {
     if ctx.exists() {
@@ -57,7 +43,8 @@ pub fn stage(agent: &Path, pod_tool: &Path, ctx: &Path) -> Result<()> {
     let sbin = rootfs.join("usr/sbin");
     std::fs::create_dir_all(&sbin).with_context(|| format!("creating {}", sbin.display()))?;
     for name in AGENT_TOOLS {
-        let tool = find_tool(name)?;
+        let tool = crate::find_tool(name)
+            .with_context(|| format!("(Debian package iproute2) the agent runs {name}"))?;
         std::fs::copy(&tool, sbin.join(name))
             .with_context(|| format!("copying {}", tool.display()))?;
         libs.extend(shared_libraries(&tool)?);
@@ -78,7 +65,7 @@ pub fn stage(agent: &Path, pod_tool: &Path, ctx: &Path) -> Result<()> {
 }
 
 /// The absolute paths `ldd` resolves for `bin` (none for a static binary).
-fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>> {
     let out = Command::new("ldd")
         .arg(bin)
         .output()

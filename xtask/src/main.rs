@@ -226,6 +226,18 @@ fn output(cmd: &mut Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Where a host program is: `PATH`, then the sbin directories (not on a
+/// non-root user's PATH on Debian).
+pub(crate) fn find_tool(name: &str) -> Result<PathBuf> {
+    let path = env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file());
+    found.with_context(|| format!("{name} not found on this machine (PATH, /usr/sbin, /sbin)"))
+}
+
 fn have(bin: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {bin}")])

@@ -585,17 +585,10 @@ impl Cpio {
 
 /// Add `bin`'s shared libraries (as `ldd` names them) to the archive.
 fn add_libs(cpio: &mut Cpio, bin: &Path) -> Result<()> {
-    let out = Command::new("ldd").arg(bin).output()?;
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let line = line.trim();
-        let path = match line.split_once(" => ") {
-            Some((_, rest)) => rest.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        if let Some(p) = path.filter(|p| p.starts_with('/')) {
-            if !cpio.entries.contains_key(p.trim_start_matches('/')) {
-                cpio.host_file(p, Path::new(p))?;
-            }
+    for lib in crate::image::shared_libraries(bin)? {
+        let p = lib.to_string_lossy();
+        if !cpio.entries.contains_key(p.trim_start_matches('/')) {
+            cpio.host_file(&p, &lib)?;
         }
     }
     Ok(())
@@ -646,9 +639,7 @@ fn build_initramfs(
     }
     cpio.file("palisade/modules", 0o644, mods.into_bytes());
     for tool in GUEST_TOOLS {
-        let host = output(Command::new("sh").args(["-c", &format!("command -v {tool}")]))
-            .map(|s| PathBuf::from(s.trim()))
-            .with_context(|| format!("{tool} not found on the host"))?;
+        let host = crate::find_tool(tool)?;
         cpio.host_file(&format!("bin/{tool}"), &host)?;
         add_libs(&mut cpio, &host)?;
     }
