@@ -314,13 +314,19 @@ impl Datapath {
             .flatten()
             .filter_map(|e| {
                 let n = e.file_name();
-                n.to_str()?.split('-').next()?.parse().ok()
+                link_pin_parts(n.to_str()?).map(|(ifindex, _)| ifindex)
             })
             .collect();
         out.sort_unstable();
         out.dedup();
         out
     }
+}
+
+/// (ifindex, program name) of a link pin's file name (`Datapath::link_pin`).
+fn link_pin_parts(name: &str) -> Option<(u32, &str)> {
+    let (ifindex, prog) = name.split_once('-')?;
+    Some((ifindex.parse().ok()?, prog))
 }
 
 /// The priority recorded for a netlink-mode attachment (see `attach`).
@@ -380,14 +386,9 @@ pub fn uninstall(pin_dir: &Path) -> io::Result<Uninstalled> {
         if path.is_dir() {
             // Netlink mode: `<ifindex>-<program>/prio-N` records the filter.
             let name = e.file_name().to_string_lossy().into_owned();
-            let hook = name
-                .split_once('-')
-                .and_then(|(_, prog)| Hook::from_program(prog));
-            let iface = name
-                .split('-')
-                .next()
-                .and_then(|i| i.parse().ok())
-                .and_then(interface_name);
+            let parts = link_pin_parts(&name);
+            let hook = parts.and_then(|(_, prog)| Hook::from_program(prog));
+            let iface = parts.and_then(|(ifindex, _)| interface_name(ifindex));
             if let (Some(hook), Some(iface), Some(prio)) = (hook, iface, netlink_priority(&path)) {
                 if remove_netlink_filter(&iface, hook, prio) {
                     done.filters += 1;

@@ -509,15 +509,28 @@ impl SyncLoop {
         // their changes wake a pass only while such a pod exists).
         let prev = self.links.take();
         let reuse = !self.links_stale && self.links_watched && self.compiler.is_some();
+        // Interfaces found on the cached scan, when they serve.
+        let mut found = None;
         let links = match prev {
-            Some(l) if reuse && self.pod_interfaces(&node, &l).1 == 0 => Some(l),
+            Some(l) if reuse => {
+                let on_cached = self.pod_interfaces(&node, &l);
+                if on_cached.1 == 0 {
+                    found = Some(on_cached);
+                    Some(l)
+                } else {
+                    self.discover(Some(l))
+                }
+            }
             prev => self.discover(prev),
         };
         let Some(mut links) = links else {
             // Nothing known to program against: leave the maps as they are.
             return;
         };
-        let (ifaces, missing) = self.pod_interfaces(&node, &links);
+        let (ifaces, missing) = match found {
+            Some(f) => f,
+            None => self.pod_interfaces(&node, &links),
+        };
         self.missing_ifaces = missing;
         self.manage_neighbours(&node, &mut links);
         let discover_ms = started.elapsed().as_millis() as u64;
