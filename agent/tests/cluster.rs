@@ -4,7 +4,6 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -14,11 +13,8 @@ use palisade_harness::{
 };
 use serde_json::{json, Value};
 
-fn agent_binary() -> PathBuf {
-    std::env::var_os("PALISADE_AGENT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_palisade-agent")))
-}
+mod common;
+use common::agent_binary;
 
 fn cluster() -> Cluster {
     cluster_with(&[])
@@ -96,7 +92,10 @@ fn tc_programs(c: &Cluster, node: usize, dev: &str) -> Vec<String> {
                 .position(|w| *w == "pref")
                 .and_then(|i| words.get(i + 1));
             if let (true, Some(pref)) = (words.contains(&"bpf"), pref) {
-                if let Some(name) = words.iter().find(|w| w.ends_with("_pod")) {
+                if let Some(name) = words
+                    .iter()
+                    .find(|w| w.ends_with("_pod") || **w == "svc_egress")
+                {
                     names.push(format!("{name}@{pref}"));
                 }
             }
@@ -118,6 +117,25 @@ fn tc_programs(c: &Cluster, node: usize, dev: &str) -> Vec<String> {
         names
     })
     .expect("in node netns")
+}
+
+/// Waits (30 s at most) until both pod programs are on `veth` of `node`: the
+/// agent attaches to a new veth on the netlink event of its creation, which a
+/// slow guest (6.1 under TCG) can take a while to get to.
+fn wait_for_pod_programs(c: &Cluster, node: usize, veth: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let progs = tc_programs(c, node, veth);
+        let has = |p: &str| progs.iter().any(|n| n.starts_with(p));
+        if has("from_pod") && has("to_pod") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "programs on {veth} after 30 s: {progs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -246,19 +264,7 @@ fn new_pod_under_existing_policy_is_never_reachable_against_it() {
     // guest (6.1 under TCG) can take a while to get to.
     c.add_pod_network(spec).unwrap();
     let veth = c.pod_host_veth("x/d").expect("host veth").to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let progs = tc_programs(&c, 1, &veth);
-        let has = |p: &str| progs.iter().any(|n| n.starts_with(p));
-        if has("from_pod") && has("to_pod") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "programs on {veth} after 30 s: {progs:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_pod_programs(&c, 1, &veth);
     for _ in 0..5 {
         assert_eq!(
             probe(&c, "y/a", "x/d", 80, Protocol::Tcp, Via::Pod),
@@ -463,18 +469,7 @@ fn a_replaced_pod_veth_gets_the_pods_record() {
     // programs go on (the moment before is the CNI's, as for any new veth) ...
     let veth = c.pod_host_veth("x/b").expect("host veth").to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let progs = tc_programs(&c, 2, &veth);
-        let has = |p: &str| progs.iter().any(|n| n.starts_with(p));
-        if has("from_pod") && has("to_pod") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "programs on the new {veth}: {progs:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_pod_programs(&c, 2, &veth);
     // ... then the record: until it is written the interface drops everything.
     while probe(&c, "x/a", "x/b", 80, Protocol::Tcp, Via::Pod) != Outcome::Reachable {
         assert!(
@@ -494,13 +489,18 @@ fn a_replaced_pod_veth_gets_the_pods_record() {
 
 /// `ip -n <ns> -json <args>` as JSON.
 fn ip_json(ns: &str, args: &[&str]) -> Value {
-    let out = std::process::Command::new("ip")
-        .args(["-n", ns, "-json"])
-        .args(args)
-        .output()
-        .expect("run ip");
-    assert!(out.status.success(), "ip {args:?}: {:?}", out);
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(Vec::new()))
+    let out = common::cmd("ip", &[&["-n", ns, "-json"], args].concat());
+    serde_json::from_str(&out).unwrap_or(Value::Array(Vec::new()))
+}
+
+/// Whether the agent on `ns` has an endpoint for each of its `n` local pods and
+/// misses no pod interface; with the `/ready` body, for messages.
+fn all_local_pods_found(ns: &str, n: usize) -> (bool, Value) {
+    let ready = palisade_harness::agent::get_ready(ns).expect("ready");
+    let body: Value = serde_json::from_str(&ready.body).unwrap_or_default();
+    let found = body["endpoints"].as_u64() == Some(n as u64)
+        && body["missing_interfaces"].as_u64() == Some(0);
+    (found, body)
 }
 
 /// The addresses the agent holds managed neighbour entries for in `ns`.
@@ -563,19 +563,13 @@ fn bridge_style_pods_that_never_talked_to_their_node_are_found_and_enforced() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let managed = managed_neighbours(&ns);
-        let ready = palisade_harness::agent::get_ready(&ns).expect("ready");
-        let body: Value = serde_json::from_str(&ready.body).unwrap_or_default();
-        let endpoints = body["endpoints"].as_u64().unwrap_or(0) as usize;
-        let missing = body["missing_interfaces"].as_u64();
-        if want.iter().all(|ip| managed.contains(ip))
-            && endpoints == local.len()
-            && missing == Some(0)
-        {
+        let (found, ready) = all_local_pods_found(&ns, local.len());
+        if want.iter().all(|ip| managed.contains(ip)) && found {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "after 20 s: managed {managed:?}, want {want:?}; {ready:?}\n{}",
+            "after 20 s: managed {managed:?}, want {want:?}; {ready}\n{}",
             c.agent_log_tail(1, 30)
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -636,27 +630,17 @@ fn bridge_style_pods_that_never_talked_to_their_node_are_found_and_enforced() {
 fn palisade_programs(c: &Cluster, node: usize) -> Vec<String> {
     let ns = c.node_netns(node).expect("node ns").to_string();
     let links = ip_json(&ns, &["link", "show"]);
-    let mut out = Vec::new();
-    for l in links.as_array().into_iter().flatten() {
-        let Some(dev) = l["ifname"].as_str() else {
-            continue;
-        };
-        let mut progs = tc_programs(c, node, dev);
-        // tc_programs reports pod programs; svc_egress is on the uplinks.
-        for hook in ["ingress", "egress"] {
-            let shown = std::process::Command::new("ip")
-                .args([
-                    "netns", "exec", &ns, "tc", "filter", "show", "dev", dev, hook,
-                ])
-                .output()
-                .expect("tc filter show");
-            if String::from_utf8_lossy(&shown.stdout).contains("svc_egress") {
-                progs.push("svc_egress".into());
-            }
-        }
-        out.extend(progs.into_iter().map(|p| format!("{dev}:{p}")));
-    }
-    out
+    links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["ifname"].as_str())
+        .flat_map(|dev| {
+            tc_programs(c, node, dev)
+                .into_iter()
+                .map(move |p| format!("{dev}:{p}"))
+        })
+        .collect()
 }
 
 /// After the DaemonSet is gone, the pinned programs go on enforcing the last
@@ -736,17 +720,13 @@ fn bridge_style_ipv6_pod_joining_under_a_running_agent_is_found() {
     let ns = c.node_netns(1).expect("node").to_string();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let ready = palisade_harness::agent::get_ready(&ns).expect("ready");
-        let body: Value = serde_json::from_str(&ready.body).unwrap_or_default();
-        if body["endpoints"].as_u64() == Some(local as u64)
-            && body["missing_interfaces"].as_u64() == Some(0)
-        {
+        let (found, ready) = all_local_pods_found(&ns, local);
+        if found {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "x/d not found after 20 s: {}\n{}",
-            ready.body,
+            "x/d not found after 20 s: {ready}\n{}",
             c.agent_log_tail(1, 20)
         );
         std::thread::sleep(Duration::from_millis(100));

@@ -30,6 +30,8 @@ use tokio::{
     sync::mpsc,
 };
 
+mod common;
+
 // ---------------------------------------------------------------------------
 // The fake API server
 
@@ -928,12 +930,6 @@ async fn forbidden_watch_after_an_allowed_list_is_logged_once_and_recovers() {
 // ---------------------------------------------------------------------------
 // The whole agent against the fake API server
 
-fn agent_binary() -> std::path::PathBuf {
-    std::env::var_os("PALISADE_AGENT")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_BIN_EXE_palisade-agent")))
-}
-
 /// Waits until the agent on `ns` has programmed resourceVersion `rv`.
 fn wait_programmed(ns: &str, rv: u64, what: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -981,7 +977,7 @@ fn the_agent_programs_what_the_api_server_says_through_drops_410_and_outages() {
     };
     let kubeconfig =
         std::env::temp_dir().join(format!("palisade-kubeconfig-{}", std::process::id()));
-    let mut agent = AgentConfig::new(agent_binary());
+    let mut agent = AgentConfig::new(common::agent_binary());
     agent.kube = true;
     agent.env = vec![
         ("KUBECONFIG".into(), kubeconfig.display().to_string()),

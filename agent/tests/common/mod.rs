@@ -20,6 +20,7 @@ pub fn cmd(bin: &str, args: &[&str]) -> String {
 /// Moves the calling test thread into a fresh network namespace of its own and
 /// makes the veth pair `a`/`b` there, both up; returns their ifindexes. The
 /// namespace goes away with the thread, so nothing outlives the test.
+#[allow(dead_code)] // not every test file that includes this module uses it
 pub fn private_veth(a: &str, b: &str) -> (u32, u32) {
     assert!(
         // SAFETY: geteuid has no preconditions.
@@ -53,4 +54,13 @@ pub fn private_veth_here(a: &str, b: &str) -> (u32, u32) {
         i
     };
     (index(a), index(b))
+}
+
+/// The agent binary the root-only tests run: `$PALISADE_AGENT` (the release
+/// build in `cargo xtask test`), else the one cargo built for this test.
+#[allow(dead_code)] // not every test file that includes this module uses it
+pub fn agent_binary() -> std::path::PathBuf {
+    std::env::var_os("PALISADE_AGENT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_BIN_EXE_palisade-agent")))
 }
