@@ -262,6 +262,9 @@ impl SyncLoop {
         mut wake: mpsc::UnboundedReceiver<Wake>,
     ) {
         let mut resync = tokio::time::interval(self.opts.resync);
+        // A pass slower than the period must not be followed by a burst of
+        // catch-up resyncs: the next one is a period after it.
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         resync.tick().await;
         // Changes are programmed at batch boundaries: the source's `Synced` (both
         // sources send one after every batch), an interface event or the resync

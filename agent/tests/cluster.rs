@@ -406,32 +406,62 @@ fn a_full_resync_pass_finds_the_incremental_state_in_step() {
         let at = l.find(&format!("{k}="))? + k.len() + 1;
         Some(l[at..].split_whitespace().next()?.to_string())
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (mut incremental, mut resyncs) = (0, 0);
-    while Instant::now() < deadline && (incremental == 0 || resyncs < 2) {
-        let log = c.agent_log_tail(1, 1000);
-        let passes: Vec<(String, String)> = log
-            .lines()
+    // (full, writes) of node 1's passes, from its whole log.
+    let passes = |c: &Cluster| -> Vec<(bool, u64)> {
+        let log = std::fs::read_to_string(c.agent_log_path(1).unwrap()).unwrap_or_default();
+        log.lines()
             .filter(|l| l.contains("programmed"))
-            .filter_map(|l| Some((field(l, "full")?, field(l, "writes")?)))
-            .collect();
-        incremental = passes.iter().filter(|(f, _)| f == "false").count();
-        // Full passes after the first incremental one are resyncs.
-        let first_inc = passes.iter().position(|(f, _)| f == "false");
-        let after: Vec<&(String, String)> = first_inc
-            .map(|i| passes[i..].iter().filter(|(f, _)| f == "true").collect())
-            .unwrap_or_default();
-        resyncs = after.len();
-        for (_, writes) in &after {
-            assert_eq!(
-                writes, "0",
-                "a resync after incremental passes wrote:\n{log}"
-            );
+            .filter_map(|l| {
+                let writes = field(l, "writes")?.parse().ok()?;
+                Some((field(l, "full")? == "true", writes))
+            })
+            .collect()
+    };
+    // A change lands in an incremental pass unless the resync timer fires in
+    // the same moment (then the full pass takes it): change a rule on x's
+    // pods until an incremental pass has written one.
+    let mut last_incremental = None;
+    for port in 8000..8010 {
+        let before = passes(&c).len();
+        c.apply_policy(&json!({
+            "metadata": {"name": "x-extra", "namespace": "x"},
+            "spec": {
+                "podSelector": {},
+                "ingress": [{
+                    "from": [{"podSelector": {"matchLabels": {"pod": "a"}}}],
+                    "ports": [{"port": port}]
+                }]
+            }
+        }))
+        .unwrap();
+        c.sync().unwrap();
+        let now = passes(&c);
+        last_incremental = now[before..]
+            .iter()
+            .rposition(|&(full, writes)| !full && writes > 0)
+            .map(|i| before + i);
+        if last_incremental.is_some() {
+            break;
         }
-        std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(incremental > 0, "the policy was programmed incrementally");
-    assert!(resyncs >= 2, "two resyncs within 30 s");
+    let last_incremental = last_incremental.expect("a rule change was programmed incrementally");
+    // Nothing changes from here: every resync must find the maps in step.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut resyncs = Vec::new();
+    while Instant::now() < deadline && resyncs.len() < 2 {
+        std::thread::sleep(Duration::from_millis(200));
+        resyncs = passes(&c)[last_incremental + 1..]
+            .iter()
+            .filter(|(full, _)| *full)
+            .map(|(_, writes)| *writes)
+            .collect();
+    }
+    assert!(resyncs.len() >= 2, "two resyncs within 30 s");
+    assert!(
+        resyncs.iter().all(|&w| w == 0),
+        "a resync after incremental passes wrote: {resyncs:?}\n{}",
+        c.agent_log_tail(1, 60)
+    );
     assert_eq!(
         probe(&c, "x/a", "x/b", 80, Protocol::Tcp, Via::Pod),
         Outcome::Reachable
