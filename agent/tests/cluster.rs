@@ -9,7 +9,7 @@ use std::{
 
 use palisade_harness::{
     in_netns, AgentConfig, Cluster, ClusterOptions, ClusterSpec, Family, Labels, Outcome, Peer,
-    PodSpec, PortSpec, Probe, Protocol, Topology, Via,
+    PodSpec, PortSpec, Probe, Protocol, Topology, Uplinks, Via,
 };
 use serde_json::{json, Value};
 
@@ -513,6 +513,63 @@ fn a_replaced_pod_veth_gets_the_pods_record() {
         probe(&c, "x/c", "x/b", 80, Protocol::Tcp, Via::Pod),
         Outcome::Blocked,
         "the policy still holds on the new interface"
+    );
+    c.teardown().unwrap();
+}
+
+/// As deployed (no `--uplink`, the node's address as `--node-ip`), the agent
+/// must tell the node's own veth from pods' by itself: a kind node's `eth0` is
+/// a veth, and taken for a pod's it would drop all the node sends and receives.
+#[test]
+fn the_nodes_own_veth_is_its_uplink_without_being_named() {
+    let mut agent = AgentConfig::new(agent_binary());
+    agent.uplinks = Uplinks::ByNodeIp;
+    let mut c = Cluster::build(
+        &ClusterSpec::default_model(Family::Ipv4),
+        ClusterOptions {
+            agent: Some(agent),
+            ..Default::default()
+        },
+    )
+    .expect("build cluster");
+    c.start_agents().expect("start agents");
+    for node in 1..=2 {
+        let progs = tc_programs(&c, node, "eth0");
+        assert!(
+            progs.iter().any(|p| p.starts_with("svc_egress"))
+                && !progs
+                    .iter()
+                    .any(|p| p.starts_with("from_pod") || p.starts_with("to_pod")),
+            "node-{node}'s eth0 has {progs:?}, not the uplink's program alone"
+        );
+        let local = c
+            .pod_keys()
+            .iter()
+            .filter(|p| c.pod_spec(p).is_ok_and(|s| s.node == node))
+            .count();
+        let ns = c.node_netns(node).expect("node ns").to_string();
+        let (found, body) = all_local_pods_found(&ns, local);
+        assert!(found, "node-{node}: {body}");
+    }
+    c.apply_policy(&only_a_to_b()).unwrap();
+    c.sync().unwrap();
+    // x/a and x/c are on node 1, x/b on node 2: across both uplinks.
+    for via in [Via::Pod, Via::Service] {
+        assert_eq!(
+            probe(&c, "x/a", "x/b", 80, Protocol::Tcp, via),
+            Outcome::Reachable,
+            "allowed across nodes ({via:?})"
+        );
+        assert_eq!(
+            probe(&c, "x/c", "x/b", 80, Protocol::Tcp, via),
+            Outcome::Blocked,
+            "denied across nodes ({via:?})"
+        );
+    }
+    assert_eq!(
+        probe(&c, "node/2", "x/a", 80, Protocol::Tcp, Via::Pod),
+        Outcome::Reachable,
+        "another node reaches an unisolated pod"
     );
     c.teardown().unwrap();
 }

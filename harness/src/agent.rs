@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -43,6 +43,21 @@ pub struct AgentConfig {
     /// the agent: start it with [`crate::Cluster::launch_agent`] and wait on
     /// its `/ready` yourself.
     pub kube: bool,
+    /// How the agent is told the node's own links from pods' veths.
+    pub uplinks: Uplinks,
+}
+
+/// How the agent tells the node's own links (`eth0`, the external hosts'
+/// `pale<k>`) from pods' veths; all are veths here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Uplinks {
+    /// By name: `--uplink eth0 --uplink pale*`.
+    #[default]
+    Named,
+    /// No `--uplink`: the agent's own rule finds them, given the node's
+    /// address as `--node-ip` (as the DaemonSet gives `status.hostIP`).
+    /// External hosts' veths are then taken for pods: use no externals.
+    ByNodeIp,
 }
 
 impl AgentConfig {
@@ -53,6 +68,7 @@ impl AgentConfig {
             env: Vec::new(),
             ready_timeout: Duration::from_secs(30),
             kube: false,
+            uplinks: Uplinks::default(),
         }
     }
 }
@@ -86,7 +102,8 @@ pub(crate) struct NodeAgent {
 }
 
 impl NodeAgent {
-    pub fn start(&mut self, cfg: &AgentConfig) -> Result<u32> {
+    /// Starts the agent; `node_ip` is the node's uplink address.
+    pub fn start(&mut self, cfg: &AgentConfig, node_ip: IpAddr) -> Result<u32> {
         if self.child.is_some() {
             bail!("agent on node {} is already running", self.node);
         }
@@ -122,11 +139,14 @@ impl NodeAgent {
         cmd.arg("--ready-addr")
             .arg(READY_ADDR)
             .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            // The node's uplink and the external hosts' links are veths like the
-            // pods': name them, so the agent does not treat them as pods.
-            .args(["--uplink", "eth0", "--uplink", "pale*"])
-            .args(&cfg.extra_args)
+            .arg(&self.pin_dir);
+        match cfg.uplinks {
+            // The node's uplink and the external hosts' links are veths like
+            // the pods': name them, so the agent does not treat them as pods.
+            Uplinks::Named => cmd.args(["--uplink", "eth0", "--uplink", "pale*"]),
+            Uplinks::ByNodeIp => cmd.arg("--node-ip").arg(node_ip.to_string()),
+        };
+        cmd.args(&cfg.extra_args)
             .envs(cfg.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(stdout)

@@ -909,8 +909,9 @@ impl Cluster {
             .agent_cfg
             .clone()
             .ok_or_else(|| anyhow!("this cluster was built without an agent"))?;
+        let node_ip = self.node_ip(node)?;
         let a = self.agent_mut(node)?;
-        let pid = a.start(&cfg)?;
+        let pid = a.start(&cfg, node_ip)?;
         lock(&self.res).agent_pids.insert(pid as i32);
         Ok(())
     }

@@ -24,7 +24,7 @@ pub mod scenario;
 pub mod servers;
 pub mod services;
 
-pub use agent::{default_agent_path, AgentConfig};
+pub use agent::{default_agent_path, AgentConfig, Uplinks};
 pub use cluster::{pod_service_name, Cluster, ClusterOptions, Peer, Probe, Topology, Via};
 pub use conformance::{
     run_conformance, run_conformance_to, run_scenarios, Built, CaseCluster, CaseReport, CaseStatus,
