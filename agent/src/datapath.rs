@@ -25,6 +25,7 @@ use aya::{
 };
 use palisade_common::progs;
 use thiserror::Error;
+use tracing::warn;
 
 /// The compiled eBPF object, embedded at build time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade"));
@@ -55,6 +56,12 @@ pub enum DatapathError {
     },
     #[error("pinning link {path}: {reason}")]
     PinLink { path: PathBuf, reason: String },
+    #[error("detaching {name} from {iface}: {reason}")]
+    Detach {
+        name: &'static str,
+        iface: String,
+        reason: String,
+    },
     #[error("map {name}: {source}")]
     Map {
         name: &'static str,
@@ -97,7 +104,7 @@ pub enum Hook {
 }
 
 impl Hook {
-    fn program(self) -> &'static str {
+    pub fn program(self) -> &'static str {
         match self {
             Self::ToPod => progs::TO_POD,
             Self::FromPod => progs::FROM_POD,
@@ -113,6 +120,21 @@ impl Hook {
         match self {
             Self::FromPod => TcAttachType::Ingress,
             Self::ToPod | Self::SvcEgress => TcAttachType::Egress,
+        }
+    }
+    /// The two netlink filter priorities this hook alternates between. Hooks
+    /// of one direction never share one: a filter is removed by priority, and
+    /// an interface whose role changed has both kinds for a moment.
+    fn netlink_priorities(self) -> [u16; 2] {
+        match self {
+            Self::FromPod | Self::ToPod => [1, 2],
+            Self::SvcEgress => [3, 4],
+        }
+    }
+    fn direction(self) -> &'static str {
+        match self.attach_type() {
+            TcAttachType::Ingress => "ingress",
+            _ => "egress",
         }
     }
 }
@@ -260,7 +282,8 @@ impl Datapath {
                 // Alternate between two priorities: the new filter goes in before
                 // the old one is removed, so the interface is never unchecked.
                 let old = netlink_priority(&pin);
-                let priority = if old == Some(1) { 2 } else { 1 };
+                let [first, second] = hook.netlink_priorities();
+                let priority = if old == Some(first) { second } else { first };
                 let prog = self.program(name)?;
                 let id = prog
                     .attach_with_options(
@@ -276,8 +299,10 @@ impl Datapath {
                 // Dropping the link wrapper would detach the filter; the filter must
                 // outlive this process, so the handle is deliberately leaked.
                 std::mem::forget(link);
-                if let Some(old) = old {
-                    let _ = remove_netlink_filter(iface, hook, old);
+                if let Some(old) = old.filter(|o| *o != priority) {
+                    if let Err(e) = remove_netlink_filter(iface, hook, old) {
+                        warn!(interface = iface, error = %e, "the replaced filter stays");
+                    }
                 }
                 // bpffs holds only objects and directories, so the priority is
                 // recorded as an empty directory `<pin>/prio-N`.
@@ -293,6 +318,33 @@ impl Datapath {
         }
         self.attached.insert((ifindex, hook), ());
         Ok(())
+    }
+
+    /// Take `hook`'s program off `iface` if this process attached it or an
+    /// earlier agent pinned it there: for an interface whose role changed (a
+    /// node's veth first taken for a pod's, or the reverse). Whether anything
+    /// was there.
+    pub fn detach(&mut self, iface: &str, ifindex: u32, hook: Hook) -> Result<bool, DatapathError> {
+        let pin = self.link_pin(ifindex, hook);
+        let err = |reason: String| DatapathError::Detach {
+            name: hook.program(),
+            iface: iface.to_string(),
+            reason,
+        };
+        if pin.is_dir() {
+            // Netlink mode: the filter outlives any handle; `tc` removes it.
+            if let Some(prio) = netlink_priority(&pin) {
+                remove_netlink_filter(iface, hook, prio).map_err(err)?;
+            }
+            fs::remove_dir_all(&pin).map_err(|e| err(e.to_string()))?;
+        } else if pin.exists() {
+            // TCX: the pin is the link's last reference; unpinning detaches.
+            fs::remove_file(&pin).map_err(|e| err(e.to_string()))?;
+        } else {
+            return Ok(self.attached.remove(&(ifindex, hook)).is_some());
+        }
+        self.attached.remove(&(ifindex, hook));
+        Ok(true)
     }
 
     /// Forget an interface that disappeared (its attachments went with it).
@@ -338,25 +390,41 @@ fn netlink_priority(pin: &Path) -> Option<u16> {
         .max()
 }
 
-/// Remove the netlink filter of `hook` at `priority` (best effort: after its
-/// replacement is in place, and at uninstall); whether `tc` removed it.
-fn remove_netlink_filter(iface: &str, hook: Hook, priority: u16) -> bool {
-    let dir = match hook.attach_type() {
-        TcAttachType::Ingress => "ingress",
-        _ => "egress",
-    };
-    std::process::Command::new("tc")
-        .args([
+/// Remove the netlink filter of `hook` at `priority` if it is there and is
+/// `hook`'s program (a pin may outlive its interface, and the index be reused);
+/// whether it was removed.
+fn remove_netlink_filter(iface: &str, hook: Hook, priority: u16) -> Result<bool, String> {
+    let tc = |verb: &str| {
+        let prio = priority.to_string();
+        let args = [
             "filter",
-            "del",
+            verb,
             "dev",
             iface,
-            dir,
+            hook.direction(),
             "pref",
-            &priority.to_string(),
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success())
+            &prio,
+        ];
+        std::process::Command::new("tc")
+            .args(args)
+            .output()
+            .map_err(|e| format!("tc: {e}"))
+    };
+    let shown = tc("show")?;
+    let ours = String::from_utf8_lossy(&shown.stdout)
+        .split_whitespace()
+        .any(|w| w == hook.program());
+    if !ours {
+        return Ok(false);
+    }
+    let out = tc("del")?;
+    if !out.status.success() {
+        return Err(format!(
+            "tc filter del pref {priority}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(true)
 }
 
 /// What [`uninstall`] removed.
@@ -390,7 +458,7 @@ pub fn uninstall(pin_dir: &Path) -> io::Result<Uninstalled> {
             let hook = parts.and_then(|(_, prog)| Hook::from_program(prog));
             let iface = parts.and_then(|(ifindex, _)| interface_name(ifindex));
             if let (Some(hook), Some(iface), Some(prio)) = (hook, iface, netlink_priority(&path)) {
-                if remove_netlink_filter(&iface, hook, prio) {
+                if remove_netlink_filter(&iface, hook, prio).unwrap_or(false) {
                     done.filters += 1;
                 }
             }

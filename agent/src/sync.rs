@@ -589,6 +589,25 @@ impl SyncLoop {
                     attach_errors.push(format!("{name}: {e}"));
                 }
             }
+            // A role change leaves the other role's programs behind: pod
+            // programs on the node's own link drop its traffic, and an
+            // uplink's program on a pod's veth ends the chain before the pod's.
+            // Taken off after the new ones are on.
+            for hook in [Hook::FromPod, Hook::ToPod, Hook::SvcEgress] {
+                if hooks.contains(&hook) {
+                    continue;
+                }
+                match self.dp.detach(name, *idx, hook) {
+                    Ok(true) => info!(
+                        interface = %name,
+                        program = hook.program(),
+                        uplink,
+                        "detached a program the interface's role no longer calls for"
+                    ),
+                    Ok(false) => {}
+                    Err(e) => attach_errors.push(format!("{name}: {e}")),
+                }
+            }
         }
         for e in &attach_errors {
             error!(error = %e, "attach failed");

@@ -123,16 +123,26 @@ fn tc_programs(c: &Cluster, node: usize, dev: &str) -> Vec<String> {
 /// agent attaches to a new veth on the netlink event of its creation, which a
 /// slow guest (6.1 under TCG) can take a while to get to.
 fn wait_for_pod_programs(c: &Cluster, node: usize, veth: &str) {
+    wait_for_programs(c, node, veth, &["from_pod", "to_pod"]);
+}
+
+/// Waits (30 s at most) until the programs on `dev` of `node` are exactly
+/// `want` (names, sorted; netlink priorities left out).
+fn wait_for_programs(c: &Cluster, node: usize, dev: &str, want: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let progs = tc_programs(c, node, veth);
-        let has = |p: &str| progs.iter().any(|n| n.starts_with(p));
-        if has("from_pod") && has("to_pod") {
+        let progs = tc_programs(c, node, dev);
+        let mut names: Vec<&str> = progs
+            .iter()
+            .map(|p| p.split('@').next().unwrap_or(p))
+            .collect();
+        names.sort_unstable();
+        if names == want {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "programs on {veth} after 30 s: {progs:?}"
+            "programs on {dev} after 30 s: {progs:?}, not {want:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -572,6 +582,66 @@ fn the_nodes_own_veth_is_its_uplink_without_being_named() {
         "another node reaches an unisolated pod"
     );
     c.teardown().unwrap();
+}
+
+/// An interface's role can change under the agent: a node's veth gains its
+/// gateway route after the agent first saw it, or an earlier agent ran with
+/// other uplink flags. The old role's programs must come off: pod programs on
+/// the node's own link drop its traffic, and an uplink's program on a pod's
+/// veth ends the chain before the pod's own.
+#[test]
+fn an_interface_whose_role_changes_loses_the_old_roles_programs() {
+    for mode in [&[][..], &["--attach-mode", "netlink"][..]] {
+        let mut agent = AgentConfig::new(agent_binary());
+        agent.uplinks = Uplinks::ByNodeIp;
+        agent.extra_args = mode.iter().map(|s| s.to_string()).collect();
+        let mut c = Cluster::build(
+            &ClusterSpec::default_model(Family::Ipv4),
+            ClusterOptions {
+                agent: Some(agent),
+                ..Default::default()
+            },
+        )
+        .expect("build cluster");
+        c.start_agents().expect("start agents");
+        let ns = c.node_netns(1).expect("node ns").to_string();
+        // A bare veth (inside the node's namespace, gone with it): to the
+        // agent, the interface of a pod it does not know yet.
+        common::cmd(
+            "ip",
+            &[
+                "-n", &ns, "link", "add", "rolea", "type", "veth", "peer", "name", "roleb",
+            ],
+        );
+        common::cmd("ip", &["-n", &ns, "link", "set", "rolea", "up"]);
+        common::cmd("ip", &["-n", &ns, "link", "set", "roleb", "up"]);
+        wait_for_pod_programs(&c, 1, "rolea");
+        // A route through a gateway on it: now the node's own link.
+        let route = [
+            "10.250.0.0/24",
+            "via",
+            "10.250.1.1",
+            "dev",
+            "rolea",
+            "onlink",
+        ];
+        common::cmd("ip", &[&["-n", &ns, "route", "add"], &route[..]].concat());
+        wait_for_programs(&c, 1, "rolea", &["svc_egress"]);
+        // And back.
+        common::cmd("ip", &[&["-n", &ns, "route", "del"], &route[..]].concat());
+        wait_for_pod_programs(&c, 1, "rolea");
+        let log = c.agent_log_tail(1, 400);
+        assert!(
+            log.contains("no longer calls for"),
+            "{mode:?}: the agent says what it detached:\n{log}"
+        );
+        assert_eq!(
+            probe(&c, "x/a", "x/b", 80, Protocol::Tcp, Via::Pod),
+            Outcome::Reachable,
+            "{mode:?}"
+        );
+        c.teardown().unwrap();
+    }
 }
 
 /// `ip -n <ns> -json <args>` as JSON.
