@@ -767,6 +767,52 @@ fn bridge_style_pods_that_never_talked_to_their_node_are_found_and_enforced() {
         Outcome::Reachable
     );
 
+    // An idle pod's neighbour and FDB entries age out; a pod found before
+    // keeps its interface at a rescan without them.
+    let a_ip = c.pod_ip(a).expect("ip").to_string();
+    let pod_ns = c.pod_netns(a).expect("pod ns").to_string();
+    let a_mac = ip_json(&pod_ns, &["link", "show", "eth0"])[0]["address"]
+        .as_str()
+        .expect("pod MAC")
+        .to_string();
+    let a_veth = c.pod_host_veth(a).expect("veth").to_string();
+    let log_path = c.agent_log_path(1).expect("log");
+    let passes_after = |from: usize| -> Vec<String> {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        log.lines()
+            .skip(from)
+            .filter(|l| l.contains("programmed") && l.contains("missing_interfaces="))
+            .map(str::to_string)
+            .collect()
+    };
+    let from = std::fs::read_to_string(&log_path)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    common::cmd("ip", &["-n", &ns, "neigh", "del", &a_ip, "dev", "cni0"]);
+    let fdb = ["-n", &ns, "fdb", "del", &a_mac, "dev", &a_veth, "master"];
+    common::cmd("bridge", &fdb);
+    // A new link makes the agent rescan.
+    common::cmd(
+        "ip",
+        &["-n", &ns, "link", "add", "rescan0", "type", "bridge"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while passes_after(from).is_empty() {
+        assert!(Instant::now() < deadline, "no pass after the rescan");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let passes = passes_after(from);
+    assert!(
+        passes.iter().all(|l| l.contains("missing_interfaces=0")),
+        "{a} was lost with its neighbour and FDB entries:\n{}",
+        passes.join("\n")
+    );
+    assert_eq!(
+        probe(&c, a, b, 80, Protocol::Tcp, Via::Pod),
+        Outcome::Reachable
+    );
+
     // A removed pod's entry goes with it.
     let gone = local[2].clone();
     let gone_ip = c.pod_ip(&gone).expect("ip").to_string();
