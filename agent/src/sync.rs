@@ -584,17 +584,20 @@ impl SyncLoop {
             } else {
                 &[]
             };
+            let mut all_on = true;
             for hook in hooks {
                 if let Err(e) = self.dp.attach(name, *idx, *hook) {
                     attach_errors.push(format!("{name}: {e}"));
+                    all_on = false;
                 }
             }
             // A role change leaves the other role's programs behind: pod
             // programs on the node's own link drop its traffic, and an
             // uplink's program on a pod's veth ends the chain before the pod's.
-            // Taken off after the new ones are on.
+            // Taken off once the new ones are all on (until then the old ones
+            // at least check something).
             for hook in [Hook::FromPod, Hook::ToPod, Hook::SvcEgress] {
-                if hooks.contains(&hook) {
+                if !all_on || hooks.contains(&hook) {
                     continue;
                 }
                 match self.dp.detach(name, *idx, hook) {
