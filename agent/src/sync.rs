@@ -336,18 +336,15 @@ impl SyncLoop {
     fn on_wake(&mut self, w: Wake) -> bool {
         match w {
             Wake::Links => self.links_stale = true,
-            // Neighbour entries change all the time (reachability): only a pod
-            // still waiting for its interface needs them, and a burst of them
-            // costs one rescan a second at most.
-            Wake::Neigh if self.missing_ifaces == 0 => return false,
-            Wake::Neigh => {
-                let next = self.last_scan + NEIGH_RESCAN_EVERY;
-                if Instant::now() < next {
-                    self.neigh_retry = Some(next);
+            Wake::Neigh => match on_neigh(self.missing_ifaces, self.last_scan, Instant::now()) {
+                NeighWake::Ignore => return false,
+                NeighWake::RetryAt(at) => {
+                    // One pending retry: a burst coalesces into it.
+                    self.neigh_retry = Some(at);
                     return false;
                 }
-                self.links_stale = true;
-            }
+                NeighWake::Rescan => self.links_stale = true,
+            },
             Wake::Unwatched => {
                 self.links_watched = false;
                 self.links_stale = true;
@@ -797,6 +794,30 @@ impl SyncLoop {
 /// At most one rescan a second for neighbour and FDB changes.
 const NEIGH_RESCAN_EVERY: Duration = Duration::from_secs(1);
 
+/// What a neighbour or FDB change calls for.
+#[derive(Debug, PartialEq, Eq)]
+enum NeighWake {
+    /// Nothing: every local pod has its interface.
+    Ignore,
+    Rescan,
+    /// A rescan then: the last one was too recent.
+    RetryAt(Instant),
+}
+
+/// Neighbour entries change all the time (reachability): only a pod still
+/// waiting for its interface needs them, and a burst of them costs one rescan
+/// a second at most.
+fn on_neigh(missing: usize, last_scan: Instant, now: Instant) -> NeighWake {
+    let next = last_scan + NEIGH_RESCAN_EVERY;
+    if missing == 0 {
+        NeighWake::Ignore
+    } else if now < next {
+        NeighWake::RetryAt(next)
+    } else {
+        NeighWake::Rescan
+    }
+}
+
 /// Sleeps until `at` (forever without one; the caller guards on `is_some`).
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
@@ -856,6 +877,18 @@ fn read_back(maps: &Maps, pods_by_if: &BTreeMap<PodKey, u32>) -> MapSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn neighbour_changes_rescan_only_for_a_missing_pod_and_once_a_second() {
+        let scan = Instant::now();
+        let at = |ms| scan + Duration::from_millis(ms);
+        assert_eq!(on_neigh(0, scan, at(5000)), NeighWake::Ignore);
+        assert_eq!(on_neigh(1, scan, at(1000)), NeighWake::Rescan);
+        // A burst within the second after a scan: all wait for one moment.
+        for ms in [0, 10, 500, 999] {
+            assert_eq!(on_neigh(3, scan, at(ms)), NeighWake::RetryAt(at(1000)));
+        }
+    }
 
     /// A kind node: eth0 is a veth with the default route and the node's
     /// address; pod veths carry host routes only; cni0 is a bridge.
