@@ -21,8 +21,20 @@ fn cluster() -> Cluster {
 }
 
 fn cluster_with(agent_args: &[&str]) -> Cluster {
+    let mut c = cluster_of(agent_config(agent_args, Uplinks::Named));
+    c.sync().expect("agents programmed");
+    c
+}
+
+fn agent_config(agent_args: &[&str], uplinks: Uplinks) -> AgentConfig {
     let mut agent = AgentConfig::new(agent_binary());
     agent.extra_args = agent_args.iter().map(|s| s.to_string()).collect();
+    agent.uplinks = uplinks;
+    agent
+}
+
+/// The default model (IPv4, ptp-style nodes) with `agent` started on every node.
+fn cluster_of(agent: AgentConfig) -> Cluster {
     let mut c = Cluster::build(
         &ClusterSpec::default_model(Family::Ipv4),
         ClusterOptions {
@@ -33,8 +45,15 @@ fn cluster_with(agent_args: &[&str]) -> Cluster {
     )
     .expect("build cluster");
     c.start_agents().expect("start agents");
-    c.sync().expect("agents programmed");
     c
+}
+
+/// The pods placed on `node`.
+fn local_pods(c: &Cluster, node: usize) -> Vec<String> {
+    c.pod_keys()
+        .into_iter()
+        .filter(|k| c.pod_spec(k).expect("pod").node == node)
+        .collect()
 }
 
 fn probe(c: &Cluster, from: &str, to: &str, port: u16, protocol: Protocol, via: Via) -> Outcome {
@@ -532,33 +551,12 @@ fn a_replaced_pod_veth_gets_the_pods_record() {
 /// a veth, and taken for a pod's it would drop all the node sends and receives.
 #[test]
 fn the_nodes_own_veth_is_its_uplink_without_being_named() {
-    let mut agent = AgentConfig::new(agent_binary());
-    agent.uplinks = Uplinks::ByNodeIp;
-    let mut c = Cluster::build(
-        &ClusterSpec::default_model(Family::Ipv4),
-        ClusterOptions {
-            agent: Some(agent),
-            ..Default::default()
-        },
-    )
-    .expect("build cluster");
-    c.start_agents().expect("start agents");
+    let mut c = cluster_of(agent_config(&[], Uplinks::ByNodeIp));
     for node in 1..=2 {
-        let progs = tc_programs(&c, node, "eth0");
-        assert!(
-            progs.iter().any(|p| p.starts_with("svc_egress"))
-                && !progs
-                    .iter()
-                    .any(|p| p.starts_with("from_pod") || p.starts_with("to_pod")),
-            "node-{node}'s eth0 has {progs:?}, not the uplink's program alone"
-        );
-        let local = c
-            .pod_keys()
-            .iter()
-            .filter(|p| c.pod_spec(p).is_ok_and(|s| s.node == node))
-            .count();
+        // The uplink's program alone.
+        wait_for_programs(&c, node, "eth0", &["svc_egress"]);
         let ns = c.node_netns(node).expect("node ns").to_string();
-        let (found, body) = all_local_pods_found(&ns, local);
+        let (found, body) = all_local_pods_found(&ns, local_pods(&c, node).len());
         assert!(found, "node-{node}: {body}");
     }
     c.apply_policy(&only_a_to_b()).unwrap();
@@ -592,18 +590,7 @@ fn the_nodes_own_veth_is_its_uplink_without_being_named() {
 #[test]
 fn an_interface_whose_role_changes_loses_the_old_roles_programs() {
     for mode in [&[][..], &["--attach-mode", "netlink"][..]] {
-        let mut agent = AgentConfig::new(agent_binary());
-        agent.uplinks = Uplinks::ByNodeIp;
-        agent.extra_args = mode.iter().map(|s| s.to_string()).collect();
-        let mut c = Cluster::build(
-            &ClusterSpec::default_model(Family::Ipv4),
-            ClusterOptions {
-                agent: Some(agent),
-                ..Default::default()
-            },
-        )
-        .expect("build cluster");
-        c.start_agents().expect("start agents");
+        let c = cluster_of(agent_config(mode, Uplinks::ByNodeIp));
         let ns = c.node_netns(1).expect("node ns").to_string();
         // A bare veth (inside the node's namespace, gone with it): to the
         // agent, the interface of a pod it does not know yet.
@@ -689,11 +676,7 @@ fn bridge_style_pods_that_never_talked_to_their_node_are_found_and_enforced() {
     )
     .expect("build cluster");
     let ns = c.node_netns(1).expect("node 1").to_string();
-    let local: Vec<String> = c
-        .pod_keys()
-        .into_iter()
-        .filter(|k| c.pod_spec(k).expect("pod").node == 1)
-        .collect();
+    let local = local_pods(&c, 1);
     assert!(local.len() >= 3, "{local:?}");
     // The node is bridge-style: the pods' host sides are ports of cni0, and no
     // host route names them.
@@ -915,11 +898,7 @@ fn bridge_style_ipv6_pod_joining_under_a_running_agent_is_found() {
     };
     c.add_pod(spec).expect("add pod");
     c.sync().expect("sync");
-    let local = c
-        .pod_keys()
-        .into_iter()
-        .filter(|k| c.pod_spec(k).expect("pod").node == 1)
-        .count();
+    let local = local_pods(&c, 1).len();
     let ns = c.node_netns(1).expect("node").to_string();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -934,10 +913,9 @@ fn bridge_style_ipv6_pod_joining_under_a_running_agent_is_found() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let peer = c
-        .pod_keys()
+    let peer = local_pods(&c, 1)
         .into_iter()
-        .find(|k| k != "x/d" && c.pod_spec(k).expect("pod").node == 1)
+        .find(|k| k != "x/d")
         .expect("another pod on node 1");
     assert_eq!(
         probe(&c, &peer, "x/d", 80, Protocol::Tcp, Via::Pod),
