@@ -331,17 +331,18 @@ impl Datapath {
             iface: iface.to_string(),
             reason,
         };
-        if pin.is_dir() {
-            // Netlink mode: the filter outlives any handle; `tc` removes it.
-            if let Some(prio) = netlink_priority(&pin) {
-                remove_netlink_filter(iface, hook, prio).map_err(err)?;
+        // One stat: this runs for every interface on every pass.
+        match fs::symlink_metadata(&pin) {
+            Ok(m) if m.is_dir() => {
+                // Netlink mode: the filter outlives any handle; `tc` removes it.
+                if let Some(prio) = netlink_priority(&pin) {
+                    remove_netlink_filter(iface, hook, prio).map_err(err)?;
+                }
+                fs::remove_dir_all(&pin).map_err(|e| err(e.to_string()))?;
             }
-            fs::remove_dir_all(&pin).map_err(|e| err(e.to_string()))?;
-        } else if pin.exists() {
             // TCX: the pin is the link's last reference; unpinning detaches.
-            fs::remove_file(&pin).map_err(|e| err(e.to_string()))?;
-        } else {
-            return Ok(self.attached.remove(&(ifindex, hook)).is_some());
+            Ok(_) => fs::remove_file(&pin).map_err(|e| err(e.to_string()))?,
+            Err(_) => return Ok(self.attached.remove(&(ifindex, hook)).is_some()),
         }
         self.attached.remove(&(ifindex, hook));
         Ok(true)
