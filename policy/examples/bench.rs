@@ -195,6 +195,7 @@ fn policy(ns: usize, k: usize, variant: u16) -> NetworkPolicySpec {
         body: PolicyBody::Valid(Policy {
             pod_selector,
             types,
+            declared_types: Some(types),
             ingress,
             egress,
         }),

@@ -9,6 +9,15 @@
 //! endpoints a change can affect and emits the writes for those. The pure functions
 //! and the `Compiler` produce identical map state (checked by the property tests).
 //!
+//! Defaults the API server applies to a NetworkPolicy, applied here to every object
+//! (objects read from files never met an API server; on stored ones they change
+//! nothing):
+//! - `policyTypes` omitted or empty: `[Ingress]`, plus `Egress` when `egress` has
+//!   at least one rule (`egress: []` / `egress: null` do not isolate egress).
+//! - `ports[].protocol` omitted: `TCP`.
+//! - `podSelector` omitted: `{}` (every pod of the namespace); a peer's selectors
+//!   omitted: not part of the peer.
+//!
 //! Choices where the API text leaves room (each is tested):
 //! - Services: decided in the datapath after kube-proxy's DNAT, so egress rules are
 //!   compiled about backend pods and only the frontend table is output

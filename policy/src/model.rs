@@ -426,7 +426,11 @@ pub enum PolicyBody {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     pub pod_selector: LabelSelector,
+    /// Effective policyTypes (defaulted as the API server does).
     pub types: PolicyTypes,
+    /// `policyTypes` as written; `None` when omitted or empty. Kept so that the
+    /// reference evaluator can apply the defaulting rule on its own.
+    pub declared_types: Option<PolicyTypes>,
     pub ingress: Vec<Rule>,
     pub egress: Vec<Rule>,
 }
@@ -803,39 +807,51 @@ impl K8sObject for netv1::NetworkPolicy {
     }
 }
 
-/// API: policyTypes omitted = Ingress, plus Egress when `egress` is present.
+/// The API server's defaulting of `policyTypes` (`SetDefaults_NetworkPolicySpec`):
+/// omitted or empty = `[Ingress]`, plus `Egress` when `egress` has at least one
+/// rule (`egress: []` and `egress: null` do not isolate egress). Objects read from
+/// files never met an API server, so the engine applies it to every object; on
+/// objects the API server stored it changes nothing. Validation: at most two
+/// entries, each `Ingress` or `Egress`.
 fn policy_types(spec: &netv1::NetworkPolicySpec) -> Result<PolicyTypes, FieldError> {
-    match &spec.policy_types {
-        None => Ok(PolicyTypes {
-            ingress: true,
-            egress: spec.egress.is_some(),
-        }),
-        // An explicit empty list is treated like an omitted one (the apiserver's
-        // defaulting does the same).
-        Some(list) if list.is_empty() => Ok(PolicyTypes {
-            ingress: true,
-            egress: spec.egress.is_some(),
-        }),
-        Some(list) => {
-            let mut t = PolicyTypes {
-                ingress: false,
-                egress: false,
-            };
-            for (i, s) in list.iter().enumerate() {
-                match s.as_str() {
-                    "Ingress" => t.ingress = true,
-                    "Egress" => t.egress = true,
-                    other => {
-                        return Err(FieldError::new(
-                            format!("spec.policyTypes[{i}]"),
-                            format!("unknown policy type {other:?} (expected Ingress or Egress)"),
-                        ))
-                    }
-                }
+    Ok(declared_policy_types(spec)?.unwrap_or(PolicyTypes {
+        ingress: true,
+        egress: spec.egress.as_ref().is_some_and(|e| !e.is_empty()),
+    }))
+}
+
+/// `policyTypes` as written; `None` when omitted or empty (then defaulted).
+fn declared_policy_types(
+    spec: &netv1::NetworkPolicySpec,
+) -> Result<Option<PolicyTypes>, FieldError> {
+    let list = match &spec.policy_types {
+        None => return Ok(None),
+        Some(list) if list.is_empty() => return Ok(None),
+        Some(list) => list,
+    };
+    if list.len() > 2 {
+        return Err(FieldError::new(
+            "spec.policyTypes",
+            format!("may not specify more than two policyTypes (got {})", list.len()),
+        ));
+    }
+    let mut t = PolicyTypes {
+        ingress: false,
+        egress: false,
+    };
+    for (i, s) in list.iter().enumerate() {
+        match s.as_str() {
+            "Ingress" => t.ingress = true,
+            "Egress" => t.egress = true,
+            other => {
+                return Err(FieldError::new(
+                    format!("spec.policyTypes[{i}]"),
+                    format!("unknown policy type {other:?} (expected Ingress or Egress)"),
+                ))
             }
-            Ok(t)
         }
     }
+    Ok(Some(t))
 }
 
 fn convert_policy(spec: &netv1::NetworkPolicySpec) -> Result<Policy, FieldError> {
@@ -844,6 +860,7 @@ fn convert_policy(spec: &netv1::NetworkPolicySpec) -> Result<Policy, FieldError>
         None => LabelSelector::everything(),
     };
     let types = policy_types(spec)?;
+    let declared_types = declared_policy_types(spec)?;
     let mut ingress = Vec::new();
     for (i, r) in spec.ingress.iter().flatten().enumerate() {
         let base = format!("spec.ingress[{i}]");
@@ -867,6 +884,7 @@ fn convert_policy(spec: &netv1::NetworkPolicySpec) -> Result<Policy, FieldError>
     Ok(Policy {
         pod_selector,
         types,
+        declared_types,
         ingress,
         egress,
     })

@@ -17,7 +17,7 @@
 use std::net::IpAddr;
 
 use crate::index::ClusterIndex;
-use crate::model::{Direction, NamespaceScope, Peer, PodSpec, PolicyBody, PortRef, Rule};
+use crate::model::{Direction, NamespaceScope, Peer, PodSpec, Policy, PolicyBody, PortRef, Rule};
 
 /// Whether `src -> dst` (`proto`, destination `port`) is allowed.
 pub fn allowed(
@@ -96,15 +96,27 @@ fn direction_allows(
 ) -> bool {
     let mut isolated = false;
     for pol in index.policies() {
-        // API: a policy applies when it is in the pod's namespace, its podSelector
-        // selects the pod, and the direction is in its (defaulted) policyTypes.
-        if !pol.selects(pod, dir) {
-            continue;
-        }
-        isolated = true;
-        let PolicyBody::Valid(p) = &pol.body else {
-            continue; // invalid: isolates, allows nothing
+        let p = match &pol.body {
+            PolicyBody::Valid(p) => {
+                // API: a policy applies when it is in the pod's namespace, its
+                // podSelector selects the pod, and the direction is in its
+                // policyTypes, as defaulted.
+                if pol.namespace != pod.namespace
+                    || pod.host_network
+                    || !p.pod_selector.matches(&pod.labels)
+                    || !isolates(p, dir)
+                {
+                    continue;
+                }
+                p
+            }
+            // Invalid: isolates what it would select, allows nothing.
+            PolicyBody::Invalid(_) => {
+                isolated |= pol.selects(pod, dir);
+                continue;
+            }
         };
+        isolated = true;
         let rules = match dir {
             Direction::Ingress => &p.ingress,
             Direction::Egress => &p.egress,
@@ -126,6 +138,15 @@ fn direction_allows(
         }
     }
     !isolated
+}
+
+/// API server defaulting: `policyTypes` omitted or empty means Ingress, and
+/// Egress too when the policy has at least one egress rule.
+fn isolates(p: &Policy, dir: Direction) -> bool {
+    match p.declared_types {
+        Some(t) => t.has(dir),
+        None => dir == Direction::Ingress || !p.egress.is_empty(),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

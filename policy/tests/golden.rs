@@ -62,3 +62,8 @@ fn golden_egress() {
 fn golden_invalid() {
     check("invalid");
 }
+
+#[test]
+fn golden_policy_types() {
+    check("policy-types");
+}

@@ -89,17 +89,86 @@ fn policy_types_default_ingress_only() {
     assert!(w.tcp(WEB, EXT, 80), "egress not isolated");
 }
 
-// Rule: policyTypes omitted + `egress` present (even empty) = Ingress and Egress.
+// Rule (API server defaulting): policyTypes omitted + at least one egress rule =
+// Ingress and Egress.
 #[test]
-fn policy_types_default_with_egress_field() {
+fn policy_types_default_with_egress_rules() {
+    let w = world(vec![np(
+        "prod",
+        "p",
+        "podSelector: {matchLabels: {app: web}}\negress:\n- ports: [{port: 53, protocol: UDP}]",
+    )]);
+    assert!(!w.tcp(CLIENT, WEB, 80), "ingress isolated");
+    assert!(w.udp(WEB, EXT, 53));
+    assert!(!w.tcp(WEB, EXT, 80), "egress isolated");
+    assert!(!w.tcp(WEB, DB, 80));
+}
+
+// Rule (API server defaulting): `egress: []` and `egress: null` without
+// policyTypes do not isolate egress (`len(egress) != 0` adds Egress).
+#[test]
+fn policy_types_default_with_empty_or_null_egress() {
+    for spec in [
+        "podSelector: {matchLabels: {app: web}}\negress: []",
+        "podSelector: {matchLabels: {app: web}}\negress: null",
+        "podSelector: {matchLabels: {app: web}}\ningress: [{}]\negress: []",
+    ] {
+        let w = world(vec![np("prod", "p", spec)]);
+        assert!(w.tcp(WEB, EXT, 80), "egress open: {spec}");
+        assert!(w.tcp(WEB, DB, 80), "egress open: {spec}");
+    }
     let w = world(vec![np(
         "prod",
         "p",
         "podSelector: {matchLabels: {app: web}}\negress: []",
     )]);
-    assert!(!w.tcp(CLIENT, WEB, 80));
+    assert!(!w.tcp(CLIENT, WEB, 80), "ingress isolated");
+    let w = world(vec![np(
+        "prod",
+        "p",
+        "podSelector: {matchLabels: {app: web}}\ningress: [{}]\negress: []",
+    )]);
+    assert!(w.tcp(CLIENT, WEB, 80), "ingress allowed by its rule");
+}
+
+// Rule (API server defaulting): `policyTypes: []` is defaulted like an omitted
+// list: Ingress, plus Egress only with egress rules.
+#[test]
+fn policy_types_empty_list_is_defaulted() {
+    let w = world(vec![np(
+        "prod",
+        "p",
+        "podSelector: {matchLabels: {app: web}}\npolicyTypes: []",
+    )]);
+    assert!(!w.tcp(CLIENT, WEB, 80), "ingress isolated");
+    assert!(w.tcp(WEB, EXT, 80), "egress open");
+    let w = world(vec![np(
+        "prod",
+        "p",
+        "podSelector: {matchLabels: {app: web}}\npolicyTypes: []\negress: []",
+    )]);
+    assert!(w.tcp(WEB, EXT, 80), "egress open with egress: []");
+    let w = world(vec![np(
+        "prod",
+        "p",
+        "podSelector: {matchLabels: {app: web}}\npolicyTypes: []\negress:\n- ports: [{port: 443}]",
+    )]);
+    assert!(w.tcp(WEB, EXT, 443));
+    assert!(!w.tcp(WEB, EXT, 80), "egress isolated by its rule");
+    assert!(!w.tcp(CLIENT, WEB, 80), "ingress isolated");
+}
+
+// Rule: an explicit `policyTypes: [Ingress, Egress]` with `egress: []` isolates
+// egress (nothing is defaulted when the list is given).
+#[test]
+fn policy_types_explicit_egress_with_empty_list() {
+    let w = world(vec![np(
+        "prod",
+        "p",
+        "podSelector: {matchLabels: {app: web}}\npolicyTypes: [Ingress, Egress]\negress: []",
+    )]);
     assert!(!w.tcp(WEB, EXT, 80));
-    assert!(!w.tcp(WEB, DB, 80));
+    assert!(!w.tcp(CLIENT, WEB, 80));
 }
 
 // Rule: rules of a direction not in policyTypes are ignored (no isolation from them).
@@ -574,7 +643,7 @@ fn invalid_policy_fails_closed() {
     let bad = np(
         "prod",
         "bad",
-        "podSelector: {matchLabels: {app: web}}\ningress:\n- ports: [{port: 0}]\negress: []",
+        "podSelector: {matchLabels: {app: web}}\ningress:\n- ports: [{port: 0}]\negress: [{}]",
     );
     let good = np(
         "prod",

@@ -191,6 +191,10 @@ fn peers_and_types() {
         "spec.policyTypes[1]: unknown policy type \"Egres\" (expected Ingress or Egress)",
     );
     expect(
+        "podSelector: {}\npolicyTypes: [Ingress, Egress, Ingress]",
+        "spec.policyTypes: may not specify more than two policyTypes (got 3)",
+    );
+    expect(
         "podSelector: {}\ningress:\n- ports: [{port: \"HTTP\"}]",
         "spec.ingress[0].ports[0].port: invalid port name \"HTTP\"",
     );
