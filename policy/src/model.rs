@@ -832,7 +832,10 @@ fn declared_policy_types(
     if list.len() > 2 {
         return Err(FieldError::new(
             "spec.policyTypes",
-            format!("may not specify more than two policyTypes (got {})", list.len()),
+            format!(
+                "may not specify more than two policyTypes (got {})",
+                list.len()
+            ),
         ));
     }
     let mut t = PolicyTypes {
