@@ -5,6 +5,7 @@ pub mod denylog;
 pub mod discovery;
 pub mod events;
 pub mod http;
+pub mod inotify;
 pub mod kube_source;
 pub mod maps;
 pub mod packet;

@@ -1,18 +1,37 @@
-//! Policy sources: where cluster state comes from.
+//! Policy sources: where cluster state comes from, and the file source.
 //!
 //! A source sends `SourceEvent`s into the sync loop: objects applied and deleted,
 //! and `Synced` whenever what it has sent so far is a consistent view (the file
 //! source after each scan; the kube source once every watcher has listed). Nothing
 //! is programmed before the first `Synced`.
+//!
+//! The file source reads the files directly in one directory whose names end in
+//! `.yaml`, `.yml` or `.json` (any case), following symlinks (a ConfigMap mounted
+//! as a volume is a directory of symlinks into `..data`). Names starting with a
+//! dot are not read (ConfigMap internals, editors' temporary files); a change to
+//! one triggers a full scan (the `..data` swap of a ConfigMap update).
+//! Subdirectories and other files are skipped, each logged once.
+//!
+//! A file's objects go away only when the file is removed, or when a complete,
+//! valid read of it no longer holds them. A file that cannot be read, does not
+//! parse, holds an object of an unsupported kind, holds no object at all (as a
+//! file being rewritten in place does at first) or is larger than
+//! [`MAX_FILE_BYTES`] keeps its last good objects, and is reported until it is
+//! fixed. An object defined by two files is taken from the first by path, and
+//! the conflict is reported; when that file goes, the other's copy applies.
 use std::{
     collections::{BTreeMap, BTreeSet},
     ffi::OsString,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
 
 use palisade_policy::{parse_yaml_documents, Object, ObjectRef};
 use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::inotify::{DirWatch, Drained};
 
 #[derive(Debug)]
 pub enum SourceEvent {
@@ -21,11 +40,16 @@ pub enum SourceEvent {
         origin: String,
     },
     Delete(ObjectRef),
-    /// An input that could not be read or parsed at all (file, field, reason).
+    /// One object that could not be converted (kube source); reported until
+    /// that object is applied or deleted.
     Error {
         origin: String,
         message: String,
     },
+    /// The complete set of the source's input errors now (file source: input
+    /// -> message): it replaces every input error the source reported before,
+    /// so a fixed or removed file's error clears.
+    InputErrors(BTreeMap<String, String>),
     /// Everything sent so far is a consistent snapshot at `revision`.
     Synced {
         revision: String,
@@ -40,15 +64,67 @@ pub enum SourceEvent {
 /// revision (see README, "Readiness").
 pub const REVISION_FILE: &str = "REVISION";
 
-/// Watches a directory of Kubernetes YAML files (`*.yaml`, `*.yml`, `*.json`).
+/// Files larger than this are not read (their last good objects stay): a
+/// ConfigMap holds at most 1 MiB, and a mistaken multi-megabyte file must not
+/// grow the agent by its size.
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// A file modified more recently than this is left for its writer to finish
+/// (its `IN_CLOSE_WRITE`) when a poll finds it, unless a newer REVISION says
+/// the writer is done with it.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// What identifies one version of a file (through symlinks): a ConfigMap update
+/// swaps in new files, whose inode differs even when size and time do not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    mtime: SystemTime,
+    len: u64,
+    dev: u64,
+    ino: u64,
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Self {
+        Self {
+            mtime: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            len: m.len(),
+            dev: m.dev(),
+            ino: m.ino(),
+        }
+    }
+}
+
+/// One object file: the version last read, its last good objects, and why the
+/// last read did not replace them.
+#[derive(Default)]
+struct FileState {
+    stamp: Option<Stamp>,
+    good: Vec<Object>,
+    error: Option<String>,
+}
+
+/// An entry of the directory listing.
+enum Listed {
+    /// An object file (its stamp, or why it cannot be stat'ed).
+    Object(Result<Stamp, String>),
+    /// Not read, for this reason.
+    Skipped(&'static str),
+}
+
+/// Watches a directory of Kubernetes YAML files.
 pub struct FileSource {
     dir: PathBuf,
     poll: Duration,
-    /// file -> (mtime, len) at the last scan
-    seen: BTreeMap<PathBuf, (SystemTime, u64)>,
-    /// file -> objects it defined
-    objects: BTreeMap<PathBuf, Vec<ObjectRef>>,
-    revision_stamp: Option<(SystemTime, u64)>,
+    files: BTreeMap<PathBuf, FileState>,
+    /// What the sync loop has: object -> (file it came from, object).
+    sent: BTreeMap<ObjectRef, (PathBuf, Object)>,
+    sent_errors: Option<BTreeMap<String, String>>,
+    dir_error: Option<String>,
+    /// Names already logged as skipped.
+    skipped: BTreeSet<PathBuf>,
+    revision: String,
+    revision_stamp: Option<Stamp>,
     first: bool,
 }
 
@@ -57,77 +133,263 @@ impl FileSource {
         Self {
             dir: dir.to_path_buf(),
             poll,
-            seen: BTreeMap::new(),
-            objects: BTreeMap::new(),
+            files: BTreeMap::new(),
+            sent: BTreeMap::new(),
+            sent_errors: None,
+            dir_error: None,
+            skipped: BTreeSet::new(),
+            revision: String::new(),
             revision_stamp: None,
             first: true,
         }
     }
 
-    fn list(&self) -> std::io::Result<BTreeMap<PathBuf, (SystemTime, u64)>> {
+    /// Every entry of the directory, classified.
+    fn list(&self) -> std::io::Result<BTreeMap<PathBuf, Listed>> {
         let mut out = BTreeMap::new();
         for e in std::fs::read_dir(&self.dir)? {
             let e = e?;
-            let p = e.path();
-            if !has_object_extension(&p) {
+            let name = e.file_name();
+            let Some(listed) = classify(&self.dir, &name) else {
                 continue;
-            }
-            if let Ok(m) = e.metadata() {
-                if m.is_file() {
-                    out.insert(p, (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
-                }
-            }
+            };
+            out.insert(e.path(), listed);
         }
         Ok(out)
     }
 
-    fn revision_stamp(&self) -> Option<(SystemTime, u64)> {
-        let m = std::fs::metadata(self.dir.join(REVISION_FILE)).ok()?;
-        Some((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+    fn revision_stamp(&self) -> Option<Stamp> {
+        std::fs::metadata(self.dir.join(REVISION_FILE))
+            .ok()
+            .map(|m| Stamp::of(&m))
     }
 
-    /// One scan: send what changed since the last one, then `Synced`.
-    fn scan(&mut self, tx: &mpsc::UnboundedSender<SourceEvent>) -> bool {
-        // REVISION is read before the directory: writers write their objects and
-        // then REVISION, so everything that revision covers is on disk by the time
-        // it is listed. Read after the listing, a revision could name objects the
-        // listing missed, and the agent would report state it has not programmed.
-        // Its stamp is taken before its content: a REVISION rewritten in between
-        // changes the stamp, so the next scan reports it.
-        let rev_stamp = self.revision_stamp();
-        let revision = std::fs::read_to_string(self.dir.join(REVISION_FILE))
+    /// REVISION's stamp and content, read before any object file: writers write
+    /// their objects and then REVISION, so everything that revision covers is on
+    /// disk by the time the objects are read. Its stamp is taken before its
+    /// content: a REVISION rewritten in between changes the stamp, so the next
+    /// scan reports it.
+    fn read_revision(&self) -> (Option<Stamp>, String) {
+        let stamp = self.revision_stamp();
+        let text = std::fs::read_to_string(self.dir.join(REVISION_FILE))
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
-        let now = match self.list() {
-            Ok(l) => l,
+        (stamp, text)
+    }
+
+    /// A full scan. From the poll (`settle`), a file modified within
+    /// [`SETTLE`] and after the current REVISION is left for later: its writer
+    /// may not be done with it.
+    fn scan(&mut self, tx: &mpsc::UnboundedSender<SourceEvent>, settle: bool) -> bool {
+        let (rev_stamp, revision) = self.read_revision();
+        let listed = match self.list() {
+            Ok(l) => {
+                self.dir_error = None;
+                l
+            }
             Err(e) => {
-                let _ = tx.send(SourceEvent::Error {
-                    origin: self.dir.display().to_string(),
-                    message: format!("reading directory: {e}"),
-                });
-                return false;
+                // Nothing is deleted: the objects read last stay enforced.
+                self.dir_error = Some(format!("reading directory: {e}"));
+                let rev = self.revision.clone();
+                return self.publish(tx, rev, self.revision_stamp);
             }
         };
-        if !self.first && now == self.seen && rev_stamp == self.revision_stamp {
-            return false;
-        }
-        let mut deleted: Vec<ObjectRef> = Vec::new();
-        for (path, stamp) in &now {
-            if self.seen.get(path) != Some(stamp) {
-                self.read_file(path, tx, &mut deleted);
+        let now = SystemTime::now();
+        let mut changed = self.first;
+        for (path, entry) in &listed {
+            match entry {
+                Listed::Skipped(why) => self.note_skipped(path, why),
+                Listed::Object(Err(e)) => changed |= self.set_error(path, e.clone()),
+                Listed::Object(Ok(stamp)) => {
+                    if self.files.get(path).and_then(|f| f.stamp) == Some(*stamp) {
+                        continue;
+                    }
+                    let fresh = now.duration_since(stamp.mtime).unwrap_or_default() < SETTLE;
+                    let covered = rev_stamp.is_some_and(|r| r.mtime >= stamp.mtime);
+                    if settle && fresh && !covered {
+                        continue;
+                    }
+                    self.read_file(path, *stamp);
+                    changed = true;
+                }
             }
         }
         let gone: Vec<PathBuf> = self
-            .seen
+            .files
             .keys()
-            .filter(|p| !now.contains_key(*p))
+            .filter(|p| !matches!(listed.get(*p), Some(Listed::Object(_))))
             .cloned()
             .collect();
         for p in gone {
-            deleted.extend(self.objects.remove(&p).unwrap_or_default());
+            self.files.remove(&p);
+            changed = true;
         }
-        self.send_deletes(deleted, tx);
-        self.seen = now;
+        if !changed && rev_stamp == self.revision_stamp {
+            return false;
+        }
+        self.publish(tx, revision, rev_stamp)
+    }
+
+    /// A scan of only the names inotify reported: what a change costs does not
+    /// grow with the size of the directory. Same ordering rule as [`Self::scan`]:
+    /// REVISION is read first, and the names queued up to that read are added.
+    fn scan_named(
+        &mut self,
+        mut names: BTreeMap<OsString, u32>,
+        watch: &mut DirWatch,
+        tx: &mpsc::UnboundedSender<SourceEvent>,
+    ) -> std::io::Result<bool> {
+        let (rev_stamp, revision) = self.read_revision();
+        match watch.drain_names()? {
+            Drained::Names(more) => {
+                for (k, m) in more {
+                    *names.entry(k).or_default() |= m;
+                }
+            }
+            Drained::Overflow | Drained::Gone => return Ok(self.scan(tx, false)),
+        }
+        // A dot-entry changed: a ConfigMap's `..data` swap changes what every
+        // visible symlink points at without naming any of them.
+        if names.keys().any(|n| n.to_string_lossy().starts_with('.')) {
+            return Ok(self.scan(tx, false));
+        }
+        let mut changed = false;
+        for (name, mask) in names {
+            let path = self.dir.join(&name);
+            if std::fs::symlink_metadata(&path).is_err() {
+                // Removed (or renamed away): its objects go.
+                changed |= self.files.remove(&path).is_some();
+                continue;
+            }
+            match classify(&self.dir, &name) {
+                None => continue,
+                Some(Listed::Skipped(why)) => {
+                    self.note_skipped(&path, why);
+                    // A file that became a directory (or lost its extension)
+                    // is gone as an object file.
+                    changed |= self.files.remove(&path).is_some();
+                }
+                Some(Listed::Object(Ok(stamp))) => {
+                    // A new regular file is read once its writer closes it; a
+                    // new symlink (created whole) at once.
+                    let only_created =
+                        mask & (libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_ATTRIB) == 0;
+                    let symlink =
+                        std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+                    if only_created && !symlink {
+                        continue;
+                    }
+                    if self.files.get(&path).and_then(|f| f.stamp) != Some(stamp) {
+                        self.read_file(&path, stamp);
+                        changed = true;
+                    }
+                }
+                Some(Listed::Object(Err(e))) => changed |= self.set_error(&path, e),
+            }
+        }
+        if !changed && rev_stamp == self.revision_stamp {
+            return Ok(false);
+        }
+        Ok(self.publish(tx, revision, rev_stamp))
+    }
+
+    fn note_skipped(&mut self, path: &Path, why: &str) {
+        if self.skipped.insert(path.to_path_buf()) {
+            info!(file = %path.display(), "skipped: {why}");
+        }
+    }
+
+    /// Records an error for `path`, keeping its last good objects; whether
+    /// anything changed.
+    fn set_error(&mut self, path: &Path, message: String) -> bool {
+        let f = self.files.entry(path.to_path_buf()).or_default();
+        let changed = f.error.as_ref() != Some(&message);
+        f.error = Some(message);
+        f.stamp = None;
+        changed
+    }
+
+    /// Reads one file. Only a complete, valid read replaces its objects.
+    fn read_file(&mut self, path: &Path, stamp: Stamp) {
+        let origin = path.display().to_string();
+        let read = read_objects(path, &origin, stamp.len);
+        let f = self.files.entry(path.to_path_buf()).or_default();
+        f.stamp = Some(stamp);
+        match read {
+            Ok(objects) => {
+                f.good = objects;
+                f.error = None;
+            }
+            Err(e) => {
+                let kept = if f.good.is_empty() {
+                    "nothing from it is applied".to_string()
+                } else {
+                    format!("its last good {} object(s) stay", f.good.len())
+                };
+                f.error = Some(format!("{e}; {kept} until it is fixed or removed"));
+            }
+        }
+    }
+
+    /// Sends what differs from what the sync loop has, the errors if they
+    /// changed, then `Synced`.
+    fn publish(
+        &mut self,
+        tx: &mpsc::UnboundedSender<SourceEvent>,
+        revision: String,
+        rev_stamp: Option<Stamp>,
+    ) -> bool {
+        let mut effective: BTreeMap<ObjectRef, (PathBuf, Object)> = BTreeMap::new();
+        let mut errors: BTreeMap<String, String> = BTreeMap::new();
+        for (path, f) in &self.files {
+            for obj in &f.good {
+                let r = obj.object_ref();
+                match effective.get(&r) {
+                    Some((winner, _)) => {
+                        // Deterministic: the first file by path wins.
+                        let msg = format!(
+                            "{r} is also defined in {}, whose copy is applied (the first file by path wins); this copy is ignored",
+                            winner.display()
+                        );
+                        errors
+                            .entry(path.display().to_string())
+                            .and_modify(|e| {
+                                e.push_str("; ");
+                                e.push_str(&msg);
+                            })
+                            .or_insert(msg);
+                    }
+                    None => {
+                        effective.insert(r, (path.clone(), obj.clone()));
+                    }
+                }
+            }
+            if let Some(e) = &f.error {
+                errors.insert(path.display().to_string(), e.clone());
+            }
+        }
+        if let Some(e) = &self.dir_error {
+            errors.insert(self.dir.display().to_string(), e.clone());
+        }
+        for (r, entry) in &effective {
+            if self.sent.get(r) != Some(entry) {
+                let _ = tx.send(SourceEvent::Apply {
+                    obj: entry.1.clone(),
+                    origin: entry.0.display().to_string(),
+                });
+            }
+        }
+        for r in self.sent.keys() {
+            if !effective.contains_key(r) {
+                let _ = tx.send(SourceEvent::Delete(r.clone()));
+            }
+        }
+        self.sent = effective;
+        if self.sent_errors.as_ref() != Some(&errors) {
+            let _ = tx.send(SourceEvent::InputErrors(errors.clone()));
+            self.sent_errors = Some(errors);
+        }
+        self.revision = revision.clone();
         self.revision_stamp = rev_stamp;
         self.first = false;
         tx.send(SourceEvent::Synced {
@@ -137,136 +399,34 @@ impl FileSource {
         .is_ok()
     }
 
-    /// Reads and parses one file, sends its objects, records them, and adds what it
-    /// no longer defines to `deleted`.
-    fn read_file(
-        &mut self,
-        path: &Path,
-        tx: &mpsc::UnboundedSender<SourceEvent>,
-        deleted: &mut Vec<ObjectRef>,
-    ) {
-        let origin = path.display().to_string();
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) => {
-                let _ = tx.send(SourceEvent::Error {
-                    origin,
-                    message: format!("reading file: {e}"),
-                });
-                return;
-            }
-        };
-        let mut refs = Vec::new();
-        for r in parse_yaml_documents(&text, &origin) {
-            match r {
-                Ok(obj) => {
-                    refs.push(obj.object_ref());
-                    let _ = tx.send(SourceEvent::Apply {
-                        obj,
-                        origin: origin.clone(),
-                    });
-                }
-                Err(e) => {
-                    let _ = tx.send(SourceEvent::Error {
-                        origin: origin.clone(),
-                        message: e.to_string(),
-                    });
-                }
-            }
-        }
-        // Objects this file no longer defines are deleted.
-        if let Some(old) = self.objects.insert(path.to_path_buf(), refs.clone()) {
-            deleted.extend(old.into_iter().filter(|r| !refs.contains(r)));
-        }
-    }
-
-    /// Sends a delete for every object in `deleted` that no file defines any more
-    /// (an object that moved to another file is still alive).
-    fn send_deletes(&self, deleted: Vec<ObjectRef>, tx: &mpsc::UnboundedSender<SourceEvent>) {
-        for r in deleted {
-            if !self.objects.values().any(|refs| refs.contains(&r)) {
-                let _ = tx.send(SourceEvent::Delete(r));
-            }
-        }
-    }
-
-    /// A scan of only the files inotify named: what a change costs no longer grows
-    /// with the size of the directory. Same ordering rule as [`Self::scan`]:
-    /// REVISION is read first, and the names queued up to that read are added,
-    /// so every object a revision covers is read before it is reported.
-    fn scan_named(
-        &mut self,
-        mut names: BTreeSet<OsString>,
-        watch: &mut DirWatch,
-        tx: &mpsc::UnboundedSender<SourceEvent>,
-    ) -> std::io::Result<bool> {
-        let rev_stamp = self.revision_stamp();
-        let revision = std::fs::read_to_string(self.dir.join(REVISION_FILE))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default();
-        match watch.drain_names()? {
-            Drained::Names(more) => names.extend(more),
-            Drained::Overflow => return Ok(self.scan(tx)),
-        }
-        let mut changed = false;
-        let mut deleted = Vec::new();
-        for name in names {
-            let path = self.dir.join(&name);
-            if !has_object_extension(&path) {
-                continue;
-            }
-            let stamp = std::fs::metadata(&path)
-                .ok()
-                .filter(|m| m.is_file())
-                .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()));
-            match stamp {
-                Some(st) if self.seen.get(&path) == Some(&st) => {}
-                Some(st) => {
-                    changed = true;
-                    self.read_file(&path, tx, &mut deleted);
-                    self.seen.insert(path, st);
-                }
-                None => {
-                    if self.seen.remove(&path).is_some() {
-                        changed = true;
-                        deleted.extend(self.objects.remove(&path).unwrap_or_default());
-                    }
-                }
-            }
-        }
-        if !changed && rev_stamp == self.revision_stamp {
-            return Ok(false);
-        }
-        self.send_deletes(deleted, tx);
-        self.revision_stamp = rev_stamp;
-        Ok(tx
-            .send(SourceEvent::Synced {
-                revision,
-                revisions: BTreeMap::new(),
-            })
-            .is_ok())
-    }
-
     /// Scan forever: the files inotify names, at once, and the whole directory
     /// every poll interval regardless (the safety net for filesystems without
-    /// inotify, or a full inotify queue, which also triggers a full scan). Without
-    /// inotify (watch limit reached), polling alone bounds the latency.
+    /// inotify, or a full inotify queue, which also triggers a full scan). A
+    /// directory that is removed keeps its last objects; its watch is made
+    /// again once it is back.
     pub async fn run(mut self, tx: mpsc::UnboundedSender<SourceEvent>) {
-        let mut watch = match DirWatch::new(&self.dir) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "no inotify watch; polling only");
-                None
-            }
-        };
-        self.scan(&tx);
+        let mut watch = self.watch(None);
+        self.scan(&tx, false);
         loop {
             if tx.is_closed() {
                 return;
             }
+            if watch.is_none() && self.dir.is_dir() {
+                watch = self.watch(Some(()));
+                if watch.is_some() {
+                    self.scan(&tx, false);
+                }
+            }
             let Some(w) = watch.as_mut() else {
-                tokio::time::sleep(self.poll).await;
-                self.scan(&tx);
+                // Without a watch, poll (and retry the watch) at least every second
+                // while the directory is missing.
+                let wait = if self.dir.is_dir() {
+                    self.poll
+                } else {
+                    self.poll.min(Duration::from_secs(1))
+                };
+                tokio::time::sleep(wait).await;
+                self.scan(&tx, true);
                 continue;
             };
             let woke = tokio::select! {
@@ -274,323 +434,443 @@ impl FileSource {
                 _ = tokio::time::sleep(self.poll) => None,
             };
             match woke {
-                None | Some(Ok(Drained::Overflow)) => {
-                    self.scan(&tx);
+                None => {
+                    self.scan(&tx, true);
+                }
+                Some(Ok(Drained::Overflow)) => {
+                    self.scan(&tx, false);
+                }
+                Some(Ok(Drained::Gone)) => {
+                    warn!(dir = %self.dir.display(), "source directory removed or moved: the objects read last stay enforced; it is watched again once it is back");
+                    watch = None;
+                    self.scan(&tx, false);
                 }
                 Some(Ok(Drained::Names(names))) => {
                     if let Err(e) = self.scan_named(names, w, &tx) {
-                        tracing::warn!(error = %e, "inotify failed; polling only");
+                        warn!(error = %e, "inotify failed; polling only");
                         watch = None;
-                        self.scan(&tx);
+                        self.scan(&tx, false);
                     }
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "inotify failed; polling only");
+                    warn!(error = %e, "inotify failed; polling only");
                     watch = None;
-                    self.scan(&tx);
+                    self.scan(&tx, false);
                 }
             }
         }
     }
+
+    /// A new watch on the directory; `again` when one existed before.
+    fn watch(&self, again: Option<()>) -> Option<DirWatch> {
+        match DirWatch::new(&self.dir) {
+            Ok(w) => {
+                if again.is_some() {
+                    info!(dir = %self.dir.display(), "watching the source directory again");
+                }
+                Some(w)
+            }
+            Err(e) => {
+                if again.is_none() {
+                    warn!(dir = %self.dir.display(), error = %e, "no inotify watch; polling");
+                }
+                None
+            }
+        }
+    }
+}
+
+/// What a directory entry is to the file source; `None` for entries it never
+/// reads nor reports (dot-entries, REVISION).
+fn classify(dir: &Path, name: &std::ffi::OsStr) -> Option<Listed> {
+    let text = name.to_string_lossy();
+    if text.starts_with('.') || text == REVISION_FILE {
+        return None;
+    }
+    let path = dir.join(name);
+    let meta = std::fs::metadata(&path);
+    if let Ok(m) = &meta {
+        if m.is_dir() {
+            return Some(Listed::Skipped("subdirectories are not read"));
+        }
+    }
+    if !has_object_extension(&path) {
+        return Some(Listed::Skipped(
+            "not a .yaml, .yml or .json file (nor REVISION)",
+        ));
+    }
+    Some(match meta {
+        Ok(m) if m.is_file() => Listed::Object(Ok(Stamp::of(&m))),
+        Ok(_) => Listed::Object(Err("not a regular file".to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Listed, but not there through its link: a dangling symlink. A
+            // name that vanished between listing and stat is caught by the
+            // removal check of the caller.
+            match std::fs::symlink_metadata(&path) {
+                Ok(_) => Listed::Object(Err(
+                    "dangling symlink (its target does not exist)".to_string()
+                )),
+                Err(_) => return None,
+            }
+        }
+        Err(e) => Listed::Object(Err(format!("reading file: {e}"))),
+    })
 }
 
 fn has_object_extension(p: &Path) -> bool {
     p.extension()
         .and_then(|x| x.to_str())
-        .is_some_and(|x| matches!(x, "yaml" | "yml" | "json"))
+        .is_some_and(|x| matches!(x.to_ascii_lowercase().as_str(), "yaml" | "yml" | "json"))
 }
 
-/// An inotify watch on one directory: wakes the file source when a file in it is
-/// written, created, moved or deleted.
-struct DirWatch {
-    fd: tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
-}
-
-impl DirWatch {
-    fn new(dir: &Path) -> std::io::Result<Self> {
-        use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
-        // SAFETY: plain syscalls; the fd is owned right after creation.
-        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
-        let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let mask = libc::IN_CLOSE_WRITE
-            | libc::IN_MODIFY
-            | libc::IN_CREATE
-            | libc::IN_DELETE
-            | libc::IN_MOVED_TO
-            | libc::IN_MOVED_FROM
-            | libc::IN_ATTRIB;
-        let wd = unsafe {
-            libc::inotify_add_watch(std::os::fd::AsRawFd::as_raw_fd(&fd), path.as_ptr(), mask)
-        };
-        if wd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: an OwnedFd always returns the fd it owns, open until dropped
-        // together with the AsyncFd.
-        let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }?;
-        Ok(Self { fd })
+/// The objects of one file, or why they cannot be taken: too large, not
+/// readable, not UTF-8, not parseable, an unsupported kind, or no object at all.
+fn read_objects(path: &Path, origin: &str, len: u64) -> Result<Vec<Object>, String> {
+    use std::io::Read;
+    if len > MAX_FILE_BYTES {
+        return Err(format!(
+            "file is {len} bytes, over the limit of {MAX_FILE_BYTES}"
+        ));
     }
-
-    /// Wait for at least one change, then collect the names queued. A writer
-    /// usually touches several files in a row (objects, then REVISION): a short
-    /// settle time lets one scan see the whole batch.
-    async fn changed(&mut self) -> std::io::Result<Drained> {
-        let mut got = loop {
-            let mut guard = self.fd.readable().await?;
-            let d = drain(guard.get_inner())?;
-            guard.clear_ready();
-            match &d {
-                Drained::Names(n) if n.is_empty() => continue,
-                _ => break d,
-            }
-        };
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        got.merge(self.drain_names()?);
-        Ok(got)
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("reading file: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("file is over the limit of {MAX_FILE_BYTES} bytes"));
     }
-
-    /// The names queued now, without waiting.
-    fn drain_names(&mut self) -> std::io::Result<Drained> {
-        drain(self.fd.get_ref())
-    }
-}
-
-/// What an inotify queue held.
-#[derive(Debug, PartialEq)]
-enum Drained {
-    /// The names of the files that changed (possibly none).
-    Names(BTreeSet<OsString>),
-    /// Events were lost (queue overflow) or the watch itself changed: only a full
-    /// scan knows what happened.
-    Overflow,
-}
-
-impl Drained {
-    fn merge(&mut self, other: Drained) {
-        match (&mut *self, other) {
-            (Drained::Names(a), Drained::Names(b)) => a.extend(b),
-            (_, Drained::Overflow) => *self = Drained::Overflow,
-            (Drained::Overflow, _) => {}
+    let text = String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    let mut objects = Vec::new();
+    let mut errors = Vec::new();
+    for r in parse_yaml_documents(&text, origin) {
+        match r {
+            Ok(o) => objects.push(o),
+            Err(e) => errors.push(strip_origin(&e.to_string(), origin)),
         }
     }
-}
-
-/// Read every queued inotify event.
-fn drain(fd: &std::os::fd::OwnedFd) -> std::io::Result<Drained> {
-    // Room for many events per read (each is 16 bytes plus its padded name).
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut out = Drained::Names(BTreeSet::new());
-    loop {
-        // SAFETY: reading into a buffer we own, of the length we pass.
-        let n = unsafe {
-            libc::read(
-                std::os::fd::AsRawFd::as_raw_fd(fd),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
-        };
-        if n > 0 {
-            out.merge(parse_events(&buf[..n as usize]));
-            continue;
-        }
-        if n == 0 {
-            return Ok(out);
-        }
-        let e = std::io::Error::last_os_error();
-        return match e.kind() {
-            std::io::ErrorKind::WouldBlock => Ok(out),
-            std::io::ErrorKind::Interrupted => continue,
-            _ => Err(e),
-        };
+    if !errors.is_empty() {
+        return Err(errors.join("; "));
     }
-}
-
-/// `struct inotify_event` records: wd (i32), mask, cookie, len (u32 each), then
-/// `len` bytes of NUL-padded name. A record that does not fit is treated like an
-/// overflow: a full scan is always correct.
-fn parse_events(mut buf: &[u8]) -> Drained {
-    const HEADER: usize = 16;
-    let mut names = BTreeSet::new();
-    while !buf.is_empty() {
-        let (Some(mask), Some(len)) = (u32_at(buf, 4), u32_at(buf, 12)) else {
-            return Drained::Overflow;
-        };
-        let end = HEADER + len as usize;
-        let Some(raw) = buf.get(HEADER..end) else {
-            return Drained::Overflow;
-        };
-        if mask
-            & (libc::IN_Q_OVERFLOW | libc::IN_IGNORED | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF)
-            != 0
-        {
-            return Drained::Overflow;
-        }
-        let name = raw.split(|b| *b == 0).next().unwrap_or_default();
-        if !name.is_empty() {
-            use std::os::unix::ffi::OsStrExt;
-            names.insert(std::ffi::OsStr::from_bytes(name).to_os_string());
-        }
-        buf = &buf[end..];
+    if objects.is_empty() {
+        return Err("holds no object (empty, or still being written)".to_string());
     }
-    Drained::Names(names)
+    Ok(objects)
 }
 
-fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
-    let b: [u8; 4] = buf.get(at..at + 4)?.try_into().ok()?;
-    Some(u32::from_ne_bytes(b))
+/// An engine error without the leading `origin: ` (the caller names the file).
+fn strip_origin(e: &str, origin: &str) -> String {
+    e.strip_prefix(origin)
+        .and_then(|s| s.strip_prefix(": "))
+        .unwrap_or(e)
+        .to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: inotify-test\n";
+    fn ns(name: &str, team: &str) -> String {
+        format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels: {{team: {team}}}\n")
+    }
 
-    /// With a poll interval no test waits out, a new file can only be seen
-    /// through inotify.
-    #[tokio::test]
-    async fn a_new_file_is_seen_without_waiting_for_the_poll() {
-        let dir = std::env::temp_dir().join(format!("palisade-src-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(FileSource::new(&dir, Duration::from_secs(3600)).run(tx));
-        let first = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await;
-        assert!(
-            matches!(first, Ok(Some(SourceEvent::Synced { .. }))),
-            "{first:?}"
-        );
-        // Give the source a moment to block on the watch (not a timing assertion:
-        // an earlier write would be picked up by the first scan anyway).
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        std::fs::write(dir.join("ns.yaml"), NS).expect("write");
-        let mut applied = false;
-        while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
-            match ev {
-                SourceEvent::Apply { .. } => applied = true,
-                SourceEvent::Synced { .. } if applied => break,
-                _ => {}
+    /// A source on a fresh directory; inotify is the only way it learns of
+    /// changes (the poll interval is never reached).
+    struct Fixture {
+        dir: PathBuf,
+        rx: mpsc::UnboundedReceiver<SourceEvent>,
+        task: tokio::task::JoinHandle<()>,
+        errors: BTreeMap<String, String>,
+    }
+
+    /// What one batch (up to a `Synced`) sent.
+    #[derive(Debug, Default)]
+    struct Batch {
+        applied: Vec<(String, String)>,
+        deleted: Vec<String>,
+        revision: String,
+    }
+
+    impl Fixture {
+        async fn new(tag: &str, setup: impl FnOnce(&Path)) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("palisade-src-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            setup(&dir);
+            let (tx, rx) = mpsc::unbounded_channel();
+            let task = tokio::spawn(FileSource::new(&dir, Duration::from_secs(3600)).run(tx));
+            Self {
+                dir,
+                rx,
+                task,
+                errors: BTreeMap::new(),
             }
         }
-        task.abort();
-        let _ = std::fs::remove_dir_all(&dir);
-        assert!(applied, "the new file was never read");
-    }
 
-    /// Parses the raw records the kernel writes for `names`.
-    fn records(events: &[(u32, &str)]) -> Vec<u8> {
-        let mut buf = Vec::new();
-        for (mask, name) in events {
-            let mut padded = name.as_bytes().to_vec();
-            if !padded.is_empty() {
-                padded.resize(name.len().div_ceil(16) * 16 + 16, 0);
-            }
-            buf.extend_from_slice(&1i32.to_ne_bytes());
-            buf.extend_from_slice(&mask.to_ne_bytes());
-            buf.extend_from_slice(&0u32.to_ne_bytes());
-            buf.extend_from_slice(&(padded.len() as u32).to_ne_bytes());
-            buf.extend_from_slice(&padded);
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.join(name)
         }
-        buf
-    }
 
-    #[test]
-    fn inotify_records_give_names_or_ask_for_a_full_scan() {
-        let buf = records(&[
-            (libc::IN_CLOSE_WRITE, "pod-a.yaml"),
-            (libc::IN_MOVED_TO, "REVISION"),
-            (libc::IN_CLOSE_WRITE, "pod-a.yaml"),
-        ]);
-        let Drained::Names(names) = parse_events(&buf) else {
-            panic!("names expected");
-        };
-        let names: Vec<&str> = names.iter().filter_map(|n| n.to_str()).collect();
-        assert_eq!(names, ["REVISION", "pod-a.yaml"]);
-        assert_eq!(
-            parse_events(&records(&[
-                (libc::IN_CLOSE_WRITE, "a.yaml"),
-                (libc::IN_Q_OVERFLOW, "")
-            ])),
-            Drained::Overflow
-        );
-        assert_eq!(
-            parse_events(&records(&[(libc::IN_IGNORED, "")])),
-            Drained::Overflow,
-            "the directory itself went away"
-        );
-        let cut = records(&[(libc::IN_CLOSE_WRITE, "a-long-name.yaml")]);
-        assert_eq!(parse_events(&cut[..20]), Drained::Overflow, "a torn record");
-    }
-
-    /// Edits, deletions and revisions in a large directory are all seen through
-    /// the named-file path alone (the poll interval is never reached), and a
-    /// revision is reported only after the objects written before it.
-    #[tokio::test]
-    async fn edits_deletes_and_revisions_are_seen_through_inotify_alone() {
-        let dir = std::env::temp_dir().join(format!("palisade-src-named-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let ns = |name: &str, team: &str| {
-            format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels: {{team: {team}}}\n")
-        };
-        for i in 0..200 {
-            std::fs::write(dir.join(format!("ns-{i}.yaml")), ns(&format!("n{i}"), "a"))
-                .expect("write");
-        }
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(FileSource::new(&dir, Duration::from_secs(3600)).run(tx));
-        // Events up to the next Synced: (applied names, deleted names, revision).
-        async fn batch(
-            rx: &mut mpsc::UnboundedReceiver<SourceEvent>,
-        ) -> (Vec<String>, Vec<String>, String) {
-            let (mut applied, mut deleted) = (Vec::new(), Vec::new());
+        async fn batch(&mut self) -> Batch {
+            let mut b = Batch::default();
             loop {
-                let ev = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                let ev = tokio::time::timeout(Duration::from_secs(30), self.rx.recv())
                     .await
                     .expect("an event within 30 s")
                     .expect("source alive");
                 match ev {
-                    SourceEvent::Apply { obj, .. } => applied.push(obj.object_ref().name.clone()),
-                    SourceEvent::Delete(r) => deleted.push(r.name.clone()),
-                    SourceEvent::Synced { revision, .. } => return (applied, deleted, revision),
+                    SourceEvent::Apply { obj, origin } => {
+                        let labels = match &obj {
+                            Object::Namespace(n) => {
+                                n.labels.get("team").cloned().unwrap_or_default()
+                            }
+                            _ => String::new(),
+                        };
+                        b.applied.push((obj.object_ref().name.clone(), labels));
+                        let _ = origin;
+                    }
+                    SourceEvent::Delete(r) => b.deleted.push(r.name.clone()),
+                    SourceEvent::InputErrors(e) => self.errors = e,
                     SourceEvent::Error { origin, message } => panic!("{origin}: {message}"),
+                    SourceEvent::Synced { revision, .. } => {
+                        b.revision = revision;
+                        return b;
+                    }
                 }
             }
         }
-        let (applied, _, _) = batch(&mut rx).await;
-        assert_eq!(applied.len(), 200, "the first scan reads everything");
-        tokio::time::sleep(Duration::from_millis(50)).await;
 
-        std::fs::write(dir.join("ns-7.yaml"), ns("n7", "b")).expect("edit");
-        std::fs::write(dir.join(REVISION_FILE), "r1").expect("revision");
-        let (mut applied, mut deleted, mut rev) = batch(&mut rx).await;
-        while rev != "r1" {
-            // The edit and the revision may arrive in two batches.
-            let (a, d, r) = batch(&mut rx).await;
-            applied.extend(a);
-            deleted.extend(d);
-            rev = r;
+        /// Batches until REVISION reads `rev`, merged.
+        async fn until(&mut self, rev: &str) -> Batch {
+            std::fs::write(self.path(REVISION_FILE), rev).expect("revision");
+            let mut all = Batch::default();
+            loop {
+                let b = self.batch().await;
+                all.applied.extend(b.applied);
+                all.deleted.extend(b.deleted);
+                if b.revision == rev {
+                    all.revision = b.revision;
+                    return all;
+                }
+            }
         }
-        assert_eq!(applied, ["n7"], "only the edited file is read again");
-        assert!(deleted.is_empty());
 
-        std::fs::remove_file(dir.join("ns-9.yaml")).expect("delete");
-        std::fs::write(dir.join(REVISION_FILE), "r2").expect("revision");
-        let (mut applied, mut deleted, mut rev) = batch(&mut rx).await;
-        while rev != "r2" {
-            let (a, d, r) = batch(&mut rx).await;
-            applied.extend(a);
-            deleted.extend(d);
-            rev = r;
+        fn error_of(&self, name: &str) -> Option<&String> {
+            self.errors.get(&self.path(name).display().to_string())
         }
-        assert!(applied.is_empty(), "{applied:?}");
-        assert_eq!(deleted, ["n9"]);
-        task.abort();
-        let _ = std::fs::remove_dir_all(&dir);
+
+        fn done(self) {
+            self.task.abort();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_file_is_seen_without_waiting_for_the_poll() {
+        let mut f = Fixture::new("new", |_| {}).await;
+        f.batch().await;
+        std::fs::write(f.path("ns.yaml"), ns("n1", "a")).expect("write");
+        let b = f.until("r1").await;
+        assert_eq!(b.applied.len(), 1, "{b:?}");
+        f.done();
+    }
+
+    /// Edits, deletions and revisions in a large directory are all seen through
+    /// the named-file path alone, and only the named files are read again.
+    #[tokio::test]
+    async fn edits_deletes_and_revisions_are_seen_through_inotify_alone() {
+        let mut f = Fixture::new("named", |dir| {
+            for i in 0..200 {
+                std::fs::write(dir.join(format!("ns-{i}.yaml")), ns(&format!("n{i}"), "a"))
+                    .expect("write");
+            }
+        })
+        .await;
+        let b = f.batch().await;
+        assert_eq!(b.applied.len(), 200, "the first scan reads everything");
+        std::fs::write(f.path("ns-7.yaml"), ns("n7", "b")).expect("edit");
+        let b = f.until("r1").await;
+        let names: Vec<&str> = b.applied.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["n7"], "only the edited file is read again");
+        assert!(b.deleted.is_empty());
+        std::fs::remove_file(f.path("ns-9.yaml")).expect("delete");
+        let b = f.until("r2").await;
+        assert!(b.applied.is_empty(), "{b:?}");
+        assert_eq!(b.deleted, ["n9"]);
+        f.done();
+    }
+
+    /// A file that stops parsing, is emptied, holds another kind, is not UTF-8
+    /// or is too large keeps its last good objects, and says so until fixed.
+    #[tokio::test]
+    async fn a_broken_file_keeps_its_last_good_objects_until_fixed() {
+        let mut f = Fixture::new("broken", |dir| {
+            std::fs::write(dir.join("a.yaml"), ns("n1", "a")).expect("write");
+        })
+        .await;
+        assert_eq!(f.batch().await.applied.len(), 1);
+        let big = format!(
+            "{}\n#{}",
+            ns("n1", "z"),
+            "x".repeat(MAX_FILE_BYTES as usize)
+        );
+        let breakages: [(&str, Vec<u8>, &str); 5] = [
+            (
+                "unparseable",
+                b"kind: Namespace\nmetadata: [oops\n".to_vec(),
+                "invalid YAML",
+            ),
+            ("empty", Vec::new(), "holds no object"),
+            (
+                "other kind",
+                b"apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n".to_vec(),
+                "unsupported kind",
+            ),
+            ("not UTF-8", vec![0xff, 0xfe, 0x00, 0x41], "not UTF-8"),
+            ("too large", big.into_bytes(), "over the limit"),
+        ];
+        for (i, (what, bytes, says)) in breakages.iter().enumerate() {
+            std::fs::write(f.path("a.yaml"), bytes).expect("break");
+            let b = f.until(&format!("broken-{i}")).await;
+            assert!(
+                b.deleted.is_empty() && b.applied.is_empty(),
+                "{what}: the last good objects stay: {b:?}"
+            );
+            let e = f.error_of("a.yaml").cloned().unwrap_or_default();
+            assert!(e.contains(says), "{what}: {e}");
+            assert!(e.contains("last good 1 object(s) stay"), "{what}: {e}");
+            assert!(
+                !e.contains(&f.path("a.yaml").display().to_string()),
+                "the path is not repeated: {e}"
+            );
+        }
+        std::fs::write(f.path("a.yaml"), ns("n1", "b")).expect("fix");
+        let b = f.until("fixed").await;
+        assert_eq!(b.applied, [("n1".to_string(), "b".to_string())]);
+        assert!(f.errors.is_empty(), "the error cleared: {:?}", f.errors);
+        // Broken, then removed: the error goes and so do the objects.
+        std::fs::write(f.path("a.yaml"), "metadata: [oops").expect("break");
+        f.until("broken-again").await;
+        assert!(f.error_of("a.yaml").is_some());
+        std::fs::remove_file(f.path("a.yaml")).expect("remove");
+        let b = f.until("removed").await;
+        assert_eq!(b.deleted, ["n1"]);
+        assert!(f.errors.is_empty(), "{:?}", f.errors);
+        f.done();
+    }
+
+    /// A file is read once its writer closes it, not while it is written.
+    #[tokio::test]
+    async fn a_file_is_read_when_its_writer_closes_it() {
+        use std::io::Write;
+        let mut f = Fixture::new("slow", |_| {}).await;
+        f.batch().await;
+        let text = ns("n1", "a");
+        let (head, tail) = text.split_at(text.len() / 2);
+        let mut file = std::fs::File::create(f.path("a.yaml")).expect("create");
+        file.write_all(head.as_bytes()).expect("head");
+        file.flush().expect("flush");
+        // Not a timing assertion: nothing may arrive however long this takes.
+        let early = tokio::time::timeout(Duration::from_millis(300), f.rx.recv()).await;
+        assert!(
+            early.is_err(),
+            "nothing is read before the close: {early:?}"
+        );
+        file.write_all(tail.as_bytes()).expect("tail");
+        drop(file);
+        let b = f.batch().await;
+        assert_eq!(b.applied.len(), 1, "{b:?}");
+        assert!(f.errors.is_empty(), "{:?}", f.errors);
+        f.done();
+    }
+
+    /// Symlinked files are read (at start and later) and stay; a ConfigMap
+    /// volume's `..data` swap is seen; dot-entries, subdirectories and other
+    /// files are skipped.
+    #[tokio::test]
+    async fn a_configmap_volume_is_read_through_its_symlinks_and_updated_by_its_swap() {
+        use std::os::unix::fs::symlink;
+        let mut f = Fixture::new("configmap", |dir| {
+            let v1 = dir.join("..2026_12_01_v1");
+            std::fs::create_dir(&v1).expect("v1");
+            std::fs::write(v1.join("ns.yaml"), ns("n1", "a")).expect("write");
+            symlink("..2026_12_01_v1", dir.join("..data")).expect("..data");
+            symlink("..data/ns.yaml", dir.join("ns.yaml")).expect("link");
+            std::fs::create_dir(dir.join("sub")).expect("subdir");
+            std::fs::write(dir.join("sub/x.yaml"), ns("hidden", "a")).expect("write");
+            std::fs::write(dir.join("notes.txt"), "hello").expect("write");
+            std::fs::write(dir.join("UPPER.YAML"), ns("n2", "a")).expect("write");
+        })
+        .await;
+        let b = f.batch().await;
+        let mut names: Vec<&str> = b.applied.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["n1", "n2"], "read at start through the symlink");
+        // The update: a new data directory, `..data` swapped by rename.
+        let v2 = f.path("..2026_12_01_v2");
+        std::fs::create_dir(&v2).expect("v2");
+        std::fs::write(v2.join("ns.yaml"), ns("n1", "b")).expect("write");
+        symlink("..2026_12_01_v2", f.path("..data_tmp")).expect("tmp");
+        std::fs::rename(f.path("..data_tmp"), f.path("..data")).expect("swap");
+        std::fs::remove_dir_all(f.path("..2026_12_01_v1")).expect("old");
+        let b = f.until("r1").await;
+        assert_eq!(b.applied, [("n1".to_string(), "b".to_string())]);
+        assert!(b.deleted.is_empty(), "{b:?}");
+        assert!(f.errors.is_empty(), "{:?}", f.errors);
+        f.done();
+    }
+
+    /// The same object in two files: the first by path is applied and the
+    /// conflict reported; when that file goes, the other copy applies.
+    #[tokio::test]
+    async fn an_object_in_two_files_is_taken_from_the_first_and_the_other_applies_after() {
+        let mut f = Fixture::new("dup", |dir| {
+            std::fs::write(dir.join("a.yaml"), ns("n1", "a")).expect("write");
+            std::fs::write(dir.join("b.yaml"), ns("n1", "b")).expect("write");
+        })
+        .await;
+        let b = f.batch().await;
+        assert_eq!(b.applied, [("n1".to_string(), "a".to_string())]);
+        let e = f.error_of("b.yaml").cloned().unwrap_or_default();
+        assert!(
+            e.contains("namespace n1") && e.contains(&f.path("a.yaml").display().to_string()),
+            "{e}"
+        );
+        std::fs::remove_file(f.path("a.yaml")).expect("remove");
+        let b = f.until("r1").await;
+        assert_eq!(b.applied, [("n1".to_string(), "b".to_string())]);
+        assert!(b.deleted.is_empty(), "{b:?}");
+        assert!(f.errors.is_empty(), "{:?}", f.errors);
+        f.done();
+    }
+
+    /// A removed and recreated directory is watched again: a change in it is
+    /// seen without the poll.
+    #[tokio::test]
+    async fn a_recreated_directory_is_watched_again() {
+        let mut f = Fixture::new("recreate", |dir| {
+            std::fs::write(dir.join("a.yaml"), ns("n1", "a")).expect("write");
+        })
+        .await;
+        f.batch().await;
+        std::fs::remove_dir_all(&f.dir).expect("remove dir");
+        let b = f.batch().await;
+        assert!(
+            b.deleted.is_empty(),
+            "a missing directory deletes nothing: {b:?}"
+        );
+        std::fs::create_dir_all(&f.dir).expect("recreate");
+        std::fs::write(f.path("a.yaml"), ns("n1", "b")).expect("write");
+        let b = f.until("r1").await;
+        assert_eq!(b.applied, [("n1".to_string(), "b".to_string())]);
+        std::fs::write(f.path("c.yaml"), ns("n3", "a")).expect("write");
+        let b = f.until("r2").await;
+        assert_eq!(b.applied.len(), 1, "seen through the new watch: {b:?}");
+        f.done();
     }
 }

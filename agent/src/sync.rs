@@ -139,8 +139,10 @@ pub struct SyncLoop {
     /// The last failure to scan the interfaces.
     scan_error: Option<String>,
     ids: BTreeMap<PodKey, u32>,
-    /// Errors per input, so each is logged once per change.
+    /// Errors per object (invalid objects), so each is logged once per change.
     errors: BTreeMap<String, String>,
+    /// The file source's unusable inputs (file -> why), as it last reported them.
+    input_errors: BTreeMap<String, String>,
     synced: bool,
     revision: String,
     revisions: BTreeMap<String, String>,
@@ -191,6 +193,7 @@ impl SyncLoop {
             scan_error: None,
             ids: BTreeMap::new(),
             errors: BTreeMap::new(),
+            input_errors: BTreeMap::new(),
             synced: false,
             revision: String::new(),
             revisions: BTreeMap::new(),
@@ -208,18 +211,19 @@ impl SyncLoop {
                 let out = self.index.apply(obj);
                 match out.error {
                     Some(e) => {
-                        let msg = format!("{origin}: {e}");
+                        // The engine's error names the file it came from.
+                        let msg = e.to_string();
                         if self.errors.get(&key) != Some(&msg) {
-                            error!(object = %key, error = %msg, "invalid object: its pods are isolated with nothing allowed by it");
+                            error!(object = %key, input = %origin, error = %msg, "invalid object: its pods are isolated with nothing allowed by it");
                             self.errors.insert(key, msg);
                         }
                     }
                     None => {
                         self.errors.remove(&key);
+                        if out.changed {
+                            info!(object = %r, "applied");
+                        }
                     }
-                }
-                if out.changed {
-                    info!(object = %r, "applied");
                 }
                 out.changed
             }
@@ -238,6 +242,21 @@ impl SyncLoop {
                 }
                 false
             }
+            SourceEvent::InputErrors(now) => {
+                for (input, message) in &now {
+                    if self.input_errors.get(input) != Some(message) {
+                        error!(input = %input, error = %message, "cannot use input; everything else is still enforced");
+                    }
+                }
+                for input in self.input_errors.keys() {
+                    if !now.contains_key(input) {
+                        info!(input = %input, "input error cleared");
+                    }
+                }
+                let changed = now != self.input_errors;
+                self.input_errors = now;
+                changed
+            }
             SourceEvent::Synced {
                 revision,
                 revisions,
@@ -251,8 +270,15 @@ impl SyncLoop {
         }
     }
 
+    /// What `/ready` lists as errors: invalid objects, unusable inputs.
     fn object_error_keys(&self) -> Vec<String> {
-        self.errors.values().cloned().collect()
+        let mut out: Vec<String> = self.errors.values().cloned().collect();
+        out.extend(
+            self.input_errors
+                .iter()
+                .map(|(input, message)| format!("{input}: {message}")),
+        );
+        out
     }
 
     /// Run until the source closes.

@@ -465,6 +465,8 @@ struct Agent {
     /// Deletes received since the last `take_deletes`.
     deletes: Vec<String>,
     errors: Vec<String>,
+    /// The stream errors the source reports now (resource -> why).
+    input_errors: BTreeMap<String, String>,
 }
 
 impl Agent {
@@ -487,6 +489,7 @@ impl Agent {
             revisions: BTreeMap::new(),
             deletes: Vec::new(),
             errors: Vec::new(),
+            input_errors: BTreeMap::new(),
         }
     }
 
@@ -502,6 +505,7 @@ impl Agent {
             SourceEvent::Error { origin, message } => {
                 self.errors.push(format!("{origin}: {message}"))
             }
+            SourceEvent::InputErrors(now) => self.input_errors = now,
             SourceEvent::Synced {
                 revision,
                 revisions,

@@ -49,6 +49,7 @@ pub mod index;
 pub mod model;
 pub mod reference;
 pub mod selector;
+pub mod strict;
 
 pub use compile::{
     compile, Desired, DesiredEndpoint, Grant, NodeInfo, PeerRules, PortSet, ServiceFrontend,

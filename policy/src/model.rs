@@ -631,13 +631,24 @@ impl K8sObject for corev1::Pod {
         if !terminal {
             if let Some(st) = status {
                 let listed = st.pod_ips.iter().flatten().map(|p| p.ip.as_str());
-                for s in listed.chain(st.pod_ip.as_deref()) {
-                    // Unparseable addresses are ignored: the pod is then treated as
-                    // having no address, which only ever removes a peer.
-                    if let Some(ip) = parse_ip(s) {
-                        if !ips.iter().any(|x| x.is_ipv4() == ip.is_ipv4()) {
-                            ips.push(ip);
-                        }
+                let fields = (0..)
+                    .map(|i| format!("status.podIPs[{i}].ip"))
+                    .take(st.pod_ips.as_ref().map_or(0, Vec::len))
+                    .chain(std::iter::once("status.podIP".to_string()));
+                for (s, field) in listed.chain(st.pod_ip.as_deref()).zip(fields) {
+                    // An address that does not parse is refused, not ignored: a
+                    // typo would silently take the pod out of every peer set.
+                    if s.trim().is_empty() {
+                        continue;
+                    }
+                    let Some(ip) = parse_ip(s) else {
+                        return Err(ModelError::invalid(
+                            &r,
+                            FieldError::new(field, format!("invalid IP address {s:?}")),
+                        ));
+                    };
+                    if !ips.iter().any(|x| x.is_ipv4() == ip.is_ipv4()) {
+                        ips.push(ip);
                     }
                 }
             }
@@ -1167,10 +1178,34 @@ enum ConvError {
 
 fn conv_named<T>(value: serde_yaml::Value) -> Result<Object, ConvError>
 where
-    T: K8sObject + serde::de::DeserializeOwned,
+    T: K8sObject + serde::de::DeserializeOwned + serde::Serialize,
 {
-    let obj: T = serde_yaml::from_value(value).map_err(|e| ConvError::Parse(e.to_string()))?;
-    obj.to_object().map_err(ConvError::Model)
+    let typed: T =
+        serde_yaml::from_value(value.clone()).map_err(|e| ConvError::Parse(e.to_string()))?;
+    let obj = typed.to_object().map_err(ConvError::Model)?;
+    // Read strictly (kubectl's --validate=strict): an unknown field makes the
+    // object invalid. An invalid NetworkPolicy is kept, fail-closed, like any
+    // other invalid policy; any other kind is refused.
+    let Some(field) = crate::strict::unknown_field(&value, &typed) else {
+        return Ok(obj);
+    };
+    let r = K8sObject::object_ref(&typed);
+    let error = ModelError::invalid(&r, FieldError::new(field, "unknown field"));
+    match obj {
+        Object::NetworkPolicy(mut np) => {
+            let (pod_selector, types) = match np.body {
+                PolicyBody::Valid(p) => (Some(p.pod_selector), p.types),
+                PolicyBody::Invalid(inv) => (inv.pod_selector, inv.types),
+            };
+            np.body = PolicyBody::Invalid(InvalidPolicy {
+                pod_selector,
+                types,
+                error,
+            });
+            Ok(Object::NetworkPolicy(np))
+        }
+        _ => Err(ConvError::Model(error)),
+    }
 }
 
 /// Validate a label map (used for objects read from files, where no apiserver

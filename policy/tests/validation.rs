@@ -312,3 +312,54 @@ proptest! {
         let _ = parse_yaml_documents(&text, "fuzz");
     }
 }
+
+// Strict reading (kubectl --validate=strict): an unknown field makes a policy
+// invalid (fail closed), with the field named.
+#[test]
+fn unknown_fields_make_the_policy_invalid() {
+    expect(
+        "podSelector: {}\ningres:\n- from: [{podSelector: {}}]",
+        "spec.ingres: unknown field",
+    );
+    expect(
+        "podSelector: {}\ningress:\n- from:\n  - ipBlock: {cidr: 10.0.0.0/8, exept: [10.1.0.0/16]}",
+        "spec.ingress[0].from[0].ipBlock.exept: unknown field",
+    );
+    expect(
+        "podSelector: {}\ningress:\n- from: [{podSelector: {}}]\n  port: [{port: 80}]",
+        "spec.ingress[0].port: unknown field",
+    );
+}
+
+#[test]
+fn unknown_fields_and_bad_addresses_refuse_other_objects() {
+    let v = parse_yaml_documents(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: x, lables: {a: b}}\n",
+        "p.yaml",
+    );
+    assert_eq!(
+        v[0].as_ref().map(|_| ()).unwrap_err().to_string(),
+        "p.yaml: pod x/p: metadata.lables: unknown field"
+    );
+    let v = parse_yaml_documents(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: x}\nstatus: {podIP: 10.100.1.999}\n",
+        "p.yaml",
+    );
+    assert_eq!(
+        v[0].as_ref().map(|_| ()).unwrap_err().to_string(),
+        "p.yaml: pod x/p: status.podIP: invalid IP address \"10.100.1.999\""
+    );
+    let v = parse_yaml_documents(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: x}\nstatus: {podIPs: [{ip: 10.1.1.1}, {ip: \"fd00::x\"}]}\n",
+        "p.yaml",
+    );
+    assert_eq!(
+        v[0].as_ref().map(|_| ()).unwrap_err().to_string(),
+        "p.yaml: pod x/p: status.podIPs[1].ip: invalid IP address \"fd00::x\""
+    );
+    let v = parse_yaml_documents(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: x}\nspec: {nodeName: n, containers: [{name: c, resources: {limits: {cpu: 1}}, ports: [{containerPort: 80, name: http}]}]}\nstatus: {podIP: 10.1.1.1, phase: Running}\n",
+        "p.yaml",
+    );
+    assert!(v[0].is_ok(), "{:?}", v[0]);
+}
