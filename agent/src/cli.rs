@@ -17,8 +17,9 @@ use clap::{ArgGroup, Parser, ValueEnum};
 pub struct Cli {
     /// This node's name: pods whose spec.nodeName equals it are enforced here.
     /// In a DaemonSet, set NODE_NAME from the downward API (spec.nodeName).
-    #[arg(long, env = "NODE_NAME")]
-    pub node_name: String,
+    /// Not needed with --uninstall.
+    #[arg(long, env = "NODE_NAME", required_unless_present = "uninstall")]
+    pub node_name: Option<String>,
 
     /// Read cluster state from this directory of Kubernetes YAML (Namespaces,
     /// Pods with status.podIP(s), Services, EndpointSlices, NetworkPolicies),
@@ -37,6 +38,8 @@ pub struct Cli {
     /// interface and delete everything pinned under --pin-dir. Run it once the
     /// DaemonSet is gone; until then the pinned programs keep enforcing the last
     /// state they were given (that is what carries enforcement across restarts).
+    /// Fails, changing nothing, while an agent holds the pin directory, and
+    /// exits non-zero when nothing is pinned there or a filter cannot be removed.
     #[arg(long)]
     pub uninstall: bool,
 

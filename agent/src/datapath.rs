@@ -25,6 +25,8 @@ use aya::{
 };
 use palisade_common::progs;
 use thiserror::Error;
+
+use crate::pins::PinLock;
 use tracing::warn;
 
 /// The compiled eBPF object, embedded at build time.
@@ -61,6 +63,14 @@ pub enum DatapathError {
         name: &'static str,
         iface: String,
         reason: String,
+    },
+    #[error(transparent)]
+    Lock(crate::pins::LockError),
+    #[error("{iface}: {name} programs of another Palisade agent are attached beside this agent's (program ids {ids:?}): an agent with another pin directory or on another bpffs mount is (or was) running here, and its programs go on deciding; stop it, or remove them (`palisade-agent --uninstall --pin-dir` with its pin directory)")]
+    Foreign {
+        name: &'static str,
+        iface: String,
+        ids: Vec<u32>,
     },
     #[error("map {name}: {source}")]
     Map {
@@ -116,7 +126,7 @@ impl Hook {
             .into_iter()
             .find(|h| h.program() == name)
     }
-    fn attach_type(self) -> TcAttachType {
+    pub(crate) fn attach_type(self) -> TcAttachType {
         match self {
             Self::FromPod => TcAttachType::Ingress,
             Self::ToPod | Self::SvcEgress => TcAttachType::Egress,
@@ -131,7 +141,7 @@ impl Hook {
             Self::SvcEgress => [3, 4],
         }
     }
-    fn direction(self) -> &'static str {
+    pub(crate) fn direction(self) -> &'static str {
         match self.attach_type() {
             TcAttachType::Ingress => "ingress",
             _ => "egress",
@@ -145,7 +155,21 @@ pub struct Datapath {
     pub pin_dir: PathBuf,
     pub mode: AttachMode,
     /// Interfaces we attached (or adopted) in this process, by (ifindex, hook).
-    attached: BTreeMap<(u32, Hook), ()>,
+    pub(crate) attached: BTreeMap<(u32, Hook), Held>,
+    /// A handle on every pinned map: a map whose pin is removed stays alive
+    /// and is pinned again ([`Datapath::repair_pins`]).
+    pub(crate) pinned_maps: Vec<(String, MapData)>,
+    pub(crate) lock: PinLock,
+}
+
+/// What this process holds of one attachment.
+pub(crate) enum Held {
+    /// TCX: the link itself. Holding it keeps the program attached while the
+    /// agent runs even if its pin is removed; the pin carries it across
+    /// restarts.
+    Tcx(PinnedLink),
+    /// Netlink TC: the filter outlives any handle; its priority.
+    Netlink { priority: u16 },
 }
 
 impl Datapath {
@@ -164,6 +188,7 @@ impl Datapath {
                 source,
             })?;
         }
+        let lock = PinLock::take(pin_dir).map_err(DatapathError::Lock)?;
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&maps_dir);
         if let Some(n) = policy_entries {
@@ -190,11 +215,28 @@ impl Datapath {
                 source: Box::new(source),
             })?;
         }
+        let mut pinned_maps = Vec::new();
+        for e in fs::read_dir(&maps_dir)
+            .map_err(|source| DatapathError::PinDir {
+                path: maps_dir.clone(),
+                source,
+            })?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let map = MapData::from_pin(e.path()).map_err(|e| DatapathError::PinLink {
+                path: maps_dir.join(&name),
+                reason: e.to_string(),
+            })?;
+            pinned_maps.push((name, map));
+        }
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
             mode: AttachMode::detect(),
             attached: BTreeMap::new(),
+            pinned_maps,
+            lock,
         })
     }
 
@@ -216,7 +258,7 @@ impl Datapath {
             .ok_or(DatapathError::MissingMap(name))
     }
 
-    fn link_pin(&self, ifindex: u32, hook: Hook) -> PathBuf {
+    pub(crate) fn link_pin(&self, ifindex: u32, hook: Hook) -> PathBuf {
         self.pin_dir
             .join("links")
             .join(format!("{ifindex}-{}", hook.program()))
@@ -270,14 +312,29 @@ impl Datapath {
                             path: pin.clone(),
                             reason: e.to_string(),
                         })?;
+                // A change of attach mode: the netlink filter an earlier agent
+                // left goes once the TCX link is on (never both, never neither).
+                if fs::symlink_metadata(&pin).is_ok_and(|m| m.is_dir()) {
+                    if let Some(prio) = netlink_priority(&pin) {
+                        if let Err(e) = remove_netlink_filter(iface, hook, prio) {
+                            warn!(interface = iface, error = %e, "the netlink filter of the earlier attach mode stays");
+                        }
+                    }
+                    let _ = fs::remove_dir_all(&pin);
+                }
                 // A stale pin (interface gone and index reused) is replaced.
                 let _ = fs::remove_file(&pin);
-                fd.pin(&pin).map_err(|e| DatapathError::PinLink {
+                let _ = fs::create_dir_all(self.pin_dir.join("links"));
+                let pinned = fd.pin(&pin).map_err(|e| DatapathError::PinLink {
                     path: pin.clone(),
                     reason: e.to_string(),
                 })?;
+                self.attached.insert((ifindex, hook), Held::Tcx(pinned));
             }
             AttachMode::Netlink => {
+                // A change of attach mode: an earlier agent's TCX link is
+                // unpinned (its last reference) once the filter is on.
+                let tcx_pin = fs::symlink_metadata(&pin).is_ok_and(|m| !m.is_dir());
                 let _ = tc::qdisc_add_clsact(iface);
                 // Alternate between two priorities: the new filter goes in before
                 // the old one is removed, so the interface is never unchecked.
@@ -304,6 +361,12 @@ impl Datapath {
                         warn!(interface = iface, error = %e, "the replaced filter stays");
                     }
                 }
+                if tcx_pin {
+                    fs::remove_file(&pin).map_err(|e| DatapathError::PinLink {
+                        path: pin.clone(),
+                        reason: format!("removing the TCX link of the earlier attach mode: {e}"),
+                    })?;
+                }
                 // bpffs holds only objects and directories, so the priority is
                 // recorded as an empty directory `<pin>/prio-N`.
                 let mark = pin.join(format!("prio-{priority}"));
@@ -314,9 +377,10 @@ impl Datapath {
                 if let Some(old) = old.filter(|o| *o != priority) {
                     let _ = fs::remove_dir(pin.join(format!("prio-{old}")));
                 }
+                self.attached
+                    .insert((ifindex, hook), Held::Netlink { priority });
             }
         }
-        self.attached.insert((ifindex, hook), ());
         Ok(())
     }
 
@@ -331,20 +395,31 @@ impl Datapath {
             iface: iface.to_string(),
             reason,
         };
+        // A held TCX link goes at the end of this call: with its pin gone too,
+        // that was its last reference and it detaches.
+        let held = self.attached.remove(&(ifindex, hook));
+        let held_prio = match &held {
+            Some(Held::Netlink { priority }) => Some(*priority),
+            _ => None,
+        };
         // One stat: this runs for every interface on every pass.
         match fs::symlink_metadata(&pin) {
             Ok(m) if m.is_dir() => {
                 // Netlink mode: the filter outlives any handle; `tc` removes it.
-                if let Some(prio) = netlink_priority(&pin) {
+                if let Some(prio) = netlink_priority(&pin).or(held_prio) {
                     remove_netlink_filter(iface, hook, prio).map_err(err)?;
                 }
                 fs::remove_dir_all(&pin).map_err(|e| err(e.to_string()))?;
             }
-            // TCX: the pin is the link's last reference; unpinning detaches.
             Ok(_) => fs::remove_file(&pin).map_err(|e| err(e.to_string()))?,
-            Err(_) => return Ok(self.attached.remove(&(ifindex, hook)).is_some()),
+            Err(_) => {
+                if let Some(prio) = held_prio {
+                    remove_netlink_filter(iface, hook, prio).map_err(err)?;
+                }
+                return Ok(held.is_some());
+            }
         }
-        self.attached.remove(&(ifindex, hook));
+        drop(held);
         Ok(true)
     }
 
@@ -383,7 +458,7 @@ fn link_pin_parts(name: &str) -> Option<(u32, &str)> {
 }
 
 /// The priority recorded for a netlink-mode attachment (see `attach`).
-fn netlink_priority(pin: &Path) -> Option<u16> {
+pub(crate) fn netlink_priority(pin: &Path) -> Option<u16> {
     fs::read_dir(pin)
         .ok()?
         .flatten()
@@ -394,7 +469,11 @@ fn netlink_priority(pin: &Path) -> Option<u16> {
 /// Remove the netlink filter of `hook` at `priority` if it is there and is
 /// `hook`'s program (a pin may outlive its interface, and the index be reused);
 /// whether it was removed.
-fn remove_netlink_filter(iface: &str, hook: Hook, priority: u16) -> Result<bool, String> {
+pub(crate) fn remove_netlink_filter(
+    iface: &str,
+    hook: Hook,
+    priority: u16,
+) -> Result<bool, String> {
     let tc = |verb: &str| {
         let prio = priority.to_string();
         let args = [
@@ -431,24 +510,38 @@ fn remove_netlink_filter(iface: &str, hook: Hook, priority: u16) -> Result<bool,
 /// What [`uninstall`] removed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Uninstalled {
+    /// Whether anything of Palisade's was pinned there at all.
+    pub found: bool,
     /// TCX links unpinned (each detaches with its last reference).
     pub links: usize,
     /// Netlink TC filters deleted.
     pub filters: usize,
+    /// Filters that could not be deleted: their records are kept.
+    pub failed: Vec<String>,
 }
 
 /// Detach every program an agent attached under `pin_dir` and remove the pin
 /// dir (maps go with their last reference). For after the agent is gone: its
 /// pins are what keeps the last state enforced across restarts, so without this
 /// a removed agent's programs go on enforcing a state nothing updates. An
-/// interface that no longer exists took its attachments with it.
-pub fn uninstall(pin_dir: &Path) -> io::Result<Uninstalled> {
+/// interface that no longer exists took its attachments with it. Refused while
+/// an agent holds the pin directory (it would attach everything again).
+pub fn uninstall(pin_dir: &Path) -> Result<Uninstalled, DatapathError> {
+    let io_err = |path: &Path, source: io::Error| DatapathError::PinDir {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut done = Uninstalled::default();
+    if !pin_dir.is_dir() {
+        return Ok(done);
+    }
+    let _lock = PinLock::take(pin_dir).map_err(DatapathError::Lock)?;
+    done.found = pin_dir.join("maps").is_dir() || pin_dir.join("links").is_dir();
     let links = pin_dir.join("links");
     let entries = match fs::read_dir(&links) {
         Ok(e) => e.flatten().collect::<Vec<_>>(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e),
+        Err(e) => return Err(io_err(&links, e)),
     };
     for e in entries {
         let path = e.path();
@@ -459,18 +552,26 @@ pub fn uninstall(pin_dir: &Path) -> io::Result<Uninstalled> {
             let hook = parts.and_then(|(_, prog)| Hook::from_program(prog));
             let iface = parts.and_then(|(ifindex, _)| interface_name(ifindex));
             if let (Some(hook), Some(iface), Some(prio)) = (hook, iface, netlink_priority(&path)) {
-                if remove_netlink_filter(&iface, hook, prio).unwrap_or(false) {
-                    done.filters += 1;
+                match remove_netlink_filter(&iface, hook, prio) {
+                    Ok(true) => done.filters += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        done.failed.push(format!("{iface}: {e}"));
+                        continue;
+                    }
                 }
             }
-            fs::remove_dir_all(&path)?;
+            fs::remove_dir_all(&path).map_err(|e| io_err(&path, e))?;
         } else {
-            fs::remove_file(&path)?;
+            fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
             done.links += 1;
         }
     }
+    if !done.failed.is_empty() {
+        return Ok(done);
+    }
     match fs::remove_dir_all(pin_dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(pin_dir, e)),
         _ => Ok(done),
     }
 }

@@ -101,8 +101,17 @@ pub fn render(ev: &Event, names: &Names, now: SystemTime) -> Value {
             let pols = names
                 .policies
                 .get(p)
-                .map(|(i, e)| if ingress { i.clone() } else { e.clone() });
-            m.insert("policies".into(), json!(pols.unwrap_or_default()));
+                .map(|(i, e)| if ingress { i.clone() } else { e.clone() })
+                .unwrap_or_default();
+            // A pod isolated by a policy that failed validation is denied
+            // because that policy allows nothing: name it as the reason.
+            let invalid: Vec<&String> =
+                pols.iter().filter(|p| names.invalid.contains(*p)).collect();
+            if !invalid.is_empty() && ev.reason == Reason::NoPolicyAllows as u8 {
+                m.insert("reason".into(), json!("invalid-policy"));
+                m.insert("invalid_policies".into(), json!(invalid));
+            }
+            m.insert("policies".into(), json!(pols));
         }
         None => {
             m.insert("endpoint".into(), Value::Null);
@@ -169,5 +178,10 @@ mod tests {
         ev.src[..4].copy_from_slice(&[192, 0, 2, 1]);
         let v = render(&ev, &names, SystemTime::UNIX_EPOCH);
         assert_eq!(v["src_kind"], "external");
+        // Isolated by a policy that failed validation: that is the reason.
+        names.invalid.insert("y/deny-all".into());
+        let v = render(&ev, &names, SystemTime::UNIX_EPOCH);
+        assert_eq!(v["reason"], "invalid-policy");
+        assert_eq!(v["invalid_policies"], json!(["y/deny-all"]));
     }
 }

@@ -9,5 +9,7 @@ pub mod inotify;
 pub mod kube_source;
 pub mod maps;
 pub mod packet;
+pub mod pins;
+pub mod repair;
 pub mod source;
 pub mod sync;

@@ -74,8 +74,8 @@ fn startup_checks(cli: &Cli) -> Result<()> {
         .collect();
     if !bpffs.iter().any(|m| cli.pin_dir.starts_with(m)) {
         bail!(
-            "{} is not on a bpffs mount (mounted: {bpffs:?}); mount one with `mount -t bpf bpf /sys/fs/bpf`",
-            cli.pin_dir.display()
+            "{}",
+            palisade_agent::pins::not_bpffs_advice(&cli.pin_dir, &bpffs)
         );
     }
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
@@ -113,26 +113,9 @@ async fn main() -> Result<()> {
         builder.init();
     }
     if cli.uninstall {
-        let done = datapath::uninstall(&cli.pin_dir)
-            .with_context(|| format!("uninstalling from {}", cli.pin_dir.display()))?;
-        // The managed neighbour entries of bridge-style pods go too.
-        let links = discovery::Links::scan()
-            .map_err(|e| anyhow::anyhow!("reading this node's neighbour entries: {e}"))?;
-        for (ip, dev) in &links.managed {
-            if let Err(e) = discovery::forget_neighbour(*ip, dev) {
-                bail!("removing managed neighbour entry {ip} on {dev}: {e}");
-            }
-        }
-        info!(
-            node = %cli.node_name,
-            pin_dir = %cli.pin_dir.display(),
-            tcx_links = done.links,
-            netlink_filters = done.filters,
-            neighbour_entries = links.managed.len(),
-            "uninstalled: no Palisade program is attached here any more"
-        );
-        return Ok(());
+        return uninstall(&cli);
     }
+    let node_name = cli.node_name.clone().unwrap_or_default();
     if let Err(e) = startup_checks(&cli) {
         error!("{e:#}");
         return Err(e);
@@ -157,10 +140,10 @@ async fn main() -> Result<()> {
         ..Default::default()
     })?;
     let mut events = EventReader::new(&mut dp)?;
-    info!(node = %cli.node_name, attach_mode = dp.mode.as_str(), pin_dir = %cli.pin_dir.display(), "datapath loaded");
+    info!(node = %node_name, attach_mode = dp.mode.as_str(), pin_dir = %cli.pin_dir.display(), "datapath loaded");
 
     let resync = Duration::from_secs(cli.resync_seconds.max(1));
-    let shared = Arc::new(Shared::new(&cli.node_name, resync));
+    let shared = Arc::new(Shared::new(&node_name, resync));
     let listener = tokio::net::TcpListener::bind(cli.ready_addr)
         .await
         .with_context(|| format!("binding the readiness endpoint {}", cli.ready_addr))?;
@@ -225,7 +208,7 @@ async fn main() -> Result<()> {
 
     let sync = SyncLoop::new(
         Options {
-            node: cli.node_name.clone(),
+            node: node_name.clone(),
             audit: cli.audit,
             uplinks: cli.uplinks.clone(),
             node_ips: cli.node_ips.clone(),
@@ -244,6 +227,46 @@ async fn main() -> Result<()> {
             info!("terminated; leaving programs and maps pinned so enforcement continues");
         }
     }
+    Ok(())
+}
+
+/// `--uninstall`: everything the agent attached and pinned goes, or the exit
+/// status says what did not.
+fn uninstall(cli: &Cli) -> Result<()> {
+    let done = datapath::uninstall(&cli.pin_dir)
+        .with_context(|| format!("uninstalling from {}", cli.pin_dir.display()))?;
+    // The managed neighbour entries of bridge-style pods go too.
+    let links = discovery::Links::scan()
+        .map_err(|e| anyhow::anyhow!("reading this node's neighbour entries: {e}"))?;
+    for (ip, dev) in &links.managed {
+        if let Err(e) = discovery::forget_neighbour(*ip, dev) {
+            bail!("removing managed neighbour entry {ip} on {dev}: {e}");
+        }
+    }
+    if !done.failed.is_empty() {
+        bail!(
+            "could not remove {} netlink filter(s), whose records are kept under {} for another try (needs CAP_NET_ADMIN): {}",
+            done.failed.len(),
+            cli.pin_dir.display(),
+            done.failed.join("; ")
+        );
+    }
+    if !done.found && links.managed.is_empty() {
+        bail!(
+            "nothing is pinned under {}: no Palisade state found there, nothing was removed. Check --pin-dir (from a debug pod, the node's bpffs is usually under /host/sys/fs/bpf/palisade)",
+            cli.pin_dir.display()
+        );
+    }
+    info!(
+        pin_dir = %cli.pin_dir.display(),
+        tcx_links = done.links,
+        netlink_filters = done.filters,
+        neighbour_entries = links.managed.len(),
+        "uninstalled: removed {} TCX link(s), {} netlink filter(s), {} managed neighbour entr(ies) and the pins; no Palisade program is attached here any more",
+        done.links,
+        done.filters,
+        links.managed.len()
+    );
     Ok(())
 }
 

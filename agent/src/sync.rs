@@ -44,6 +44,16 @@ pub struct Readiness {
     /// checked by anything of theirs until it is.
     pub missing_interfaces: usize,
     pub attach_mode: String,
+    /// Pins and attachments found missing and restored since the agent
+    /// started (a removed pin directory, a deleted filter, a detached link).
+    pub repairs: u64,
+    /// What the last full pass restored.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repaired: Vec<String>,
+    /// Local pods whose rules do not fit the datapath: every direction they
+    /// are isolated in denies everything (reason `fail-closed`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fail_closed: Vec<String>,
     pub errors: Vec<String>,
 }
 
@@ -60,6 +70,8 @@ pub struct Names {
     /// pod key -> (ingress policies, egress policies) selecting it
     pub policies: BTreeMap<PodKey, (Vec<String>, Vec<String>)>,
     pub node_addrs: Vec<IpAddr>,
+    /// `ns/name` of the NetworkPolicies that failed validation.
+    pub invalid: BTreeSet<String>,
 }
 
 pub struct Shared {
@@ -149,6 +161,12 @@ pub struct SyncLoop {
     generation: u64,
     shared: Arc<Shared>,
     adopted: Option<Adopted>,
+    /// Repairs made since start (see `repair`).
+    repairs: u64,
+    /// The fail-closed endpoints of the last pass (logged once each).
+    fail_closed: Vec<String>,
+    /// Addresses claimed by two pods, as of the last pass (logged once each).
+    duplicates: Vec<String>,
 }
 
 /// Map contents found at start (an earlier agent's state).
@@ -200,6 +218,9 @@ impl SyncLoop {
             generation: 0,
             shared,
             adopted: Some(Adopted { endpoints }),
+            repairs: 0,
+            fail_closed: Vec::new(),
+            duplicates: Vec::new(),
         }
     }
 
@@ -592,6 +613,17 @@ impl SyncLoop {
         // so an interface whose pod is not known yet (or whose record is not written
         // yet) drops everything (fail closed).
         let mut attach_errors = Vec::new();
+        // A full pass also checks what the kernel and bpffs hold: pins removed
+        // under the agent, programs taken off an interface, another agent's
+        // programs beside ours (see `repair`).
+        let check = self.compiler.is_none();
+        let mut repaired = Vec::new();
+        let mut foreign = false;
+        if check {
+            let (r, e) = self.dp.repair_pins();
+            repaired.extend(r);
+            attach_errors.extend(e);
+        }
         for (name, idx) in &links.by_name {
             // A pod's own interface is never an uplink, whatever routes it
             // carries (a pod's router advertisement could add one).
@@ -612,6 +644,18 @@ impl SyncLoop {
                 if let Err(e) = self.dp.attach(name, *idx, *hook) {
                     attach_errors.push(format!("{name}: {e}"));
                     all_on = false;
+                    continue;
+                }
+                if !check {
+                    continue;
+                }
+                match self.dp.check(name, *idx, *hook) {
+                    Ok(Some(r)) => repaired.push(r),
+                    Ok(None) => {}
+                    Err(e) => {
+                        foreign |= matches!(e, crate::datapath::DatapathError::Foreign { .. });
+                        attach_errors.push(e.to_string());
+                    }
                 }
             }
             // A role change leaves the other role's programs behind: pod
@@ -638,6 +682,10 @@ impl SyncLoop {
         for e in &attach_errors {
             error!(error = %e, "attach failed");
         }
+        for r in &repaired {
+            warn!(repaired = %r, "enforcement state was missing and is restored");
+        }
+        self.repairs += repaired.len() as u64;
 
         let t = Instant::now();
         let full = self.compiler.is_none();
@@ -664,9 +712,16 @@ impl SyncLoop {
             }
         };
         let compile_ms = t.elapsed().as_millis() as u64;
+        let mut fail_closed = Vec::new();
         for (pod, why) in &overflow {
-            error!(pod = %pod, reason = %why, "rules do not fit the datapath; pod is fail-closed");
+            let msg =
+                format!("{pod}: rules do not fit the datapath ({why}); the pod is fail-closed");
+            if !self.fail_closed.contains(&msg) {
+                error!(pod = %pod, reason = %why, "rules do not fit the datapath; pod is fail-closed");
+            }
+            fail_closed.push(msg);
         }
+        self.fail_closed = fail_closed.clone();
         let n_writes = writes.len();
         let t = Instant::now();
         let mut write_errors = Vec::new();
@@ -718,6 +773,7 @@ impl SyncLoop {
             node_addrs,
             ..Default::default()
         };
+        let mut duplicates = Vec::new();
         for pod in self.index.pods() {
             if !pod.is_policy_pod() {
                 continue;
@@ -728,9 +784,26 @@ impl SyncLoop {
                 .into_iter()
                 .chain(pod.ipv6().map(IpAddr::V6))
             {
-                names.by_ip.insert(ip, pod.key());
+                if let Some(other) = names.by_ip.insert(ip, pod.key()) {
+                    duplicates.push(format!(
+                        "pods {other} and {} both claim address {ip} (a stale pod object?): each is judged as its own interface says, and deny lines name the second",
+                        pod.key()
+                    ));
+                }
             }
         }
+        for d in &duplicates {
+            if !self.duplicates.contains(d) {
+                warn!(warning = %d, "two pods with one address");
+            }
+        }
+        self.duplicates = duplicates.clone();
+        names.invalid = self
+            .index
+            .policies()
+            .filter(|p| p.error().is_some())
+            .map(|p| p.id())
+            .collect();
         for (pod, (_, idx)) in &ifaces {
             names.by_ifindex.insert(*idx, pod.clone());
             if let Some(id) = self.ids.get(pod) {
@@ -749,17 +822,24 @@ impl SyncLoop {
             *n = names;
         }
         let mut errors = self.object_error_keys();
+        errors.extend(fail_closed.iter().cloned());
+        errors.extend(duplicates);
         errors.extend(attach_errors);
         errors.extend(write_errors);
         if let Ok(mut r) = self.shared.ready.lock() {
             *r = Readiness {
-                ready: true,
+                // Another agent's programs beside ours decide whatever we
+                // program: not ready until they are gone.
+                ready: !foreign,
                 generation: self.generation,
                 revision: self.revision.clone(),
                 revisions: self.revisions.clone(),
                 endpoints: ifaces.len(),
                 missing_interfaces: missing,
                 attach_mode: self.dp.mode.as_str().to_string(),
+                repairs: self.repairs,
+                repaired,
+                fail_closed: fail_closed.clone(),
                 errors,
             };
         }

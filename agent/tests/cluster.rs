@@ -852,7 +852,7 @@ fn uninstall_detaches_every_program_and_removes_the_pins() {
         let pin_arg = pin.clone();
         let out = in_netns(&ns, move || {
             std::process::Command::new(agent_binary())
-                .args(["--uninstall", "--node-name", "node-2", "--pin-dir"])
+                .args(["--uninstall", "--pin-dir"])
                 .arg(&pin_arg)
                 .output()
         })
@@ -868,6 +868,19 @@ fn uninstall_detaches_every_program_and_removes_the_pins() {
             Outcome::Reachable,
             "{args:?}: nothing enforces on node 2 any more"
         );
+        // Again, with nothing left: that is an error, not a success.
+        let pin_arg = pin.clone();
+        let out = in_netns(&ns, move || {
+            std::process::Command::new(agent_binary())
+                .args(["--uninstall", "--pin-dir"])
+                .arg(&pin_arg)
+                .output()
+        })
+        .unwrap()
+        .expect("run --uninstall");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {log}");
+        assert!(log.contains("nothing is pinned under"), "{log}");
         c.teardown().unwrap();
     }
 }

@@ -897,6 +897,17 @@ impl Cluster {
         self.wait_programmed()
     }
 
+    /// Replaces the extra arguments agents started from now on get (a restart
+    /// with other flags, e.g. another attach mode).
+    pub fn set_agent_args(&mut self, args: &[&str]) -> Result<()> {
+        let cfg = self
+            .agent_cfg
+            .as_mut()
+            .ok_or_else(|| anyhow!("this cluster was built without an agent"))?;
+        cfg.extra_args = args.iter().map(|s| s.to_string()).collect();
+        Ok(())
+    }
+
     /// Starts the agent on one node without waiting for it (an agent that reads
     /// an API server, [`AgentConfig::kube`], knows nothing of this cluster's
     /// revisions).
