@@ -88,12 +88,13 @@ pub struct BackoffConfig {
 
 impl Default for BackoffConfig {
     fn default() -> Self {
-        // kube-rs' own default timing; jitter spreads the agents of a whole cluster
-        // out after an API server restart.
+        // Capped at a few seconds: after an API server restart the watches
+        // must come back within seconds, not after a 30 s backoff built up
+        // during the outage. Jitter spreads the agents of a cluster out.
         Self {
-            initial: Duration::from_millis(800),
-            max: Duration::from_secs(30),
-            reset_after: Duration::from_secs(120),
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(4),
+            reset_after: Duration::from_secs(60),
         }
     }
 }
@@ -255,6 +256,7 @@ impl KubeSource {
             revision: 0,
             dirty: false,
             synced_once: false,
+            errors: Default::default(),
         };
         info!(
             resources = %WATCHED.iter().map(|w| w.resource).collect::<Vec<_>>().join(","),
@@ -281,6 +283,8 @@ struct Run {
     /// Something was sent since the last `Synced`.
     dirty: bool,
     synced_once: bool,
+    /// Per resource, why its stream is failing now (reported to `/ready`).
+    errors: std::collections::BTreeMap<String, String>,
 }
 
 impl Run {
@@ -330,6 +334,8 @@ impl Run {
         if !matches!(u, Update::Error(_) | Update::Init) {
             if let Some(prev) = self.states[i].logged_error.take() {
                 info!(resource = w.resource, previous_error = %prev, "watch recovered");
+                self.errors.remove(w.resource);
+                let _ = self.tx.send(SourceEvent::InputErrors(self.errors.clone()));
             }
         }
         match u {
@@ -386,24 +392,28 @@ impl Run {
         } else {
             w.group
         };
-        if code == Some(403) {
-            error!(
-                verb,
-                resource = w.resource,
-                api_group = w.group,
-                "RBAC: the API server forbids this agent to {verb} {} (apiGroup {group}) in all namespaces; grant list and watch on it to the agent's ServiceAccount (deploy/rbac.yaml). Retrying with backoff; nothing new is programmed until it succeeds",
-                w.resource
-            );
+        let res = w.resource;
+        // What this failure means for enforcement, as it really is: the other
+        // resources keep being followed and programmed.
+        let effect = if verb == "list" && !self.states[i].listed {
+            "nothing is programmed until every resource has been listed once".to_string()
         } else {
-            warn!(
-                verb,
-                resource = w.resource,
-                error = %msg,
-                "cannot {verb} {} on the API server; keeping the last programmed state and retrying with backoff",
-                w.resource
+            format!("changes to {res} are not seen until it succeeds (the {res} read last stay as they were; every other resource is still followed and programmed)")
+        };
+        let report = if code == Some(403) {
+            let m = format!("RBAC: the API server forbids this agent to {verb} {res} (apiGroup {group}) in all namespaces; {effect}. Grant list and watch on it to the agent's ServiceAccount (deploy/rbac.yaml); retrying with backoff");
+            error!(verb, resource = res, api_group = w.group, "{m}");
+            m
+        } else {
+            let m = format!(
+                "cannot {verb} {res} on the API server ({msg}); {effect}; retrying with backoff"
             );
-        }
+            warn!(verb, resource = res, "{m}");
+            m
+        };
         self.states[i].logged_error = Some(msg);
+        self.errors.insert(res.to_string(), report);
+        let _ = self.tx.send(SourceEvent::InputErrors(self.errors.clone()));
     }
 
     fn maybe_synced(&mut self) {

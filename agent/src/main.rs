@@ -97,10 +97,12 @@ fn startup_checks(cli: &Cli) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    // kube-runtime's watcher logs every 403 retry at warn; the kube source already
-    // logs one clear line per RBAC refusal, so only its errors are let through.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_runtime=error"));
+    // kube-runtime's watcher logs every 403 retry at warn, and kube-client every
+    // failed attempt at error without naming the resource; the kube source logs
+    // one clear line per failing resource instead (RUST_LOG brings them back).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,kube_runtime=error,kube_client=off")
+    });
     // Colour only on a terminal: escape codes in a log file or `kubectl logs`
     // break grep.
     let builder = tracing_subscriber::fmt()

@@ -9,7 +9,8 @@
 //! `.yaml`, `.yml` or `.json` (any case), following symlinks (a ConfigMap mounted
 //! as a volume is a directory of symlinks into `..data`). Names starting with a
 //! dot are not read (ConfigMap internals, editors' temporary files); a change to
-//! one triggers a full scan (the `..data` swap of a ConfigMap update).
+//! one starting with two dots triggers a full scan (the `..data` swap of a
+//! ConfigMap update).
 //! Subdirectories and other files are skipped, each logged once.
 //!
 //! A file's objects go away only when the file is removed, or when a complete,
@@ -248,9 +249,11 @@ impl FileSource {
             }
             Drained::Overflow | Drained::Gone => return Ok(self.scan(tx, false)),
         }
-        // A dot-entry changed: a ConfigMap's `..data` swap changes what every
-        // visible symlink points at without naming any of them.
-        if names.keys().any(|n| n.to_string_lossy().starts_with('.')) {
+        // A ConfigMap volume's update swaps `..data` (its internal names start
+        // with two dots): that changes what every visible symlink points at
+        // without naming any of them. Other dot-entries (editors' and writers'
+        // temporary files) change nothing read.
+        if names.keys().any(|n| n.to_string_lossy().starts_with("..")) {
             return Ok(self.scan(tx, false));
         }
         let mut changed = false;

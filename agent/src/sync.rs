@@ -276,6 +276,13 @@ impl SyncLoop {
                 }
                 let changed = now != self.input_errors;
                 self.input_errors = now;
+                if !self.synced {
+                    // Nothing is programmed yet: /ready still says why.
+                    let errors = self.object_error_keys();
+                    if let Ok(mut r) = self.shared.ready.lock() {
+                        r.errors = errors;
+                    }
+                }
                 changed
             }
             SourceEvent::Synced {

@@ -465,3 +465,59 @@ fn kind_e2e_objects_of_every_conformance_case_are_valid() {
         "the step marker policy selects by a label no pod carries"
     );
 }
+
+/// The oldest Kubernetes minor version the manifests are written for (README,
+/// "Kubernetes (kind)"). The typed check above runs against one schema (the
+/// k8s-openapi version feature); these are the Pod fields that schema knows and
+/// API servers from this version on do not, each with the version that added it.
+const MIN_MINOR: u32 = 27;
+const NEWER_POD_FIELDS: &[(&str, u32)] = &[
+    ("appArmorProfile", 30),
+    ("recursiveReadOnly", 30),
+    ("supplementalGroupsPolicy", 31),
+    ("seLinuxChangePolicy", 32),
+    ("restartPolicy@containers", 28),
+];
+
+fn field_uses(v: &Value, parent: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m {
+                out.push(format!("{k}@{parent}"));
+                out.push(k.clone());
+                field_uses(child, k, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| field_uses(x, parent, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn manifests_use_no_field_newer_than_the_oldest_supported_kubernetes() {
+    for (file, doc) in documents() {
+        let mut uses = Vec::new();
+        field_uses(&doc, "", &mut uses);
+        for (field, minor) in NEWER_POD_FIELDS {
+            assert!(
+                !(*minor > MIN_MINOR && uses.iter().any(|u| u == field)),
+                "{file}: {field} needs Kubernetes 1.{minor}; the manifests support 1.{MIN_MINOR} and later"
+            );
+        }
+    }
+    let ds: Value = documents()
+        .into_iter()
+        .find(|(_, d)| d["kind"] == "DaemonSet")
+        .map(|(_, d)| d)
+        .expect("a DaemonSet");
+    let container = ds["spec"]["template"]["spec"]["containers"][0]["name"]
+        .as_str()
+        .expect("container name")
+        .to_string();
+    assert_eq!(
+        ds["spec"]["template"]["metadata"]["annotations"]
+            [format!("container.apparmor.security.beta.kubernetes.io/{container}")],
+        "unconfined",
+        "the AppArmor annotation names the agent's container"
+    );
+}

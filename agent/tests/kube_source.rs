@@ -884,10 +884,22 @@ async fn forbidden_resource_blocks_sync_and_is_logged_once() {
         rbac[0]
     );
 
-    // Granted: the source completes its first state.
+    let why = agent
+        .input_errors
+        .get("networkpolicies")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        why.contains("forbids this agent to list networkpolicies")
+            && why.contains("nothing is programmed until every resource has been listed"),
+        "reported for /ready, saying what happens: {why}"
+    );
+
+    // Granted: the source completes its first state, and the error clears.
     api.set_forbidden("networkpolicies", false);
     agent.synced_to(SEEDED, "after the grant").await;
     assert_eq!(agent.synced, 1);
+    assert!(agent.input_errors.is_empty(), "{:?}", agent.input_errors);
 }
 
 // Single-threaded, so the thread-local log subscriber sees the source's task.
@@ -916,6 +928,21 @@ async fn forbidden_watch_after_an_allowed_list_is_logged_once_and_recovers() {
         "the line names the verb and the resource: {}",
         rbac[0]
     );
+    let why = agent
+        .input_errors
+        .get("services")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        why.contains("changes to services are not seen")
+            && why.contains("every other resource is still followed and programmed"),
+        "reported for /ready, saying what really happens: {why}"
+    );
+    assert!(
+        !rbac[0].contains("nothing new is programmed"),
+        "{}",
+        rbac[0]
+    );
 
     // Granted: a Service created meanwhile arrives (through a relist or the
     // watch), and the state follows again.
@@ -929,6 +956,7 @@ async fn forbidden_watch_after_an_allowed_list_is_logged_once_and_recovers() {
     agent
         .synced_to(&want, "a watch event after the grant")
         .await;
+    assert!(agent.input_errors.is_empty(), "{:?}", agent.input_errors);
 }
 
 // ---------------------------------------------------------------------------
@@ -978,6 +1006,8 @@ fn the_agent_programs_what_the_api_server_says_through_drops_410_and_outages() {
             .collect(),
         pods: vec![pod_spec("x", "a"), pod_spec("x", "b"), pod_spec("y", "a")],
         externals: Vec::new(),
+        node_labels: Default::default(),
+        node_ports: Vec::new(),
     };
     let kubeconfig =
         std::env::temp_dir().join(format!("palisade-kubeconfig-{}", std::process::id()));
@@ -1042,10 +1072,34 @@ fn the_agent_programs_what_the_api_server_says_through_drops_410_and_outages() {
         c.probe(&[p]).expect("probe")[0]
     };
 
+    // 0. Pods cannot be listed (RBAC): not ready, and /ready says why.
+    api.set_forbidden("pods", true);
     c.launch_agent(1).expect("start agent");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = palisade_harness::agent::get_ready(&ns);
+        if let Ok(r) = &r {
+            if r.body.contains("forbids this agent to list pods") {
+                assert_eq!(r.status, 503, "{}", r.body);
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reason in /ready: {:?}",
+            r.map(|r| r.body)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    api.set_forbidden("pods", false);
     // 1. Initial lists: every local pod has its endpoint; nothing isolates.
     let ready = wait_programmed(&ns, api.rv(), "initial lists");
     assert_eq!(ready["endpoints"], json!(3), "{ready}");
+    assert_eq!(
+        ready["errors"],
+        json!([]),
+        "the refusal's error cleared: {ready}"
+    );
     assert_eq!(probe(&c, "y/a", "x/a"), Outcome::Reachable);
 
     // 2. A watch event: a policy isolates x to itself.

@@ -416,6 +416,8 @@ fn main() -> Result<()> {
         namespaces: BTreeMap::new(),
         pods: vec![],
         externals: vec![],
+        node_labels: Default::default(),
+        node_ports: Vec::new(),
     };
     let mut c = Cluster::build(
         &spec,

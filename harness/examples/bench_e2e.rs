@@ -337,6 +337,8 @@ fn spec() -> ClusterSpec {
             pod("s2", "server", 1),
         ],
         externals: vec![],
+        node_labels: Default::default(),
+        node_ports: Vec::new(),
     }
 }
 

@@ -230,6 +230,8 @@ fn spec() -> ClusterSpec {
             ),
         ],
         externals: vec![],
+        node_labels: Default::default(),
+        node_ports: Vec::new(),
     }
 }
 

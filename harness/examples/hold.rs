@@ -1,8 +1,11 @@
 //! Builds the cluster of a scenario file (or the default model), starts the
-//! agents, prints where everything is, and holds it until Ctrl-C (which tears
-//! it all down): for poking at a live cluster with `ip netns exec`, `tc`,
-//! `bpftool`. `cargo run -p palisade-harness --example hold --
-//! [--family ipv4|ipv6] [--no-agent] [SCENARIO.yaml]`.
+//! agents, prints where everything is, and holds it until Ctrl-C, SIGTERM or
+//! `quit` (which tear it all down): for poking at a live cluster with `ip
+//! netns exec`, `tc`, `bpftool`. Commands on stdin: `stop N`, `start N`,
+//! `restart N` (the agent of node N), `sync` (publish a REVISION and wait for
+//! every agent), `quit`. `cargo run --release -p palisade-harness --example
+//! hold -- [--family ipv4|ipv6] [--no-agent] [SCENARIO.yaml]`; the agent is
+//! `$PALISADE_AGENT`, else the newest build in the target directory.
 
 use anyhow::{bail, Result};
 use palisade_harness::{
@@ -52,8 +55,45 @@ fn main() -> Result<()> {
         println!("service {}/{}: {}", s.namespace, s.name, s.cluster_ip);
     }
     println!("sources and logs under {}", c.temp_dir().display());
-    println!("holding; Ctrl-C tears down");
+    println!(
+        "holding (pid {}); commands: stop N | start N | restart N | sync | quit. Ctrl-C, or SIGTERM/SIGINT (kill) when in the background, tears down",
+        std::process::id()
+    );
+    let count = c.node_count();
+    let mut line = String::new();
     loop {
-        std::thread::park();
+        line.clear();
+        // EOF (stdin closed, as in the background): hold until a signal.
+        if std::io::stdin().read_line(&mut line).unwrap_or(0) == 0 {
+            loop {
+                std::thread::park();
+            }
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let node = || -> Result<usize> {
+            match words.get(1).map(|n| n.parse::<usize>()) {
+                Some(Ok(n)) if (1..=count).contains(&n) => Ok(n),
+                _ => bail!("name a node, 1..={count}"),
+            }
+        };
+        let done = match words.first().copied() {
+            None => Ok(()),
+            Some("quit") | Some("exit") => break,
+            Some("stop") => node().and_then(|n| c.stop_agent(n)),
+            Some("start") => node().and_then(|n| c.start_agent(n)),
+            Some("restart") => node().and_then(|n| {
+                c.stop_agent(n)?;
+                c.start_agent(n)
+            }),
+            Some("sync") => c.sync().map(|rev| println!("programmed {rev}")),
+            Some(other) => Err(anyhow::anyhow!(
+                "unknown command {other:?}: stop N | start N | restart N | sync | quit"
+            )),
+        };
+        match done {
+            Ok(()) => println!("ok"),
+            Err(e) => println!("error: {e:#}"),
+        }
     }
+    c.teardown()
 }

@@ -73,9 +73,10 @@ impl AgentConfig {
     }
 }
 
-/// The agent binary to use by default: `$PALISADE_AGENT`, else
-/// `<target dir>/debug/palisade-agent` of this workspace (`$CARGO_TARGET_DIR`
-/// honoured).
+/// The agent binary to use by default: `$PALISADE_AGENT`, else the newer of
+/// `<target dir>/release/palisade-agent` (what set-up, the demo and the tests
+/// build) and `<target dir>/debug/palisade-agent` of this workspace
+/// (`$CARGO_TARGET_DIR` honoured).
 pub fn default_agent_path() -> PathBuf {
     if let Some(p) = std::env::var_os("PALISADE_AGENT") {
         return PathBuf::from(p);
@@ -87,7 +88,16 @@ pub fn default_agent_path() -> PathBuf {
                 .join("..")
                 .join("target")
         });
-    target.join("debug").join("palisade-agent")
+    let built = |profile: &str| {
+        let p = target.join(profile).join("palisade-agent");
+        let t = std::fs::metadata(&p).and_then(|m| m.modified()).ok()?;
+        Some((t, p))
+    };
+    match (built("release"), built("debug")) {
+        (Some(r), Some(d)) => std::cmp::max(r, d).1,
+        (Some((_, p)), None) | (None, Some((_, p))) => p,
+        (None, None) => target.join("release").join("palisade-agent"),
+    }
 }
 
 /// Per-node agent state: paths, and the process while it runs.

@@ -167,6 +167,12 @@ pub struct Cluster {
     next_veth: usize,
     pods_per_node: Vec<usize>,
     policies: BTreeMap<(String, String), Value>,
+    /// ClusterNetworkPolicies by name.
+    cluster_policies: BTreeMap<String, Value>,
+    /// Node number -> labels of its Node object (besides the hostname).
+    node_labels: BTreeMap<usize, Labels>,
+    /// Servers in the nodes' own namespaces (`node_ports`), by node.
+    node_servers: Vec<ServerSet>,
     agents: Vec<NodeAgent>,
     agent_cfg: Option<AgentConfig>,
     temp_dir: PathBuf,
@@ -216,6 +222,9 @@ impl Cluster {
             next_veth: 0,
             pods_per_node: vec![0; spec.nodes + 1],
             policies: BTreeMap::new(),
+            cluster_policies: BTreeMap::new(),
+            node_labels: spec.node_labels.clone(),
+            node_servers: Vec::new(),
             agents: Vec::new(),
             agent_cfg: opts.agent,
             temp_dir,
@@ -347,11 +356,23 @@ impl Cluster {
                 self.externals[i].servers = Some(r?);
             }
         }
+        if !spec.node_ports.is_empty() {
+            for n in 1..=self.nodes {
+                let ns = self.node_ns[n - 1].clone();
+                let set = ServerSet::start(&ns, family, &format!("node/{n}"), &spec.node_ports)?;
+                self.node_servers.push(set);
+            }
+        }
 
         // Objects for the agents.
         let nss: Vec<String> = self.namespaces.keys().cloned().collect();
         for ns in nss {
             self.write_namespace(&ns)?;
+        }
+        for n in 1..=self.nodes {
+            let labels = self.node_labels.get(&n).cloned().unwrap_or_default();
+            let node = objects::node(&format!("node-{n}"), &labels, self.node_ip(n)?);
+            self.write_all_nodes(&objects::node_file(n), &objects::to_yaml(&node)?)?;
         }
         for k in &keys {
             self.publish_pod(k)?;
@@ -683,6 +704,30 @@ impl Cluster {
         self.write_all_nodes(&objects::policy_file(&ns, &name), &objects::to_yaml(&m)?)?;
         self.policies.insert((ns, name), m);
         Ok(())
+    }
+
+    /// Creates or replaces a ClusterNetworkPolicy (by metadata.name).
+    /// Missing `apiVersion`/`kind` are filled in.
+    pub fn apply_cluster_policy(&mut self, manifest: &Value) -> Result<()> {
+        let (name, m) = objects::cluster_policy_manifest(manifest)?;
+        self.write_all_nodes(&objects::cluster_policy_file(&name), &objects::to_yaml(&m)?)?;
+        self.cluster_policies.insert(name, m);
+        Ok(())
+    }
+
+    /// Deletes a ClusterNetworkPolicy; an error when it does not exist.
+    pub fn delete_cluster_policy(&mut self, name: &str) -> Result<()> {
+        if self.cluster_policies.remove(name).is_none() {
+            bail!("no ClusterNetworkPolicy {name} to delete");
+        }
+        self.remove_all_nodes(&objects::cluster_policy_file(name))
+    }
+
+    /// Replaces node `n`'s labels (`kubernetes.io/hostname` is kept).
+    pub fn set_node_labels(&mut self, n: usize, labels: Labels) -> Result<()> {
+        let node = objects::node(&format!("node-{n}"), &labels, self.node_ip(n)?);
+        self.node_labels.insert(n, labels);
+        self.write_all_nodes(&objects::node_file(n), &objects::to_yaml(&node)?)
     }
 
     /// Deletes a NetworkPolicy; an error when it does not exist.
@@ -1317,6 +1362,12 @@ impl Cluster {
         }
         for s in self.externals.iter().filter_map(|e| e.servers.as_ref()) {
             s.signal_stop();
+        }
+        for s in &self.node_servers {
+            s.signal_stop();
+        }
+        for mut s in std::mem::take(&mut self.node_servers) {
+            s.stop();
         }
         for p in &mut self.pods {
             if let Some(mut s) = p.servers.take() {

@@ -33,6 +33,7 @@ use crate::conformance::{run_scenarios, Built, CaseCluster, RunSettings, Summary
 use crate::model::{ClusterSpec, Family, Labels, PodSpec, PortSpec, Protocol};
 use crate::podtool::{format_target, parse_results};
 use crate::probe::{scatter, Outcome};
+use crate::scenario::PolicyRef;
 
 /// The annotation that marks what a run created (a label could be selected).
 pub const OWNED: &str = "palisade.dev/e2e";
@@ -356,6 +357,11 @@ pub struct KubeCluster {
     namespaces: BTreeMap<String, Labels>,
     pods: BTreeMap<String, PodState>,
     policies: std::collections::BTreeSet<(String, String)>,
+    /// ClusterNetworkPolicies the case created (cluster-scoped: deleted when
+    /// the case ends, unlike namespaced objects, which go with their namespace).
+    cluster_policies: std::collections::BTreeSet<String>,
+    /// Node labels the case added, by node name (removed when the case ends).
+    node_labels: BTreeMap<String, Vec<String>>,
     sync_seq: u64,
 }
 
@@ -371,6 +377,11 @@ impl KubeCluster {
         }
         if let Some(why) = unfit_names(spec) {
             return Ok(Built::Skip(why));
+        }
+        if !spec.node_ports.is_empty() {
+            return Ok(Built::Skip(
+                "node_ports (servers on the nodes themselves) are not run by the real-cluster backend yet".into(),
+            ));
         }
         let k = Kubectl::new(opts.context.clone());
         let nodes = parse_nodes(&k.json(&["get", "nodes"])?)?;
@@ -399,8 +410,24 @@ impl KubeCluster {
             namespaces: BTreeMap::new(),
             pods: BTreeMap::new(),
             policies: Default::default(),
+            cluster_policies: Default::default(),
+            node_labels: BTreeMap::new(),
             sync_seq: 0,
         };
+        for (n, labels) in &spec.node_labels {
+            let name = c.node_name(*n)?;
+            let mut args = vec![
+                "label".to_string(),
+                "node".to_string(),
+                name.clone(),
+                "--overwrite".to_string(),
+            ];
+            args.extend(labels.iter().map(|(k, v)| format!("{k}={v}")));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            c.k.run(&args, None)
+                .with_context(|| format!("labelling node {name}"))?;
+            c.node_labels.insert(name, labels.keys().cloned().collect());
+        }
         for (ns, labels) in &spec.namespaces {
             c.claim_namespace(ns)?;
             c.namespaces.insert(ns.clone(), labels.clone());
@@ -841,7 +868,26 @@ impl CaseCluster for KubeCluster {
         Ok(())
     }
 
-    fn delete_policy(&mut self, ns: &str, name: &str) -> Result<()> {
+    fn delete_policy(&mut self, r: &PolicyRef) -> Result<()> {
+        let (ns, name) = match r {
+            PolicyRef::Namespaced(ns, name) => (ns, name),
+            PolicyRef::Cluster(name) => {
+                if !self.cluster_policies.remove(name) {
+                    bail!("no ClusterNetworkPolicy {name} to delete");
+                }
+                return self
+                    .k
+                    .run(
+                        &[
+                            "delete",
+                            "clusternetworkpolicies.policy.networking.k8s.io",
+                            name,
+                        ],
+                        None,
+                    )
+                    .map(|_| ());
+            }
+        };
         if !self.policies.remove(&(ns.to_string(), name.to_string())) {
             bail!("no NetworkPolicy {ns}/{name} to delete");
         }
@@ -851,6 +897,19 @@ impl CaseCluster for KubeCluster {
     }
 
     fn apply_policy(&mut self, manifest: &Value) -> Result<()> {
+        if let PolicyRef::Cluster(_) = crate::scenario::policy_key(manifest)? {
+            let (name, m) = crate::objects::cluster_policy_manifest(manifest)?;
+            let verb = if self.cluster_policies.contains(&name) {
+                "replace"
+            } else {
+                "create"
+            };
+            self.k
+                .run(&[verb, "-f", "-"], Some(&m.to_string()))
+                .with_context(|| format!("ClusterNetworkPolicy {name}"))?;
+            self.cluster_policies.insert(name);
+            return Ok(());
+        }
         let (ns, name, m) = policy_manifest(manifest)?;
         // FORMAT.md: create, or replace by namespace/name (a PUT, not a merge).
         let verb = if self.policies.contains(&(ns.clone(), name.clone())) {
@@ -995,6 +1054,28 @@ impl CaseCluster for KubeCluster {
 
 impl Drop for KubeCluster {
     fn drop(&mut self) {
+        for name in std::mem::take(&mut self.cluster_policies) {
+            let r = self.k.run(
+                &[
+                    "delete",
+                    "clusternetworkpolicies.policy.networking.k8s.io",
+                    "--ignore-not-found",
+                    &name,
+                ],
+                None,
+            );
+            if let Err(e) = r {
+                eprintln!("warning: deleting ClusterNetworkPolicy {name}: {e:#}");
+            }
+        }
+        for (node, keys) in std::mem::take(&mut self.node_labels) {
+            let mut args = vec!["label".to_string(), "node".to_string(), node.clone()];
+            args.extend(keys.iter().map(|k| format!("{k}-")));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            if let Err(e) = self.k.run(&args, None) {
+                eprintln!("warning: removing the case's labels from node {node}: {e:#}");
+            }
+        }
         // Not waited for: the next case that needs a name waits in `claim_namespace`.
         let names: Vec<String> = self.namespaces.keys().cloned().collect();
         if let Err(e) = self.delete_namespaces(&names, false) {
@@ -1015,12 +1096,47 @@ pub fn run_kube_conformance(
         agents: settings.enforced,
         ..opts.clone()
     };
-    run_scenarios(
+    let summary = run_scenarios(
         paths,
         settings,
         |sc| KubeCluster::build(&sc.cluster_spec(settings.family), &opts),
         out,
-    )
+    );
+    // Each case deletes its namespaces without waiting; whatever is left of
+    // them (a case that failed half-built, a deletion still running) goes
+    // now, and the run waits for it.
+    if let Err(e) = delete_owned_namespaces(&opts) {
+        eprintln!("warning: deleting the run's namespaces: {e:#}");
+    }
+    summary
+}
+
+/// Deletes every namespace a Palisade e2e run created (those with the
+/// [`OWNED`] annotation), waiting until they are gone.
+pub fn delete_owned_namespaces(opts: &KubeOptions) -> Result<Vec<String>> {
+    let k = Kubectl::new(opts.context.clone());
+    let list = k.json(&["get", "namespaces"])?;
+    let owned: Vec<String> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["metadata"]["annotations"][OWNED] == "true")
+        .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    if owned.is_empty() {
+        return Ok(owned);
+    }
+    let timeout = format!("--timeout={}s", opts.timeout.as_secs());
+    let mut args = vec![
+        "delete",
+        "namespace",
+        "--ignore-not-found",
+        "--wait=true",
+        &timeout,
+    ];
+    args.extend(owned.iter().map(String::as_str));
+    k.run(&args, None)?;
+    Ok(owned)
 }
 
 /// The namespace of [`check_cni_does_not_enforce`].
@@ -1046,6 +1162,8 @@ pub fn check_cni_does_not_enforce(opts: &KubeOptions, family: Family) -> Result<
         namespaces: [(ns.clone(), Labels::new())].into(),
         pods: vec![pod("a", 1), pod("b", 2)],
         externals: Vec::new(),
+        node_labels: Default::default(),
+        node_ports: Vec::new(),
     };
     let opts = KubeOptions {
         agents: false,
@@ -1236,6 +1354,8 @@ mod tests {
                 ports: vec![PortSpec::new(80, Protocol::Tcp)],
             }],
             externals: Vec::new(),
+            node_labels: Default::default(),
+            node_ports: Vec::new(),
         };
         assert_eq!(unfit_names(&spec("x", "a")), None);
         assert!(unfit_names(&spec("x.y", "a")).is_some(), "dots");

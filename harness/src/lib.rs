@@ -2,7 +2,7 @@
 //! with network namespaces (one per node, pod and external host), with
 //! kube-proxy-style Services, servers and parallel probes, the real agent on
 //! every node, and the conformance runner for scenario files
-//! (shared/conformance/FORMAT.md).
+//! (tests/conformance/FORMAT.md).
 //!
 //! Everything it creates lives in network namespaces named `pal-<pid>-...`;
 //! it never touches the machine's own interfaces, routes or firewall, and it

@@ -180,6 +180,13 @@ pub struct ClusterSpec {
     pub namespaces: BTreeMap<String, Labels>,
     pub pods: Vec<PodSpec>,
     pub externals: Vec<ExternalSpec>,
+    /// Node number (1-based) -> labels of its Node object (for
+    /// ClusterNetworkPolicy `nodes` peers), besides the automatic
+    /// `kubernetes.io/hostname: node-<N>`.
+    pub node_labels: BTreeMap<usize, Labels>,
+    /// Ports every node serves itself (a server in the node's own network
+    /// namespace, as a hostNetwork pod would run).
+    pub node_ports: Vec<PortSpec>,
 }
 
 /// Ports of the default model: 80 and 81 over TCP, UDP and SCTP, named
@@ -220,6 +227,8 @@ impl ClusterSpec {
             namespaces,
             pods,
             externals: Vec::new(),
+            node_labels: Default::default(),
+            node_ports: Vec::new(),
         }
     }
 

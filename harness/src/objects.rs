@@ -47,6 +47,55 @@ pub fn endpointslice_file(ns: &str, name: &str) -> String {
 pub fn policy_file(ns: &str, name: &str) -> String {
     format!("networkpolicy-{ns}-{name}.yaml")
 }
+pub fn cluster_policy_file(name: &str) -> String {
+    format!("clusternetworkpolicy-{name}.yaml")
+}
+pub fn node_file(n: usize) -> String {
+    format!("node-{n}.yaml")
+}
+
+/// A Node `name` with its address as InternalIP; `kubernetes.io/hostname` is
+/// always the node's name.
+pub fn node(name: &str, labels: &Labels, ip: IpAddr) -> Value {
+    let mut l = labels.clone();
+    l.insert("kubernetes.io/hostname".into(), name.into());
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": l},
+        "status": {"addresses": [
+            {"type": "InternalIP", "address": ip.to_string()},
+            {"type": "Hostname", "address": name},
+        ]},
+    })
+}
+
+/// A ClusterNetworkPolicy manifest with `kind`/`apiVersion` filled in, and its
+/// name.
+pub fn cluster_policy_manifest(manifest: &Value) -> Result<(String, Value)> {
+    let mut m = manifest.clone();
+    let obj = m
+        .as_object_mut()
+        .ok_or_else(|| anyhow!("a ClusterNetworkPolicy manifest must be a mapping"))?;
+    match obj.get("kind").and_then(Value::as_str) {
+        None => {
+            obj.insert(
+                "kind".into(),
+                Value::from(crate::scenario::CLUSTER_POLICY_KIND),
+            );
+        }
+        Some(crate::scenario::CLUSTER_POLICY_KIND) => {}
+        Some(k) => bail!("kind is {k:?}, expected ClusterNetworkPolicy"),
+    }
+    obj.entry("apiVersion")
+        .or_insert_with(|| Value::from(crate::scenario::CLUSTER_POLICY_API_VERSION));
+    let name = m
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("metadata.name is required"))?
+        .to_string();
+    Ok((name, m))
+}
 
 /// A Namespace; `kubernetes.io/metadata.name` is always added.
 pub fn namespace(name: &str, labels: &Labels) -> Value {

@@ -1,4 +1,4 @@
-//! Scenario files (shared/conformance/FORMAT.md): parsing with unknown keys
+//! Scenario files (tests/conformance/FORMAT.md): parsing with unknown keys
 //! rejected, validation with errors that name the file and the key, matrix
 //! parsing, the default model, and placeholder substitution in manifests.
 
@@ -44,6 +44,10 @@ struct ClusterDef {
     pods: Option<Vec<PodDef>>,
     #[serde(default)]
     externals: Option<Vec<ExternalDef>>,
+    #[serde(default)]
+    node_labels: Option<BTreeMap<usize, Option<Labels>>>,
+    #[serde(default)]
+    node_ports: Option<Vec<PortDef>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -133,12 +137,35 @@ pub struct Scenario {
 pub struct Step {
     pub set_pod_labels: Vec<(String, Labels)>,
     pub set_namespace_labels: Vec<(String, Labels)>,
-    /// `(namespace, name)` of NetworkPolicies to delete.
-    pub delete: Vec<(String, String)>,
-    /// NetworkPolicy manifests, placeholders not yet substituted.
+    /// Policies to delete.
+    pub delete: Vec<PolicyRef>,
+    /// NetworkPolicy and ClusterNetworkPolicy manifests, placeholders not yet
+    /// substituted.
     pub apply: Vec<Value>,
     pub expect: Vec<Expectation>,
 }
+
+/// A policy a step applies or deletes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PolicyRef {
+    /// A NetworkPolicy, `namespace/name`.
+    Namespaced(String, String),
+    /// A ClusterNetworkPolicy (`ClusterNetworkPolicy/<name>` in `delete`).
+    Cluster(String),
+}
+
+impl fmt::Display for PolicyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PolicyRef::Namespaced(ns, n) => write!(f, "NetworkPolicy {ns}/{n}"),
+            PolicyRef::Cluster(n) => write!(f, "ClusterNetworkPolicy {n}"),
+        }
+    }
+}
+
+/// The kind of a ClusterNetworkPolicy manifest, and its API version.
+pub const CLUSTER_POLICY_KIND: &str = "ClusterNetworkPolicy";
+pub const CLUSTER_POLICY_API_VERSION: &str = "policy.networking.k8s.io/v1alpha2";
 
 /// One `expect` entry.
 #[derive(Clone, Debug)]
@@ -394,7 +421,7 @@ fn validate(def: FileDef, path: &Path) -> Result<Scenario> {
         bail!("steps: at least one step is required");
     }
     let pods: BTreeSet<String> = cluster.pods.iter().map(|p| p.key()).collect();
-    let mut policies: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut policies: BTreeSet<PolicyRef> = BTreeSet::new();
     let mut steps = Vec::new();
     for (si, sd) in def.steps.into_iter().enumerate() {
         let sk = format!("steps[{si}]");
@@ -417,10 +444,17 @@ fn validate(def: FileDef, path: &Path) -> Result<Scenario> {
             let (ns, name) = d
                 .split_once('/')
                 .filter(|(a, b)| !a.is_empty() && !b.is_empty())
-                .ok_or_else(|| anyhow!("{sk}.delete[{i}]: {d:?} is not namespace/name"))?;
-            let key = (ns.to_string(), name.to_string());
+                .ok_or_else(|| {
+                    anyhow!("{sk}.delete[{i}]: {d:?} is not namespace/name nor ClusterNetworkPolicy/name")
+                })?;
+            // Namespaces are lowercase, so the kind cannot be read as one.
+            let key = if ns == CLUSTER_POLICY_KIND {
+                PolicyRef::Cluster(name.to_string())
+            } else {
+                PolicyRef::Namespaced(ns.to_string(), name.to_string())
+            };
             if !policies.remove(&key) {
-                bail!("{sk}.delete[{i}]: no NetworkPolicy {d} was applied before this step");
+                bail!("{sk}.delete[{i}]: no {key} was applied before this step");
             }
             step.delete.push(key);
         }
@@ -428,11 +462,10 @@ fn validate(def: FileDef, path: &Path) -> Result<Scenario> {
             let k = format!("{sk}.apply[{i}]");
             let v: Value = serde_json::to_value(&m).map_err(|e| anyhow!("{k}: {e}"))?;
             let key = policy_key(&v).with_context(|| k.clone())?;
-            if !cluster.namespaces.contains_key(&key.0) {
-                bail!(
-                    "{k}.metadata.namespace: namespace {:?} is not in the cluster",
-                    key.0
-                );
+            if let PolicyRef::Namespaced(ns, _) = &key {
+                if !cluster.namespaces.contains_key(ns) {
+                    bail!("{k}.metadata.namespace: namespace {ns:?} is not in the cluster");
+                }
             }
             check_placeholders(&v, &cluster).with_context(|| k.clone())?;
             policies.insert(key);
@@ -455,15 +488,17 @@ fn validate(def: FileDef, path: &Path) -> Result<Scenario> {
     })
 }
 
-fn policy_key(v: &Value) -> Result<(String, String)> {
+/// What a manifest of `apply` is: a NetworkPolicy (the default kind) or a
+/// ClusterNetworkPolicy (cluster-scoped: no namespace).
+pub fn policy_key(v: &Value) -> Result<PolicyRef> {
     let obj = v
         .as_object()
-        .ok_or_else(|| anyhow!("a NetworkPolicy manifest must be a mapping"))?;
-    if let Some(kind) = obj.get("kind") {
-        if kind.as_str() != Some("NetworkPolicy") {
-            bail!("kind: {kind} is not NetworkPolicy");
-        }
-    }
+        .ok_or_else(|| anyhow!("a policy manifest must be a mapping"))?;
+    let cluster = match obj.get("kind").map(|k| (k, k.as_str())) {
+        None | Some((_, Some("NetworkPolicy"))) => false,
+        Some((_, Some(CLUSTER_POLICY_KIND))) => true,
+        Some((kind, _)) => bail!("kind: {kind} is not NetworkPolicy or {CLUSTER_POLICY_KIND}"),
+    };
     let meta = obj
         .get("metadata")
         .ok_or_else(|| anyhow!("metadata: required"))?;
@@ -471,11 +506,17 @@ fn policy_key(v: &Value) -> Result<(String, String)> {
         .get("name")
         .and_then(Value::as_str)
         .ok_or_else(|| anyhow!("metadata.name: required (a string)"))?;
+    if cluster {
+        if meta.get("namespace").is_some() {
+            bail!("metadata.namespace: a {CLUSTER_POLICY_KIND} is cluster-scoped");
+        }
+        return Ok(PolicyRef::Cluster(name.to_string()));
+    }
     let ns = meta
         .get("namespace")
         .and_then(Value::as_str)
         .ok_or_else(|| anyhow!("metadata.namespace: required (a string)"))?;
-    Ok((ns.to_string(), name.to_string()))
+    Ok(PolicyRef::Namespaced(ns.to_string(), name.to_string()))
 }
 
 fn build_cluster(def: Option<ClusterDef>) -> Result<ClusterSpec> {
@@ -558,12 +599,28 @@ fn build_cluster(def: Option<ClusterDef>) -> Result<ClusterSpec> {
             ports: ports(&d.ports.unwrap_or_default(), &format!("{k}.ports"))?,
         });
     }
+    let mut node_labels = BTreeMap::new();
+    for (n, labels) in def.node_labels.unwrap_or_default() {
+        if n == 0 || n > nodes {
+            bail!("cluster.node_labels: node {n} is not in 1..={nodes}");
+        }
+        let labels = labels.unwrap_or_default();
+        if labels.contains_key("kubernetes.io/hostname") {
+            bail!(
+                "cluster.node_labels.{n}: kubernetes.io/hostname is set by the runner (node-{n})"
+            );
+        }
+        node_labels.insert(n, labels);
+    }
+    let node_ports = ports(&def.node_ports.unwrap_or_default(), "cluster.node_ports")?;
     let spec = ClusterSpec {
         family: Family::Ipv4,
         nodes,
         namespaces,
         pods,
         externals,
+        node_labels,
+        node_ports,
     };
     spec.validate().context("cluster")?;
     Ok(spec)
@@ -590,7 +647,7 @@ fn serves(p: &Peer, c: &ClusterSpec, port: u16, proto: Protocol) -> bool {
     let ports = match p {
         Peer::Pod(k) => c.pods.iter().find(|q| &q.key() == k).map(|q| &q.ports),
         Peer::External(n) => c.externals.iter().find(|e| &e.name == n).map(|e| &e.ports),
-        Peer::Node(_) => None,
+        Peer::Node(_) => Some(&c.node_ports),
     };
     ports.is_some_and(|ps| ps.iter().any(|q| q.port == port && q.protocol == proto))
 }
@@ -608,8 +665,8 @@ fn expectation(e: ExpectDef, c: &ClusterSpec) -> Result<Expectation> {
     let ignore_loopback = e.ignore_loopback.unwrap_or(true);
     let matrix = Matrix::parse(&e.matrix).context("matrix")?;
     for col in &matrix.columns {
-        if matches!(col, Peer::Node(_)) {
-            bail!("matrix: {col} cannot be a destination (nodes are sources only)");
+        if matches!(col, Peer::Node(_)) && c.node_ports.is_empty() {
+            bail!("matrix: {col} can be a destination only with cluster.node_ports");
         }
         if !peer_exists(col, c) {
             bail!("matrix: destination {col} is not in the cluster");

@@ -108,7 +108,7 @@ fn matrix_errors() {
     let e = err(&m("from\\to x/a\nq/q ."));
     assert!(e.contains("q/q"), "{e}");
     let e = err(&m("from\\to node/1\nx/a ."));
-    assert!(e.contains("sources only"), "{e}");
+    assert!(e.contains("only with cluster.node_ports"), "{e}");
     let e = err(&m("from\\to x/a\nnode/3 ."));
     assert!(e.contains("node/3"), "{e}");
     let e = err(&m("from\\to x/a\n@nobody ."));
@@ -185,7 +185,10 @@ steps:
     assert_eq!(s.cluster.pods[1].ports[0].port, 8080);
     assert_eq!(s.cluster.namespaces["y"]["team"], "blue");
     assert_eq!(s.cluster.externals[0].name, "backup");
-    assert_eq!(s.steps[1].delete, vec![("x".to_string(), "p".to_string())]);
+    assert_eq!(
+        s.steps[1].delete,
+        vec![PolicyRef::Namespaced("x".to_string(), "p".to_string())]
+    );
     assert_eq!(s.steps[1].set_pod_labels[0].1["extra"], "1");
     assert_eq!(s.steps[1].set_namespace_labels[0].1["team"], "red");
     // Pods must be in listed namespaces; nodes in range.
@@ -235,4 +238,79 @@ fn matrix_roundtrip_display() {
     let m = Matrix::parse("from\\to x/a @e\n node/2 . X\n x/a ? .\n").expect("parse");
     assert_eq!(m.to_string(), "from\\to x/a @e\nnode/2 . X\nx/a ? .");
     assert_eq!(m.columns[1], Peer::External("e".into()));
+}
+
+/// FORMAT.md, "ClusterNetworkPolicy cases": CNP manifests in `apply`,
+/// `delete: [ClusterNetworkPolicy/<name>]`, node labels and ports, `node/N` as
+/// a destination, unnamed ports, steps with only `expect`, empty namespaces and
+/// long namespace names.
+#[test]
+fn cluster_network_policy_cases() {
+    let text = r#"
+name: cnp
+cluster:
+  nodes: 2
+  node_labels: {1: {zone: a}, 2: {zone: b}}
+  node_ports: [{port: 8080, protocol: TCP}]
+  namespaces:
+    network-policy-conformance-gryffindor: {}
+    empty: {}
+  ports: [{port: 80, protocol: TCP}]
+  pods:
+    - {name: network-policy-conformance-gryffindor/harry, labels: {pod: harry}}
+steps:
+  - apply:
+      - apiVersion: policy.networking.k8s.io/v1alpha2
+        kind: ClusterNetworkPolicy
+        metadata: {name: deny-nodes}
+        spec:
+          tier: Admin
+          priority: 10
+          subject: {namespaces: {}}
+          egress:
+            - action: Deny
+              to: [{nodes: {matchLabels: {zone: a}}}]
+    expect:
+      - port: 8080
+        protocol: TCP
+        matrix: |
+          from\to node/1 node/2
+          network-policy-conformance-gryffindor/harry X .
+  - expect:
+      - port: 80
+        matrix: |
+          from\to network-policy-conformance-gryffindor/harry
+          node/1 .
+  - delete: [ClusterNetworkPolicy/deny-nodes]
+"#;
+    let s = parse(text, Path::new("cnp.yaml")).expect("parses");
+    assert_eq!(s.cluster.node_labels[&1]["zone"], "a");
+    assert_eq!(s.cluster.node_ports[0].port, 8080);
+    assert_eq!(s.cluster.node_ports[0].name, None);
+    assert!(s.cluster.namespaces.contains_key("empty"));
+    assert_eq!(
+        policy_key(&s.steps[0].apply[0]).unwrap(),
+        PolicyRef::Cluster("deny-nodes".into())
+    );
+    assert!(s.steps[1].apply.is_empty() && s.steps[1].expect.len() == 1);
+    assert_eq!(
+        s.steps[2].delete,
+        vec![PolicyRef::Cluster("deny-nodes".into())]
+    );
+    let err = |t: &str| parse(t, Path::new("cnp.yaml")).unwrap_err().to_string();
+    assert!(err(&text.replace(
+        "delete: [ClusterNetworkPolicy/deny-nodes]",
+        "delete: [ClusterNetworkPolicy/other]"
+    ))
+    .contains("no ClusterNetworkPolicy other"));
+    assert!(err(&text.replace("1: {zone: a}", "3: {zone: a}")).contains("node 3"));
+    assert!(err(&text.replace(
+        "metadata: {name: deny-nodes}",
+        "metadata: {name: deny-nodes, namespace: empty}"
+    ))
+    .contains("cluster-scoped"));
+    assert!(
+        err(&text.replace("  node_ports: [{port: 8080, protocol: TCP}]\n", ""))
+            .contains("node_ports")
+    );
 }

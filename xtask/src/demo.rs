@@ -118,6 +118,8 @@ fn spec() -> ClusterSpec {
             name: "backup".into(),
             ports: vec![tcp(873)],
         }],
+        node_labels: Default::default(),
+        node_ports: Vec::new(),
     }
 }
 

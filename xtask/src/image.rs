@@ -19,7 +19,7 @@ pub fn dockerfile() -> PathBuf {
 }
 
 pub fn context_dir() -> PathBuf {
-    crate::workspace_root().join("target/image")
+    crate::target_dir().join("image")
 }
 
 /// The programs the agent runs (iproute2, for interface discovery and netlink

@@ -28,14 +28,18 @@ enum Cmd {
     /// Install what building and testing need: Debian packages, nightly rust-src,
     /// bpf-linker (built against the nightly's own LLVM), and mount bpffs.
     Setup,
-    /// Set up, then run everything CI runs: fmt, clippy, unit, property, datapath
-    /// and harness tests, and the conformance suite.
+    /// Set up, then run everything CI runs (needs root): fmt, clippy, the unit,
+    /// property, datapath, cluster and harness tests, every benchmark in
+    /// --quick mode (so their code cannot rot; numbers not judged), the
+    /// conformance suite on ptp- and bridge-style nodes, and the VM tests on
+    /// Debian's 6.1 kernel in qemu (datapath, attach, a conformance subset with
+    /// SCTP). About 25 minutes on 2 cores from a clean clone.
     Test {
         /// Skip fmt and clippy.
         #[arg(long)]
         no_lint: bool,
     },
-    /// Run conformance scenarios (shared/conformance/FORMAT.md) on a namespace cluster.
+    /// Run conformance scenarios (tests/conformance/FORMAT.md) on a namespace cluster.
     Conformance {
         /// ipv4 or ipv6.
         #[arg(long, default_value = "ipv4")]
@@ -188,6 +192,15 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Where cargo puts what it builds: `CARGO_TARGET_DIR` (relative to the
+/// workspace when relative), else `<workspace>/target`.
+pub(crate) fn target_dir() -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(d) => workspace_root().join(d),
+        None => workspace_root().join("target"),
+    }
 }
 
 fn cache_dir() -> PathBuf {
@@ -361,7 +374,7 @@ fn build_agent() -> Result<PathBuf> {
         "cargo build -p palisade-agent",
         "Run `cargo xtask setup` and read its output.",
     )?;
-    Ok(workspace_root().join("target/release/palisade-agent"))
+    Ok(target_dir().join("release/palisade-agent"))
 }
 
 /// `palisade-pod`, which the image carries for the pods of `kind e2e`.
@@ -384,7 +397,7 @@ fn build_harness_bin(name: &str) -> Result<PathBuf> {
         &format!("cargo build --bin {name}"),
         "See the compiler output above.",
     )?;
-    Ok(workspace_root().join("target/release").join(name))
+    Ok(target_dir().join("release").join(name))
 }
 
 fn test(no_lint: bool) -> Result<()> {

@@ -221,10 +221,17 @@ fn ensure_host_packages() -> Result<()> {
         return Ok(());
     }
     let hint = "Run as root on Debian with the package archive reachable.";
+    // qemu-system-x86 must come from the suite the installed qemu packages came
+    // from: with qemu-utils from backports, the plain suite's qemu-system-x86
+    // conflicts with it (apt: "pkgProblemResolver::Resolve generated breaks").
+    let suite = qemu_backports_suite();
     let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
+        let mut cmd = Command::new("apt-get");
+        cmd.args(["install", "-y", "-qq", "--no-install-recommends"]);
+        if let Some(s) = &suite {
+            cmd.args(["-t", s]);
+        }
+        cmd.args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
             .is_ok_and(|s| s.success())
@@ -242,13 +249,38 @@ fn ensure_host_packages() -> Result<()> {
     Ok(())
 }
 
+/// `<codename>-backports` when an installed qemu package came from Debian's
+/// backports (its version carries `~bpo`), else `None`.
+fn qemu_backports_suite() -> Option<String> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Package} ${Version}\n", "qemu-*"])
+        .output()
+        .ok()?;
+    let from_backports = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.contains("~bpo"));
+    if !from_backports {
+        return None;
+    }
+    let release = fs::read_to_string("/etc/os-release").ok()?;
+    release_backports(&release)
+}
+
+fn release_backports(os_release: &str) -> Option<String> {
+    os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .map(|c| format!("{}-backports", c.trim().trim_matches('"')))
+        .filter(|s| s.len() > "-backports".len())
+}
+
 fn build_init() -> Result<PathBuf> {
     run(
         cargo().args(["build", "--release", "-p", "palisade-vm-init"]),
         "building palisade-vm-init",
         "See the compiler output above.",
     )?;
-    Ok(super::workspace_root().join("target/release/palisade-vm-init"))
+    Ok(super::target_dir().join("release/palisade-vm-init"))
 }
 
 /// The scenario files `--conformance` asks for.
@@ -816,6 +848,19 @@ fn print_summary(outcomes: &[Outcome]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_backports_suite_comes_from_os_release() {
+        assert_eq!(
+            release_backports(
+                "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_CODENAME=bookworm\n"
+            )
+            .as_deref(),
+            Some("bookworm-backports")
+        );
+        assert_eq!(release_backports("ID=debian\n"), None);
+        assert_eq!(release_backports("VERSION_CODENAME=\n"), None);
+    }
 
     #[test]
     fn picks_the_newest_flavourless_package() {

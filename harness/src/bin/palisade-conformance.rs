@@ -1,7 +1,7 @@
 //! The conformance runner as a standalone binary, for places where `cargo xtask`
 //! is not available (the `cargo xtask vm-test` guest), and for a real cluster
 //! where Palisade is deployed (`--kube`). Same output and exit status as
-//! `cargo xtask conformance` (shared/conformance/FORMAT.md).
+//! `cargo xtask conformance` (tests/conformance/FORMAT.md).
 use std::{path::PathBuf, process::ExitCode};
 
 use palisade_harness::{
