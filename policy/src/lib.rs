@@ -41,6 +41,8 @@
 //! - Two pods claiming one address (a stale pod): the reference judges each; the
 //!   datapath judges by interface. Tests keep addresses unique.
 
+pub mod cluster_policy;
+pub mod cluster_policy_parse;
 pub mod compile;
 pub mod diff;
 pub mod encode;
@@ -50,6 +52,10 @@ pub mod model;
 pub mod reference;
 pub mod selector;
 
+pub use cluster_policy::{
+    Action, ClusterNetworkPolicy, ClusterNetworkPolicySpec, ClusterPeer, ClusterPolicy,
+    ClusterPolicyBody, ClusterRule, NodeSpec, ProtocolMatch, RuleEffect, Subject, Tier,
+};
 pub use compile::{
     compile, Desired, DesiredEndpoint, Grant, NodeInfo, PeerRules, PortSet, ServiceFrontend,
 };
