@@ -3,6 +3,8 @@
 //!
 //! The output ([`Desired`]) is still in host terms (networks, port sets); turning it
 //! into LPM entries with exact longest-prefix semantics is [`mod@crate::encode`]'s job.
+//! ClusterNetworkPolicy tiers are resolved into the same output by
+//! [`mod@crate::tiers`].
 //!
 //! Services: the datapath decides pod egress to a Service *after* kube-proxy's DNAT
 //! on the node (`svc_egress`), i.e. against the backend pod kube-proxy chose. So the
@@ -15,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
-use palisade_common::{proto_bit, PBIT_SCTP, PBIT_TCP, PBIT_UDP};
+use palisade_common::{all_ports_bit, proto_bit, PBIT_OTHER, PBIT_SCTP, PBIT_TCP, PBIT_UDP};
 
 use crate::index::ClusterIndex;
 use crate::model::{
@@ -30,12 +32,16 @@ pub struct NodeInfo {
 }
 
 /// A set of protocols and ports, normalised (sorted, merged ranges; nothing
-/// redundant), so equal sets compare equal.
+/// redundant; a protocol's ranges covering 0..=65535 become its all-ports bit;
+/// `PBIT_OTHER` with all three all-ports bits becomes `all`), so equal sets compare
+/// equal.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortSet {
     /// Every protocol and port (a rule without `ports`).
     pub all: bool,
-    /// `PBIT_*` of protocols allowed on every port (a port entry without `port`).
+    /// `PBIT_*` of protocols allowed on every port (a port entry without `port`),
+    /// and `PBIT_OTHER`: every protocol other than TCP/UDP/SCTP (ICMP, ...), which
+    /// only ClusterNetworkPolicy resolution produces on its own.
     pub all_ports: u8,
     /// Inclusive `(protocol number, first, last)` ranges, sorted, merged.
     pub ranges: Vec<(u8, u16, u16)>,
@@ -59,8 +65,20 @@ impl PortSet {
         self.normalize();
     }
 
+    /// Allow every protocol other than TCP, UDP and SCTP.
+    pub fn add_other(&mut self) {
+        self.all_ports |= PBIT_OTHER;
+        self.normalize();
+    }
+
     pub fn add_range(&mut self, p: Protocol, first: u16, last: u16) {
         self.ranges.push((p.number(), first, last));
+        self.normalize();
+    }
+
+    /// Add inclusive `(protocol number, first, last)` ranges.
+    pub(crate) fn add_ranges(&mut self, ranges: Vec<(u8, u16, u16)>) {
+        self.ranges.extend(ranges);
         self.normalize();
     }
 
@@ -71,11 +89,11 @@ impl PortSet {
         self.normalize();
     }
 
-    /// The datapath's test: PV_ALL, or the protocol's all-ports bit, or a range of
-    /// that protocol containing the port (a portless non-first fragment matches no
-    /// range).
+    /// The datapath's test: PV_ALL, or the protocol's all-ports bit
+    /// (`PBIT_OTHER` for protocols without ports), or a range of that protocol
+    /// containing the port (a portless non-first fragment matches no range).
     pub fn allows(&self, proto: u8, port: Option<u16>) -> bool {
-        if self.all || self.all_ports & proto_bit(proto) != 0 {
+        if self.all || self.all_ports & all_ports_bit(proto) != 0 {
             return true;
         }
         let Some(port) = port else { return false };
@@ -85,6 +103,9 @@ impl PortSet {
     }
 
     fn normalize(&mut self) {
+        if self.all_ports == PBIT_TCP | PBIT_UDP | PBIT_SCTP | PBIT_OTHER {
+            self.all = true;
+        }
         if self.all {
             self.all_ports = 0;
             self.ranges.clear();
@@ -103,6 +124,18 @@ impl PortSet {
                 _ => out.push((p, f, l)),
             }
         }
+        // A protocol's ranges covering every port: its all-ports bit.
+        let full: u8 = out
+            .iter()
+            .filter(|&&(_, f, l)| f == 0 && l == u16::MAX)
+            .fold(0, |b, &(p, _, _)| b | proto_bit(p));
+        if full != 0 {
+            self.all_ports |= full;
+            out.retain(|&(p, _, _)| proto_bit(p) & full == 0);
+            self.ranges = out;
+            self.normalize();
+            return;
+        }
         self.ranges = out;
     }
 }
@@ -120,6 +153,9 @@ impl std::fmt::Display for PortSet {
             if self.all_ports & bit != 0 {
                 parts.push(format!("{name}/*"));
             }
+        }
+        if self.all_ports & PBIT_OTHER != 0 {
+            parts.push("other".to_string());
         }
         for &(p, a, b) in &self.ranges {
             let name = Protocol::from_number(p).map_or("?", |p| p.as_str());
@@ -173,6 +209,11 @@ pub struct DesiredEndpoint {
     /// included: they isolate and allow nothing).
     pub ingress_policies: Vec<String>,
     pub egress_policies: Vec<String>,
+    /// Names of the ClusterNetworkPolicies with rules applying to the pod per
+    /// direction, in evaluation order. When non-empty the direction is isolated and
+    /// its grants are the tiers' final result ([`mod@crate::tiers`]).
+    pub ingress_cluster_policies: Vec<String>,
+    pub egress_cluster_policies: Vec<String>,
 }
 
 /// A Service frontend whose egress decision the datapath defers until after DNAT.
@@ -233,6 +274,9 @@ pub fn service_frontends(index: &ClusterIndex) -> BTreeSet<ServiceFrontend> {
 #[derive(Default)]
 pub(crate) struct PeerCache {
     peers: HashMap<PeerId, PeerPods>,
+    /// ClusterNetworkPolicy rule peers as prefixes, by ("cnp/name", direction,
+    /// rule index, 0).
+    pub(crate) cluster: HashMap<PeerId, std::rc::Rc<Vec<IpNet>>>,
 }
 
 /// (policy "ns/name", direction, rule index, peer index).
@@ -379,6 +423,7 @@ pub(crate) fn compile_endpoint(
     ep.ingress.grants.dedup();
     ep.egress.grants.sort();
     ep.egress.grants.dedup();
+    crate::tiers::apply_tiers(index, cache, pod, &mut ep);
     ep
 }
 

@@ -51,6 +51,7 @@ pub mod index;
 pub mod model;
 pub mod reference;
 pub mod selector;
+pub mod tiers;
 
 pub use cluster_policy::{
     Action, ClusterNetworkPolicy, ClusterNetworkPolicySpec, ClusterPeer, ClusterPolicy,

@@ -66,7 +66,7 @@ fn world(extra: Vec<Object>) -> World {
 }
 
 fn check(w: &World, src: &str, dst: &str, proto: u8, port: Option<u16>) -> bool {
-    w.reference(ip(src), ip(dst), proto, port)
+    w.allowed(src, dst, proto, port)
 }
 
 fn tcp(w: &World, src: &str, dst: &str, port: u16) -> bool {
