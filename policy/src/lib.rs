@@ -47,6 +47,7 @@ pub mod compile;
 pub mod diff;
 pub mod encode;
 pub mod engine;
+pub mod explain;
 pub mod index;
 pub mod model;
 pub mod reference;
@@ -63,9 +64,11 @@ pub use compile::{
 pub use diff::{diff, MapWrite};
 pub use encode::{encode, lpm_entries, value_allows, MapSet};
 pub use engine::Compiler;
+pub use explain::{explain, explain_direction, Explanation, SideExplanation};
 pub use index::{ApplyOutcome, Change, ClusterIndex};
 pub use model::{
     object_from_k8s, parse_yaml_documents, Direction, ErrorKind, K8sObject, Kind, ModelError,
     NamespaceSpec, NetworkPolicySpec, Object, ObjectRef, PodKey, PodSpec, Protocol, ServiceSpec,
 };
+pub use reference::{DecidedBy, RuleRef, Verdict};
 pub use selector::{LabelSelector, Labels};
