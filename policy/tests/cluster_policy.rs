@@ -616,3 +616,20 @@ fn ipv6_is_judged_by_the_same_rules() {
     assert!(!tcp(&w, CLIENT6, WEB6, 80));
     assert!(tcp(&w, "2001:db8::1", WEB6, 80));
 }
+
+#[test]
+fn fail_closed_rule_with_named_ports_resolves_on_every_pod() {
+    // A Deny rule with a peer of no known type denies every destination on its
+    // protocols; its named port resolves on whichever pod the address is.
+    let w = world(vec![from_client(
+        "f",
+        "Admin",
+        1,
+        "- action: Deny\n  to: [{}]\n  protocols: [{destinationNamedPort: http}]",
+    )]);
+    assert!(!tcp(&w, CLIENT, WEB, 8080));
+    assert!(tcp(&w, CLIENT, WEB, 9090));
+    assert!(!tcp(&w, CLIENT, DEV_WEB, 9090));
+    assert!(tcp(&w, CLIENT, DEV_WEB, 8080));
+    assert!(tcp(&w, CLIENT, EXT, 8080));
+}
