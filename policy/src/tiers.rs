@@ -28,7 +28,7 @@
 //! Named ports resolve on the destination pod (API): for ingress the endpoint
 //! itself, for egress the pod owning P (P a host prefix; no pod, no named port).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::rc::Rc;
 
@@ -233,6 +233,9 @@ struct Node {
 
 type Nodes = BTreeMap<(u8, u128, u8), (IpNet, Node)>;
 
+/// (covering rules, NetworkPolicy set, target pod when named ports matter).
+type MemoKey = (Vec<usize>, Option<PortSet>, Option<String>);
+
 fn node(nodes: &mut Nodes, net: IpNet) -> &mut Node {
     let net = net.trunc();
     &mut nodes
@@ -286,6 +289,7 @@ fn resolve(
         }
     }
     let np_grants = np.unwrap_or(&[]);
+    let mut memo: HashMap<MemoKey, PortSet> = HashMap::new();
     let mut out: Vec<Grant> = Vec::new();
     let mut stack: Vec<Frame> = Vec::new();
     for (_, (net, n)) in nodes {
@@ -313,8 +317,27 @@ fn resolve(
             Direction::Ingress => Some(pod),
             Direction::Egress => host_addr(&net).and_then(|a| index.pods_by_ip(a).next()),
         };
-        let covering_rules: Vec<&TierRule> = covering.iter().map(|&i| &rules[i]).collect();
-        let value = final_set(&covering_rules, np_set.as_ref(), target);
+        // Many prefixes (every pod of a namespaces peer) share rules and grants:
+        // evaluate each combination once. The target pod matters only to named
+        // ports of egress rules.
+        let named = dir == Direction::Egress
+            && covering
+                .iter()
+                .any(|&i| rules[i].ports.as_ref().is_some_and(|p| !p.named.is_empty()));
+        let key = (
+            covering.clone(),
+            np_set.clone(),
+            target.filter(|_| named).map(PodSpec::key),
+        );
+        let value = match memo.get(&key) {
+            Some(v) => v.clone(),
+            None => {
+                let covering_rules: Vec<&TierRule> = covering.iter().map(|&i| &rules[i]).collect();
+                let v = final_set(&covering_rules, np_set.as_ref(), target);
+                memo.insert(key, v.clone());
+                v
+            }
+        };
         let kept = match parent {
             Some(f) if f.value == value => f.kept,
             _ => {

@@ -633,3 +633,62 @@ fn fail_closed_rule_with_named_ports_resolves_on_every_pod() {
     assert!(tcp(&w, CLIENT, DEV_WEB, 8080));
     assert!(tcp(&w, CLIENT, EXT, 8080));
 }
+
+/// Compile time with cluster policies on a larger cluster (run with
+/// `--ignored --nocapture`): 2,000 pods in 20 namespaces, 100 on this node, an
+/// Admin policy with pod peers and ports, a Baseline deny of every namespace.
+#[test]
+#[ignore]
+fn compile_time_at_scale() {
+    let mut objs = Vec::new();
+    for n in 0..20 {
+        objs.push(ns(
+            &format!("ns{n}"),
+            &[("team", if n % 2 == 0 { "a" } else { "b" })],
+        ));
+    }
+    for i in 0..2000u32 {
+        let node = if i % 20 == 0 { "node-a" } else { "node-b" };
+        let addr = format!("10.{}.{}.{}", 1 + i / 65536, (i / 256) % 256, i % 256);
+        let app = ["web", "db", "client"][(i % 3) as usize];
+        objs.push(Object::Pod(
+            pod(
+                &format!("ns{}", i % 20),
+                &format!("p{i}"),
+                &[("app", app)],
+                node,
+                &[&addr],
+            )
+            .port("http", Protocol::Tcp, 8080),
+        ));
+    }
+    objs.push(cnp(
+        "admin",
+        "tier: Admin\npriority: 1\nsubject: {namespaces: {matchLabels: {team: a}}}\ningress:\n- action: Accept\n  from: [{pods: {podSelector: {matchLabels: {app: client}}}}]\n  protocols: [{tcp: {destinationPort: {number: 443}}}, {destinationNamedPort: http}]\n- action: Deny\n  from: [{namespaces: {matchLabels: {team: b}}}]\n  protocols: [{tcp: {destinationPort: {range: {start: 1, end: 1023}}}}]\negress:\n- action: Pass\n  to: [{pods: {podSelector: {matchLabels: {app: db}}}}]\n- action: Deny\n  to: [{namespaces: {}}]\n  protocols: [{destinationNamedPort: http}, {udp: {destinationPort: {number: 53}}}]",
+    ));
+    objs.push(cnp(
+        "baseline",
+        "tier: Baseline\npriority: 1\nsubject: {namespaces: {}}\ningress:\n- action: Deny\n  from: [{namespaces: {}}]",
+    ));
+    let mut index = palisade_policy::ClusterIndex::new();
+    for o in objs {
+        index.apply(o);
+    }
+    let start = std::time::Instant::now();
+    let d = palisade_policy::compile(
+        &index,
+        &palisade_policy::NodeInfo {
+            name: "node-a".into(),
+        },
+    );
+    let took = start.elapsed();
+    let grants: usize = d
+        .endpoints
+        .values()
+        .map(|e| e.ingress.grants.len() + e.egress.grants.len())
+        .sum();
+    println!(
+        "{} endpoints, {grants} grants, compiled in {took:?}",
+        d.endpoints.len()
+    );
+}
