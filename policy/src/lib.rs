@@ -58,6 +58,7 @@ pub mod engine;
 pub mod explain;
 pub mod index;
 pub mod model;
+pub mod portset;
 pub mod reference;
 pub mod selector;
 pub mod tiers;
