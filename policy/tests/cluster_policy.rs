@@ -692,3 +692,29 @@ fn compile_time_at_scale() {
         d.endpoints.len()
     );
 }
+
+#[test]
+fn results_that_do_not_fit_fail_closed_and_are_reported() {
+    // Denying 25 single ports leaves 26 TCP ranges allowed: more than a value holds.
+    let ports: Vec<String> = (0..25)
+        .map(|i| format!("{{tcp: {{destinationPort: {{number: {}}}}}}}", 100 + 2 * i))
+        .collect();
+    let w = world(vec![to_prod(
+        "many",
+        "Admin",
+        1,
+        &format!(
+            "- action: Deny\n  from: {FROM_DEV}\n  protocols: [{}]",
+            ports.join(", ")
+        ),
+    )]);
+    let (maps, _) = &w.maps["node-a"];
+    let (pod, why) = &maps.overflow[0];
+    assert_eq!(pod, "prod/web");
+    assert!(why.contains("more than 24"), "{why}");
+    let ep = maps.endpoints["prod/web"];
+    assert_ne!(ep.flags & palisade_common::EP_FAIL_CLOSED, 0);
+    // Fail closed: the isolated direction denies everything policy judges.
+    assert!(!w.datapath(ip(SCRAPER), ip(WEB), PROTO_TCP, Some(80)));
+    assert!(w.reference(ip(SCRAPER), ip(WEB), PROTO_TCP, Some(80)));
+}
