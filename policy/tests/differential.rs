@@ -648,7 +648,7 @@ fn run(plan: &Plan) -> Result<(), TestCaseError> {
     let mut expected = full_maps(&w, node, &ids);
     prop_assert_eq!(&shadow.policy_v4, &expected.policy_v4);
     prop_assert_eq!(&shadow.endpoints, &expected.endpoints);
-    for m in &plan.mutations {
+    for (k, m) in plan.mutations.iter().enumerate() {
         match m {
             Mutation::PodLabels(i, l) => {
                 if let Some(p) = plan.pods.get(*i) {
@@ -691,7 +691,10 @@ fn run(plan: &Plan) -> Result<(), TestCaseError> {
                         None => p.addr = None,
                     }
                 }
-                let n = 50 + w.index.pods().count();
+                // A fresh name (and so a fresh endpoint id) per added pod: the
+                // pod count can repeat after a delete, and two endpoints sharing
+                // an id would share their entries.
+                let n = 50 + k;
                 w.index.apply(pod(n, &p, None));
                 ids = ids_for(&w);
             }
