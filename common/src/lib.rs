@@ -158,6 +158,11 @@ const _: () = assert!(core::mem::size_of::<PolicyKeyV6>() == 24);
 pub const PBIT_TCP: u8 = 1 << 0;
 pub const PBIT_UDP: u8 = 1 << 1;
 pub const PBIT_SCTP: u8 = 1 << 2;
+/// `PolicyValue::all_ports`: every protocol other than TCP, UDP and SCTP (ICMP,
+/// ICMPv6, ...) is allowed. A ClusterNetworkPolicy can allow those while denying
+/// some TCP port, which `PV_ALL` cannot say. A packet whose protocol is not TCP,
+/// UDP or SCTP is allowed by a value iff `PV_ALL` or this bit is set.
+pub const PBIT_OTHER: u8 = 1 << 3;
 
 /// Map an IP protocol number to its `PBIT_*` bit (0 for protocols without ports).
 #[inline(always)]
@@ -167,6 +172,16 @@ pub const fn proto_bit(proto: u8) -> u8 {
         PROTO_UDP => PBIT_UDP,
         PROTO_SCTP => PBIT_SCTP,
         _ => 0,
+    }
+}
+
+/// The `all_ports` bit that allows `proto` whatever its port: its `PBIT_*` for
+/// TCP, UDP and SCTP, `PBIT_OTHER` for every other protocol. Never 0.
+#[inline(always)]
+pub const fn all_ports_bit(proto: u8) -> u8 {
+    match proto_bit(proto) {
+        0 => PBIT_OTHER,
+        b => b,
     }
 }
 
@@ -190,7 +205,8 @@ pub const PV_ALL: u8 = 1 << 0;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PolicyValue {
     pub flags: u8,
-    /// `PBIT_*`: protocols allowed on every port.
+    /// `PBIT_*`: protocols allowed on every port; `PBIT_OTHER`: protocols
+    /// without ports (see [`all_ports_bit`]).
     pub all_ports: u8,
     /// Number of valid entries in `ranges`.
     pub count: u8,

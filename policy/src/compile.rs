@@ -3,6 +3,8 @@
 //!
 //! The output ([`Desired`]) is still in host terms (networks, port sets); turning it
 //! into LPM entries with exact longest-prefix semantics is [`mod@crate::encode`]'s job.
+//! ClusterNetworkPolicy tiers are resolved into the same output by
+//! [`mod@crate::tiers`].
 //!
 //! Services: the datapath decides pod egress to a Service *after* kube-proxy's DNAT
 //! on the node (`svc_egress`), i.e. against the backend pod kube-proxy chose. So the
@@ -14,8 +16,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+pub use crate::portset::PortSet;
 use ipnet::IpNet;
-use palisade_common::{proto_bit, PBIT_SCTP, PBIT_TCP, PBIT_UDP};
 
 use crate::index::ClusterIndex;
 use crate::model::{
@@ -27,110 +29,6 @@ use crate::model::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeInfo {
     pub name: String,
-}
-
-/// A set of protocols and ports, normalised (sorted, merged ranges; nothing
-/// redundant), so equal sets compare equal.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PortSet {
-    /// Every protocol and port (a rule without `ports`).
-    pub all: bool,
-    /// `PBIT_*` of protocols allowed on every port (a port entry without `port`).
-    pub all_ports: u8,
-    /// Inclusive `(protocol number, first, last)` ranges, sorted, merged.
-    pub ranges: Vec<(u8, u16, u16)>,
-}
-
-impl PortSet {
-    pub fn everything() -> Self {
-        Self {
-            all: true,
-            all_ports: 0,
-            ranges: Vec::new(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        !self.all && self.all_ports == 0 && self.ranges.is_empty()
-    }
-
-    pub fn add_all_ports(&mut self, p: Protocol) {
-        self.all_ports |= proto_bit(p.number());
-        self.normalize();
-    }
-
-    pub fn add_range(&mut self, p: Protocol, first: u16, last: u16) {
-        self.ranges.push((p.number(), first, last));
-        self.normalize();
-    }
-
-    pub fn union_with(&mut self, other: &PortSet) {
-        self.all |= other.all;
-        self.all_ports |= other.all_ports;
-        self.ranges.extend_from_slice(&other.ranges);
-        self.normalize();
-    }
-
-    /// The datapath's test: PV_ALL, or the protocol's all-ports bit, or a range of
-    /// that protocol containing the port (a portless non-first fragment matches no
-    /// range).
-    pub fn allows(&self, proto: u8, port: Option<u16>) -> bool {
-        if self.all || self.all_ports & proto_bit(proto) != 0 {
-            return true;
-        }
-        let Some(port) = port else { return false };
-        self.ranges
-            .iter()
-            .any(|&(p, f, l)| p == proto && f <= port && port <= l)
-    }
-
-    fn normalize(&mut self) {
-        if self.all {
-            self.all_ports = 0;
-            self.ranges.clear();
-            return;
-        }
-        let bits = self.all_ports;
-        self.ranges.retain(|&(p, _, _)| proto_bit(p) & bits == 0);
-        self.ranges.sort_unstable();
-        let mut out: Vec<(u8, u16, u16)> = Vec::with_capacity(self.ranges.len());
-        for &(p, f, l) in &self.ranges {
-            match out.last_mut() {
-                // Merge overlapping and adjacent ranges of one protocol.
-                Some((lp, _, ll)) if *lp == p && u32::from(f) <= u32::from(*ll) + 1 => {
-                    *ll = (*ll).max(l);
-                }
-                _ => out.push((p, f, l)),
-            }
-        }
-        self.ranges = out;
-    }
-}
-
-impl std::fmt::Display for PortSet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.all {
-            return f.write_str("all");
-        }
-        if self.is_empty() {
-            return f.write_str("none");
-        }
-        let mut parts = Vec::new();
-        for (bit, name) in [(PBIT_TCP, "TCP"), (PBIT_UDP, "UDP"), (PBIT_SCTP, "SCTP")] {
-            if self.all_ports & bit != 0 {
-                parts.push(format!("{name}/*"));
-            }
-        }
-        for &(p, a, b) in &self.ranges {
-            let name = Protocol::from_number(p).map_or("?", |p| p.as_str());
-            if a == b {
-                parts.push(format!("{name}/{a}"));
-            } else {
-                parts.push(format!("{name}/{a}-{b}"));
-            }
-        }
-        f.write_str(&parts.join(","))
-    }
 }
 
 /// Peers `net` minus `except`, allowed on `ports`.
@@ -173,6 +71,11 @@ pub struct DesiredEndpoint {
     /// included: they isolate and allow nothing).
     pub ingress_policies: Vec<String>,
     pub egress_policies: Vec<String>,
+    /// Names of the ClusterNetworkPolicies with rules applying to the pod per
+    /// direction, in evaluation order. When non-empty the direction is isolated and
+    /// its grants are the tiers' final result ([`mod@crate::tiers`]).
+    pub ingress_cluster_policies: Vec<String>,
+    pub egress_cluster_policies: Vec<String>,
 }
 
 /// A Service frontend whose egress decision the datapath defers until after DNAT.
@@ -233,6 +136,9 @@ pub fn service_frontends(index: &ClusterIndex) -> BTreeSet<ServiceFrontend> {
 #[derive(Default)]
 pub(crate) struct PeerCache {
     peers: HashMap<PeerId, PeerPods>,
+    /// ClusterNetworkPolicy rule peers as prefixes, by ("cnp/name", direction,
+    /// rule index, 0).
+    pub(crate) cluster: HashMap<PeerId, std::rc::Rc<Vec<IpNet>>>,
 }
 
 /// (policy "ns/name", direction, rule index, peer index).
@@ -379,6 +285,7 @@ pub(crate) fn compile_endpoint(
     ep.ingress.grants.dedup();
     ep.egress.grants.sort();
     ep.egress.grants.dedup();
+    crate::tiers::apply_tiers(index, cache, pod, &mut ep);
     ep
 }
 

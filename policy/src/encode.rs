@@ -22,9 +22,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use palisade_common::{
-    proto_bit, Endpoint, PolicyKeyV4, PolicyKeyV6, PolicyScope, PolicyValue, PortRange, ServiceKey,
-    DIR_EGRESS, DIR_INGRESS, EP_AUDIT, EP_EGRESS_ISOLATED, EP_FAIL_CLOSED, EP_HAS_V4, EP_HAS_V6,
-    EP_INGRESS_ISOLATED, FAMILY_V4, FAMILY_V6, MAX_PORT_RANGES, PV_ALL, SCOPE_BITS,
+    all_ports_bit, Endpoint, PolicyKeyV4, PolicyKeyV6, PolicyScope, PolicyValue, PortRange,
+    ServiceKey, DIR_EGRESS, DIR_INGRESS, EP_AUDIT, EP_EGRESS_ISOLATED, EP_FAIL_CLOSED, EP_HAS_V4,
+    EP_HAS_V6, EP_INGRESS_ISOLATED, FAMILY_V4, FAMILY_V6, MAX_PORT_RANGES, PV_ALL, SCOPE_BITS,
 };
 
 use crate::compile::{Desired, DesiredEndpoint, Grant, PortSet, ServiceFrontend};
@@ -137,9 +137,12 @@ impl MapSet {
     }
 }
 
-/// The datapath's test of one entry's value.
+/// The datapath's test of one entry's value: `PV_ALL`, or the protocol's
+/// all-ports bit ([`all_ports_bit`]: `PBIT_OTHER` for a protocol other than
+/// TCP/UDP/SCTP), or a range of that protocol containing the port (a portless
+/// non-first fragment matches no range).
 pub fn value_allows(v: &PolicyValue, proto: u8, port: Option<u16>) -> bool {
-    if v.flags & PV_ALL != 0 || v.all_ports & proto_bit(proto) != 0 {
+    if v.flags & PV_ALL != 0 || v.all_ports & all_ports_bit(proto) != 0 {
         return true;
     }
     let Some(port) = port else { return false };
@@ -283,7 +286,7 @@ pub fn to_value(p: &PortSet) -> Result<PolicyValue, usize> {
 }
 
 /// Sort key putting every prefix before the prefixes it contains.
-fn net_order(n: &IpNet) -> (u8, u128, u8) {
+pub(crate) fn net_order(n: &IpNet) -> (u8, u128, u8) {
     match n {
         IpNet::V4(v) => (4, u128::from(u32::from(v.network())), v.prefix_len()),
         IpNet::V6(v) => (6, u128::from(v.network()), v.prefix_len()),
@@ -381,6 +384,9 @@ fn value_text(v: &PolicyValue) -> String {
         if v.all_ports & bit != 0 {
             parts.push(format!("{name}/*"));
         }
+    }
+    if v.all_ports & palisade_common::PBIT_OTHER != 0 {
+        parts.push("other".to_string());
     }
     for r in v
         .ranges

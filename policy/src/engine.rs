@@ -10,7 +10,12 @@
 //!   rule having named ports whose peers could include the pod (named ports resolve
 //!   on the destination pod);
 //! - a namespace: endpoints selected by a policy with a namespaceSelector peer;
-//! - a service: only the frontend table.
+//! - a service: only the frontend table;
+//! - ClusterNetworkPolicy: any change of one, and any change of a Node, pod or
+//!   namespace while one is in force, recompiles every local endpoint. This is the
+//!   simplest choice that is obviously correct (a cluster policy's subject and
+//!   peers range over every namespace, pod and node); a finer one would track which
+//!   subjects and peers a change can touch.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -69,12 +74,21 @@ impl Compiler {
     pub fn update(&mut self, index: &ClusterIndex, ids: &BTreeMap<PodKey, u32>) -> Vec<MapWrite> {
         let mut dirty: BTreeSet<PodKey> = BTreeSet::new();
         let mut services_dirty = false;
+        let mut every_endpoint = false;
+        let cluster_policies = index.has_cluster_policies();
         let full = match self.generation.and_then(|g| index.changes_since(g)) {
             None => true,
             Some(changes) => {
                 for c in changes {
                     match c {
                         Change::Service => services_dirty = true,
+                        Change::ClusterPolicy { .. } => every_endpoint = true,
+                        Change::Node { .. } | Change::Pod { .. } | Change::Namespace { .. }
+                            if cluster_policies =>
+                        {
+                            every_endpoint = true
+                        }
+                        Change::Node { .. } => {}
                         other => self.affected(index, other, &mut dirty),
                     }
                 }
@@ -101,7 +115,7 @@ impl Compiler {
             ws.svc_del.extend(self.services.difference(&new).copied());
             self.services = new;
         }
-        let targets: Vec<PodKey> = if full {
+        let targets: Vec<PodKey> = if full || every_endpoint {
             self.entries
                 .keys()
                 .cloned()
@@ -242,7 +256,7 @@ impl Compiler {
                 };
                 self.mark_by_policy(index, relevant, dirty);
             }
-            Change::Service => {}
+            Change::Service | Change::ClusterPolicy { .. } | Change::Node { .. } => {}
         }
     }
 

@@ -1,10 +1,16 @@
 //! The cluster index: the current projection of every object the engine reads,
 //! updated one object at a time, with cheap no-op detection and a bounded journal of
 //! real changes that the incremental [`crate::Compiler`] consumes.
+//!
+//! ClusterNetworkPolicies: only admitted (valid) versions are in force. An invalid
+//! version is treated as if the API server had never admitted it: the version in
+//! force (if any) stays, nothing changes, and the error is reported once per
+//! distinct invalid version. A delete removes the version in force.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 
+use crate::cluster_policy::{ClusterNetworkPolicySpec, ClusterPolicy, NodeSpec};
 use crate::model::{
     Direction, EndpointSliceSpec, Kind, ModelError, NamespaceSpec, NetworkPolicySpec, Object,
     ObjectRef, PodKey, PodSpec, ServiceSpec, NAMESPACE_NAME_LABEL,
@@ -18,7 +24,9 @@ pub struct ApplyOutcome {
     pub changed: bool,
     /// The validation error of an invalid NetworkPolicy, reported only when the
     /// policy changed (once per change, not per compile). The policy is stored
-    /// anyway and fails closed.
+    /// anyway and fails closed. For a ClusterNetworkPolicy: its validation error
+    /// (the object changes nothing), or the report of its unsupported rules
+    /// ([`crate::ErrorKind::Unsupported`]).
     pub error: Option<ModelError>,
 }
 
@@ -38,6 +46,14 @@ pub enum Change {
         new: Option<NetworkPolicySpec>,
     },
     Service,
+    ClusterPolicy {
+        old: Option<ClusterNetworkPolicySpec>,
+        new: Option<ClusterNetworkPolicySpec>,
+    },
+    Node {
+        old: Option<NodeSpec>,
+        new: Option<NodeSpec>,
+    },
 }
 
 /// Changes kept for the incremental compiler; past this it recompiles everything.
@@ -58,6 +74,11 @@ pub struct ClusterIndex {
     services: BTreeMap<(String, String), ServiceSpec>,
     slices: BTreeMap<(String, String), EndpointSliceSpec>,
     policies: BTreeMap<(String, String), NetworkPolicySpec>,
+    /// ClusterNetworkPolicies in force (valid), by name.
+    cluster_policies: BTreeMap<String, ClusterNetworkPolicySpec>,
+    /// The last invalid version applied per name, so its error is reported once.
+    rejected: BTreeMap<String, ClusterNetworkPolicySpec>,
+    nodes: BTreeMap<String, NodeSpec>,
     journal: VecDeque<Change>,
     /// Generation of `journal[0]`.
     journal_start: u64,
@@ -120,6 +141,41 @@ impl ClusterIndex {
                     error,
                 }
             }
+            Object::ClusterNetworkPolicy(p) => self.apply_cluster_policy(p),
+            Object::Node(n) => {
+                if self.nodes.get(&n.name) == Some(&n) {
+                    return ApplyOutcome::default();
+                }
+                let old = self.nodes.insert(n.name.clone(), n.clone());
+                self.record(Change::Node { old, new: Some(n) });
+                changed()
+            }
+        }
+    }
+
+    fn apply_cluster_policy(&mut self, p: ClusterNetworkPolicySpec) -> ApplyOutcome {
+        if p.error().is_some() {
+            // Not admitted: nothing changes; report each distinct version once.
+            if self.rejected.get(&p.name) == Some(&p) {
+                return ApplyOutcome::default();
+            }
+            let error = p.error().cloned();
+            self.rejected.insert(p.name.clone(), p);
+            return ApplyOutcome {
+                changed: false,
+                error,
+            };
+        }
+        self.rejected.remove(&p.name);
+        if self.cluster_policies.get(&p.name) == Some(&p) {
+            return ApplyOutcome::default();
+        }
+        let error = p.report().cloned();
+        let old = self.cluster_policies.insert(p.name.clone(), p.clone());
+        self.record(Change::ClusterPolicy { old, new: Some(p) });
+        ApplyOutcome {
+            changed: true,
+            error,
         }
     }
 
@@ -176,6 +232,29 @@ impl ClusterIndex {
                     None => false,
                 }
             }
+            Kind::ClusterNetworkPolicy => {
+                self.rejected.remove(&r.name);
+                match self.cluster_policies.remove(&r.name) {
+                    Some(old) => {
+                        self.record(Change::ClusterPolicy {
+                            old: Some(old),
+                            new: None,
+                        });
+                        true
+                    }
+                    None => false,
+                }
+            }
+            Kind::Node => match self.nodes.remove(&r.name) {
+                Some(old) => {
+                    self.record(Change::Node {
+                        old: Some(old),
+                        new: None,
+                    });
+                    true
+                }
+                None => false,
+            },
         }
     }
 
@@ -363,6 +442,40 @@ impl ClusterIndex {
             .collect()
     }
 
+    /// ClusterNetworkPolicies in force (valid ones), by name.
+    pub fn cluster_policies(&self) -> impl Iterator<Item = &ClusterNetworkPolicySpec> {
+        self.cluster_policies.values()
+    }
+
+    pub fn cluster_policy(&self, name: &str) -> Option<&ClusterNetworkPolicySpec> {
+        self.cluster_policies.get(name)
+    }
+
+    pub fn has_cluster_policies(&self) -> bool {
+        !self.cluster_policies.is_empty()
+    }
+
+    /// The valid ClusterNetworkPolicies in evaluation order: Admin tier first,
+    /// then Baseline; within a tier by priority (lower first), then by name (API:
+    /// equal priorities are ambiguous; the name makes the order stable).
+    pub fn cluster_policies_ordered(&self) -> Vec<(&str, &ClusterPolicy)> {
+        let mut v: Vec<(&str, &ClusterPolicy)> = self
+            .cluster_policies
+            .values()
+            .filter_map(|c| c.valid().map(|p| (c.name.as_str(), p)))
+            .collect();
+        v.sort_by(|a, b| (a.1.tier, a.1.priority, a.0).cmp(&(b.1.tier, b.1.priority, b.0)));
+        v
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeSpec> {
+        self.nodes.get(name)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeSpec> {
+        self.nodes.values()
+    }
+
     /// Rough heap size of the index, for the benchmark's memory estimate.
     pub fn approx_bytes(&self) -> usize {
         let labels = |l: &Labels| l.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>();
@@ -381,6 +494,7 @@ impl ClusterIndex {
         }
         n += self.policies.len() * 1024;
         n += self.services.len() * 200;
+        n += self.cluster_policies.len() * 2048 + self.nodes.len() * 256;
         n
     }
 }

@@ -1,5 +1,7 @@
-//! Palisade's pure NetworkPolicy engine: model, selectors, index, compile, encode,
-//! diff, and a reference evaluator. No I/O, no async, no kernel access.
+//! Palisade's pure policy engine (NetworkPolicy v1 and ClusterNetworkPolicy
+//! v1alpha2): model, selectors, index, compile (with the cluster policy tiers),
+//! encode, diff, a reference evaluator and explanations. No I/O, no async, no
+//! kernel access.
 //!
 //! ```text
 //! Object (model) --apply--> ClusterIndex --compile--> Desired --encode--> MapSet --diff--> Vec<MapWrite>
@@ -40,26 +42,43 @@
 //!   it with the node-address map. The reference evaluator implements it.
 //! - Two pods claiming one address (a stale pod): the reference judges each; the
 //!   datapath judges by interface. Tests keep addresses unique.
+//! - ClusterNetworkPolicy: the choices are in [`mod@cluster_policy`] (ties, peers
+//!   of no known type, `domainNames`, invalid objects) and [`mod@tiers`] (how the
+//!   tiers become entries); a packet without ports is allowed only where every
+//!   port of its protocol is; a pod's traffic to its own IP is judged like any
+//!   other in the maps (directly it never reaches the datapath; through a Service
+//!   it is subject to cluster policy, API).
 
+pub mod cluster_policy;
+pub mod cluster_policy_parse;
 pub mod compile;
 pub mod diff;
 pub mod encode;
 pub mod engine;
+pub mod explain;
 pub mod index;
 pub mod model;
+pub mod portset;
 pub mod reference;
 pub mod selector;
 pub mod strict;
+pub mod tiers;
 
+pub use cluster_policy::{
+    Action, ClusterNetworkPolicy, ClusterNetworkPolicySpec, ClusterPeer, ClusterPolicy,
+    ClusterPolicyBody, ClusterRule, NodeSpec, ProtocolMatch, RuleEffect, Subject, Tier,
+};
 pub use compile::{
     compile, Desired, DesiredEndpoint, Grant, NodeInfo, PeerRules, PortSet, ServiceFrontend,
 };
 pub use diff::{diff, MapWrite};
 pub use encode::{encode, lpm_entries, value_allows, MapSet};
 pub use engine::Compiler;
+pub use explain::{explain, explain_direction, Explanation, SideExplanation};
 pub use index::{ApplyOutcome, Change, ClusterIndex};
 pub use model::{
     object_from_k8s, parse_yaml_documents, Direction, ErrorKind, K8sObject, Kind, ModelError,
     NamespaceSpec, NetworkPolicySpec, Object, ObjectRef, PodKey, PodSpec, Protocol, ServiceSpec,
 };
+pub use reference::{DecidedBy, RuleRef, Verdict};
 pub use selector::{LabelSelector, Labels};

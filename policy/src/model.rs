@@ -1,5 +1,6 @@
 //! The model at the edge: small typed specs of the objects the engine reads
-//! (Namespace, Pod, Service, EndpointSlice, NetworkPolicy), their conversion from
+//! (Namespace, Pod, Service, EndpointSlice, NetworkPolicy; ClusterNetworkPolicy and
+//! Node in [`mod@crate::cluster_policy`]), their conversion from
 //! k8s-openapi objects and from YAML manifests, and validation with errors that name
 //! the object and the field path.
 //!
@@ -17,6 +18,7 @@ use k8s_openapi::api::networking::v1 as netv1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::cluster_policy::{ClusterNetworkPolicy, ClusterNetworkPolicySpec, NodeSpec};
 use crate::selector::{validate_label_key, validate_label_value, LabelSelector, Labels};
 
 /// The label every namespace carries (API: set by the apiserver since 1.21).
@@ -33,6 +35,10 @@ pub enum Kind {
     Service,
     EndpointSlice,
     NetworkPolicy,
+    /// Cluster-scoped (`policy.networking.k8s.io/v1alpha2`).
+    ClusterNetworkPolicy,
+    /// Cluster-scoped; read for ClusterNetworkPolicy `nodes` peers.
+    Node,
 }
 
 impl Kind {
@@ -44,11 +50,14 @@ impl Kind {
             Kind::Service => "service",
             Kind::EndpointSlice => "endpointslice",
             Kind::NetworkPolicy => "networkpolicy",
+            Kind::ClusterNetworkPolicy => "clusternetworkpolicy",
+            Kind::Node => "node",
         }
     }
 }
 
-/// Identity of an object: kind, namespace (empty for Namespace objects) and name.
+/// Identity of an object: kind, namespace (empty for cluster-scoped objects:
+/// Namespace, Node, ClusterNetworkPolicy) and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectRef {
     pub kind: Kind,
@@ -86,6 +95,9 @@ pub enum ErrorKind {
     UnsupportedKind,
     /// The object was read but fails validation.
     Invalid,
+    /// The object is valid but uses something the engine does not support (a
+    /// ClusterNetworkPolicy `domainNames` peer); the report says how it is treated.
+    Unsupported,
 }
 
 /// A model error. Display: `[origin: ][kind ns/name: ][field: ]message`, e.g.
@@ -134,7 +146,7 @@ impl ModelError {
         Self(Box::new(detail))
     }
 
-    fn invalid(object: &ObjectRef, e: FieldError) -> Self {
+    pub(crate) fn invalid(object: &ObjectRef, e: FieldError) -> Self {
         Self::new(ErrorDetail {
             kind: ErrorKind::Invalid,
             origin: None,
@@ -525,6 +537,8 @@ pub enum Object {
     Service(ServiceSpec),
     EndpointSlice(EndpointSliceSpec),
     NetworkPolicy(NetworkPolicySpec),
+    ClusterNetworkPolicy(ClusterNetworkPolicySpec),
+    Node(NodeSpec),
 }
 
 impl Object {
@@ -535,24 +549,29 @@ impl Object {
             Object::Service(s) => ObjectRef::new(Kind::Service, &s.namespace, &s.name),
             Object::EndpointSlice(s) => ObjectRef::new(Kind::EndpointSlice, &s.namespace, &s.name),
             Object::NetworkPolicy(p) => p.object_ref(),
+            Object::ClusterNetworkPolicy(p) => p.object_ref(),
+            Object::Node(n) => ObjectRef::new(Kind::Node, "", &n.name),
         }
     }
 
-    /// The validation error carried by an invalid NetworkPolicy.
+    /// The validation error carried by an invalid NetworkPolicy or
+    /// ClusterNetworkPolicy.
     pub fn validation_error(&self) -> Option<&ModelError> {
         match self {
             Object::NetworkPolicy(p) => p.error(),
+            Object::ClusterNetworkPolicy(p) => p.error(),
             _ => None,
         }
     }
 
     fn set_origin(&mut self, origin: &str) {
-        if let Object::NetworkPolicy(NetworkPolicySpec {
-            body: PolicyBody::Invalid(inv),
-            ..
-        }) = self
-        {
-            inv.error = inv.error.clone().with_origin(origin);
+        match self {
+            Object::NetworkPolicy(NetworkPolicySpec {
+                body: PolicyBody::Invalid(inv),
+                ..
+            }) => inv.error = inv.error.clone().with_origin(origin),
+            Object::ClusterNetworkPolicy(p) => p.set_origin(origin),
+            _ => {}
         }
     }
 }
@@ -582,7 +601,7 @@ fn meta_name(m: &ObjectMeta) -> String {
     m.name.clone().unwrap_or_default()
 }
 
-fn require_name(r: &ObjectRef) -> Result<(), ModelError> {
+pub(crate) fn require_name(r: &ObjectRef) -> Result<(), ModelError> {
     if r.name.is_empty() {
         return Err(ModelError::invalid(
             r,
@@ -1125,6 +1144,8 @@ fn parse_value(
         "Service" => conv_named::<corev1::Service>(value),
         "EndpointSlice" => conv_named::<discoveryv1::EndpointSlice>(value),
         "NetworkPolicy" => conv_named::<netv1::NetworkPolicy>(value),
+        "ClusterNetworkPolicy" => conv_named::<ClusterNetworkPolicy>(value),
+        "Node" => conv_named::<corev1::Node>(value),
         k if k == "List" || k.ends_with("List") => {
             if depth > 4 {
                 out.push(Err(doc_error(

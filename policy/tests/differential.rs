@@ -1,12 +1,14 @@
-//! Differential property test: random clusters and policies, compiled per node and
-//! looked up the way the datapath does (endpoint flags, longest prefix, then the
-//! protocol/port set), must agree with the reference evaluator for random
-//! connections. Also: the incremental `Compiler` must produce exactly the full
+//! Differential property test: random clusters and policies (NetworkPolicies and,
+//! in three quarters of the cases, ClusterNetworkPolicies of both tiers with Nodes),
+//! compiled per node and looked up the way the datapath does (endpoint flags,
+//! longest prefix, then the protocol/port set), must agree with the reference
+//! evaluator for random connections. Also: the incremental `Compiler` must produce exactly the full
 //! encoding after random changes, and `diff` applied to the old maps gives the new.
 //!
 //! 2,000 clusters x 50 probes = 100,000 connection checks per run (override the number
 //! of clusters with PROPTEST_CASES).
 
+mod cnp_gen;
 mod common;
 
 use std::collections::BTreeMap;
@@ -140,6 +142,11 @@ enum Mutation {
     DeletePolicy(usize),
     Policy(PolicyPlan),
     AddPod(PodPlan),
+    /// Create or replace cluster policy `cnp{i}`.
+    Cnp(usize, cnp_gen::CnpPlan),
+    DeleteCnp(usize),
+    /// Node `i` gets zone label `z` (0: none).
+    NodeZone(usize, usize),
 }
 
 #[derive(Clone, Debug)]
@@ -147,6 +154,8 @@ struct Plan {
     ns_labels: Vec<Vec<(usize, usize)>>,
     pods: Vec<PodPlan>,
     policies: Vec<PolicyPlan>,
+    cnps: Vec<cnp_gen::CnpPlan>,
+    zones: Vec<usize>,
     probes: Vec<(bool, usize, usize, usize, usize)>,
     mutations: Vec<Mutation>,
 }
@@ -249,6 +258,9 @@ fn mutation_strategy() -> impl Strategy<Value = Mutation> {
         (0..8usize).prop_map(Mutation::DeletePod),
         (0..5usize).prop_map(Mutation::DeletePolicy),
         policy_strategy().prop_map(Mutation::Policy),
+        (0..5usize, cnp_gen::cnp_strategy()).prop_map(|(i, c)| Mutation::Cnp(i, c)),
+        (0..5usize).prop_map(Mutation::DeleteCnp),
+        (0..2usize, 0..3usize).prop_map(|(i, z)| Mutation::NodeZone(i, z)),
         pod_strategy().prop_map(Mutation::AddPod),
     ]
 }
@@ -263,27 +275,37 @@ fn plan_strategy() -> impl Strategy<Value = Plan> {
             50,
         ),
         proptest::collection::vec(mutation_strategy(), 0..4),
+        (
+            cnp_gen::cnps_strategy(),
+            proptest::collection::vec(0..3usize, NODES.len()),
+        ),
     )
-        .prop_map(|(ns_labels, mut pods, policies, probes, mutations)| {
-            // Addresses are unique per pod (fewer pods than pool slots).
-            let mut used = Vec::new();
-            for p in &mut pods {
-                if let Some(a) = &mut p.addr {
-                    while used.contains(a) {
-                        *a = (*a + 1) % V4_POOL.len();
+        .prop_map(
+            |(ns_labels, mut pods, policies, probes, mutations, cluster)| {
+                // Addresses are unique per pod (fewer pods than pool slots).
+                let mut used = Vec::new();
+                for p in &mut pods {
+                    if let Some(a) = &mut p.addr {
+                        while used.contains(a) {
+                            *a = (*a + 1) % V4_POOL.len();
+                        }
+                        used.push(*a);
                     }
-                    used.push(*a);
                 }
-            }
-            (ns_labels, pods, policies, probes, mutations)
-        })
-        .prop_map(|(ns_labels, pods, policies, probes, mutations)| Plan {
-            ns_labels,
-            pods,
-            policies,
-            probes,
-            mutations,
-        })
+                (ns_labels, pods, policies, probes, mutations, cluster)
+            },
+        )
+        .prop_map(
+            |(ns_labels, pods, policies, probes, mutations, (cnps, zones))| Plan {
+                ns_labels,
+                pods,
+                policies,
+                probes,
+                mutations,
+                cnps,
+                zones,
+            },
+        )
 }
 
 // ---- building k8s objects from a plan ----
@@ -523,7 +545,18 @@ fn initial_objects(plan: &Plan) -> Vec<Object> {
     for (i, p) in plan.policies.iter().enumerate() {
         objs.push(policy(i, p));
     }
+    for (i, z) in plan.zones.iter().enumerate() {
+        objs.push(node_object(i, *z));
+    }
+    for (i, c) in plan.cnps.iter().enumerate() {
+        objs.push(cnp_gen::cnp(i, c));
+    }
     objs
+}
+
+fn node_object(i: usize, zone: usize) -> Object {
+    let (name, _) = NODES[i];
+    cnp_gen::node(name, node_addrs(name), zone)
 }
 
 /// Probe address `i` of a family: mostly pod addresses, else any of the pool.
@@ -615,7 +648,7 @@ fn run(plan: &Plan) -> Result<(), TestCaseError> {
     let mut expected = full_maps(&w, node, &ids);
     prop_assert_eq!(&shadow.policy_v4, &expected.policy_v4);
     prop_assert_eq!(&shadow.endpoints, &expected.endpoints);
-    for m in &plan.mutations {
+    for (k, m) in plan.mutations.iter().enumerate() {
         match m {
             Mutation::PodLabels(i, l) => {
                 if let Some(p) = plan.pods.get(*i) {
@@ -658,9 +691,25 @@ fn run(plan: &Plan) -> Result<(), TestCaseError> {
                         None => p.addr = None,
                     }
                 }
-                let n = 50 + w.index.pods().count();
+                // A fresh name (and so a fresh endpoint id) per added pod: the
+                // pod count can repeat after a delete, and two endpoints sharing
+                // an id would share their entries.
+                let n = 50 + k;
                 w.index.apply(pod(n, &p, None));
                 ids = ids_for(&w);
+            }
+            Mutation::Cnp(i, c) => {
+                w.index.apply(cnp_gen::cnp(*i, c));
+            }
+            Mutation::DeleteCnp(i) => {
+                w.index.delete(&ObjectRef::new(
+                    Kind::ClusterNetworkPolicy,
+                    "",
+                    format!("cnp{i}"),
+                ));
+            }
+            Mutation::NodeZone(i, z) => {
+                w.index.apply(node_object(*i, *z));
             }
         }
         let writes = compiler.update(&w.index, &ids);
@@ -725,6 +774,7 @@ fn stats() {
     use proptest::strategy::ValueTree;
     let mut runner = proptest::test_runner::TestRunner::default();
     let (mut allowed, mut total, mut invalid, mut pols, mut entries) = (0, 0, 0, 0, 0);
+    let (mut cnps, mut cluster_decided, mut overflow) = (0, 0, 0);
     for _ in 0..200 {
         let plan = plan_strategy().new_tree(&mut runner).unwrap().current();
         let w = World::with(initial_objects(&plan));
@@ -735,14 +785,35 @@ fn stats() {
             .values()
             .map(|m| m.0.policy_v4.len() + m.0.policy_v6.len())
             .sum::<usize>();
+        cnps += w.index.cluster_policies().count();
+        overflow += w.maps.values().map(|m| m.0.overflow.len()).sum::<usize>();
         let protos = [PROTO_TCP, PROTO_UDP, PROTO_SCTP, PROTO_ICMP, PROTO_TCP];
         for &(v6, s, d, pr, po) in &plan.probes {
             let port = PROBE_PORTS.get(po).copied();
             total += 1;
-            if w.reference(pick(&w, v6, s), pick(&w, v6, d), protos[pr], port) {
+            let (src, dst) = (pick(&w, v6, s), pick(&w, v6, d));
+            if w.reference(src, dst, protos[pr], port) {
                 allowed += 1;
+            }
+            let e = palisade_policy::explain::explain(
+                &w.index,
+                &node_addrs,
+                src,
+                dst,
+                protos[pr],
+                port,
+            );
+            if e.sides().any(|v| {
+                matches!(
+                    v.verdict.decided_by,
+                    palisade_policy::reference::DecidedBy::Admin
+                        | palisade_policy::reference::DecidedBy::Baseline
+                )
+            }) {
+                cluster_decided += 1;
             }
         }
     }
     println!("allowed {allowed}/{total}, invalid policies {invalid}/{pols}, entries {entries}");
+    println!("cluster policies {cnps}, sides decided by a cluster policy {cluster_decided}/{total}, overflowed endpoints {overflow}");
 }

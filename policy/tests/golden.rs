@@ -67,3 +67,8 @@ fn golden_invalid() {
 fn golden_policy_types() {
     check("policy-types");
 }
+
+#[test]
+fn golden_cluster_policy() {
+    check("cluster-policy");
+}

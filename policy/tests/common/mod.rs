@@ -191,3 +191,34 @@ impl World {
         self.allowed(src, dst, palisade_common::PROTO_UDP, Some(port))
     }
 }
+
+/// A ClusterNetworkPolicy from its spec (YAML at column 0).
+pub fn cnp(name: &str, spec: &str) -> Object {
+    let mut v = parse_yaml_documents(&cnp_text(name, spec), "test");
+    assert_eq!(v.len(), 1);
+    let o = v.remove(0).expect("cluster policy parses");
+    if let Some(e) = o.validation_error() {
+        panic!("cluster policy {name} is invalid: {e}");
+    }
+    o
+}
+
+/// The manifest of a ClusterNetworkPolicy with `spec` (YAML at column 0).
+pub fn cnp_text(name: &str, spec: &str) -> String {
+    let body: String = spec.lines().map(|l| format!("  {l}\n")).collect();
+    format!(
+        "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata:\n  name: {name}\nspec:\n{body}"
+    )
+}
+
+/// A Node with labels and the addresses of `NODES` (every node also carries
+/// `kubernetes.io/hostname`).
+pub fn node(name: &str, labels: &[(&str, &str)]) -> Object {
+    let mut l = labels_of(labels);
+    l.insert("kubernetes.io/hostname".to_string(), name.to_string());
+    Object::Node(palisade_policy::NodeSpec {
+        name: name.to_string(),
+        labels: l,
+        addresses: node_addrs(name),
+    })
+}

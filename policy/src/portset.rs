@@ -1,0 +1,144 @@
+//! Protocol/port sets: what one grant or one LPM entry allows, normalised so that
+//! equal sets compare equal, with the datapath's test ([`PortSet::allows`]).
+
+use palisade_common::{all_ports_bit, proto_bit, PBIT_OTHER, PBIT_SCTP, PBIT_TCP, PBIT_UDP};
+
+use crate::model::Protocol;
+
+/// A set of protocols and ports, normalised (sorted, merged ranges; nothing
+/// redundant; a protocol's ranges covering 0..=65535 become its all-ports bit;
+/// `PBIT_OTHER` with all three all-ports bits becomes `all`), so equal sets compare
+/// equal.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortSet {
+    /// Every protocol and port (a rule without `ports`).
+    pub all: bool,
+    /// `PBIT_*` of protocols allowed on every port (a port entry without `port`),
+    /// and `PBIT_OTHER`: every protocol other than TCP/UDP/SCTP (ICMP, ...), which
+    /// only ClusterNetworkPolicy resolution produces on its own.
+    pub all_ports: u8,
+    /// Inclusive `(protocol number, first, last)` ranges, sorted, merged.
+    pub ranges: Vec<(u8, u16, u16)>,
+}
+
+impl PortSet {
+    pub fn everything() -> Self {
+        Self {
+            all: true,
+            all_ports: 0,
+            ranges: Vec::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.all_ports == 0 && self.ranges.is_empty()
+    }
+
+    pub fn add_all_ports(&mut self, p: Protocol) {
+        self.all_ports |= proto_bit(p.number());
+        self.normalize();
+    }
+
+    /// Allow every protocol other than TCP, UDP and SCTP.
+    pub fn add_other(&mut self) {
+        self.all_ports |= PBIT_OTHER;
+        self.normalize();
+    }
+
+    pub fn add_range(&mut self, p: Protocol, first: u16, last: u16) {
+        self.ranges.push((p.number(), first, last));
+        self.normalize();
+    }
+
+    /// Add inclusive `(protocol number, first, last)` ranges.
+    pub(crate) fn add_ranges(&mut self, ranges: Vec<(u8, u16, u16)>) {
+        self.ranges.extend(ranges);
+        self.normalize();
+    }
+
+    pub fn union_with(&mut self, other: &PortSet) {
+        self.all |= other.all;
+        self.all_ports |= other.all_ports;
+        self.ranges.extend_from_slice(&other.ranges);
+        self.normalize();
+    }
+
+    /// The datapath's test: PV_ALL, or the protocol's all-ports bit
+    /// (`PBIT_OTHER` for protocols without ports), or a range of that protocol
+    /// containing the port (a portless non-first fragment matches no range).
+    pub fn allows(&self, proto: u8, port: Option<u16>) -> bool {
+        if self.all || self.all_ports & all_ports_bit(proto) != 0 {
+            return true;
+        }
+        let Some(port) = port else { return false };
+        self.ranges
+            .iter()
+            .any(|&(p, f, l)| p == proto && f <= port && port <= l)
+    }
+
+    fn normalize(&mut self) {
+        if self.all_ports == PBIT_TCP | PBIT_UDP | PBIT_SCTP | PBIT_OTHER {
+            self.all = true;
+        }
+        if self.all {
+            self.all_ports = 0;
+            self.ranges.clear();
+            return;
+        }
+        let bits = self.all_ports;
+        self.ranges.retain(|&(p, _, _)| proto_bit(p) & bits == 0);
+        self.ranges.sort_unstable();
+        let mut out: Vec<(u8, u16, u16)> = Vec::with_capacity(self.ranges.len());
+        for &(p, f, l) in &self.ranges {
+            match out.last_mut() {
+                // Merge overlapping and adjacent ranges of one protocol.
+                Some((lp, _, ll)) if *lp == p && u32::from(f) <= u32::from(*ll) + 1 => {
+                    *ll = (*ll).max(l);
+                }
+                _ => out.push((p, f, l)),
+            }
+        }
+        // A protocol's ranges covering every port: its all-ports bit.
+        let full: u8 = out
+            .iter()
+            .filter(|&&(_, f, l)| f == 0 && l == u16::MAX)
+            .fold(0, |b, &(p, _, _)| b | proto_bit(p));
+        if full != 0 {
+            self.all_ports |= full;
+            out.retain(|&(p, _, _)| proto_bit(p) & full == 0);
+            self.ranges = out;
+            self.normalize();
+            return;
+        }
+        self.ranges = out;
+    }
+}
+
+impl std::fmt::Display for PortSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.all {
+            return f.write_str("all");
+        }
+        if self.is_empty() {
+            return f.write_str("none");
+        }
+        let mut parts = Vec::new();
+        for (bit, name) in [(PBIT_TCP, "TCP"), (PBIT_UDP, "UDP"), (PBIT_SCTP, "SCTP")] {
+            if self.all_ports & bit != 0 {
+                parts.push(format!("{name}/*"));
+            }
+        }
+        if self.all_ports & PBIT_OTHER != 0 {
+            parts.push("other".to_string());
+        }
+        for &(p, a, b) in &self.ranges {
+            let name = Protocol::from_number(p).map_or("?", |p| p.as_str());
+            if a == b {
+                parts.push(format!("{name}/{a}"));
+            } else {
+                parts.push(format!("{name}/{a}-{b}"));
+            }
+        }
+        f.write_str(&parts.join(","))
+    }
+}
