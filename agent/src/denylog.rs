@@ -3,9 +3,10 @@
 use std::{net::IpAddr, time::SystemTime};
 
 use palisade_common::{
-    Event, Reason, DIR_INGRESS, EVF_FRAGMENT, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP,
-    PROTO_UDP, VERDICT_AUDIT,
+    proto_bit, Event, Reason, DIR_INGRESS, EVF_FRAGMENT, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP,
+    PROTO_TCP, PROTO_UDP, VERDICT_AUDIT,
 };
+use palisade_policy::{explain_direction, reference::DecidedBy, Direction};
 use serde_json::{json, Map, Value};
 
 use crate::{events::event_addrs, sync::Names};
@@ -57,6 +58,64 @@ fn peer(prefix: &str, ip: IpAddr, names: &Names, out: &mut Map<String, Value>) {
         out.insert(format!("{prefix}_node"), json!(names.node));
     } else {
         out.insert(format!("{prefix}_kind"), json!("external"));
+    }
+}
+
+/// What decided a policy drop, from the engine's explanation of the same
+/// state the maps hold: `tier` (`admin`, `networkpolicy`, `baseline`), and for a
+/// ClusterNetworkPolicy its name and the rule (`rule_index`, `rule_name`); the
+/// reason becomes `admin-deny` or `baseline-deny` when a tier's rule denied.
+fn decided_by(
+    ev: &Event,
+    pod: &str,
+    names: &Names,
+    (src, dst): (IpAddr, IpAddr),
+    m: &mut Map<String, Value>,
+) {
+    let Some(spec) = names.index.pod(pod) else {
+        return;
+    };
+    let dir = if ev.direction == DIR_INGRESS {
+        Direction::Ingress
+    } else {
+        Direction::Egress
+    };
+    let fragment = ev.flags & EVF_FRAGMENT != 0;
+    let port = (proto_bit(ev.proto) != 0 && !fragment).then_some(ev.dport);
+    let node_addrs = |n: &str| {
+        if n == names.node {
+            names.node_addrs.clone()
+        } else {
+            Vec::new()
+        }
+    };
+    let v = explain_direction(
+        &names.index,
+        &node_addrs,
+        spec,
+        dir,
+        src,
+        dst,
+        ev.proto,
+        port,
+    );
+    if v.allowed {
+        // The engine would allow it: the maps are ahead of or behind this
+        // event's state; say nothing rather than something wrong.
+        return;
+    }
+    m.insert("tier".into(), json!(v.tier()));
+    if let Some(r) = &v.rule {
+        m.insert("cluster_policy".into(), json!(r.policy));
+        m.insert("rule_index".into(), json!(r.rule_index));
+        if let Some(n) = &r.rule_name {
+            m.insert("rule_name".into(), json!(n));
+        }
+        match v.decided_by {
+            DecidedBy::Admin => m.insert("reason".into(), json!("admin-deny")),
+            DecidedBy::Baseline => m.insert("reason".into(), json!("baseline-deny")),
+            _ => None,
+        };
     }
 }
 
@@ -112,6 +171,9 @@ pub fn render(ev: &Event, names: &Names, now: SystemTime) -> Value {
                 m.insert("invalid_policies".into(), json!(invalid));
             }
             m.insert("policies".into(), json!(pols));
+            if ev.reason == Reason::NoPolicyAllows as u8 {
+                decided_by(ev, p, names, (src, dst), &mut m);
+            }
         }
         None => {
             m.insert("endpoint".into(), Value::Null);

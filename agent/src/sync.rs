@@ -18,7 +18,8 @@ use std::{
 
 use palisade_common::{Endpoint, EP_FAIL_CLOSED, EP_HAS_V4, EP_HAS_V6};
 use palisade_policy::{
-    compile::is_local, diff, ClusterIndex, Compiler, Direction, MapSet, MapWrite, NodeInfo, PodKey,
+    compile::is_local, diff, ClusterIndex, Compiler, Direction, ErrorKind, Kind, MapSet, MapWrite,
+    NodeInfo, PodKey,
 };
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -72,6 +73,9 @@ pub struct Names {
     pub node_addrs: Vec<IpAddr>,
     /// `ns/name` of the NetworkPolicies that failed validation.
     pub invalid: BTreeSet<String>,
+    /// The cluster as programmed: deny lines say which tier, policy and rule
+    /// decided, from the engine's own explanation.
+    pub index: Arc<ClusterIndex>,
 }
 
 pub struct Shared {
@@ -127,7 +131,9 @@ pub struct SyncLoop {
     opts: Options,
     dp: Datapath,
     maps: Maps,
-    index: ClusterIndex,
+    /// Shared with the deny log (explanations) without a copy per pass; a
+    /// change copies it only while a batch of events is being rendered.
+    index: Arc<ClusterIndex>,
     /// The incremental compiler, in step with the maps; `None` until a full pass
     /// has brought the maps to a known state.
     compiler: Option<Compiler>,
@@ -198,7 +204,7 @@ impl SyncLoop {
             opts,
             dp,
             maps,
-            index: ClusterIndex::new(),
+            index: Arc::new(ClusterIndex::new()),
             compiler: None,
             written_if: BTreeMap::new(),
             links: None,
@@ -229,13 +235,25 @@ impl SyncLoop {
             SourceEvent::Apply { obj, origin } => {
                 let r = obj.object_ref();
                 let key = format!("{r}");
-                let out = self.index.apply(obj);
+                let out = Arc::make_mut(&mut self.index).apply(obj);
                 match out.error {
                     Some(e) => {
                         // The engine's error names the file it came from.
                         let msg = e.to_string();
                         if self.errors.get(&key) != Some(&msg) {
-                            error!(object = %key, input = %origin, error = %msg, "invalid object: its pods are isolated with nothing allowed by it");
+                            let effect = match (r.kind, e.kind) {
+                                (Kind::ClusterNetworkPolicy, ErrorKind::Unsupported) => {
+                                    "unsupported rule: handled as the message says (never allowing more)"
+                                }
+                                (Kind::ClusterNetworkPolicy, _) => {
+                                    "invalid ClusterNetworkPolicy: not admitted, it changes nothing (the version in force, if any, stays)"
+                                }
+                                (Kind::NetworkPolicy, _) => {
+                                    "invalid object: its pods are isolated with nothing allowed by it"
+                                }
+                                _ => "invalid object: not used",
+                            };
+                            error!(object = %key, input = %origin, error = %msg, "{effect}");
                             self.errors.insert(key, msg);
                         }
                     }
@@ -250,7 +268,7 @@ impl SyncLoop {
             }
             SourceEvent::Delete(r) => {
                 self.errors.remove(&format!("{r}"));
-                let changed = self.index.delete(&r);
+                let changed = Arc::make_mut(&mut self.index).delete(&r);
                 if changed {
                     info!(object = %r, "deleted");
                 }
@@ -778,6 +796,7 @@ impl SyncLoop {
         let mut names = Names {
             node: self.opts.node.clone(),
             node_addrs,
+            index: self.index.clone(),
             ..Default::default()
         };
         let mut duplicates = Vec::new();

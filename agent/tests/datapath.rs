@@ -329,6 +329,33 @@ fn longest_prefix_wins_for_nested_blocks() {
     assert_eq!(fx.run("from_pod", &icmp), OK);
 }
 
+/// `PBIT_OTHER` (a ClusterNetworkPolicy can deny TCP/80 and allow the rest):
+/// protocols without ports pass on it alone, TCP/UDP/SCTP only on their own
+/// bits or ranges.
+#[test]
+fn the_other_protocols_bit_allows_protocols_without_ports() {
+    let mut fx = fixture();
+    fx.maps
+        .upsert_endpoint(IF, &endpoint(EP_EGRESS_ISOLATED))
+        .unwrap();
+    // Everything but TCP/80: UDP and SCTP on every port, TCP except 80, and
+    // every protocol without ports.
+    let mut v = ports(&[(PROTO_TCP, 1, 79), (PROTO_TCP, 81, 65535)]);
+    v.all_ports = PBIT_UDP | PBIT_SCTP | PBIT_OTHER;
+    allow_v4(&mut fx, DIR_EGRESS, PEER, 32, v);
+    let icmp = packet::frame(POD.into(), PEER.into(), &L4::IcmpEchoRequest { id: 1 });
+    assert_eq!(fx.run("from_pod", &icmp), OK, "ICMP on PBIT_OTHER");
+    assert_eq!(fx.run("from_pod", &tcp(POD, PEER, 1000, 80)), SHOT);
+    assert_eq!(fx.run("from_pod", &tcp(POD, PEER, 1000, 81)), OK);
+    assert_eq!(fx.run("from_pod", &udp(POD, PEER, 1000, 80)), OK);
+    // The same value without PBIT_OTHER: ICMP is denied, TCP unchanged.
+    let mut v = ports(&[(PROTO_TCP, 1, 79), (PROTO_TCP, 81, 65535)]);
+    v.all_ports = PBIT_UDP | PBIT_SCTP;
+    allow_v4(&mut fx, DIR_EGRESS, PEER, 32, v);
+    assert_eq!(fx.run("from_pod", &icmp), SHOT, "no PBIT_OTHER, no ICMP");
+    assert_eq!(fx.run("from_pod", &tcp(POD, PEER, 1000, 81)), OK);
+}
+
 #[test]
 fn ipv4_options_use_the_real_header_length() {
     let mut fx = fixture();

@@ -471,15 +471,16 @@ fn policy_allows(ep: &Endpoint, dir: u8, f: &Flow) -> Verdict {
     if v.flags & PV_ALL != 0 {
         return Verdict::Allow;
     }
-    let bit = proto_bit(f.proto);
-    if bit != 0 && v.all_ports & bit != 0 {
+    // Every port of the packet's protocol: its PBIT_*, or PBIT_OTHER for a
+    // protocol without ports (ICMP and the rest).
+    if v.all_ports & all_ports_bit(f.proto) != 0 {
         return Verdict::Allow;
     }
     if f.fragment {
         return Verdict::Deny(Reason::Fragment);
     }
-    // Rules without ports allow a port-less protocol only through PV_ALL.
-    if bit == 0 {
+    // A port-less protocol is allowed only by PV_ALL or PBIT_OTHER.
+    if proto_bit(f.proto) == 0 {
         return Verdict::Deny(Reason::NoPolicyAllows);
     }
     let port = f.dport;
