@@ -2,7 +2,8 @@
 //!
 //! It owns one kube-rs watcher per resource the engine reads (Pods, Namespaces,
 //! NetworkPolicies, Services, EndpointSlices, all namespaces: peers of local pods
-//! can live anywhere) and turns their events into [`SourceEvent`]s:
+//! can live anywhere; Nodes and ClusterNetworkPolicies, cluster-scoped) and
+//! turns their events into [`SourceEvent`]s:
 //!
 //! - Nothing is declared consistent (`Synced`) until every watcher has delivered its
 //!   initial list, so the sync loop programs nothing from a partial view.
@@ -13,6 +14,9 @@
 //!   deleted at its end).
 //! - An RBAC refusal (403) is logged once, naming the verb and the resource, until
 //!   that watcher recovers.
+//! - ClusterNetworkPolicy is a CRD: while the API server does not serve it (404)
+//!   it counts as listed and empty, so NetworkPolicy is enforced meanwhile, and
+//!   it is picked up once the CRD is installed (the watcher keeps retrying).
 //!
 //! `Synced.revision` is the highest `metadata.resourceVersion` seen in any event.
 //! Kubernetes calls resource versions opaque; on every API server backed by etcd
@@ -21,10 +25,10 @@
 use std::{collections::BTreeSet, hash::BuildHasher, time::Duration};
 
 use futures::{stream::BoxStream, FutureExt, StreamExt};
-use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service},
-    discovery::v1::EndpointSlice,
-    networking::v1::NetworkPolicy,
+use k8s_openapi::api::{discovery::v1::EndpointSlice, networking::v1::NetworkPolicy};
+use k8s_openapi::{
+    api::core::v1::{Namespace, Node, Pod, Service},
+    Resource as _,
 };
 use kube::{
     runtime::{
@@ -34,7 +38,9 @@ use kube::{
     },
     Api, Client, ResourceExt,
 };
-use palisade_policy::{object_from_k8s, K8sObject, ModelError, Object, ObjectRef};
+use palisade_policy::{
+    object_from_k8s, ClusterNetworkPolicy, K8sObject, ModelError, Object, ObjectRef,
+};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -46,13 +52,25 @@ use crate::source::SourceEvent;
 pub struct Watched {
     /// API group ("" for the core group), as RBAC rules name it.
     pub group: &'static str,
+    /// API version within the group, as URLs name it.
+    pub version: &'static str,
     /// Plural resource name, as RBAC rules and URLs name it.
     pub resource: &'static str,
+}
+
+impl Watched {
+    /// Served only where its CRD is installed: while the API server does not
+    /// serve it (404), it counts as listed and empty, the rest is enforced,
+    /// and it is picked up once served.
+    pub fn optional(&self) -> bool {
+        self.group == ClusterNetworkPolicy::GROUP
+    }
 }
 
 const fn watched<K: k8s_openapi::Resource>() -> Watched {
     Watched {
         group: K::GROUP,
+        version: K::VERSION,
         resource: K::URL_PATH_SEGMENT,
     }
 }
@@ -61,7 +79,15 @@ const fn watched<K: k8s_openapi::Resource>() -> Watched {
 // watchers in [`KubeSource::run`] come from this list, so they cannot drift apart.
 macro_rules! for_each_watched {
     ($mac:ident) => {
-        $mac!(Pod, Namespace, NetworkPolicy, Service, EndpointSlice)
+        $mac!(
+            Pod,
+            Namespace,
+            NetworkPolicy,
+            Service,
+            EndpointSlice,
+            Node,
+            ClusterNetworkPolicy
+        )
     };
 }
 
@@ -71,7 +97,7 @@ macro_rules! watched_list {
 
 /// Every resource the kube source reads. deploy/'s ClusterRole must grant exactly
 /// [`VERBS`] on exactly these (checked by `tests/deploy.rs`).
-pub const WATCHED: [Watched; 5] = for_each_watched!(watched_list);
+pub const WATCHED: [Watched; 7] = for_each_watched!(watched_list);
 
 /// The verbs the source uses: a kube-rs watcher lists (paginated), then watches.
 /// It never GETs a single object, so `get` is not needed.
@@ -377,6 +403,10 @@ impl Run {
     fn log_error(&mut self, i: usize, e: &watcher::Error) {
         let w = WATCHED[i];
         let (verb, code) = classify(e);
+        if code == Some(404) && w.optional() {
+            self.not_served(i);
+            return;
+        }
         if code == Some(410) {
             // Routine: the watch fell behind the API server's history; the watcher
             // relists, and objects that vanished meanwhile are deleted at its end.
@@ -414,6 +444,31 @@ impl Run {
         self.states[i].logged_error = Some(msg);
         self.errors.insert(res.to_string(), report);
         let _ = self.tx.send(SourceEvent::InputErrors(self.errors.clone()));
+    }
+
+    /// An optional resource the API server does not serve (its CRD is not
+    /// installed, or was removed): listed as empty, so the rest is programmed;
+    /// objects known from before are gone with their API.
+    fn not_served(&mut self, i: usize) {
+        let w = WATCHED[i];
+        let st = &mut self.states[i];
+        st.relisting = None;
+        st.listed = true;
+        let gone: Vec<ObjectRef> = std::mem::take(&mut st.known).into_iter().collect();
+        for r in gone {
+            self.send(SourceEvent::Delete(r));
+        }
+        self.dirty = true;
+        let msg = format!(
+            "{} ({}/{}) is not served by the API server: its CRD is not installed. NetworkPolicy is enforced; {} are picked up once the CRD is installed, without a restart",
+            w.resource, w.group, w.version, w.resource
+        );
+        if self.states[i].logged_error.as_deref() != Some(msg.as_str()) {
+            warn!(resource = w.resource, "{msg}");
+            self.states[i].logged_error = Some(msg.clone());
+            self.errors.insert(w.resource.to_string(), msg);
+            let _ = self.tx.send(SourceEvent::InputErrors(self.errors.clone()));
+        }
     }
 
     fn maybe_synced(&mut self) {

@@ -68,12 +68,12 @@ struct FakeApi {
     st: Arc<Mutex<State>>,
 }
 
-/// The collection URL of a watched resource; all five are served at v1.
-fn collection(group: &str, resource: &str) -> String {
+/// The collection URL of a watched resource.
+fn collection(group: &str, version: &str, resource: &str) -> String {
     if group.is_empty() {
-        format!("/api/v1/{resource}")
+        format!("/api/{version}/{resource}")
     } else {
-        format!("/apis/{group}/v1/{resource}")
+        format!("/apis/{group}/{version}/{resource}")
     }
 }
 
@@ -82,7 +82,7 @@ fn path_of(resource: &str) -> String {
         .iter()
         .find(|w| w.resource == resource)
         .unwrap_or_else(|| panic!("{resource} is not watched"));
-    collection(w.group, w.resource)
+    collection(w.group, w.version, w.resource)
 }
 
 fn key_of(obj: &Value) -> String {
@@ -108,6 +108,7 @@ impl FakeApi {
             ("services", "Service", "v1"),
             ("networkpolicies", "NetworkPolicy", "networking.k8s.io/v1"),
             ("endpointslices", "EndpointSlice", "discovery.k8s.io/v1"),
+            ("nodes", "Node", "v1"),
         ] {
             st.res.insert(
                 path_of(resource),
@@ -232,6 +233,18 @@ impl FakeApi {
             .get_mut(&path_of(resource))
             .expect("resource")
             .watch_forbidden = forbidden;
+    }
+
+    /// Installs the ClusterNetworkPolicy CRD: the API server serves it from now.
+    fn install_cluster_policy_crd(&self) {
+        self.lock().res.insert(
+            path_of("clusternetworkpolicies"),
+            Res {
+                kind: "ClusterNetworkPolicy",
+                api_version: "policy.networking.k8s.io/v1alpha2",
+                ..Default::default()
+            },
+        );
     }
 
     /// Down: cut every watch and close new connections before answering.
@@ -536,6 +549,9 @@ impl Agent {
         for e in self.index.endpoint_slices() {
             s.insert(format!("slice {}/{}", e.namespace, e.name));
         }
+        for c in self.index.cluster_policies() {
+            s.insert(format!("cnp {}", c.name));
+        }
         s
     }
 
@@ -579,7 +595,13 @@ impl Agent {
     }
 }
 
+/// [`seed_without_crd`], with the ClusterNetworkPolicy CRD installed.
 fn seed(api: &FakeApi) {
+    api.install_cluster_policy_crd();
+    seed_without_crd(api);
+}
+
+fn seed_without_crd(api: &FakeApi) {
     api.put("namespaces", namespace("default", json!({})));
     api.put("namespaces", namespace("prod", json!({"team": "a"})));
     api.put("pods", pod("prod", "web-1", "web", "10.244.1.10"));
@@ -627,7 +649,7 @@ async fn lists_then_follows_watch_events_bookmarks_drops_and_410() {
         .collect();
     let want: BTreeSet<String> = WATCHED
         .iter()
-        .map(|w| collection(w.group, w.resource))
+        .map(|w| collection(w.group, w.version, w.resource))
         .collect();
     assert_eq!(listed, want);
 
@@ -750,7 +772,7 @@ async fn lists_then_follows_watch_events_bookmarks_drops_and_410() {
     // exactly WATCHED x VERBS, which tests/deploy.rs holds the ClusterRole to.
     let collections: BTreeMap<String, &str> = WATCHED
         .iter()
-        .map(|w| (collection(w.group, w.resource), w.resource))
+        .map(|w| (collection(w.group, w.version, w.resource), w.resource))
         .collect();
     let used: BTreeSet<(String, String)> = api
         .requests()
@@ -854,6 +876,39 @@ impl Captured {
             .map(str::to_string)
             .collect()
     }
+}
+
+/// ClusterNetworkPolicy is a CRD: without it the rest is synced and
+/// programmed, the absence is reported, and policies are picked up once the
+/// CRD is installed, without a restart.
+#[tokio::test]
+async fn cluster_policies_are_picked_up_once_their_crd_is_installed() {
+    let api = FakeApi::start().await;
+    seed_without_crd(&api);
+    let mut agent = Agent::start(&api);
+    agent.synced_to(SEEDED, "without the CRD").await;
+    let why = agent
+        .input_errors
+        .get("clusternetworkpolicies")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        why.contains("CRD is not installed") && why.contains("NetworkPolicy is enforced"),
+        "{why}"
+    );
+    api.install_cluster_policy_crd();
+    api.put(
+        "clusternetworkpolicies",
+        json!({"metadata": {"name": "deny-dev"},
+               "spec": {"tier": "Admin", "priority": 10,
+                        "subject": {"namespaces": {}},
+                        "ingress": [{"action": "Deny",
+                                     "from": [{"namespaces": {"matchLabels": {"env": "dev"}}}]}]}}),
+    );
+    let mut want: Vec<&str> = SEEDED.to_vec();
+    want.push("cnp deny-dev");
+    agent.synced_to(&want, "after the CRD was installed").await;
+    assert!(agent.input_errors.is_empty(), "{:?}", agent.input_errors);
 }
 
 // Single-threaded, so the thread-local log subscriber sees the source's task.
@@ -1095,10 +1150,14 @@ fn the_agent_programs_what_the_api_server_says_through_drops_410_and_outages() {
     // 1. Initial lists: every local pod has its endpoint; nothing isolates.
     let ready = wait_programmed(&ns, api.rv(), "initial lists");
     assert_eq!(ready["endpoints"], json!(3), "{ready}");
-    assert_eq!(
-        ready["errors"],
-        json!([]),
+    let errors = ready["errors"].to_string();
+    assert!(
+        !errors.contains("pods"),
         "the refusal's error cleared: {ready}"
+    );
+    assert!(
+        errors.contains("CRD is not installed"),
+        "no ClusterNetworkPolicy CRD here: {ready}"
     );
     assert_eq!(probe(&c, "y/a", "x/a"), Outcome::Reachable);
 
