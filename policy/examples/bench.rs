@@ -5,7 +5,8 @@
 //! Generated cluster: 10,000 pods in 500 namespaces on 91 nodes (110 on the local
 //! node), 2,000 policies mixing pod, namespace and ipBlock peers and named ports.
 //! Measures the full compile (compile + encode + writes from nothing) and three
-//! incremental changes through the stateful `Compiler`. Writes
+//! incremental changes through the stateful `Compiler`, then 100 Admin and 100
+//! Baseline ClusterNetworkPolicies on top (added, full compile, one edit). Writes
 //! `results/bench-policy.json` and `.svg`.
 
 use std::collections::BTreeMap;
@@ -202,6 +203,51 @@ fn policy(ns: usize, k: usize, variant: u16) -> NetworkPolicySpec {
     }
 }
 
+/// ClusterNetworkPolicy `i` of `tier`: subject the namespaces of one team,
+/// a Deny of another team's namespaces on one TCP port, an Accept to a /16.
+fn cluster_policy_yaml(i: usize, tier: &str, port: u16) -> String {
+    format!(
+        "apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {{name: {tier_l}-{i}}}
+spec:
+  tier: {tier}
+  priority: {prio}
+  subject: {{namespaces: {{matchLabels: {{team: t{subj}}}}}}}
+  ingress:
+  - name: deny-t{peer}
+    action: Deny
+    from: [{{namespaces: {{matchLabels: {{team: t{peer}}}}}}}]
+    protocols: [{{tcp: {{destinationPort: {{number: {port}}}}}}}]
+  egress:
+  - name: accept-net
+    action: Accept
+    to: [{{networks: [10.{net}.0.0/16]}}]
+",
+        tier_l = tier.to_lowercase(),
+        prio = i % 1000,
+        subj = i % 50,
+        peer = (i + 7) % 50,
+        net = 100 + i % 100,
+    )
+}
+
+fn cluster_policies(per_tier: usize) -> Vec<Object> {
+    let mut out = Vec::new();
+    for tier in ["Admin", "Baseline"] {
+        for i in 0..per_tier {
+            let text = cluster_policy_yaml(i, tier, 22);
+            for r in palisade_policy::parse_yaml_documents(&text, "bench") {
+                match r {
+                    Ok(o) => out.push(o),
+                    Err(e) => panic!("bench cluster policy {i}: {e}"),
+                }
+            }
+        }
+    }
+    out
+}
+
 fn rss_kib() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     s.lines()
@@ -340,6 +386,70 @@ fn main() {
         compiler.map_set(),
         full_after,
         "incremental == full after changes"
+    );
+
+    // 5. ClusterNetworkPolicies on top: 100 Admin and 100 Baseline, subjects
+    //    and peers by team, some with networks and ports.
+    let cnps = cluster_policies(100);
+    let t0 = Instant::now();
+    let mut added = 0;
+    for o in cnps {
+        added += usize::from(index.apply(o).changed);
+    }
+    let writes = compiler.update(&index, &ids);
+    let t_cnp = t0.elapsed();
+    println!(
+        "{added} ClusterNetworkPolicies added (100 Admin + 100 Baseline): {:.1} ms, {} writes, {} endpoints recompiled",
+        t_cnp.as_secs_f64() * 1e3,
+        writes.len(),
+        compiler.last_recompiled()
+    );
+    changes.push((
+        "200 ClusterNetworkPolicies added".to_string(),
+        t_cnp.as_secs_f64() * 1e3,
+        writes.len(),
+        compiler.last_recompiled(),
+    ));
+    let mut fresh = Compiler::new(node.clone(), false);
+    let t0 = Instant::now();
+    let cnp_full_writes = fresh.update(&index, &ids).len();
+    let t_cnp_full = t0.elapsed();
+    println!(
+        "full compile with them: {:.1} ms, {cnp_full_writes} writes",
+        t_cnp_full.as_secs_f64() * 1e3
+    );
+    changes.push((
+        "full compile with 200 ClusterNetworkPolicies".to_string(),
+        t_cnp_full.as_secs_f64() * 1e3,
+        cnp_full_writes,
+        fresh.last_recompiled(),
+    ));
+    let edit = cluster_policy_yaml(0, "Admin", 23);
+    let t0 = Instant::now();
+    for o in palisade_policy::parse_yaml_documents(&edit, "bench")
+        .into_iter()
+        .flatten()
+    {
+        index.apply(o);
+    }
+    let writes = compiler.update(&index, &ids);
+    let dt = t0.elapsed();
+    println!(
+        "one ClusterNetworkPolicy edit: {:.1} ms, {} writes, {} endpoints recompiled",
+        dt.as_secs_f64() * 1e3,
+        writes.len(),
+        compiler.last_recompiled()
+    );
+    changes.push((
+        "one ClusterNetworkPolicy edit".to_string(),
+        dt.as_secs_f64() * 1e3,
+        writes.len(),
+        compiler.last_recompiled(),
+    ));
+    assert_eq!(
+        compiler.map_set(),
+        encode(&compile(&index, &node), &ids, false),
+        "incremental == full with cluster policies"
     );
 
     let rss = rss_kib();
