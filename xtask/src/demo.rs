@@ -197,6 +197,22 @@ spec:
     ports: [{port: 873}]
 "#,
     ),
+    (
+        "Cluster admin guardrail (ClusterNetworkPolicy, Admin tier): no pod reaches the backup host, whatever its namespace allows",
+        r#"
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: no-egress-outside}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {}}
+  egress:
+  - name: backup-host
+    action: Deny
+    to: [{networks: ["{{host @backup}}"]}]
+"#,
+    ),
 ];
 
 fn probes() -> Vec<(usize, usize, Probe)> {
@@ -285,6 +301,22 @@ fn who(v: &Value, side: &str) -> String {
 }
 
 fn abridge(v: &Value) -> String {
+    // A cluster policy's rule decided: name it instead of the namespace's.
+    if let Some(cnp) = v["cluster_policy"].as_str() {
+        return format!(
+            "{} {} {} {} -> {}:{} {} endpoint={} tier={} cluster_policy={cnp} rule={}",
+            v["node"].as_str().unwrap_or("?"),
+            v["verdict"].as_str().unwrap_or("?"),
+            v["direction"].as_str().unwrap_or("?"),
+            who(v, "src"),
+            who(v, "dst"),
+            v["dst_port"],
+            v["protocol"].as_str().unwrap_or("?"),
+            v["endpoint"].as_str().unwrap_or("-"),
+            v["tier"].as_str().unwrap_or("?"),
+            v["rule_name"].as_str().unwrap_or("?"),
+        );
+    }
     format!(
         "{} {} {} {} -> {}:{} {} endpoint={} policies={}",
         v["node"].as_str().unwrap_or("?"),
@@ -327,10 +359,14 @@ pub fn run(agent: &Path) -> Result<()> {
             let text = yaml.replace("{{host @backup}}", &host);
             for doc in serde_yaml::Deserializer::from_str(&text) {
                 let v: Value = serde::Deserialize::deserialize(doc).context("demo policy YAML")?;
-                if let Some(name) = v["metadata"]["name"].as_str() {
+                let name = v["metadata"]["name"].as_str().unwrap_or("?");
+                if v["kind"] == "ClusterNetworkPolicy" {
+                    println!("  kubectl apply: clusternetworkpolicy {name}");
+                    c.apply_cluster_policy(&v)?;
+                } else {
                     println!("  kubectl apply: networkpolicy shop/{name}");
+                    c.apply_policy(&v)?;
                 }
-                c.apply_policy(&v)?;
             }
             c.sync()?;
             show_matrix(&c)?;
@@ -339,7 +375,7 @@ pub fn run(agent: &Path) -> Result<()> {
             show_denies(&c, &mut seen)?;
         }
         println!(
-            "\nDone: web is public, api only from web, db only from api, DNS for all, backups out."
+            "\nDone: web is public, api only from web, db only from api, DNS for all; the cluster admin's\nguardrail overrides the namespace's backup rule."
         );
         Ok(())
     })();

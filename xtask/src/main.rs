@@ -31,7 +31,8 @@ enum Cmd {
     /// Set up, then run everything CI runs (needs root): fmt, clippy, the unit,
     /// property, datapath, cluster and harness tests, every benchmark in
     /// --quick mode (so their code cannot rot; numbers not judged), the
-    /// conformance suite on ptp- and bridge-style nodes, and the VM tests on
+    /// conformance suite on ptp- and bridge-style nodes (IPv4) and on ptp-style
+    /// nodes (IPv6), and the VM tests on
     /// Debian's 6.1 kernel in qemu (datapath, attach, a conformance subset with
     /// SCTP). About 25 minutes on 2 cores from a clean clone.
     Test {
@@ -448,6 +449,13 @@ fn test(no_lint: bool) -> Result<()> {
         &agent,
         "ipv4",
         true,
+        &[workspace_root().join("tests/conformance")],
+    )?;
+    step("test: conformance suite, IPv6");
+    conformance(
+        &agent,
+        "ipv6",
+        false,
         &[workspace_root().join("tests/conformance")],
     )?;
     step("test: VM tests (Debian 6.1 kernel in qemu: datapath, attach, conformance subset with SCTP)");
