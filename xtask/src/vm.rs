@@ -82,6 +82,17 @@ const SUITES: &[(&str, &[&str])] = &[
     ("datapath", &[]),
     ("attach", &["--nocapture"]),
     ("cluster", &["--test-threads", "2"]),
+    // Repairs in this kernel's attach mode (netlink TC before 6.6).
+    (
+        "lapses",
+        &[
+            "--test-threads",
+            "2",
+            "removed_pins",
+            "deleted_netlink_filter",
+            "second_agent",
+        ],
+    ),
 ];
 
 /// Host binaries copied into the guest's /bin (with their libraries).
