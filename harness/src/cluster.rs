@@ -359,7 +359,14 @@ impl Cluster {
         if !spec.node_ports.is_empty() {
             for n in 1..=self.nodes {
                 let ns = self.node_ns[n - 1].clone();
-                let set = ServerSet::start(&ns, family, &format!("node/{n}"), &spec.node_ports)?;
+                let ip = self.node_ip(n)?;
+                let set = ServerSet::start_on(
+                    &ns,
+                    family,
+                    &format!("node/{n}"),
+                    &spec.node_ports,
+                    Some(ip),
+                )?;
                 self.node_servers.push(set);
             }
         }

@@ -59,6 +59,19 @@ impl ServerSet {
     /// the wildcard address of `family`, and serves them on a dedicated thread.
     /// `identity` is what a `whoami` request gets back.
     pub fn start(ns: &str, family: Family, identity: &str, ports: &[PortSpec]) -> Result<Self> {
+        Self::start_on(ns, family, identity, ports, None)
+    }
+
+    /// [`ServerSet::start`], bound to `addr` instead of the wildcard: a node
+    /// has several addresses, and a UDP answer must come from the one the
+    /// client asked (a connected client drops any other).
+    pub fn start_on(
+        ns: &str,
+        family: Family,
+        identity: &str,
+        ports: &[PortSpec],
+        addr: Option<IpAddr>,
+    ) -> Result<Self> {
         let file = File::open(netns_path(ns)).with_context(|| format!("open netns {ns}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<Result<()>>();
@@ -73,7 +86,8 @@ impl ServerSet {
         let thread = std::thread::Builder::new()
             .name(format!("srv-{ns}"))
             .spawn(move || {
-                let sockets = match enter_netns(&file).and_then(|_| bind_all(family, &ports)) {
+                let sockets = match enter_netns(&file).and_then(|_| bind_all(family, &ports, addr))
+                {
                     Ok(s) => {
                         let _ = tx.send(Ok(()));
                         s
@@ -128,7 +142,7 @@ pub fn serve_here(family: Family, identity: &str, ports: &[PortSpec]) -> Result<
         .filter(|p| p.protocol != Protocol::Sctp || sctp_supported())
         .cloned()
         .collect();
-    let sockets = bind_all(family, &ports)?;
+    let sockets = bind_all(family, &ports, None)?;
     serve(sockets, identity.as_bytes(), &AtomicBool::new(false));
     Ok(())
 }
@@ -146,7 +160,7 @@ fn wildcard(family: Family, port: u16) -> SocketAddr {
     }
 }
 
-fn bind_all(family: Family, ports: &[PortSpec]) -> Result<Vec<(Socket, Kind)>> {
+fn bind_all(family: Family, ports: &[PortSpec], on: Option<IpAddr>) -> Result<Vec<(Socket, Kind)>> {
     let domain = match family {
         Family::Ipv4 => Domain::IPV4,
         Family::Ipv6 => Domain::IPV6,
@@ -158,7 +172,10 @@ fn bind_all(family: Family, ports: &[PortSpec]) -> Result<Vec<(Socket, Kind)>> {
         if !seen.insert((p.port, p.protocol)) {
             continue;
         }
-        let addr = wildcard(family, p.port);
+        let addr = match on {
+            Some(ip) => SocketAddr::new(ip, p.port),
+            None => wildcard(family, p.port),
+        };
         let s = stream_socket(domain, p.protocol)
             .with_context(|| format!("{} socket for port {}", p.protocol, p.port))?;
         if family == Family::Ipv6 {
