@@ -362,6 +362,7 @@ impl Run {
                 info!(resource = w.resource, previous_error = %prev, "watch recovered");
                 self.errors.remove(w.resource);
                 let _ = self.tx.send(SourceEvent::InputErrors(self.errors.clone()));
+                self.dirty = true;
             }
         }
         match u {

@@ -173,6 +173,9 @@ pub struct SyncLoop {
     fail_closed: Vec<String>,
     /// Addresses claimed by two pods, as of the last pass (logged once each).
     duplicates: Vec<String>,
+    /// The errors the last pass found (fail-closed pods, attach and write
+    /// failures), for `/ready` between passes.
+    pass_errors: Vec<String>,
 }
 
 /// Map contents found at start (an earlier agent's state).
@@ -227,6 +230,7 @@ impl SyncLoop {
             repairs: 0,
             fail_closed: Vec::new(),
             duplicates: Vec::new(),
+            pass_errors: Vec::new(),
         }
     }
 
@@ -294,12 +298,11 @@ impl SyncLoop {
                 }
                 let changed = now != self.input_errors;
                 self.input_errors = now;
-                if !self.synced {
-                    // Nothing is programmed yet: /ready still says why.
-                    let errors = self.object_error_keys();
-                    if let Ok(mut r) = self.shared.ready.lock() {
-                        r.errors = errors;
-                    }
+                // /ready says so at once, also before anything is programmed.
+                let mut errors = self.object_error_keys();
+                errors.extend(self.pass_errors.iter().cloned());
+                if let Ok(mut r) = self.shared.ready.lock() {
+                    r.errors = errors;
                 }
                 changed
             }
@@ -847,11 +850,13 @@ impl SyncLoop {
         if let Ok(mut n) = self.shared.names.lock() {
             *n = names;
         }
+        let mut pass_errors: Vec<String> = fail_closed.clone();
+        pass_errors.extend(duplicates);
+        pass_errors.extend(attach_errors);
+        pass_errors.extend(write_errors);
+        self.pass_errors = pass_errors.clone();
         let mut errors = self.object_error_keys();
-        errors.extend(fail_closed.iter().cloned());
-        errors.extend(duplicates);
-        errors.extend(attach_errors);
-        errors.extend(write_errors);
+        errors.extend(pass_errors);
         if let Ok(mut r) = self.shared.ready.lock() {
             *r = Readiness {
                 // Another agent's programs beside ours decide whatever we
