@@ -444,8 +444,17 @@ fn kind_e2e_objects_of_every_conformance_case_are_valid() {
             for step in &sc.steps {
                 for m in &step.apply {
                     let m = scenario::substitute(m, family, &resolve).expect("placeholders");
-                    let (_, _, m) = kube::policy_manifest(&m).expect("a policy");
-                    typed::<NetworkPolicy>(&name, &m);
+                    match scenario::policy_key(&m).expect("a policy") {
+                        scenario::PolicyRef::Namespaced(..) => {
+                            let (_, _, m) = kube::policy_manifest(&m).expect("a policy");
+                            typed::<NetworkPolicy>(&name, &m);
+                        }
+                        scenario::PolicyRef::Cluster(_) => {
+                            let (_, m) = palisade_harness::objects::cluster_policy_manifest(&m)
+                                .expect("a cluster policy");
+                            typed::<palisade_policy::ClusterNetworkPolicy>(&name, &m);
+                        }
+                    }
                     policies += 1;
                 }
             }

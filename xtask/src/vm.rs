@@ -62,8 +62,9 @@ const MODULES: &[&str] = &[
     "nft_masq",
 ];
 
-/// Conformance cases run in the guest by default (`--conformance subset`): both
-/// SCTP cases, which the host kernel cannot run, and one case for each of deny,
+/// Conformance cases run in the guest by default (`--conformance subset`): the
+/// three SCTP cases (NetworkPolicy and ClusterNetworkPolicy), which the host
+/// kernel cannot run, and one case for each of deny,
 /// selectors, Services and replies. Under software emulation every agent start
 /// costs tens of seconds of verifier time, so the whole suite is opt-in.
 const CONFORMANCE_SUBSET: &[&str] = &[
@@ -73,6 +74,7 @@ const CONFORMANCE_SUBSET: &[&str] = &[
     "372-replies-pass-both-ways.yaml",
     "380-sctp-port.yaml",
     "385-sctp-no-ports.yaml",
+    "650-cnp-sctp.yaml",
 ];
 
 /// Test binaries of palisade-agent run in the guest, with their libtest arguments.
