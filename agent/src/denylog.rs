@@ -191,6 +191,77 @@ pub fn render(ev: &Event, names: &Names, now: SystemTime) -> Value {
 mod tests {
     use super::*;
 
+    /// A drop decided by a ClusterNetworkPolicy rule names the tier, the
+    /// policy and the rule, from the engine's explanation.
+    #[test]
+    fn cluster_policy_drops_name_the_tier_policy_and_rule() {
+        let yaml = "apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {kubernetes.io/metadata.name: x}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: y, labels: {kubernetes.io/metadata.name: y}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x}
+spec: {nodeName: node-1, containers: [{name: c}]}
+status: {podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: y}
+spec: {nodeName: node-2, containers: [{name: c}]}
+status: {podIP: 10.0.0.2}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: no-y}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {matchLabels: {kubernetes.io/metadata.name: x}}}
+  ingress:
+  - {name: keep-y-out, action: Deny, from: [{namespaces: {matchLabels: {kubernetes.io/metadata.name: y}}}]}
+";
+        let mut index = palisade_policy::ClusterIndex::new();
+        for o in palisade_policy::parse_yaml_documents(yaml, "test") {
+            index.apply(o.expect("valid test object"));
+        }
+        let mut names = Names {
+            node: "node-1".into(),
+            index: std::sync::Arc::new(index),
+            ..Default::default()
+        };
+        names
+            .by_ip
+            .insert("10.0.0.1".parse().unwrap(), "x/a".into());
+        names
+            .by_ip
+            .insert("10.0.0.2".parse().unwrap(), "y/b".into());
+        names.by_id.insert(1, "x/a".into());
+        let mut ev = Event {
+            endpoint_id: 1,
+            family: 4,
+            proto: PROTO_TCP,
+            direction: DIR_INGRESS,
+            reason: Reason::NoPolicyAllows as u8,
+            verdict: palisade_common::VERDICT_DENIED,
+            sport: 40000,
+            dport: 80,
+            ..Default::default()
+        };
+        ev.src[..4].copy_from_slice(&[10, 0, 0, 2]);
+        ev.dst[..4].copy_from_slice(&[10, 0, 0, 1]);
+        let v = render(&ev, &names, SystemTime::UNIX_EPOCH);
+        assert_eq!(v["reason"], "admin-deny", "{v}");
+        assert_eq!(v["tier"], "admin");
+        assert_eq!(v["cluster_policy"], "no-y");
+        assert_eq!(v["rule_index"], 0);
+        assert_eq!(v["rule_name"], "keep-y-out");
+    }
+
     #[test]
     fn timestamps_are_rfc3339_utc() {
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
