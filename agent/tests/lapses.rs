@@ -97,6 +97,18 @@ fn wait_ready(c: &Cluster, node: usize, what: &str, ok: impl Fn(u16, &Value) -> 
     }
 }
 
+/// Once repaired, later full passes (one a second here) find nothing to
+/// repair: the check must not mistake what is attached for something missing.
+fn assert_steady(c: &Cluster, node: usize, after_repair: &Value) {
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, now) = ready(c, node);
+    assert_eq!(
+        now["repairs"], after_repair["repairs"],
+        "passes after the repair repaired again: {now}"
+    );
+    assert_eq!(now["errors"], json!([]), "{now}");
+}
+
 fn errors_text(body: &Value) -> String {
     body["errors"].to_string()
 }
@@ -133,6 +145,7 @@ fn removed_pins_keep_enforcing_and_are_pinned_again() {
         assert!(pin.exists(), "{} pinned again", pin.display());
     }
     assert!(pins.join("maps").read_dir().expect("maps").count() > 3);
+    assert_steady(&c, 2, &body);
     // The restored pins carry a restart: enforcement continues through it.
     c.stop_agent(2).expect("stop");
     assert_eq!(
@@ -166,10 +179,11 @@ fn a_deleted_netlink_filter_is_attached_again() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    wait_ready(&c, 2, "repairs reported", |_, b| {
+    let body = wait_ready(&c, 2, "repairs reported", |_, b| {
         b["repairs"].as_u64().unwrap_or(0) > 0
     });
     assert_eq!(tcp80(&c, "x/c", "x/b"), Outcome::Blocked, "filter back");
+    assert_steady(&c, 2, &body);
     assert_eq!(tcp80(&c, "x/a", "x/b"), Outcome::Reachable);
     c.teardown().expect("teardown");
 }
