@@ -48,9 +48,14 @@ pub struct Cli {
     #[arg(long, default_value = "/sys/fs/bpf/palisade", value_name = "DIR")]
     pub pin_dir: PathBuf,
 
-    /// Address of the HTTP endpoint serving /ready and /healthz.
+    /// Address of the HTTP endpoint serving /ready, /healthz and /metrics.
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub ready_addr: SocketAddr,
+
+    /// Also serve /metrics (and only that) on this address, e.g. the node's
+    /// address for Prometheus, while /ready and /healthz stay on loopback.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 
     /// Node interfaces that lead out of the node (to other nodes, to the outside).
     /// The Service egress check runs on their egress. Every other veth is a pod

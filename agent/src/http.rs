@@ -1,5 +1,6 @@
 //! The readiness/health endpoint: `GET /ready` (200 with the programmed generation
-//! and revision once the first full state is written, 503 before), `GET /healthz`.
+//! and revision once the first full state is written, 503 before), `GET /healthz`,
+//! and `GET /metrics` (OpenMetrics text).
 use std::sync::Arc;
 
 use tokio::{
@@ -10,6 +11,16 @@ use tokio::{
 use crate::sync::Shared;
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    serve_paths(listener, shared, false).await
+}
+
+/// `GET /metrics` only (`--metrics-addr`: metrics on the node's address,
+/// readiness and liveness on loopback).
+pub async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
+    serve_paths(listener, shared, true).await
+}
+
+async fn serve_paths(listener: TcpListener, shared: Arc<Shared>, metrics_only: bool) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
             continue;
@@ -37,6 +48,15 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             }
             let req = String::from_utf8_lossy(&head);
             let path = req.split_whitespace().nth(1).unwrap_or("/");
+            let path = if metrics_only && path != "/metrics" {
+                "/not-here"
+            } else {
+                path
+            };
+            let openmetrics = req.lines().any(|l| {
+                let l = l.to_ascii_lowercase();
+                l.starts_with("accept:") && l.contains("application/openmetrics-text")
+            });
             let (status, body) = match path {
                 "/ready" | "/readyz" => {
                     let r = shared.ready.lock().map(|r| r.clone()).unwrap_or_default();
@@ -49,6 +69,13 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 }
                 // Liveness: the sync loop goes round at least every resync; a
                 // loop stuck longer is restarted by the kubelet.
+                // OpenMetrics for scrapers that ask for it (Prometheus does),
+                // the classic text format otherwise.
+                "/metrics" => match &shared.metrics {
+                    Some(m) if openmetrics => ("200 OK", m.encode()),
+                    Some(m) => ("200 OK", m.encode_classic()),
+                    None => ("404 Not Found", "{\"error\":\"no metrics\"}".to_string()),
+                },
                 "/healthz" | "/livez" if shared.alive() => ("200 OK", "{\"ok\":true}".to_string()),
                 "/healthz" | "/livez" => (
                     "503 Service Unavailable",
@@ -57,8 +84,15 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 ),
                 _ => ("404 Not Found", "{\"error\":\"not found\"}".to_string()),
             };
+            let content_type = match (path, status.starts_with("200")) {
+                ("/metrics", true) if openmetrics => {
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                }
+                ("/metrics", true) => "text/plain; version=0.0.4; charset=utf-8",
+                _ => "application/json",
+            };
             let resp = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = sock.write_all(resp.as_bytes()).await;

@@ -8,6 +8,7 @@ pub mod http;
 pub mod inotify;
 pub mod kube_source;
 pub mod maps;
+pub mod metrics;
 pub mod packet;
 pub mod pins;
 pub mod repair;

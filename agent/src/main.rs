@@ -145,11 +145,18 @@ async fn main() -> Result<()> {
     info!(node = %node_name, attach_mode = dp.mode.as_str(), pin_dir = %cli.pin_dir.display(), "datapath loaded");
 
     let resync = Duration::from_secs(cli.resync_seconds.max(1));
-    let shared = Arc::new(Shared::new(&node_name, resync));
+    let metrics = palisade_agent::metrics::Metrics::new(cli.pin_dir.clone(), dp.mode.as_str());
+    let shared = Arc::new(Shared::new(&node_name, resync).with_metrics(metrics));
     let listener = tokio::net::TcpListener::bind(cli.ready_addr)
         .await
         .with_context(|| format!("binding the readiness endpoint {}", cli.ready_addr))?;
     tokio::spawn(http::serve(listener, shared.clone()));
+    if let Some(addr) = cli.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+        tokio::spawn(http::serve_metrics(listener, shared.clone()));
+    }
 
     // Deny events -> JSON lines on stdout.
     let names_for_events = shared.clone();

@@ -87,6 +87,8 @@ pub struct Shared {
     /// least at every resync, so only a pass stuck in a syscall or a child
     /// process stays silent longer.
     pub stall_after: Duration,
+    /// What `/metrics` serves; `None` where no datapath is loaded (tests).
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 impl Shared {
@@ -101,7 +103,14 @@ impl Shared {
             }),
             heartbeat: Mutex::new(Instant::now()),
             stall_after: resync * 3 + Duration::from_secs(30),
+            metrics: None,
         }
+    }
+
+    /// With metrics.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Whether the sync loop went round recently enough.
@@ -346,6 +355,8 @@ impl SyncLoop {
         // timer. Programming on the first change of a batch would program twice
         // per change (once for the object, once more for the batch's revision).
         let mut pending = false;
+        // When the change the next pass programs first arrived (latency).
+        let mut pending_since: Option<Instant> = None;
         // The netlink watch may end (it then says `Unwatched`); a closed channel
         // must not be polled again, or the loop would spin.
         let mut wake_open = true;
@@ -394,6 +405,9 @@ impl SyncLoop {
                     boundary = true;
                 }
             }
+            if pending && pending_since.is_none() {
+                pending_since = Some(Instant::now());
+            }
             if pending && boundary && self.synced {
                 if full {
                     // The resync rewrites what the maps should hold, whatever
@@ -401,6 +415,9 @@ impl SyncLoop {
                     self.compiler = None;
                 }
                 self.program();
+                if let (Some(m), Some(t)) = (&self.shared.metrics, pending_since.take()) {
+                    m.programming_seconds.observe(t.elapsed().as_secs_f64());
+                }
                 pending = false;
             }
             self.shared.beat();
@@ -714,6 +731,7 @@ impl SyncLoop {
             warn!(repaired = %r, "enforcement state was missing and is restored");
         }
         self.repairs += repaired.len() as u64;
+        let n_repaired = repaired.len();
 
         let t = Instant::now();
         let full = self.compiler.is_none();
@@ -855,6 +873,7 @@ impl SyncLoop {
         pass_errors.extend(attach_errors);
         pass_errors.extend(write_errors);
         self.pass_errors = pass_errors.clone();
+        let errors_now = !self.pass_errors.is_empty();
         let mut errors = self.object_error_keys();
         errors.extend(pass_errors);
         if let Ok(mut r) = self.shared.ready.lock() {
@@ -873,6 +892,36 @@ impl SyncLoop {
                 fail_closed: fail_closed.clone(),
                 errors,
             };
+        }
+        if let Some(m) = &self.shared.metrics {
+            let outcome = if errors_now { "error" } else { "ok" };
+            let kind = if full { "full" } else { "incremental" };
+            m.passes
+                .get_or_create(&crate::metrics::PassLabels { kind, outcome })
+                .inc();
+            m.map_writes.inc_by(n_writes as u64);
+            m.repairs.inc_by(n_repaired as u64);
+            let fail_closed_n = self.fail_closed.len() as i64;
+            for (state, n) in [
+                ("enforced", ifaces.len() as i64 - fail_closed_n),
+                ("fail_closed", fail_closed_n),
+                ("missing_interface", missing as i64),
+            ] {
+                m.endpoints
+                    .get_or_create(&crate::metrics::StateLabels { state })
+                    .set(n);
+            }
+            for (kind, n) in [
+                ("networkpolicy", self.index.policies().count() as i64),
+                (
+                    "clusternetworkpolicy",
+                    self.index.cluster_policies().count() as i64,
+                ),
+            ] {
+                m.policies
+                    .get_or_create(&crate::metrics::KindLabels { kind })
+                    .set(n);
+            }
         }
         info!(
             generation = self.generation,

@@ -331,6 +331,24 @@ fn abridge(v: &Value) -> String {
     )
 }
 
+/// A few lines of node 1's `/metrics` (what Prometheus scrapes).
+fn show_metrics(c: &Cluster) -> Result<()> {
+    let ns = c.node_netns(1)?.to_string();
+    let addr: std::net::SocketAddr = palisade_harness::agent::READY_ADDR.parse()?;
+    let (_, text) = palisade_harness::in_netns(&ns, move || {
+        palisade_harness::agent::http_get(addr, "/metrics")
+    })??;
+    println!("\nMetrics of node-1 (GET /metrics, scraped by Prometheus; a few lines):");
+    for line in text.lines().filter(|l| {
+        l.starts_with("palisade_packets_total")
+            || l.starts_with("palisade_policy_programming_seconds_count")
+            || l.starts_with("palisade_map_entries{map=\"policy_v4\"}")
+    }) {
+        println!("    {line}");
+    }
+    Ok(())
+}
+
 pub fn run(agent: &Path) -> Result<()> {
     println!("Palisade demo: web -> api -> db, kube-dns, and a backup host outside the cluster,");
     println!("on two nodes built from network namespaces, with palisade-agent on each node.\n");
@@ -377,6 +395,7 @@ pub fn run(agent: &Path) -> Result<()> {
         println!(
             "\nDone: web is public, api only from web, db only from api, DNS for all; the cluster admin's\nguardrail overrides the namespace's backup rule."
         );
+        show_metrics(&c)?;
         Ok(())
     })();
     let down = c.teardown();

@@ -266,6 +266,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("nft", "nftables"),
     ("iperf3", "iperf3"),
+    // A real Prometheus server scrapes the agent in the metrics test.
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
 ];
 
 fn setup() -> Result<()> {
