@@ -72,7 +72,10 @@ fn decided_by(
     (src, dst): (IpAddr, IpAddr),
     m: &mut Map<String, Value>,
 ) {
-    let Some(spec) = names.index.pod(pod) else {
+    let Some(index) = names.index.upgrade() else {
+        return;
+    };
+    let Some(spec) = index.pod(pod) else {
         return;
     };
     let dir = if ev.direction == DIR_INGRESS {
@@ -89,16 +92,7 @@ fn decided_by(
             Vec::new()
         }
     };
-    let v = explain_direction(
-        &names.index,
-        &node_addrs,
-        spec,
-        dir,
-        src,
-        dst,
-        ev.proto,
-        port,
-    );
+    let v = explain_direction(&index, &node_addrs, spec, dir, src, dst, ev.proto, port);
     if v.allowed {
         // The engine would allow it: the maps are ahead of or behind this
         // event's state; say nothing rather than something wrong.
@@ -229,9 +223,10 @@ spec:
         for o in palisade_policy::parse_yaml_documents(yaml, "test") {
             index.apply(o.expect("valid test object"));
         }
+        let index = std::sync::Arc::new(index);
         let mut names = Names {
             node: "node-1".into(),
-            index: std::sync::Arc::new(index),
+            index: std::sync::Arc::downgrade(&index),
             ..Default::default()
         };
         names

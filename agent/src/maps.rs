@@ -262,12 +262,7 @@ impl Maps {
         let per_cpu = self.counters.get(&endpoint_id, 0).ok()?;
         let mut sum = Counters::default();
         for c in per_cpu.iter() {
-            sum.allowed_packets += c.allowed_packets;
-            sum.allowed_bytes += c.allowed_bytes;
-            sum.denied_packets += c.denied_packets;
-            sum.denied_bytes += c.denied_bytes;
-            sum.audit_packets += c.audit_packets;
-            sum.events_lost += c.events_lost;
+            sum.add(c);
         }
         Some(sum)
     }

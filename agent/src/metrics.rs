@@ -252,12 +252,7 @@ impl Collector for KernelCounters {
         let mut sum = Counters::default();
         for (_, per_cpu) in m.counters.iter().flatten() {
             for c in per_cpu.iter() {
-                sum.allowed_packets += c.allowed_packets;
-                sum.allowed_bytes += c.allowed_bytes;
-                sum.denied_packets += c.denied_packets;
-                sum.denied_bytes += c.denied_bytes;
-                sum.audit_packets += c.audit_packets;
-                sum.events_lost += c.events_lost;
+                sum.add(c);
             }
         }
         // The datapath counts an audited packet as allowed too (it passes).

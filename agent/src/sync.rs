@@ -74,8 +74,10 @@ pub struct Names {
     /// `ns/name` of the NetworkPolicies that failed validation.
     pub invalid: BTreeSet<String>,
     /// The cluster as programmed: deny lines say which tier, policy and rule
-    /// decided, from the engine's own explanation.
-    pub index: Arc<ClusterIndex>,
+    /// decided, from the engine's own explanation. A weak reference, so that
+    /// the sync loop's next change does not copy the index (it detaches this
+    /// instead; lines rendered before the next pass then go without it).
+    pub index: std::sync::Weak<ClusterIndex>,
 }
 
 pub struct Shared {
@@ -140,7 +142,7 @@ pub struct SyncLoop {
     opts: Options,
     dp: Datapath,
     maps: Maps,
-    /// Shared with the deny log (explanations) without a copy per pass; a
+    /// Shared with the deny log (explanations) through a weak reference: a
     /// change copies it only while a batch of events is being rendered.
     index: Arc<ClusterIndex>,
     /// The incremental compiler, in step with the maps; `None` until a full pass
@@ -817,7 +819,7 @@ impl SyncLoop {
         let mut names = Names {
             node: self.opts.node.clone(),
             node_addrs,
-            index: self.index.clone(),
+            index: Arc::downgrade(&self.index),
             ..Default::default()
         };
         let mut duplicates = Vec::new();

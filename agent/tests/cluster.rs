@@ -14,38 +14,10 @@ use palisade_harness::{
 use serde_json::{json, Value};
 
 mod common;
-use common::agent_binary;
+use common::{agent_binary, agent_config, cluster_of, cluster_with};
 
 fn cluster() -> Cluster {
     cluster_with(&[])
-}
-
-fn cluster_with(agent_args: &[&str]) -> Cluster {
-    let mut c = cluster_of(agent_config(agent_args, Uplinks::Named));
-    c.sync().expect("agents programmed");
-    c
-}
-
-fn agent_config(agent_args: &[&str], uplinks: Uplinks) -> AgentConfig {
-    let mut agent = AgentConfig::new(agent_binary());
-    agent.extra_args = agent_args.iter().map(|s| s.to_string()).collect();
-    agent.uplinks = uplinks;
-    agent
-}
-
-/// The default model (IPv4, ptp-style nodes) with `agent` started on every node.
-fn cluster_of(agent: AgentConfig) -> Cluster {
-    let mut c = Cluster::build(
-        &ClusterSpec::default_model(Family::Ipv4),
-        ClusterOptions {
-            agent: Some(agent),
-            keep_temp: false,
-            ..Default::default()
-        },
-    )
-    .expect("build cluster");
-    c.start_agents().expect("start agents");
-    c
 }
 
 /// The pods placed on `node`.

@@ -10,31 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use palisade_harness::{
-    in_netns, AgentConfig, Cluster, ClusterOptions, ClusterSpec, Family, Outcome, Peer, Probe,
-    Protocol, Via,
-};
+use palisade_harness::{in_netns, Cluster, Outcome, Peer, Probe, Protocol, Via};
 use serde_json::{json, Value};
 
 mod common;
-use common::agent_binary;
-
-fn cluster_with(agent_args: &[&str]) -> Cluster {
-    let mut agent = AgentConfig::new(agent_binary());
-    agent.extra_args = agent_args.iter().map(|s| s.to_string()).collect();
-    let mut c = Cluster::build(
-        &ClusterSpec::default_model(Family::Ipv4),
-        ClusterOptions {
-            agent: Some(agent),
-            keep_temp: false,
-            ..Default::default()
-        },
-    )
-    .expect("build cluster");
-    c.start_agents().expect("start agents");
-    c.sync().expect("agents programmed");
-    c
-}
+use common::{agent_binary, cluster_with};
 
 fn tcp80(c: &Cluster, from: &str, to: &str) -> Outcome {
     let p = Probe {

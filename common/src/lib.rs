@@ -289,6 +289,18 @@ pub struct Counters {
 }
 const _: () = assert!(core::mem::size_of::<Counters>() == 48);
 
+impl Counters {
+    /// Adds `o` (another CPU's counters) to these.
+    pub fn add(&mut self, o: &Counters) {
+        self.allowed_packets += o.allowed_packets;
+        self.allowed_bytes += o.allowed_bytes;
+        self.denied_packets += o.denied_packets;
+        self.denied_bytes += o.denied_bytes;
+        self.audit_packets += o.audit_packets;
+        self.events_lost += o.events_lost;
+    }
+}
+
 /// Why a packet was (or, in audit mode, would have been) dropped.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -64,3 +64,40 @@ pub fn agent_binary() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_BIN_EXE_palisade-agent")))
 }
+
+/// The agent's config for the cluster tests: `agent_args` after the harness's
+/// own, uplinks told as `uplinks` says.
+#[allow(dead_code)] // not every test file that includes this module uses it
+pub fn agent_config(
+    agent_args: &[&str],
+    uplinks: palisade_harness::Uplinks,
+) -> palisade_harness::AgentConfig {
+    let mut agent = palisade_harness::AgentConfig::new(agent_binary());
+    agent.extra_args = agent_args.iter().map(|s| s.to_string()).collect();
+    agent.uplinks = uplinks;
+    agent
+}
+
+/// The default model (IPv4, ptp-style nodes) with `agent` started on every node.
+#[allow(dead_code)] // not every test file that includes this module uses it
+pub fn cluster_of(agent: palisade_harness::AgentConfig) -> palisade_harness::Cluster {
+    let mut c = palisade_harness::Cluster::build(
+        &palisade_harness::ClusterSpec::default_model(palisade_harness::Family::Ipv4),
+        palisade_harness::ClusterOptions {
+            agent: Some(agent),
+            keep_temp: false,
+            ..Default::default()
+        },
+    )
+    .expect("build cluster");
+    c.start_agents().expect("start agents");
+    c
+}
+
+/// [`cluster_of`] with `agent_args` and named uplinks, programmed once.
+#[allow(dead_code)] // not every test file that includes this module uses it
+pub fn cluster_with(agent_args: &[&str]) -> palisade_harness::Cluster {
+    let mut c = cluster_of(agent_config(agent_args, palisade_harness::Uplinks::Named));
+    c.sync().expect("agents programmed");
+    c
+}
