@@ -80,6 +80,19 @@ fn wait_ready(c: &Cluster, node: usize, what: &str, ok: impl Fn(u16, &Value) -> 
 /// Once repaired, later full passes (one a second here) find nothing to
 /// repair: the check must not mistake what is attached for something missing.
 fn assert_steady(c: &Cluster, node: usize, after_repair: &Value) {
+    // The test's own removal may still have been under way when the first
+    // repair was reported (a slow guest): wait until the count stops moving,
+    // then require the passes after that to repair nothing.
+    let mut after_repair = after_repair.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        std::thread::sleep(Duration::from_millis(1500));
+        let (_, now) = ready(c, node);
+        if now["repairs"] == after_repair["repairs"] || Instant::now() > deadline {
+            break;
+        }
+        after_repair = now;
+    }
     std::thread::sleep(Duration::from_millis(2500));
     let (_, now) = ready(c, node);
     assert_eq!(
