@@ -22,9 +22,10 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use palisade_common::{
-    all_ports_bit, Endpoint, PolicyKeyV4, PolicyKeyV6, PolicyScope, PolicyValue, PortRange,
-    ServiceKey, DIR_EGRESS, DIR_INGRESS, EP_AUDIT, EP_EGRESS_ISOLATED, EP_FAIL_CLOSED, EP_HAS_V4,
-    EP_HAS_V6, EP_INGRESS_ISOLATED, FAMILY_V4, FAMILY_V6, MAX_PORT_RANGES, PV_ALL, SCOPE_BITS,
+    entry_verdict, Endpoint, EntryVerdict, PolicyKeyV4, PolicyKeyV6, PolicyScope, PolicyValue,
+    PortRange, ServiceKey, DIR_EGRESS, DIR_INGRESS, EP_AUDIT, EP_EGRESS_ISOLATED, EP_FAIL_CLOSED,
+    EP_HAS_V4, EP_HAS_V6, EP_INGRESS_ISOLATED, FAMILY_V4, FAMILY_V6, MAX_PORT_RANGES, PV_ALL,
+    SCOPE_BITS,
 };
 
 use crate::compile::{Desired, DesiredEndpoint, Grant, PortSet, ServiceFrontend};
@@ -137,19 +138,10 @@ impl MapSet {
     }
 }
 
-/// The datapath's test of one entry's value: `PV_ALL`, or the protocol's
-/// all-ports bit ([`all_ports_bit`]: `PBIT_OTHER` for a protocol other than
-/// TCP/UDP/SCTP), or a range of that protocol containing the port (a portless
-/// non-first fragment matches no range).
+/// The datapath's test of one entry's value ([`entry_verdict`], the function the
+/// TC programs call).
 pub fn value_allows(v: &PolicyValue, proto: u8, port: Option<u16>) -> bool {
-    if v.flags & PV_ALL != 0 || v.all_ports & all_ports_bit(proto) != 0 {
-        return true;
-    }
-    let Some(port) = port else { return false };
-    v.ranges
-        .iter()
-        .take(usize::from(v.count).min(MAX_PORT_RANGES))
-        .any(|r| r.proto == proto && r.first <= port && port <= r.last)
+    entry_verdict(v, proto, port) == EntryVerdict::Allow
 }
 
 pub(crate) fn encode_services(s: &BTreeSet<ServiceFrontend>) -> BTreeSet<ServiceKey> {

@@ -1,9 +1,27 @@
 //! Protocol/port sets: what one grant or one LPM entry allows, normalised so that
 //! equal sets compare equal, with the datapath's test ([`PortSet::allows`]).
 
-use palisade_common::{all_ports_bit, proto_bit, PBIT_OTHER, PBIT_SCTP, PBIT_TCP, PBIT_UDP};
+use palisade_common::{
+    entry_verdict, proto_bit, EntryVerdict, PortRanges, PBIT_OTHER, PBIT_SCTP, PBIT_TCP, PBIT_UDP,
+};
 
 use crate::model::Protocol;
+
+impl PortRanges for PortSet {
+    const MAX_RANGES: usize = usize::MAX;
+    fn allows_everything(&self) -> bool {
+        self.all
+    }
+    fn all_ports(&self) -> u8 {
+        self.all_ports
+    }
+    fn range_count(&self) -> usize {
+        self.ranges.len()
+    }
+    fn range(&self, i: usize) -> (u8, u16, u16) {
+        self.ranges[i]
+    }
+}
 
 /// A set of protocols and ports, normalised (sorted, merged ranges; nothing
 /// redundant; a protocol's ranges covering 0..=65535 become its all-ports bit;
@@ -63,17 +81,10 @@ impl PortSet {
         self.normalize();
     }
 
-    /// The datapath's test: PV_ALL, or the protocol's all-ports bit
-    /// (`PBIT_OTHER` for protocols without ports), or a range of that protocol
-    /// containing the port (a portless non-first fragment matches no range).
+    /// The datapath's test ([`entry_verdict`], the function the TC programs
+    /// call on the encoded value).
     pub fn allows(&self, proto: u8, port: Option<u16>) -> bool {
-        if self.all || self.all_ports & all_ports_bit(proto) != 0 {
-            return true;
-        }
-        let Some(port) = port else { return false };
-        self.ranges
-            .iter()
-            .any(|&(p, f, l)| p == proto && f <= port && port <= l)
+        entry_verdict(self, proto, port) == EntryVerdict::Allow
     }
 
     fn normalize(&mut self) {

@@ -1,0 +1,22 @@
+//! Run-time settings user space gives the programs (the `CONFIG` array) and
+//! their defaults.
+
+/// Minimum nanoseconds between two events for the same flow.
+pub const EVENT_INTERVAL_NS: u64 = 1_000_000_000;
+/// Events one endpoint may emit per second on one CPU (after the per-flow limit):
+/// bounds what a flood of ever-new flows costs the agent. Overridden by
+/// `Config::endpoint_events_per_sec`.
+pub const ENDPOINT_EVENTS_PER_SEC: u32 = 200;
+
+/// `CONFIG` array index 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Config {
+    /// Minimum nanoseconds between two events for one flow (0 = `EVENT_INTERVAL_NS`).
+    pub event_interval_ns: u64,
+    /// Reserved, written as zero.
+    pub flags: u32,
+    /// Per-endpoint, per-CPU event budget (0 = `ENDPOINT_EVENTS_PER_SEC`).
+    pub endpoint_events_per_sec: u32,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 16);

@@ -1,0 +1,148 @@
+//! Every BPF map: its name, type, key and value types' sizes, capacity and
+//! flags, defined once. The eBPF crate declares its maps with these capacities
+//! under these names (aya's `#[map]` takes only a literal name, so the agent's
+//! tests check the built object against [`SPECS`]); user space opens maps by
+//! these names.
+
+use core::mem::size_of;
+
+use crate::{
+    Config, Counters, CtKey, CtValue, Endpoint, EventBudget, IpKey, PolicyKeyV4, PolicyKeyV6,
+    PolicyValue, RateValue, ServiceKey,
+};
+
+/// Map names: the names of their pins. The kernel keeps only the first 15
+/// bytes as the map object's own name.
+pub const ENDPOINTS: &str = "PAL_ENDPOINTS";
+pub const ENDPOINT_BY_IP: &str = "PAL_EP_BY_IP";
+pub const POLICY_V4: &str = "PAL_POLICY_V4";
+pub const POLICY_V6: &str = "PAL_POLICY_V6";
+pub const NODE_ADDRS: &str = "PAL_NODE_ADDRS";
+pub const SERVICES: &str = "PAL_SERVICES";
+pub const CONNTRACK: &str = "PAL_CONNTRACK";
+pub const EVENTS: &str = "PAL_EVENTS";
+pub const EVENT_RATE: &str = "PAL_EVENT_RATE";
+pub const COUNTERS: &str = "PAL_COUNTERS";
+pub const CONFIG: &str = "PAL_CONFIG";
+pub const EVENT_BUDGET: &str = "PAL_EVENT_BUDGET";
+/// Per-CPU scratch space of the programs; never pinned or read by user space.
+pub const SCRATCH: &str = "PAL_SCRATCH";
+pub const SCRATCH_KEY: &str = "PAL_SCRATCH_KEY";
+
+/// Map capacities. The writer refuses (fail closed for that endpoint) instead of
+/// truncating when any of these would be exceeded.
+pub const MAX_ENDPOINTS: u32 = 1024;
+/// Addresses of local pods: two per endpoint (IPv4 and IPv6).
+pub const MAX_ENDPOINT_ADDRS: u32 = MAX_ENDPOINTS * 2;
+/// The default; the agent may load the policy maps with another capacity.
+pub const MAX_POLICY_ENTRIES: u32 = 262_144;
+pub const MAX_NODE_ADDRS: u32 = 256;
+pub const MAX_SERVICES: u32 = 65_536;
+pub const MAX_CONNTRACK: u32 = 262_144;
+pub const MAX_EVENT_RATE: u32 = 65_536;
+pub const EVENTS_RING_BYTES: u32 = 1 << 20;
+/// Slots of each scratch map: 0 for the packet being judged, 1 for the flow an
+/// ICMP error quotes (`SCRATCH`) or the event rate key (`SCRATCH_KEY`).
+pub const SCRATCH_SLOTS: u32 = 2;
+/// Size of the programs' parsed-packet record kept in `SCRATCH` (private to the
+/// programs, which assert it at compile time).
+pub const SCRATCH_FLOW_SIZE: u32 = 56;
+
+/// `BPF_F_NO_PREALLOC`: entries allocated on insert (required by LPM tries).
+pub const F_NO_PREALLOC: u32 = 1;
+
+/// The BPF map types Palisade uses (`enum bpf_map_type`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    Hash = 1,
+    Array = 2,
+    PerCpuHash = 5,
+    PerCpuArray = 6,
+    LruHash = 9,
+    LpmTrie = 11,
+    RingBuf = 27,
+}
+
+/// One map as the programs declare it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    pub name: &'static str,
+    pub kind: MapKind,
+    /// Key size in bytes (LPM tries: with the 4-byte prefix length).
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+    /// Pinned, so that enforcement survives an agent restart.
+    pub pinned: bool,
+}
+
+const fn spec<K, V>(name: &'static str, kind: MapKind, max_entries: u32, flags: u32) -> MapSpec {
+    let key_size = match kind {
+        MapKind::LpmTrie => 4 + size_of::<K>() as u32,
+        _ => size_of::<K>() as u32,
+    };
+    MapSpec {
+        name,
+        kind,
+        key_size,
+        value_size: size_of::<V>() as u32,
+        max_entries,
+        flags,
+        pinned: true,
+    }
+}
+
+/// Every map of the TC programs.
+pub const SPECS: [MapSpec; 14] = [
+    spec::<u32, Endpoint>(ENDPOINTS, MapKind::Hash, MAX_ENDPOINTS, 0),
+    spec::<IpKey, u32>(ENDPOINT_BY_IP, MapKind::Hash, MAX_ENDPOINT_ADDRS, 0),
+    spec::<PolicyKeyV4, PolicyValue>(
+        POLICY_V4,
+        MapKind::LpmTrie,
+        MAX_POLICY_ENTRIES,
+        F_NO_PREALLOC,
+    ),
+    spec::<PolicyKeyV6, PolicyValue>(
+        POLICY_V6,
+        MapKind::LpmTrie,
+        MAX_POLICY_ENTRIES,
+        F_NO_PREALLOC,
+    ),
+    spec::<IpKey, u32>(NODE_ADDRS, MapKind::Hash, MAX_NODE_ADDRS, 0),
+    spec::<ServiceKey, u32>(SERVICES, MapKind::Hash, MAX_SERVICES, 0),
+    spec::<CtKey, CtValue>(CONNTRACK, MapKind::LruHash, MAX_CONNTRACK, 0),
+    MapSpec {
+        name: EVENTS,
+        kind: MapKind::RingBuf,
+        key_size: 0,
+        value_size: 0,
+        max_entries: EVENTS_RING_BYTES,
+        flags: 0,
+        pinned: true,
+    },
+    spec::<CtKey, RateValue>(EVENT_RATE, MapKind::LruHash, MAX_EVENT_RATE, 0),
+    spec::<u32, Counters>(COUNTERS, MapKind::PerCpuHash, MAX_ENDPOINTS, 0),
+    spec::<u32, EventBudget>(
+        EVENT_BUDGET,
+        MapKind::PerCpuHash,
+        MAX_ENDPOINTS,
+        F_NO_PREALLOC,
+    ),
+    spec::<u32, Config>(CONFIG, MapKind::Array, 1, 0),
+    MapSpec {
+        pinned: false,
+        value_size: SCRATCH_FLOW_SIZE,
+        ..spec::<u32, u8>(SCRATCH, MapKind::PerCpuArray, SCRATCH_SLOTS, 0)
+    },
+    MapSpec {
+        pinned: false,
+        ..spec::<u32, CtKey>(SCRATCH_KEY, MapKind::PerCpuArray, SCRATCH_SLOTS, 0)
+    },
+];
+
+/// The spec of the map called `name`.
+pub fn spec_of(name: &str) -> Option<&'static MapSpec> {
+    SPECS.iter().find(|s| s.name.as_bytes() == name.as_bytes())
+}
