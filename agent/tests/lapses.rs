@@ -122,10 +122,6 @@ fn removed_pins_keep_enforcing_and_are_pinned_again() {
         "the programs stay attached without their pins"
     );
     assert_eq!(tcp80(&c, "x/a", "x/b"), Outcome::Reachable);
-    let body = wait_ready(&c, 2, "repairs reported", |_, b| {
-        b["repairs"].as_u64().unwrap_or(0) > 0
-    });
-    assert!(body["ready"].as_bool().unwrap_or(false), "{body}");
     let veth = std::ffi::CString::new(c.pod_host_veth("x/b").expect("veth")).expect("name");
     // SAFETY: a valid C string; the lookup runs in the node's namespace.
     let ifindex = in_netns(c.node_netns(2).expect("ns"), || unsafe {
@@ -133,10 +129,13 @@ fn removed_pins_keep_enforcing_and_are_pinned_again() {
     })
     .expect("netns");
     assert_ne!(ifindex, 0);
-    for p in ["to_pod", "from_pod"] {
-        let pin = pins.join("links").join(format!("{ifindex}-{p}"));
-        assert!(pin.exists(), "{} pinned again", pin.display());
-    }
+    let link_pins =
+        ["to_pod", "from_pod"].map(|p| pins.join("links").join(format!("{ifindex}-{p}")));
+    // One pass may repair the maps and a later one the links: wait for both.
+    let body = wait_ready(&c, 2, "repairs reported and links pinned again", |_, b| {
+        b["repairs"].as_u64().unwrap_or(0) > 0 && link_pins.iter().all(|p| p.exists())
+    });
+    assert!(body["ready"].as_bool().unwrap_or(false), "{body}");
     assert!(pins.join("maps").read_dir().expect("maps").count() > 3);
     assert_steady(&c, 2, &body);
     // The restored pins carry a restart: enforcement continues through it.

@@ -145,8 +145,8 @@ pub trait PortRanges {
     /// `PBIT_*` of protocols allowed on every port.
     fn all_ports(&self) -> u8;
     fn range_count(&self) -> usize;
-    /// Range `i` (below `range_count`) as `(protocol, first, last)`, inclusive.
-    fn range(&self, i: usize) -> (u8, u16, u16);
+    /// Range `i` as `(protocol, first, last)`, inclusive; `None` past the end.
+    fn range(&self, i: usize) -> Option<(u8, u16, u16)>;
 }
 
 impl PortRanges for PolicyValue {
@@ -164,9 +164,8 @@ impl PortRanges for PolicyValue {
         self.count as usize
     }
     #[inline(always)]
-    fn range(&self, i: usize) -> (u8, u16, u16) {
-        let r = &self.ranges[i];
-        (r.proto, r.first, r.last)
+    fn range(&self, i: usize) -> Option<(u8, u16, u16)> {
+        self.ranges.get(i).map(|r| (r.proto, r.first, r.last))
     }
 }
 
@@ -186,12 +185,16 @@ pub fn entry_verdict<T: PortRanges + ?Sized>(v: &T, proto: u8, port: Option<u16>
     if proto_bit(proto) == 0 {
         return EntryVerdict::Deny;
     }
+    // The loop's shape matters to the verifier on older kernels: a constant trip
+    // count, the entry's count as a separate exit, and no bounds-check panic.
     let n = v.range_count();
     for i in 0..T::MAX_RANGES {
-        if i >= n {
+        if i == n {
             break;
         }
-        let (p, first, last) = v.range(i);
+        let Some((p, first, last)) = v.range(i) else {
+            break;
+        };
         if p == proto && first <= port && port <= last {
             return EntryVerdict::Allow;
         }

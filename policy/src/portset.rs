@@ -18,8 +18,8 @@ impl PortRanges for PortSet {
     fn range_count(&self) -> usize {
         self.ranges.len()
     }
-    fn range(&self, i: usize) -> (u8, u16, u16) {
-        self.ranges[i]
+    fn range(&self, i: usize) -> Option<(u8, u16, u16)> {
+        self.ranges.get(i).copied()
     }
 }
 
