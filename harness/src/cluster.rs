@@ -105,7 +105,7 @@ pub struct Probe {
     pub to: Peer,
     /// Container port on the destination.
     pub port: u16,
-    pub protocol: Protocol,
+    pub protocol: Transport,
     /// Ignored (treated as [`Via::Pod`]) when either end is an external or
     /// the destination is a node.
     pub via: Via,
@@ -137,7 +137,7 @@ pub struct ClusterOptions {
 }
 
 struct PodState {
-    spec: PodSpec,
+    spec: PodPlan,
     ip: IpAddr,
     netns: String,
     host_veth: String,
@@ -159,7 +159,7 @@ pub struct Cluster {
     nodes: usize,
     fabric_ns: String,
     node_ns: Vec<String>,
-    namespaces: BTreeMap<String, Labels>,
+    namespaces: BTreeMap<String, LabelMap>,
     pods: Vec<PodState>,
     externals: Vec<ExternalState>,
     services: Vec<Service>,
@@ -170,7 +170,7 @@ pub struct Cluster {
     /// ClusterNetworkPolicies by name.
     cluster_policies: BTreeMap<String, Value>,
     /// Node number -> labels of its Node object (besides the hostname).
-    node_labels: BTreeMap<usize, Labels>,
+    node_labels: BTreeMap<usize, LabelMap>,
     /// Servers in the nodes' own namespaces (`node_ports`), by node.
     node_servers: Vec<ServerSet>,
     agents: Vec<NodeAgent>,
@@ -422,7 +422,7 @@ impl Cluster {
     }
 
     /// Records a pod (names and address) without creating anything yet.
-    fn alloc_pod(&mut self, spec: PodSpec) -> usize {
+    fn alloc_pod(&mut self, spec: PodPlan) -> usize {
         let k = self.pods_per_node[spec.node];
         self.pods_per_node[spec.node] += 1;
         let veth = format!("palp{}", self.next_veth);
@@ -688,14 +688,14 @@ impl Cluster {
     }
 
     /// Replaces a pod's whole label map (written, not yet synced).
-    pub fn set_pod_labels(&mut self, pod: &str, labels: Labels) -> Result<()> {
+    pub fn set_pod_labels(&mut self, pod: &str, labels: LabelMap) -> Result<()> {
         let i = self.pod_index(pod)?;
         self.pods[i].spec.labels = labels;
         self.publish_pod(pod)
     }
 
     /// Replaces a namespace's labels (`kubernetes.io/metadata.name` is kept).
-    pub fn set_namespace_labels(&mut self, ns: &str, labels: Labels) -> Result<()> {
+    pub fn set_namespace_labels(&mut self, ns: &str, labels: LabelMap) -> Result<()> {
         let l = self
             .namespaces
             .get_mut(ns)
@@ -731,7 +731,7 @@ impl Cluster {
     }
 
     /// Replaces node `n`'s labels (`kubernetes.io/hostname` is kept).
-    pub fn set_node_labels(&mut self, n: usize, labels: Labels) -> Result<()> {
+    pub fn set_node_labels(&mut self, n: usize, labels: LabelMap) -> Result<()> {
         let node = objects::node(&format!("node-{n}"), &labels, self.node_ip(n)?);
         self.node_labels.insert(n, labels);
         self.write_all_nodes(&objects::node_file(n), &objects::to_yaml(&node)?)
@@ -855,7 +855,7 @@ impl Cluster {
     /// rules, without publishing any object: the agent sees only a new veth.
     /// Follow with [`Cluster::publish_pod`] and [`Cluster::sync`]. Returns the
     /// pod's IP.
-    pub fn add_pod_network(&mut self, spec: PodSpec) -> Result<IpAddr> {
+    pub fn add_pod_network(&mut self, spec: PodPlan) -> Result<IpAddr> {
         if !self.namespaces.contains_key(&spec.namespace) {
             bail!(
                 "pod {}: namespace {} does not exist",
@@ -904,7 +904,7 @@ impl Cluster {
     }
 
     /// [`Cluster::add_pod_network`] + [`Cluster::publish_pod`] (not synced).
-    pub fn add_pod(&mut self, spec: PodSpec) -> Result<IpAddr> {
+    pub fn add_pod(&mut self, spec: PodPlan) -> Result<IpAddr> {
         let key = spec.key();
         let ip = self.add_pod_network(spec)?;
         self.publish_pod(&key)?;
@@ -1090,7 +1090,7 @@ impl Cluster {
         rows: &[Peer],
         cols: &[Peer],
         port: u16,
-        protocol: Protocol,
+        protocol: Transport,
         via: Via,
     ) -> Result<crate::scenario::Matrix> {
         use crate::scenario::{Cell, Matrix};
@@ -1190,7 +1190,7 @@ impl Cluster {
         self.pods.iter().map(|p| p.spec.key()).collect()
     }
     /// The spec of a pod (labels as currently set).
-    pub fn pod_spec(&self, pod: &str) -> Result<&PodSpec> {
+    pub fn pod_spec(&self, pod: &str) -> Result<&PodPlan> {
         Ok(&self.pod_state(pod)?.spec)
     }
     pub fn pod_ip(&self, pod: &str) -> Result<IpAddr> {
@@ -1223,7 +1223,7 @@ impl Cluster {
         Ok(&self.external_state(name)?.netns)
     }
     /// Labels of a namespace (without the automatic metadata.name label).
-    pub fn namespace_labels(&self, ns: &str) -> Option<&Labels> {
+    pub fn namespace_labels(&self, ns: &str) -> Option<&LabelMap> {
         self.namespaces.get(ns)
     }
 
@@ -1267,7 +1267,7 @@ impl Cluster {
         from: &Peer,
         to: &Peer,
         port: u16,
-        protocol: Protocol,
+        protocol: Transport,
         via: Via,
     ) -> Result<SocketAddr> {
         let by_service =
@@ -1317,7 +1317,7 @@ impl Cluster {
         &self,
         from: &Peer,
         to: SocketAddr,
-        protocol: Protocol,
+        protocol: Transport,
     ) -> Result<Option<String>> {
         whoami(&self.netns_of(from)?, to, protocol, PROBE_TIMEOUT)
     }
@@ -1330,7 +1330,7 @@ impl Cluster {
         from: &Peer,
         to: &Peer,
         port: u16,
-        protocol: Protocol,
+        protocol: Transport,
         via: Via,
     ) -> Result<Connection> {
         let addr = self.target_addr(from, to, port, protocol, via)?;

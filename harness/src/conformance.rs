@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::agent::AgentConfig;
 use crate::cluster::{Cluster, ClusterOptions, Peer, Probe, Topology, Via};
-use crate::model::{Family, Labels, Protocol};
+use crate::model::{Family, LabelMap, Transport};
 use crate::probe::Outcome;
 use crate::scenario::{self, Cell, Expectation, PolicyRef, Scenario};
 use crate::servers::sctp_supported;
@@ -28,9 +28,9 @@ pub trait CaseCluster {
     /// here; on a real cluster the DaemonSet runs already.
     fn start_enforcement(&mut self) -> Result<()>;
     /// Replaces a pod's whole label map.
-    fn set_pod_labels(&mut self, pod: &str, labels: Labels) -> Result<()>;
+    fn set_pod_labels(&mut self, pod: &str, labels: LabelMap) -> Result<()>;
     /// Replaces a namespace's labels (`kubernetes.io/metadata.name` is kept).
-    fn set_namespace_labels(&mut self, ns: &str, labels: Labels) -> Result<()>;
+    fn set_namespace_labels(&mut self, ns: &str, labels: LabelMap) -> Result<()>;
     /// Deletes a NetworkPolicy or a ClusterNetworkPolicy.
     fn delete_policy(&mut self, r: &PolicyRef) -> Result<()>;
     /// Creates or replaces a NetworkPolicy or a ClusterNetworkPolicy (by
@@ -52,10 +52,10 @@ impl CaseCluster for Cluster {
     fn start_enforcement(&mut self) -> Result<()> {
         self.start_agents()
     }
-    fn set_pod_labels(&mut self, pod: &str, labels: Labels) -> Result<()> {
+    fn set_pod_labels(&mut self, pod: &str, labels: LabelMap) -> Result<()> {
         Cluster::set_pod_labels(self, pod, labels)
     }
-    fn set_namespace_labels(&mut self, ns: &str, labels: Labels) -> Result<()> {
+    fn set_namespace_labels(&mut self, ns: &str, labels: LabelMap) -> Result<()> {
         Cluster::set_namespace_labels(self, ns, labels)
     }
     fn delete_policy(&mut self, r: &PolicyRef) -> Result<()> {
@@ -305,7 +305,7 @@ fn expectation_probes(e: &Expectation) -> Vec<(usize, usize, Probe)> {
 }
 
 fn skipped(e: &Expectation, settings: &RunSettings) -> bool {
-    e.protocol == Protocol::Sctp && !settings.sctp
+    e.protocol == Transport::Sctp && !settings.sctp
 }
 
 fn run_case<C: CaseCluster>(
@@ -420,12 +420,12 @@ fn run_case_inner<C: CaseCluster>(
     let sctp_absent = sanity
         .iter()
         .zip(&res)
-        .any(|(p, o)| p.protocol == Protocol::Sctp && *o == Outcome::Skipped);
+        .any(|(p, o)| p.protocol == Transport::Sctp && *o == Outcome::Skipped);
     if sctp_absent {
         notes.push("SCTP expectations skipped: the pods' kernel has no SCTP".to_string());
     }
     let skipped = |e: &Expectation, opts: &RunSettings| {
-        skipped(e, opts) || (sctp_absent && e.protocol == Protocol::Sctp)
+        skipped(e, opts) || (sctp_absent && e.protocol == Transport::Sctp)
     };
     if !bad.is_empty() {
         let shown: Vec<&String> = bad.iter().take(20).collect();

@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 use crate::agent::Readiness;
 use crate::cluster::{pod_service_name, Peer, Probe, Via};
 use crate::conformance::{run_scenarios, Built, CaseCluster, RunSettings, Summary};
-use crate::model::{ClusterSpec, Family, Labels, PodSpec, PortSpec, Protocol};
+use crate::model::{ClusterSpec, Family, LabelMap, PodPlan, PortPlan, Transport};
 use crate::podtool::{format_target, parse_results};
 use crate::probe::{scatter, Outcome};
 use crate::scenario::PolicyRef;
@@ -204,7 +204,7 @@ fn family_of(ip: &IpAddr) -> Family {
 }
 
 /// The Namespace to create.
-pub fn namespace_manifest(name: &str, labels: &Labels) -> Value {
+pub fn namespace_manifest(name: &str, labels: &LabelMap) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Namespace",
@@ -213,7 +213,7 @@ pub fn namespace_manifest(name: &str, labels: &Labels) -> Value {
 }
 
 /// The Pod of a scenario pod: `palisade-pod serve` on its ports, pinned to `node`.
-pub fn pod_manifest(p: &PodSpec, node: &str, image: &str, family: Family) -> Value {
+pub fn pod_manifest(p: &PodPlan, node: &str, image: &str, family: Family) -> Value {
     let mut command = vec![
         POD_TOOL.to_string(),
         "serve".into(),
@@ -255,7 +255,7 @@ pub fn pod_manifest(p: &PodSpec, node: &str, image: &str, family: Family) -> Val
 }
 
 /// The ports of a pod's Service: one per service port and protocol.
-fn service_ports(p: &PodSpec) -> impl Iterator<Item = &PortSpec> {
+fn service_ports(p: &PodPlan) -> impl Iterator<Item = &PortPlan> {
     let mut seen = std::collections::BTreeSet::new();
     p.ports
         .iter()
@@ -263,7 +263,7 @@ fn service_ports(p: &PodSpec) -> impl Iterator<Item = &PortSpec> {
 }
 
 /// The selectorless Service `s-<ns>-<pod>` of a pod, every port it serves.
-pub fn service_manifest(p: &PodSpec, family: Family) -> Value {
+pub fn service_manifest(p: &PodPlan, family: Family) -> Value {
     let ports: Vec<Value> = service_ports(p)
         .map(|port| {
             json!({
@@ -292,7 +292,7 @@ pub fn service_manifest(p: &PodSpec, family: Family) -> Value {
 }
 
 /// The EndpointSlice that backs a pod's Service with that pod alone.
-pub fn endpointslice_manifest(p: &PodSpec, ip: IpAddr, node: &str) -> Value {
+pub fn endpointslice_manifest(p: &PodPlan, ip: IpAddr, node: &str) -> Value {
     let service = pod_service_name(&p.namespace, &p.name);
     let ports: Vec<Value> = service_ports(p)
         .map(|port| {
@@ -328,7 +328,7 @@ pub fn endpointslice_manifest(p: &PodSpec, ip: IpAddr, node: &str) -> Value {
 
 /// A merge patch that makes an object's labels exactly `new` (keys only in
 /// `old` become null, which a JSON merge patch deletes).
-pub fn labels_patch(old: &Labels, new: &Labels) -> Value {
+pub fn labels_patch(old: &LabelMap, new: &LabelMap) -> Value {
     let mut m = serde_json::Map::new();
     for k in old.keys().filter(|k| !new.contains_key(*k)) {
         m.insert(k.clone(), Value::Null);
@@ -342,7 +342,7 @@ pub fn labels_patch(old: &Labels, new: &Labels) -> Value {
 pub use crate::objects::policy_manifest;
 
 struct PodState {
-    spec: PodSpec,
+    spec: PodPlan,
     ip: IpAddr,
     /// ClusterIP of the pod's Service.
     cluster_ip: IpAddr,
@@ -354,7 +354,7 @@ pub struct KubeCluster {
     opts: KubeOptions,
     family: Family,
     nodes: Vec<Node>,
-    namespaces: BTreeMap<String, Labels>,
+    namespaces: BTreeMap<String, LabelMap>,
     pods: BTreeMap<String, PodState>,
     policies: std::collections::BTreeSet<(String, String)>,
     /// ClusterNetworkPolicies the case created (cluster-scoped: deleted when
@@ -828,7 +828,7 @@ impl CaseCluster for KubeCluster {
         Ok(())
     }
 
-    fn set_pod_labels(&mut self, pod: &str, labels: Labels) -> Result<()> {
+    fn set_pod_labels(&mut self, pod: &str, labels: LabelMap) -> Result<()> {
         let st = self
             .pods
             .get_mut(pod)
@@ -851,7 +851,7 @@ impl CaseCluster for KubeCluster {
         Ok(())
     }
 
-    fn set_namespace_labels(&mut self, ns: &str, labels: Labels) -> Result<()> {
+    fn set_namespace_labels(&mut self, ns: &str, labels: LabelMap) -> Result<()> {
         let old = self
             .namespaces
             .get(ns)
@@ -1149,17 +1149,17 @@ pub const CNI_CHECK_NAMESPACE: &str = "palisade-cni-check";
 /// this cluster would be the CNI's.
 pub fn check_cni_does_not_enforce(opts: &KubeOptions, family: Family) -> Result<()> {
     let ns = CNI_CHECK_NAMESPACE.to_string();
-    let pod = |name: &str, node: usize| PodSpec {
+    let pod = |name: &str, node: usize| PodPlan {
         namespace: ns.clone(),
         name: name.into(),
         labels: [("pod".to_string(), name.to_string())].into(),
         node,
-        ports: vec![PortSpec::new(80, Protocol::Tcp).named("http")],
+        ports: vec![PortPlan::new(80, Transport::Tcp).named("http")],
     };
     let spec = ClusterSpec {
         family,
         nodes: 2,
-        namespaces: [(ns.clone(), Labels::new())].into(),
+        namespaces: [(ns.clone(), LabelMap::new())].into(),
         pods: vec![pod("a", 1), pod("b", 2)],
         externals: Vec::new(),
         node_labels: Default::default(),
@@ -1178,7 +1178,7 @@ pub fn check_cni_does_not_enforce(opts: &KubeOptions, family: Family) -> Result<
             from: Peer::Pod(format!("{ns}/{f}")),
             to: Peer::Pod(format!("{ns}/{t}")),
             port: 80,
-            protocol: Protocol::Tcp,
+            protocol: Transport::Tcp,
             via: Via::Pod,
         })
         .collect();
@@ -1247,11 +1247,11 @@ mod tests {
 
     #[test]
     fn a_label_patch_replaces_the_whole_map() {
-        let old: Labels = [("pod", "a"), ("gone", "1"), ("kept", "x")]
+        let old: LabelMap = [("pod", "a"), ("gone", "1"), ("kept", "x")]
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let new: Labels = [("pod", "b"), ("kept", "x"), ("extra", "1")]
+        let new: LabelMap = [("pod", "b"), ("kept", "x"), ("extra", "1")]
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
@@ -1291,14 +1291,14 @@ mod tests {
     /// ports to container ports and names them like the EndpointSlice does.
     #[test]
     fn pod_command_and_service_ports_follow_the_scenario() {
-        let p = PodSpec {
+        let p = PodPlan {
             namespace: "x".into(),
             name: "a".into(),
             labels: [("pod".to_string(), "a".to_string())].into(),
             node: 2,
             ports: vec![
-                PortSpec::new(80, Protocol::Tcp).named("serve-80-tcp"),
-                PortSpec::new(81, Protocol::Udp).with_service_port(8081),
+                PortPlan::new(80, Transport::Tcp).named("serve-80-tcp"),
+                PortPlan::new(81, Transport::Udp).with_service_port(8081),
             ],
         };
         let pod = pod_manifest(&p, "w2", "img:1", Family::Ipv4);
@@ -1345,13 +1345,13 @@ mod tests {
         let spec = |ns: &str, pod: &str| ClusterSpec {
             family: Family::Ipv4,
             nodes: 2,
-            namespaces: [(ns.to_string(), Labels::new())].into(),
-            pods: vec![PodSpec {
+            namespaces: [(ns.to_string(), LabelMap::new())].into(),
+            pods: vec![PodPlan {
                 namespace: ns.into(),
                 name: pod.into(),
-                labels: Labels::new(),
+                labels: LabelMap::new(),
                 node: 1,
-                ports: vec![PortSpec::new(80, Protocol::Tcp)],
+                ports: vec![PortPlan::new(80, Transport::Tcp)],
             }],
             externals: Vec::new(),
             node_labels: Default::default(),

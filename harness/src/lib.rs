@@ -30,7 +30,7 @@ pub use conformance::{
     run_conformance, run_conformance_to, run_scenarios, Built, CaseCluster, CaseReport, CaseStatus,
     ConformanceOptions, RunSettings, Summary,
 };
-pub use model::{ClusterSpec, ExternalSpec, Family, Labels, PodSpec, PortSpec, Protocol};
+pub use model::{ClusterSpec, ExternalSpec, Family, LabelMap, PodPlan, PortPlan, Transport};
 pub use netns::{cleanup_leftovers, in_netns, install_signal_handler};
 pub use probe::{Connection, Outcome};
 pub use servers::sctp_supported;

@@ -16,7 +16,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::model::{Family, Labels, PodSpec};
+use crate::model::{Family, LabelMap, PodPlan};
 use crate::services::Service;
 
 /// Writes `contents` to `dir/name` atomically.
@@ -56,7 +56,7 @@ pub fn node_file(n: usize) -> String {
 
 /// A Node `name` with its address as InternalIP; `kubernetes.io/hostname` is
 /// always the node's name.
-pub fn node(name: &str, labels: &Labels, ip: IpAddr) -> Value {
+pub fn node(name: &str, labels: &LabelMap, ip: IpAddr) -> Value {
     let mut l = labels.clone();
     l.insert("kubernetes.io/hostname".into(), name.into());
     json!({
@@ -98,7 +98,7 @@ pub fn cluster_policy_manifest(manifest: &Value) -> Result<(String, Value)> {
 }
 
 /// A Namespace; `kubernetes.io/metadata.name` is always added.
-pub fn namespace(name: &str, labels: &Labels) -> Value {
+pub fn namespace(name: &str, labels: &LabelMap) -> Value {
     let mut l = labels.clone();
     l.insert("kubernetes.io/metadata.name".into(), name.into());
     json!({
@@ -110,7 +110,7 @@ pub fn namespace(name: &str, labels: &Labels) -> Value {
 }
 
 /// The container ports of a pod (named ports resolve against these).
-pub fn container_ports(p: &PodSpec) -> Vec<Value> {
+pub fn container_ports(p: &PodPlan) -> Vec<Value> {
     p.ports
         .iter()
         .map(|port| {
@@ -153,7 +153,7 @@ pub fn policy_manifest(manifest: &Value) -> Result<(String, String, Value)> {
 }
 
 /// A running Pod with its IP, host IP, node and container ports.
-pub fn pod(p: &PodSpec, ip: IpAddr, host_ip: IpAddr) -> Value {
+pub fn pod(p: &PodPlan, ip: IpAddr, host_ip: IpAddr) -> Value {
     let ports = container_ports(p);
     json!({
         "apiVersion": "v1",

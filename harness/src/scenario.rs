@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::cluster::{Peer, Via};
 use crate::model::{
-    default_ports, ClusterSpec, ExternalSpec, Family, Labels, PodSpec, PortSpec, Protocol,
+    default_ports, ClusterSpec, ExternalSpec, Family, LabelMap, PodPlan, PortPlan, Transport,
 };
 
 // ---------------------------------------------------------------- file format (serde)
@@ -37,7 +37,7 @@ struct ClusterDef {
     #[serde(default)]
     nodes: Option<usize>,
     #[serde(default)]
-    namespaces: Option<BTreeMap<String, Option<Labels>>>,
+    namespaces: Option<BTreeMap<String, Option<LabelMap>>>,
     #[serde(default)]
     ports: Option<Vec<PortDef>>,
     #[serde(default)]
@@ -45,7 +45,7 @@ struct ClusterDef {
     #[serde(default)]
     externals: Option<Vec<ExternalDef>>,
     #[serde(default)]
-    node_labels: Option<BTreeMap<usize, Option<Labels>>>,
+    node_labels: Option<BTreeMap<usize, Option<LabelMap>>>,
     #[serde(default)]
     node_ports: Option<Vec<PortDef>>,
 }
@@ -67,7 +67,7 @@ struct PortDef {
 struct PodDef {
     name: String,
     #[serde(default)]
-    labels: Option<Labels>,
+    labels: Option<LabelMap>,
     #[serde(default)]
     node: Option<usize>,
     #[serde(default)]
@@ -99,9 +99,9 @@ struct StepDef {
 #[serde(deny_unknown_fields)]
 struct SetLabelsDef {
     #[serde(default)]
-    pods: Option<BTreeMap<String, Option<Labels>>>,
+    pods: Option<BTreeMap<String, Option<LabelMap>>>,
     #[serde(default)]
-    namespaces: Option<BTreeMap<String, Option<Labels>>>,
+    namespaces: Option<BTreeMap<String, Option<LabelMap>>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -135,8 +135,8 @@ pub struct Scenario {
 /// One step: label changes, deletions, applications, then expectations.
 #[derive(Clone, Debug, Default)]
 pub struct Step {
-    pub set_pod_labels: Vec<(String, Labels)>,
-    pub set_namespace_labels: Vec<(String, Labels)>,
+    pub set_pod_labels: Vec<(String, LabelMap)>,
+    pub set_namespace_labels: Vec<(String, LabelMap)>,
     /// Policies to delete.
     pub delete: Vec<PolicyRef>,
     /// NetworkPolicy and ClusterNetworkPolicy manifests, placeholders not yet
@@ -172,7 +172,7 @@ pub const CLUSTER_POLICY_API_VERSION: &str = "policy.networking.k8s.io/v1alpha2"
 pub struct Expectation {
     /// Container port.
     pub port: u16,
-    pub protocol: Protocol,
+    pub protocol: Transport,
     pub via: Via,
     pub ignore_loopback: bool,
     pub matrix: Matrix,
@@ -360,15 +360,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Scenario> {
     validate(def, path).map_err(|e| anyhow!("{file}: {e:#}"))
 }
 
-fn protocol(p: &Option<String>, key: &str) -> Result<Protocol> {
+fn protocol(p: &Option<String>, key: &str) -> Result<Transport> {
     match p {
-        None => Ok(Protocol::Tcp),
+        None => Ok(Transport::Tcp),
         Some(s) => s.parse().with_context(|| key.to_string()),
     }
 }
 
-fn ports(defs: &[PortDef], key: &str) -> Result<Vec<PortSpec>> {
-    let mut out: Vec<PortSpec> = Vec::new();
+fn ports(defs: &[PortDef], key: &str) -> Result<Vec<PortPlan>> {
+    let mut out: Vec<PortPlan> = Vec::new();
     for (i, d) in defs.iter().enumerate() {
         let k = format!("{key}[{i}]");
         if d.port == 0 {
@@ -393,7 +393,7 @@ fn ports(defs: &[PortDef], key: &str) -> Result<Vec<PortSpec>> {
                 bail!("{k}.name: {n:?} is empty or not unique");
             }
         }
-        out.push(PortSpec {
+        out.push(PortPlan {
             port: d.port,
             protocol: proto,
             name: d.name.clone(),
@@ -528,7 +528,7 @@ fn build_cluster(def: Option<ClusterDef>) -> Result<ClusterSpec> {
     if nodes == 0 || nodes > 200 {
         bail!("cluster.nodes: must be 1..200, got {nodes}");
     }
-    let namespaces: BTreeMap<String, Labels> = match def.namespaces {
+    let namespaces: BTreeMap<String, LabelMap> = match def.namespaces {
         None => default.namespaces.clone(),
         Some(m) => m
             .into_iter()
@@ -573,7 +573,7 @@ fn build_cluster(def: Option<ClusterDef>) -> Result<ClusterSpec> {
                     Some(p) => ports(p, &format!("{k}.ports"))?,
                     None => base_ports.clone(),
                 };
-                v.push(PodSpec {
+                v.push(PodPlan {
                     namespace: ns.to_string(),
                     name: name.to_string(),
                     labels: d.labels.unwrap_or_default(),
@@ -643,7 +643,7 @@ fn peer_exists(p: &Peer, c: &ClusterSpec) -> bool {
     }
 }
 
-fn serves(p: &Peer, c: &ClusterSpec, port: u16, proto: Protocol) -> bool {
+fn serves(p: &Peer, c: &ClusterSpec, port: u16, proto: Transport) -> bool {
     let ports = match p {
         Peer::Pod(k) => c.pods.iter().find(|q| &q.key() == k).map(|q| &q.ports),
         Peer::External(n) => c.externals.iter().find(|e| &e.name == n).map(|e| &e.ports),
