@@ -14,10 +14,11 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 
 use crate::agent::AgentConfig;
-use crate::cluster::{Cluster, ClusterOptions, Peer, Probe, Topology, Via};
+use crate::cluster::{Cluster, ClusterOptions, Topology};
+use crate::matrix::{Cell, Peer, Probe, Via};
 use crate::model::{Family, LabelMap, Transport};
 use crate::probe::Outcome;
-use crate::scenario::{self, Cell, Expectation, PolicyRef, Scenario};
+use crate::scenario::{self, Expectation, PolicyRef, Scenario};
 use crate::servers::sctp_supported;
 
 /// What the runner needs of a cluster: the network-namespace [`Cluster`] is one,
@@ -71,7 +72,7 @@ impl CaseCluster for Cluster {
         }
     }
     fn address_of(&self, peer: &Peer) -> Result<IpAddr> {
-        Cluster::address_of(self, peer)
+        Ok(Cluster::address_of(self, peer)?)
     }
     fn sync(&mut self) -> Result<()> {
         Cluster::sync(self).map(|_| ())
@@ -410,7 +411,7 @@ fn run_case_inner<C: CaseCluster>(
                 p.to,
                 p.protocol,
                 p.port,
-                via_str(p.via)
+                p.via.as_str()
             )
         })
         .collect();
@@ -528,7 +529,7 @@ fn run_case_inner<C: CaseCluster>(
                     si + 1,
                     e.port,
                     e.protocol,
-                    via_str(e.via),
+                    e.via.as_str(),
                     side_by_side(e, &observed)
                 );
             }
@@ -579,13 +580,6 @@ fn agent_logs(cluster: &Cluster, verbose: bool) -> String {
         }
     }
     s
-}
-
-fn via_str(v: Via) -> &'static str {
-    match v {
-        Via::Service => "service",
-        Via::Pod => "pod",
-    }
 }
 
 /// Expected and observed matrices side by side; differing observed cells are

@@ -28,9 +28,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::agent::Readiness;
-use crate::cluster::{pod_service_name, Peer, Probe, Via};
 use crate::conformance::{run_scenarios, Built, CaseCluster, RunSettings, Summary};
-use crate::model::{ClusterSpec, Family, LabelMap, PodPlan, PortPlan, Transport};
+use crate::matrix::{Peer, Probe, Via};
+use crate::model::{pod_service_name, ClusterSpec, Family, LabelMap, PodPlan, PortPlan, Transport};
 use crate::podtool::{format_target, parse_results};
 use crate::probe::{scatter, Outcome};
 use crate::scenario::PolicyRef;
@@ -195,14 +195,6 @@ pub fn parse_nodes(list: &Value) -> Result<Vec<Node>> {
     Ok(nodes)
 }
 
-fn family_of(ip: &IpAddr) -> Family {
-    if ip.is_ipv4() {
-        Family::Ipv4
-    } else {
-        Family::Ipv6
-    }
-}
-
 /// The Namespace to create.
 pub fn namespace_manifest(name: &str, labels: &LabelMap) -> Value {
     json!({
@@ -315,7 +307,7 @@ pub fn endpointslice_manifest(p: &PodPlan, ip: IpAddr, node: &str) -> Value {
             },
             "annotations": {OWNED: "true"},
         },
-        "addressType": family_of(&ip).k8s(),
+        "addressType": Family::of(&ip).k8s(),
         "endpoints": [{
             "addresses": [ip.to_string()],
             "conditions": {"ready": true, "serving": true, "terminating": false},
@@ -583,7 +575,7 @@ impl KubeCluster {
             .ok_or_else(|| anyhow!("no node {name}"))?;
         node.addresses
             .iter()
-            .find(|a| family_of(a) == self.family)
+            .find(|a| Family::of(a) == self.family)
             .copied()
             .ok_or_else(|| anyhow!("node {name} has no {} InternalIP", self.family))
     }
@@ -819,7 +811,7 @@ pub fn pod_ip(pod: &Value, family: Family) -> Result<IpAddr> {
         .into_iter()
         .flatten()
         .filter_map(|a| a.get("ip").and_then(Value::as_str)?.parse::<IpAddr>().ok())
-        .find(|ip| family_of(ip) == family)
+        .find(|ip| Family::of(ip) == family)
         .ok_or_else(|| anyhow!("no {family} address in status.podIPs"))
 }
 

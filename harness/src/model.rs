@@ -40,6 +40,14 @@ impl Family {
             Family::Ipv6 => 128,
         }
     }
+    /// The family of an address.
+    pub fn of(ip: &IpAddr) -> Family {
+        if ip.is_ipv4() {
+            Family::Ipv4
+        } else {
+            Family::Ipv6
+        }
+    }
     /// Kubernetes spelling (`IPv4`/`IPv6`) for ipFamilies and addressType.
     pub fn k8s(self) -> &'static str {
         match self {
@@ -279,6 +287,11 @@ impl ClusterSpec {
 }
 
 // ---------------------------------------------------------------- address plan
+
+/// Name of the per-pod Service: `s-<ns>-<pod>`.
+pub fn pod_service_name(ns: &str, pod: &str) -> String {
+    format!("s-{ns}-{pod}")
+}
 
 /// Node i's uplink address (10.255.0.i / fd00:255::i) — also the pod's hostIP.
 pub fn node_addr(family: Family, node: usize) -> IpAddr {

@@ -1,6 +1,7 @@
 //! Unit tests of scenario parsing and validation.
 
 use super::*;
+use crate::matrix::Cell;
 
 fn p(text: &str) -> Result<Scenario> {
     parse(text, Path::new("case.yaml"))

@@ -401,7 +401,7 @@ fn observed_matrix_prints_in_format_syntax() {
         .expect("matrix");
     let text = m.to_aligned_string();
     println!("{text}");
-    let parsed = palisade_harness::scenario::Matrix::parse(&text).expect("reparse");
+    let parsed = palisade_harness::matrix::Matrix::parse(&text).expect("reparse");
     assert_eq!(parsed, m);
     let row: Vec<&str> = text
         .lines()
