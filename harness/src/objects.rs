@@ -1,7 +1,8 @@
 //! The Kubernetes objects the harness publishes to the agents' file source:
-//! rendering Namespaces, Pods, Services, EndpointSlices as YAML, and writing
-//! them atomically (temp file + rename) into each node's source directory,
-//! followed by a `REVISION` file the agents echo back once programmed.
+//! rendering Namespaces, Nodes, Pods, Services, EndpointSlices and policies
+//! as YAML, and writing them atomically (temp file + rename) into each node's
+//! source directory, followed by a `REVISION` file the agents echo back once
+//! programmed.
 //!
 //! File names: `namespace-<ns>.yaml`, `pod-<ns>-<name>.yaml`,
 //! `service-<ns>-<name>.yaml`, `endpointslice-<ns>-<name>.yaml`,
@@ -18,6 +19,10 @@ use serde_json::{json, Value};
 
 use crate::model::{Family, LabelMap, PodPlan};
 use crate::services::Service;
+
+/// The kind of a ClusterNetworkPolicy manifest, and its API version.
+pub const CLUSTER_POLICY_KIND: &str = "ClusterNetworkPolicy";
+pub const CLUSTER_POLICY_API_VERSION: &str = "policy.networking.k8s.io/v1alpha2";
 
 /// Writes `contents` to `dir/name` atomically.
 pub fn write_atomic(dir: &Path, name: &str, contents: &str) -> Result<()> {
@@ -79,16 +84,13 @@ pub fn cluster_policy_manifest(manifest: &Value) -> Result<(String, Value)> {
         .ok_or_else(|| anyhow!("a ClusterNetworkPolicy manifest must be a mapping"))?;
     match obj.get("kind").and_then(Value::as_str) {
         None => {
-            obj.insert(
-                "kind".into(),
-                Value::from(crate::scenario::CLUSTER_POLICY_KIND),
-            );
+            obj.insert("kind".into(), Value::from(CLUSTER_POLICY_KIND));
         }
-        Some(crate::scenario::CLUSTER_POLICY_KIND) => {}
+        Some(CLUSTER_POLICY_KIND) => {}
         Some(k) => bail!("kind is {k:?}, expected ClusterNetworkPolicy"),
     }
     obj.entry("apiVersion")
-        .or_insert_with(|| Value::from(crate::scenario::CLUSTER_POLICY_API_VERSION));
+        .or_insert_with(|| Value::from(CLUSTER_POLICY_API_VERSION));
     let name = m
         .pointer("/metadata/name")
         .and_then(Value::as_str)

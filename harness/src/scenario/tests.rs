@@ -1,7 +1,13 @@
 //! Unit tests of scenario parsing and validation.
 
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
 use super::*;
-use crate::matrix::Cell;
+use crate::matrix::{Cell, Matrix, Peer, Via};
+use crate::model::{ClusterSpec, Family, LabelMap, Transport};
 
 fn p(text: &str) -> Result<Scenario> {
     parse(text, Path::new("case.yaml"))

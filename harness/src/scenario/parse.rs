@@ -1,184 +1,24 @@
-//! Scenario files (tests/conformance/FORMAT.md): parsing with unknown keys
-//! rejected, validation with errors that name the file and the key, the
-//! default model, and placeholder substitution in manifests.
+//! Reading scenario files: finding them under the paths a run names, parsing
+//! them, and validating every value with errors that name the file and the
+//! key (the default model for what a file leaves out, pods and namespaces
+//! that exist, matrices whose peers exist and serve the port, placeholders
+//! that name peers of the cluster).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde::Deserialize;
 use serde_json::Value;
 
+use super::format::{ClusterDef, ExpectDef, FileDef, PortDef};
+use super::placeholders::substitute;
+use super::spec::{policy_key, Expectation, PolicyRef, Scenario, Step};
 use crate::matrix::{Matrix, Peer, Via};
 use crate::model::{
     default_ports, ClusterSpec, ExternalSpec, Family, LabelMap, PodPlan, PortPlan, Transport,
 };
-
-// ---------------------------------------------------------------- file format (serde)
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct FileDef {
-    name: String,
-    #[serde(default)]
-    description: Option<String>,
-    #[serde(default)]
-    families: Option<Vec<String>>,
-    #[serde(default)]
-    cluster: Option<ClusterDef>,
-    steps: Vec<StepDef>,
-}
-
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-struct ClusterDef {
-    #[serde(default)]
-    nodes: Option<usize>,
-    #[serde(default)]
-    namespaces: Option<BTreeMap<String, Option<LabelMap>>>,
-    #[serde(default)]
-    ports: Option<Vec<PortDef>>,
-    #[serde(default)]
-    pods: Option<Vec<PodDef>>,
-    #[serde(default)]
-    externals: Option<Vec<ExternalDef>>,
-    #[serde(default)]
-    node_labels: Option<BTreeMap<usize, Option<LabelMap>>>,
-    #[serde(default)]
-    node_ports: Option<Vec<PortDef>>,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct PortDef {
-    port: u16,
-    #[serde(default)]
-    protocol: Option<String>,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    service_port: Option<u16>,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct PodDef {
-    name: String,
-    #[serde(default)]
-    labels: Option<LabelMap>,
-    #[serde(default)]
-    node: Option<usize>,
-    #[serde(default)]
-    ports: Option<Vec<PortDef>>,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct ExternalDef {
-    name: String,
-    #[serde(default)]
-    ports: Option<Vec<PortDef>>,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct StepDef {
-    #[serde(default)]
-    apply: Option<Vec<serde_yaml::Value>>,
-    #[serde(default)]
-    delete: Option<Vec<String>>,
-    #[serde(default)]
-    set_labels: Option<SetLabelsDef>,
-    #[serde(default)]
-    expect: Option<Vec<ExpectDef>>,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct SetLabelsDef {
-    #[serde(default)]
-    pods: Option<BTreeMap<String, Option<LabelMap>>>,
-    #[serde(default)]
-    namespaces: Option<BTreeMap<String, Option<LabelMap>>>,
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(deny_unknown_fields)]
-struct ExpectDef {
-    port: u16,
-    #[serde(default)]
-    protocol: Option<String>,
-    #[serde(default)]
-    via: Option<String>,
-    #[serde(default)]
-    ignore_loopback: Option<bool>,
-    matrix: String,
-}
-
-// ---------------------------------------------------------------- validated model
-
-/// A parsed and validated scenario.
-#[derive(Clone, Debug)]
-pub struct Scenario {
-    pub path: PathBuf,
-    pub name: String,
-    pub description: Option<String>,
-    /// Families the case is valid for.
-    pub families: Vec<Family>,
-    /// The cluster (its `family` is set per run by [`Scenario::cluster_spec`]).
-    pub cluster: ClusterSpec,
-    pub steps: Vec<Step>,
-}
-
-/// One step: label changes, deletions, applications, then expectations.
-#[derive(Clone, Debug, Default)]
-pub struct Step {
-    pub set_pod_labels: Vec<(String, LabelMap)>,
-    pub set_namespace_labels: Vec<(String, LabelMap)>,
-    /// Policies to delete.
-    pub delete: Vec<PolicyRef>,
-    /// NetworkPolicy and ClusterNetworkPolicy manifests, placeholders not yet
-    /// substituted.
-    pub apply: Vec<Value>,
-    pub expect: Vec<Expectation>,
-}
-
-/// A policy a step applies or deletes.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum PolicyRef {
-    /// A NetworkPolicy, `namespace/name`.
-    Namespaced(String, String),
-    /// A ClusterNetworkPolicy (`ClusterNetworkPolicy/<name>` in `delete`).
-    Cluster(String),
-}
-
-impl fmt::Display for PolicyRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PolicyRef::Namespaced(ns, n) => write!(f, "NetworkPolicy {ns}/{n}"),
-            PolicyRef::Cluster(n) => write!(f, "ClusterNetworkPolicy {n}"),
-        }
-    }
-}
-
-/// The kind of a ClusterNetworkPolicy manifest, and its API version.
-pub const CLUSTER_POLICY_KIND: &str = "ClusterNetworkPolicy";
-pub const CLUSTER_POLICY_API_VERSION: &str = "policy.networking.k8s.io/v1alpha2";
-
-/// One `expect` entry.
-#[derive(Clone, Debug)]
-pub struct Expectation {
-    /// Container port.
-    pub port: u16,
-    pub protocol: Transport,
-    pub via: Via,
-    pub ignore_loopback: bool,
-    pub matrix: Matrix,
-}
-
-// ---------------------------------------------------------------- loading
+use crate::objects::CLUSTER_POLICY_KIND;
 
 /// Every scenario file named by `paths`: a file as given, a directory as every
 /// `*.yaml` below it sorted by path.
@@ -351,37 +191,6 @@ fn validate(def: FileDef, path: &Path) -> Result<Scenario> {
         cluster,
         steps,
     })
-}
-
-/// What a manifest of `apply` is: a NetworkPolicy (the default kind) or a
-/// ClusterNetworkPolicy (cluster-scoped: no namespace).
-pub fn policy_key(v: &Value) -> Result<PolicyRef> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| anyhow!("a policy manifest must be a mapping"))?;
-    let cluster = match obj.get("kind").map(|k| (k, k.as_str())) {
-        None | Some((_, Some("NetworkPolicy"))) => false,
-        Some((_, Some(CLUSTER_POLICY_KIND))) => true,
-        Some((kind, _)) => bail!("kind: {kind} is not NetworkPolicy or {CLUSTER_POLICY_KIND}"),
-    };
-    let meta = obj
-        .get("metadata")
-        .ok_or_else(|| anyhow!("metadata: required"))?;
-    let name = meta
-        .get("name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| anyhow!("metadata.name: required (a string)"))?;
-    if cluster {
-        if meta.get("namespace").is_some() {
-            bail!("metadata.namespace: a {CLUSTER_POLICY_KIND} is cluster-scoped");
-        }
-        return Ok(PolicyRef::Cluster(name.to_string()));
-    }
-    let ns = meta
-        .get("namespace")
-        .and_then(Value::as_str)
-        .ok_or_else(|| anyhow!("metadata.namespace: required (a string)"))?;
-    Ok(PolicyRef::Namespaced(ns.to_string(), name.to_string()))
 }
 
 fn build_cluster(def: Option<ClusterDef>) -> Result<ClusterSpec> {
@@ -559,75 +368,6 @@ fn expectation(e: ExpectDef, c: &ClusterSpec) -> Result<Expectation> {
     })
 }
 
-// ---------------------------------------------------------------- placeholders
-
-/// One `{{ip REF}}` / `{{host REF}}` occurrence.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Placeholder {
-    pub host: bool,
-    pub peer: Peer,
-}
-
-/// Replaces every placeholder in `s` using `resolve(peer) -> address`.
-pub fn substitute_str(
-    s: &str,
-    family: Family,
-    resolve: &dyn Fn(&Peer) -> Result<IpAddr>,
-) -> Result<String> {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after
-            .find("}}")
-            .ok_or_else(|| anyhow!("unterminated placeholder in {s:?}"))?;
-        let ph = parse_placeholder(&after[..end])?;
-        let ip = resolve(&ph.peer)?;
-        if ph.host {
-            out.push_str(&format!("{ip}/{}", family.host_prefix()));
-        } else {
-            out.push_str(&ip.to_string());
-        }
-        rest = &after[end + 2..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-fn parse_placeholder(inner: &str) -> Result<Placeholder> {
-    let toks: Vec<&str> = inner.split_whitespace().collect();
-    match toks.as_slice() {
-        [f, r] if *f == "ip" || *f == "host" => Ok(Placeholder {
-            host: *f == "host",
-            peer: Peer::parse(r).with_context(|| format!("placeholder {{{{{inner}}}}}"))?,
-        }),
-        _ => bail!("unknown placeholder {{{{{inner}}}}} (expected `ip REF` or `host REF`)"),
-    }
-}
-
-/// Substitutes placeholders in every string of a manifest (keys untouched).
-pub fn substitute(
-    v: &Value,
-    family: Family,
-    resolve: &dyn Fn(&Peer) -> Result<IpAddr>,
-) -> Result<Value> {
-    Ok(match v {
-        Value::String(s) => Value::String(substitute_str(s, family, resolve)?),
-        Value::Array(a) => Value::Array(
-            a.iter()
-                .map(|x| substitute(x, family, resolve))
-                .collect::<Result<_>>()?,
-        ),
-        Value::Object(o) => Value::Object(
-            o.iter()
-                .map(|(k, x)| Ok((k.clone(), substitute(x, family, resolve)?)))
-                .collect::<Result<_>>()?,
-        ),
-        other => other.clone(),
-    })
-}
-
 fn check_placeholders(v: &Value, c: &ClusterSpec) -> Result<()> {
     let probe = |p: &Peer| -> Result<IpAddr> {
         if peer_exists(p, c) {
@@ -638,16 +378,3 @@ fn check_placeholders(v: &Value, c: &ClusterSpec) -> Result<()> {
     };
     substitute(v, Family::Ipv4, &probe).map(|_| ())
 }
-
-impl Scenario {
-    /// The cluster to build for a run of `family`.
-    pub fn cluster_spec(&self, family: Family) -> ClusterSpec {
-        let mut c = self.cluster.clone();
-        c.family = family;
-        c
-    }
-}
-
-#[cfg(test)]
-#[path = "scenario_tests.rs"]
-mod tests;
