@@ -65,8 +65,8 @@ impl Cluster {
     }
 
     /// Starts the agent on one node without waiting for it (an agent that reads
-    /// an API server, [`AgentConfig::kube`], knows nothing of this cluster's
-    /// revisions).
+    /// an API server, [`AgentConfig::kube`](crate::agent::AgentConfig::kube),
+    /// knows nothing of this cluster's revisions).
     pub fn launch_agent(&mut self, node: usize) -> Result<()> {
         self.spawn_agent(node)
     }

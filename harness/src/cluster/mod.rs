@@ -18,7 +18,7 @@
 //!   `eth0` has its address with the subnet's prefix and a default route via
 //!   the bridge's address; no host routes; br_netfilter on in the node.
 //! - external k: `eth0` 10.254.0.(10+k)/32 [fd00:254::(10+k)/128] with host
-//!   side `pale<k>` on node 1 (gateway 10.100.1.1 [fe80::1]); other nodes route
+//!   side `pale<k>` on node 1 (gateway 10.100.1.1 \[fe80::1\]); other nodes route
 //!   10.254.0.0/24 [fd00:254::/64] via node 1.
 //!
 //! Teardown happens on [`Cluster::teardown`], on drop (also during a panic),

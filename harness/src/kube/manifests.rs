@@ -159,7 +159,7 @@ pub fn labels_patch(old: &LabelMap, new: &LabelMap) -> Value {
     json!({"metadata": {"labels": m}})
 }
 
-/// The step marker policy of [`SYNC_POLICY`] in namespace `ns`.
+/// The step marker policy (`SYNC_POLICY`) in namespace `ns`.
 pub fn sync_policy_manifest(ns: &str) -> Value {
     json!({
         "apiVersion": "networking.k8s.io/v1",
