@@ -8,8 +8,8 @@ use std::{
 };
 
 use palisade_harness::{
-    in_netns, AgentConfig, Cluster, ClusterOptions, ClusterSpec, Family, Labels, Outcome, Peer,
-    PodSpec, PortSpec, Probe, Protocol, Topology, Uplinks, Via,
+    in_netns, AgentConfig, Cluster, ClusterOptions, ClusterSpec, Family, LabelMap, Outcome, Peer,
+    PodPlan, PortPlan, Probe, Topology, Transport, Uplinks, Via,
 };
 use serde_json::{json, Value};
 
@@ -28,7 +28,7 @@ fn local_pods(c: &Cluster, node: usize) -> Vec<String> {
         .collect()
 }
 
-fn probe(c: &Cluster, from: &str, to: &str, port: u16, protocol: Protocol, via: Via) -> Outcome {
+fn probe(c: &Cluster, from: &str, to: &str, port: u16, protocol: Transport, via: Via) -> Outcome {
     let p = Probe {
         from: Peer::parse(from).expect("peer"),
         to: Peer::parse(to).expect("peer"),
@@ -187,7 +187,7 @@ fn restart_keeps_connections_and_enforcement(agent_args: &[&str], programs: &[&s
     .expect("x/a connects to x/b:9000");
     assert_eq!(echo_once(&mut conn, b"before").unwrap(), b"before");
     assert_eq!(
-        probe(&c, "x/c", "x/b", 80, Protocol::Tcp, Via::Pod),
+        probe(&c, "x/c", "x/b", 80, Transport::Tcp, Via::Pod),
         Outcome::Blocked
     );
 
@@ -199,11 +199,11 @@ fn restart_keeps_connections_and_enforcement(agent_args: &[&str], programs: &[&s
     c.stop_agent(2).unwrap();
     assert_eq!(echo_once(&mut conn, b"while-down").unwrap(), b"while-down");
     assert_eq!(
-        probe(&c, "x/c", "x/b", 80, Protocol::Tcp, Via::Pod),
+        probe(&c, "x/c", "x/b", 80, Transport::Tcp, Via::Pod),
         Outcome::Blocked
     );
     assert_eq!(
-        probe(&c, "x/a", "x/b", 80, Protocol::Tcp, Via::Pod),
+        probe(&c, "x/a", "x/b", 80, Transport::Tcp, Via::Pod),
         Outcome::Reachable
     );
 
@@ -212,11 +212,11 @@ fn restart_keeps_connections_and_enforcement(agent_args: &[&str], programs: &[&s
     c.sync().unwrap();
     assert_eq!(echo_once(&mut conn, b"after").unwrap(), b"after");
     assert_eq!(
-        probe(&c, "x/c", "x/b", 80, Protocol::Tcp, Via::Pod),
+        probe(&c, "x/c", "x/b", 80, Transport::Tcp, Via::Pod),
         Outcome::Blocked
     );
     assert_eq!(
-        probe(&c, "x/a", "x/b", 80, Protocol::Tcp, Via::Service),
+        probe(&c, "x/a", "x/b", 80, Transport::Tcp, Via::Service),
         Outcome::Reachable
     );
     // Netlink filters alternate between priorities 1 and 2 across restarts.
@@ -251,12 +251,12 @@ fn new_pod_under_existing_policy_is_never_reachable_against_it() {
     }))
     .unwrap();
     c.sync().unwrap();
-    let spec = PodSpec {
+    let spec = PodPlan {
         namespace: "x".into(),
         name: "d".into(),
-        labels: Labels::from([("pod".to_string(), "d".to_string())]),
+        labels: LabelMap::from([("pod".to_string(), "d".to_string())]),
         node: 1,
-        ports: vec![PortSpec::new(80, Protocol::Tcp)],
+        ports: vec![PortPlan::new(80, Transport::Tcp)],
     };
     // The pod's network exists before the agent knows the pod: it must be closed.
     // The agent attaches to a new veth on the netlink event of its creation; the
@@ -268,30 +268,30 @@ fn new_pod_under_existing_policy_is_never_reachable_against_it() {
     wait_for_pod_programs(&c, 1, &veth);
     for _ in 0..5 {
         assert_eq!(
-            probe(&c, "y/a", "x/d", 80, Protocol::Tcp, Via::Pod),
+            probe(&c, "y/a", "x/d", 80, Transport::Tcp, Via::Pod),
             Outcome::Blocked
         );
     }
     c.publish_pod("x/d").unwrap();
     c.sync().unwrap();
     assert_eq!(
-        probe(&c, "y/a", "x/d", 80, Protocol::Tcp, Via::Pod),
+        probe(&c, "y/a", "x/d", 80, Transport::Tcp, Via::Pod),
         Outcome::Blocked
     );
     assert_eq!(
-        probe(&c, "y/a", "x/d", 80, Protocol::Tcp, Via::Service),
+        probe(&c, "y/a", "x/d", 80, Transport::Tcp, Via::Service),
         Outcome::Blocked
     );
     // Its own node still reaches it (kubelet probes).
     assert_eq!(
-        probe(&c, "node/1", "x/d", 80, Protocol::Tcp, Via::Pod),
+        probe(&c, "node/1", "x/d", 80, Transport::Tcp, Via::Pod),
         Outcome::Reachable
     );
     // The policy is deleted: the new pod opens up.
     c.delete_policy("x", "deny-all").unwrap();
     c.sync().unwrap();
     assert_eq!(
-        probe(&c, "y/a", "x/d", 80, Protocol::Tcp, Via::Pod),
+        probe(&c, "y/a", "x/d", 80, Transport::Tcp, Via::Pod),
         Outcome::Reachable
     );
     c.teardown().unwrap();
@@ -330,19 +330,19 @@ fn bad_input_is_reported_and_the_rest_stays_enforced() {
     }
     // The valid policy is enforced; the invalid one isolates y/a fail-closed.
     assert_eq!(
-        probe(&c, "x/c", "x/b", 80, Protocol::Tcp, Via::Pod),
+        probe(&c, "x/c", "x/b", 80, Transport::Tcp, Via::Pod),
         Outcome::Blocked
     );
     assert_eq!(
-        probe(&c, "x/a", "x/b", 80, Protocol::Tcp, Via::Pod),
+        probe(&c, "x/a", "x/b", 80, Transport::Tcp, Via::Pod),
         Outcome::Reachable
     );
     assert_eq!(
-        probe(&c, "x/a", "y/a", 80, Protocol::Tcp, Via::Pod),
+        probe(&c, "x/a", "y/a", 80, Transport::Tcp, Via::Pod),
         Outcome::Blocked
     );
     assert_eq!(
-        probe(&c, "x/a", "y/b", 80, Protocol::Tcp, Via::Pod),
+        probe(&c, "x/a", "y/b", 80, Transport::Tcp, Via::Pod),
         Outcome::Reachable
     );
     c.teardown().unwrap();
@@ -354,7 +354,7 @@ fn deny_log_lines_name_pods_and_policies() {
     c.apply_policy(&only_a_to_b()).unwrap();
     c.sync().unwrap();
     assert_eq!(
-        probe(&c, "y/c", "x/b", 80, Protocol::Tcp, Via::Service),
+        probe(&c, "y/c", "x/b", 80, Transport::Tcp, Via::Service),
         Outcome::Blocked
     );
     let y_c = c.pod_ip("y/c").unwrap().to_string();
@@ -464,11 +464,11 @@ fn a_full_resync_pass_finds_the_incremental_state_in_step() {
         c.agent_log_tail(1, 60)
     );
     assert_eq!(
-        probe(&c, "x/a", "x/b", 80, Protocol::Tcp, Via::Pod),
+        probe(&c, "x/a", "x/b", 80, Transport::Tcp, Via::Pod),
         Outcome::Reachable
     );
     assert_eq!(
-        probe(&c, "x/c", "x/b", 80, Protocol::Tcp, Via::Pod),
+        probe(&c, "x/c", "x/b", 80, Transport::Tcp, Via::Pod),
         Outcome::Blocked
     );
     c.teardown().unwrap();
@@ -484,7 +484,7 @@ fn a_replaced_pod_veth_gets_the_pods_record() {
     c.apply_policy(&only_a_to_b()).unwrap();
     c.sync().unwrap();
     assert_eq!(
-        probe(&c, "x/a", "x/b", 80, Protocol::Tcp, Via::Pod),
+        probe(&c, "x/a", "x/b", 80, Transport::Tcp, Via::Pod),
         Outcome::Reachable
     );
     // The agent is paused meanwhile, so it sees the old and the new interface
@@ -502,7 +502,7 @@ fn a_replaced_pod_veth_gets_the_pods_record() {
     let deadline = Instant::now() + Duration::from_secs(30);
     wait_for_pod_programs(&c, 2, &veth);
     // ... then the record: until it is written the interface drops everything.
-    while probe(&c, "x/a", "x/b", 80, Protocol::Tcp, Via::Pod) != Outcome::Reachable {
+    while probe(&c, "x/a", "x/b", 80, Transport::Tcp, Via::Pod) != Outcome::Reachable {
         assert!(
             Instant::now() < deadline,
             "x/b's new veth never got its record:\n{}",
@@ -511,7 +511,7 @@ fn a_replaced_pod_veth_gets_the_pods_record() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(
-        probe(&c, "x/c", "x/b", 80, Protocol::Tcp, Via::Pod),
+        probe(&c, "x/c", "x/b", 80, Transport::Tcp, Via::Pod),
         Outcome::Blocked,
         "the policy still holds on the new interface"
     );
@@ -536,18 +536,18 @@ fn the_nodes_own_veth_is_its_uplink_without_being_named() {
     // x/a and x/c are on node 1, x/b on node 2: across both uplinks.
     for via in [Via::Pod, Via::Service] {
         assert_eq!(
-            probe(&c, "x/a", "x/b", 80, Protocol::Tcp, via),
+            probe(&c, "x/a", "x/b", 80, Transport::Tcp, via),
             Outcome::Reachable,
             "allowed across nodes ({via:?})"
         );
         assert_eq!(
-            probe(&c, "x/c", "x/b", 80, Protocol::Tcp, via),
+            probe(&c, "x/c", "x/b", 80, Transport::Tcp, via),
             Outcome::Blocked,
             "denied across nodes ({via:?})"
         );
     }
     assert_eq!(
-        probe(&c, "node/2", "x/a", 80, Protocol::Tcp, Via::Pod),
+        probe(&c, "node/2", "x/a", 80, Transport::Tcp, Via::Pod),
         Outcome::Reachable,
         "another node reaches an unisolated pod"
     );
@@ -595,7 +595,7 @@ fn an_interface_whose_role_changes_loses_the_old_roles_programs() {
             "{mode:?}: the agent says what it detached:\n{log}"
         );
         assert_eq!(
-            probe(&c, "x/a", "x/b", 80, Protocol::Tcp, Via::Pod),
+            probe(&c, "x/a", "x/b", 80, Transport::Tcp, Via::Pod),
             Outcome::Reachable,
             "{mode:?}"
         );
@@ -689,7 +689,7 @@ fn bridge_style_pods_that_never_talked_to_their_node_are_found_and_enforced() {
     // Layer-2 traffic between pods of the node, both ends found.
     let (a, b) = (&local[0], &local[1]);
     assert_eq!(
-        probe(&c, a, b, 80, Protocol::Tcp, Via::Pod),
+        probe(&c, a, b, 80, Transport::Tcp, Via::Pod),
         Outcome::Reachable
     );
     // A deny-all in the target's namespace closes that path, through the
@@ -705,20 +705,20 @@ fn bridge_style_pods_that_never_talked_to_their_node_are_found_and_enforced() {
     c.sync().expect("sync");
     for via in [Via::Pod, Via::Service] {
         assert_eq!(
-            probe(&c, a, b, 80, Protocol::Tcp, via),
+            probe(&c, a, b, 80, Transport::Tcp, via),
             Outcome::Blocked,
             "{a} -> {b} {via:?}"
         );
     }
     assert_eq!(
-        probe(&c, "node/1", b, 80, Protocol::Tcp, Via::Pod),
+        probe(&c, "node/1", b, 80, Transport::Tcp, Via::Pod),
         Outcome::Reachable,
         "its own node still reaches it"
     );
     c.delete_policy(&target_ns, "deny-all").expect("delete");
     c.sync().expect("sync");
     assert_eq!(
-        probe(&c, a, b, 80, Protocol::Tcp, Via::Service),
+        probe(&c, a, b, 80, Transport::Tcp, Via::Service),
         Outcome::Reachable
     );
 
@@ -764,7 +764,7 @@ fn bridge_style_pods_that_never_talked_to_their_node_are_found_and_enforced() {
         passes.join("\n")
     );
     assert_eq!(
-        probe(&c, a, b, 80, Protocol::Tcp, Via::Pod),
+        probe(&c, a, b, 80, Transport::Tcp, Via::Pod),
         Outcome::Reachable
     );
 
@@ -813,7 +813,7 @@ fn uninstall_detaches_every_program_and_removes_the_pins() {
         assert!(!palisade_programs(&c, 2).is_empty(), "{args:?}");
         c.stop_agent(2).unwrap();
         assert_eq!(
-            probe(&c, "x/c", "x/b", 80, Protocol::Tcp, Via::Pod),
+            probe(&c, "x/c", "x/b", 80, Transport::Tcp, Via::Pod),
             Outcome::Blocked,
             "{args:?}: the pins enforce without the agent"
         );
@@ -836,7 +836,7 @@ fn uninstall_detaches_every_program_and_removes_the_pins() {
         assert!(!pin.exists(), "{args:?}: {} is still there", pin.display());
         assert_eq!(palisade_programs(&c, 2), Vec::<String>::new(), "{args:?}");
         assert_eq!(
-            probe(&c, "x/c", "x/b", 80, Protocol::Tcp, Via::Pod),
+            probe(&c, "x/c", "x/b", 80, Transport::Tcp, Via::Pod),
             Outcome::Reachable,
             "{args:?}: nothing enforces on node 2 any more"
         );
@@ -874,12 +874,12 @@ fn bridge_style_ipv6_pod_joining_under_a_running_agent_is_found() {
     .expect("build cluster");
     c.start_agents().expect("start agents");
     c.sync().expect("agents programmed");
-    let spec = PodSpec {
+    let spec = PodPlan {
         namespace: "x".into(),
         name: "d".into(),
-        labels: Labels::from([("pod".to_string(), "d".to_string())]),
+        labels: LabelMap::from([("pod".to_string(), "d".to_string())]),
         node: 1,
-        ports: vec![PortSpec::new(80, Protocol::Tcp)],
+        ports: vec![PortPlan::new(80, Transport::Tcp)],
     };
     c.add_pod(spec).expect("add pod");
     c.sync().expect("sync");
@@ -903,7 +903,7 @@ fn bridge_style_ipv6_pod_joining_under_a_running_agent_is_found() {
         .find(|k| k != "x/d")
         .expect("another pod on node 1");
     assert_eq!(
-        probe(&c, &peer, "x/d", 80, Protocol::Tcp, Via::Pod),
+        probe(&c, &peer, "x/d", 80, Transport::Tcp, Via::Pod),
         Outcome::Reachable
     );
     c.teardown().expect("teardown");

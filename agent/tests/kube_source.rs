@@ -1041,21 +1041,21 @@ fn wait_programmed(ns: &str, rv: u64, what: &str) -> Value {
 #[test]
 fn the_agent_programs_what_the_api_server_says_through_drops_410_and_outages() {
     use palisade_harness::{
-        objects, AgentConfig, Cluster, ClusterOptions, ClusterSpec, Family, Labels, Outcome, Peer,
-        PodSpec, PortSpec, Probe, Protocol, Via,
+        objects, AgentConfig, Cluster, ClusterOptions, ClusterSpec, Family, LabelMap, Outcome,
+        Peer, PodPlan, PortPlan, Probe, Transport, Via,
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let pod_spec = |ns: &str, name: &str| PodSpec {
+    let pod_spec = |ns: &str, name: &str| PodPlan {
         namespace: ns.into(),
         name: name.into(),
-        labels: Labels::from([("pod".to_string(), name.to_string())]),
+        labels: LabelMap::from([("pod".to_string(), name.to_string())]),
         node: 1,
-        ports: vec![PortSpec::new(80, Protocol::Tcp)],
+        ports: vec![PortPlan::new(80, Transport::Tcp)],
     };
     let spec = ClusterSpec {
         family: Family::Ipv4,
         nodes: 1,
-        namespaces: [("x", Labels::new()), ("y", Labels::new())]
+        namespaces: [("x", LabelMap::new()), ("y", LabelMap::new())]
             .into_iter()
             .map(|(n, l)| (n.to_string(), l))
             .collect(),
@@ -1103,7 +1103,7 @@ fn the_agent_programs_what_the_api_server_says_through_drops_410_and_outages() {
 
     // The cluster's objects, as the API server holds them.
     for n in ["x", "y"] {
-        api.put("namespaces", objects::namespace(n, &Labels::new()));
+        api.put("namespaces", objects::namespace(n, &LabelMap::new()));
     }
     let node_ip = c.node_ip(1).expect("node ip");
     for key in c.pod_keys() {
@@ -1121,7 +1121,7 @@ fn the_agent_programs_what_the_api_server_says_through_drops_410_and_outages() {
             from: Peer::parse(from).expect("peer"),
             to: Peer::parse(to).expect("peer"),
             port: 80,
-            protocol: Protocol::Tcp,
+            protocol: Transport::Tcp,
             via: Via::Pod,
         };
         c.probe(&[p]).expect("probe")[0]

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use palisade_harness::{in_netns, Cluster, Outcome, Peer, Probe, Protocol, Via};
+use palisade_harness::{in_netns, Cluster, Outcome, Peer, Probe, Transport, Via};
 use serde_json::{json, Value};
 
 mod common;
@@ -21,7 +21,7 @@ fn tcp80(c: &Cluster, from: &str, to: &str) -> Outcome {
         from: Peer::parse(from).expect("peer"),
         to: Peer::parse(to).expect("peer"),
         port: 80,
-        protocol: Protocol::Tcp,
+        protocol: Transport::Tcp,
         via: Via::Pod,
     };
     c.probe(&[p]).expect("probe")[0]

@@ -29,7 +29,8 @@ use bench_util::*;
 use palisade_harness::netns::{ip_batch, run_cmd};
 use palisade_harness::objects::{self, to_yaml, write_atomic};
 use palisade_harness::{
-    AgentConfig, Cluster, ClusterOptions, ClusterSpec, Family, Labels, PodSpec, PortSpec, Protocol,
+    AgentConfig, Cluster, ClusterOptions, ClusterSpec, Family, LabelMap, PodPlan, PortPlan,
+    Transport,
 };
 use serde_json::{json, Value};
 
@@ -48,10 +49,10 @@ fn pod_ip(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(0x0a40_0000u32 + i as u32 + 1))
 }
 
-fn pod_spec(sz: &Size, i: usize) -> PodSpec {
+fn pod_spec(sz: &Size, i: usize) -> PodPlan {
     let ns = i % sz.namespaces;
     let j = i / sz.namespaces;
-    PodSpec {
+    PodPlan {
         namespace: format!("ns-{ns}"),
         name: format!("pod-{j}"),
         labels: [
@@ -65,8 +66,8 @@ fn pod_spec(sz: &Size, i: usize) -> PodSpec {
             2 + i % 90
         },
         ports: vec![
-            PortSpec::new(8080 + (i % 3) as u16, Protocol::Tcp).named("http"),
-            PortSpec::new(9090, Protocol::Tcp).named("metrics"),
+            PortPlan::new(8080 + (i % 3) as u16, Transport::Tcp).named("http"),
+            PortPlan::new(9090, Transport::Tcp).named("metrics"),
         ],
     }
 }
@@ -75,7 +76,7 @@ fn host_ip(node: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 254, (node >> 8) as u8, node as u8))
 }
 
-fn pod_yaml(p: &PodSpec, ip: IpAddr) -> Result<String> {
+fn pod_yaml(p: &PodPlan, ip: IpAddr) -> Result<String> {
     to_yaml(&objects::pod(p, ip, host_ip(p.node)))
 }
 
@@ -131,7 +132,7 @@ fn policy(ns: usize, k: usize, variant: u16) -> Value {
 fn write_cluster(dir: &Path, sz: &Size) -> Result<()> {
     for ns in 0..sz.namespaces {
         let name = format!("ns-{ns}");
-        let labels: Labels = [("team".to_string(), format!("t{}", ns % 50))].into();
+        let labels: LabelMap = [("team".to_string(), format!("t{}", ns % 50))].into();
         write_atomic(
             dir,
             &objects::namespace_file(&name),

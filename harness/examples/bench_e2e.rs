@@ -36,8 +36,8 @@ use anyhow::{bail, Context, Result};
 use bench_util::*;
 use palisade_harness::netns::exec_in;
 use palisade_harness::{
-    AgentConfig, Cluster, ClusterOptions, ClusterSpec, Family, Labels, Outcome, Peer, PodSpec,
-    PortSpec, Probe, Protocol, Via,
+    AgentConfig, Cluster, ClusterOptions, ClusterSpec, Family, LabelMap, Outcome, Peer, PodPlan,
+    PortPlan, Probe, Transport, Via,
 };
 use serde_json::{json, Value};
 
@@ -234,7 +234,7 @@ fn check_denied_flow(c: &Cluster, e: Enforcer) -> Result<()> {
             from: Peer::Pod(p.client.into()),
             to: Peer::Pod(p.server.into()),
             port: DENIED_PORT,
-            protocol: Protocol::Tcp,
+            protocol: Transport::Tcp,
             via: Via::Pod,
         })
         .collect();
@@ -318,13 +318,13 @@ fn measure(c: &Cluster, e: Enforcer, s: &Settings, out: &mut Vec<Measurement>) -
 
 fn spec() -> ClusterSpec {
     let mut namespaces = BTreeMap::new();
-    namespaces.insert(NS.to_string(), Labels::new());
-    let pod = |name: &str, role: &str, node: usize| PodSpec {
+    namespaces.insert(NS.to_string(), LabelMap::new());
+    let pod = |name: &str, role: &str, node: usize| PodPlan {
         namespace: NS.into(),
         name: name.into(),
         labels: [("role".to_string(), role.to_string())].into(),
         node,
-        ports: vec![PortSpec::new(DENIED_PORT, Protocol::Tcp)],
+        ports: vec![PortPlan::new(DENIED_PORT, Transport::Tcp)],
     };
     ClusterSpec {
         family: Family::Ipv4,

@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use bench_util::*;
 use palisade_harness::{
-    AgentConfig, Cluster, ClusterOptions, ClusterSpec, Family, Labels, Outcome, Peer, PodSpec,
-    PortSpec, Probe, Protocol, Via,
+    AgentConfig, Cluster, ClusterOptions, ClusterSpec, Family, LabelMap, Outcome, Peer, PodPlan,
+    PortPlan, Probe, Transport, Via,
 };
 use serde_json::{json, Value};
 
@@ -206,8 +206,8 @@ struct Row {
 
 fn spec() -> ClusterSpec {
     let mut namespaces = BTreeMap::new();
-    namespaces.insert(NS.to_string(), Labels::new());
-    let pod = |name: &str, role: &str, node: usize, ports: Vec<PortSpec>| PodSpec {
+    namespaces.insert(NS.to_string(), LabelMap::new());
+    let pod = |name: &str, role: &str, node: usize, ports: Vec<PortPlan>| PodPlan {
         namespace: NS.into(),
         name: name.into(),
         labels: [("role".to_string(), role.to_string())].into(),
@@ -226,7 +226,7 @@ fn spec() -> ClusterSpec {
                 "target",
                 "target",
                 NODE,
-                vec![PortSpec::new(DENIED_PORT, Protocol::Udp)],
+                vec![PortPlan::new(DENIED_PORT, Transport::Udp)],
             ),
         ],
         externals: vec![],
@@ -273,7 +273,7 @@ fn main() -> Result<()> {
         from: Peer::Pod(format!("{NS}/flooder")),
         to: Peer::Pod(format!("{NS}/target")),
         port: DENIED_PORT,
-        protocol: Protocol::Udp,
+        protocol: Transport::Udp,
         via: Via::Pod,
     }])?;
     if probe.first() != Some(&Outcome::Blocked) {

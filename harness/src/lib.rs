@@ -15,6 +15,7 @@ pub mod agent;
 pub mod cluster;
 pub mod conformance;
 pub mod kube;
+pub mod matrix;
 pub mod model;
 pub mod netns;
 pub mod objects;
@@ -25,12 +26,15 @@ pub mod servers;
 pub mod services;
 
 pub use agent::{default_agent_path, AgentConfig, Uplinks};
-pub use cluster::{pod_service_name, Cluster, ClusterOptions, Peer, Probe, Topology, Via};
+pub use cluster::{Cluster, ClusterError, ClusterOptions, Topology};
 pub use conformance::{
     run_conformance, run_conformance_to, run_scenarios, Built, CaseCluster, CaseReport, CaseStatus,
     ConformanceOptions, RunSettings, Summary,
 };
-pub use model::{ClusterSpec, ExternalSpec, Family, Labels, PodSpec, PortSpec, Protocol};
+pub use matrix::{Cell, Matrix, Peer, Probe, Via};
+pub use model::{
+    pod_service_name, ClusterSpec, ExternalSpec, Family, LabelMap, PodPlan, PortPlan, Transport,
+};
 pub use netns::{cleanup_leftovers, in_netns, install_signal_handler};
 pub use probe::{Connection, Outcome};
 pub use servers::sctp_supported;

@@ -1,7 +1,12 @@
 //! The harness's own description of a cluster to build (independent of the
-//! scenario file format): families, protocols, ports, pods, externals, and the
-//! deterministic address plan (which IP every node, pod, external and Service
-//! gets).
+//! scenario file format): families, transports, ports, pods, externals, and
+//! the deterministic address plan (which IP every node, pod, external and
+//! Service gets, and the name of every pod's Service).
+//!
+//! These are plans of what to create, not the engine's view of the objects:
+//! their names ([`PodPlan`], [`PortPlan`], [`LabelMap`], [`Transport`]) differ
+//! from `palisade_policy`'s `PodSpec`, `PortSpec`, `Labels` and `Protocol` so
+//! that a test using both never reads one for the other.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,7 +16,7 @@ use std::str::FromStr;
 use anyhow::{bail, Result};
 
 /// Label map (key -> value), as in Kubernetes metadata.labels.
-pub type Labels = BTreeMap<String, String>;
+pub type LabelMap = BTreeMap<String, String>;
 
 /// Address family of a whole run: every pod, node and external host gets one
 /// address of this family only.
@@ -33,6 +38,14 @@ impl Family {
         match self {
             Family::Ipv4 => 32,
             Family::Ipv6 => 128,
+        }
+    }
+    /// The family of an address.
+    pub fn of(ip: &IpAddr) -> Family {
+        if ip.is_ipv4() {
+            Family::Ipv4
+        } else {
+            Family::Ipv6
         }
     }
     /// Kubernetes spelling (`IPv4`/`IPv6`) for ipFamilies and addressType.
@@ -61,46 +74,46 @@ impl FromStr for Family {
     }
 }
 
-/// L4 protocol of a port or a probe.
+/// The transport (L4) protocol of a port or a probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Protocol {
+pub enum Transport {
     Tcp,
     Udp,
     Sctp,
 }
 
-impl Protocol {
+impl Transport {
     /// Kubernetes spelling: `TCP`, `UDP`, `SCTP`.
     pub fn as_str(self) -> &'static str {
         match self {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-            Protocol::Sctp => "SCTP",
+            Transport::Tcp => "TCP",
+            Transport::Udp => "UDP",
+            Transport::Sctp => "SCTP",
         }
     }
     /// iptables `-p` spelling.
     pub fn iptables(self) -> &'static str {
         match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-            Protocol::Sctp => "sctp",
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+            Transport::Sctp => "sctp",
         }
     }
 }
 
-impl fmt::Display for Protocol {
+impl fmt::Display for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl FromStr for Protocol {
+impl FromStr for Transport {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         match s {
-            "TCP" => Ok(Protocol::Tcp),
-            "UDP" => Ok(Protocol::Udp),
-            "SCTP" => Ok(Protocol::Sctp),
+            "TCP" => Ok(Transport::Tcp),
+            "UDP" => Ok(Transport::Udp),
+            "SCTP" => Ok(Transport::Sctp),
             _ => bail!("unknown protocol {s:?} (expected TCP, UDP or SCTP)"),
         }
     }
@@ -108,19 +121,19 @@ impl FromStr for Protocol {
 
 /// A port a pod (or external host) serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PortSpec {
+pub struct PortPlan {
     /// Container port (what policies talk about).
     pub port: u16,
-    pub protocol: Protocol,
+    pub protocol: Transport,
     /// Container port name (named ports in policies resolve against it).
     pub name: Option<String>,
     /// Port of the pod's Service mapping to this container port.
     pub service_port: u16,
 }
 
-impl PortSpec {
-    pub fn new(port: u16, protocol: Protocol) -> Self {
-        PortSpec {
+impl PortPlan {
+    pub fn new(port: u16, protocol: Transport) -> Self {
+        PortPlan {
             port,
             protocol,
             name: None,
@@ -144,18 +157,18 @@ impl PortSpec {
     }
 }
 
-/// A pod to create.
+/// A pod to create: where it runs, its labels and the ports it serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodSpec {
+pub struct PodPlan {
     pub namespace: String,
     pub name: String,
-    pub labels: Labels,
+    pub labels: LabelMap,
     /// 1-based node index.
     pub node: usize,
-    pub ports: Vec<PortSpec>,
+    pub ports: Vec<PortPlan>,
 }
 
-impl PodSpec {
+impl PodPlan {
     /// `namespace/name`.
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
@@ -167,7 +180,7 @@ impl PodSpec {
 pub struct ExternalSpec {
     /// Name without the `@`.
     pub name: String,
-    pub ports: Vec<PortSpec>,
+    pub ports: Vec<PortPlan>,
 }
 
 /// A whole cluster to build.
@@ -177,25 +190,25 @@ pub struct ClusterSpec {
     pub nodes: usize,
     /// Namespace name -> labels (without the automatic
     /// `kubernetes.io/metadata.name`, which is always added).
-    pub namespaces: BTreeMap<String, Labels>,
-    pub pods: Vec<PodSpec>,
+    pub namespaces: BTreeMap<String, LabelMap>,
+    pub pods: Vec<PodPlan>,
     pub externals: Vec<ExternalSpec>,
     /// Node number (1-based) -> labels of its Node object (for
     /// ClusterNetworkPolicy `nodes` peers), besides the automatic
     /// `kubernetes.io/hostname: node-<N>`.
-    pub node_labels: BTreeMap<usize, Labels>,
+    pub node_labels: BTreeMap<usize, LabelMap>,
     /// Ports every node serves itself (a server in the node's own network
     /// namespace, as a hostNetwork pod would run).
-    pub node_ports: Vec<PortSpec>,
+    pub node_ports: Vec<PortPlan>,
 }
 
 /// Ports of the default model: 80 and 81 over TCP, UDP and SCTP, named
 /// `serve-<port>-<proto>`.
-pub fn default_ports() -> Vec<PortSpec> {
+pub fn default_ports() -> Vec<PortPlan> {
     let mut v = Vec::new();
     for port in [80u16, 81] {
-        for proto in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
-            v.push(PortSpec::new(port, proto).named(&format!("serve-{port}-{}", proto.iptables())));
+        for proto in [Transport::Tcp, Transport::Udp, Transport::Sctp] {
+            v.push(PortPlan::new(port, proto).named(&format!("serve-{port}-{}", proto.iptables())));
         }
     }
     v
@@ -209,10 +222,10 @@ impl ClusterSpec {
         let mut namespaces = BTreeMap::new();
         let mut pods = Vec::new();
         for ns in ["x", "y", "z"] {
-            namespaces.insert(ns.to_string(), Labels::new());
+            namespaces.insert(ns.to_string(), LabelMap::new());
             for p in ["a", "b", "c"] {
                 let idx = pods.len();
-                pods.push(PodSpec {
+                pods.push(PodPlan {
                     namespace: ns.to_string(),
                     name: p.to_string(),
                     labels: [("pod".to_string(), p.to_string())].into(),
@@ -274,6 +287,11 @@ impl ClusterSpec {
 }
 
 // ---------------------------------------------------------------- address plan
+
+/// Name of the per-pod Service: `s-<ns>-<pod>`.
+pub fn pod_service_name(ns: &str, pod: &str) -> String {
+    format!("s-{ns}-{pod}")
+}
 
 /// Node i's uplink address (10.255.0.i / fd00:255::i) — also the pod's hostIP.
 pub fn node_addr(family: Family, node: usize) -> IpAddr {

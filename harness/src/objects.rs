@@ -1,7 +1,8 @@
 //! The Kubernetes objects the harness publishes to the agents' file source:
-//! rendering Namespaces, Pods, Services, EndpointSlices as YAML, and writing
-//! them atomically (temp file + rename) into each node's source directory,
-//! followed by a `REVISION` file the agents echo back once programmed.
+//! rendering Namespaces, Nodes, Pods, Services, EndpointSlices and policies
+//! as YAML, and writing them atomically (temp file + rename) into each node's
+//! source directory, followed by a `REVISION` file the agents echo back once
+//! programmed.
 //!
 //! File names: `namespace-<ns>.yaml`, `pod-<ns>-<name>.yaml`,
 //! `service-<ns>-<name>.yaml`, `endpointslice-<ns>-<name>.yaml`,
@@ -16,8 +17,12 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::model::{Family, Labels, PodSpec};
+use crate::model::{Family, LabelMap, PodPlan};
 use crate::services::Service;
+
+/// The kind of a ClusterNetworkPolicy manifest, and its API version.
+pub const CLUSTER_POLICY_KIND: &str = "ClusterNetworkPolicy";
+pub const CLUSTER_POLICY_API_VERSION: &str = "policy.networking.k8s.io/v1alpha2";
 
 /// Writes `contents` to `dir/name` atomically.
 pub fn write_atomic(dir: &Path, name: &str, contents: &str) -> Result<()> {
@@ -56,7 +61,7 @@ pub fn node_file(n: usize) -> String {
 
 /// A Node `name` with its address as InternalIP; `kubernetes.io/hostname` is
 /// always the node's name.
-pub fn node(name: &str, labels: &Labels, ip: IpAddr) -> Value {
+pub fn node(name: &str, labels: &LabelMap, ip: IpAddr) -> Value {
     let mut l = labels.clone();
     l.insert("kubernetes.io/hostname".into(), name.into());
     json!({
@@ -79,16 +84,13 @@ pub fn cluster_policy_manifest(manifest: &Value) -> Result<(String, Value)> {
         .ok_or_else(|| anyhow!("a ClusterNetworkPolicy manifest must be a mapping"))?;
     match obj.get("kind").and_then(Value::as_str) {
         None => {
-            obj.insert(
-                "kind".into(),
-                Value::from(crate::scenario::CLUSTER_POLICY_KIND),
-            );
+            obj.insert("kind".into(), Value::from(CLUSTER_POLICY_KIND));
         }
-        Some(crate::scenario::CLUSTER_POLICY_KIND) => {}
+        Some(CLUSTER_POLICY_KIND) => {}
         Some(k) => bail!("kind is {k:?}, expected ClusterNetworkPolicy"),
     }
     obj.entry("apiVersion")
-        .or_insert_with(|| Value::from(crate::scenario::CLUSTER_POLICY_API_VERSION));
+        .or_insert_with(|| Value::from(CLUSTER_POLICY_API_VERSION));
     let name = m
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -98,7 +100,7 @@ pub fn cluster_policy_manifest(manifest: &Value) -> Result<(String, Value)> {
 }
 
 /// A Namespace; `kubernetes.io/metadata.name` is always added.
-pub fn namespace(name: &str, labels: &Labels) -> Value {
+pub fn namespace(name: &str, labels: &LabelMap) -> Value {
     let mut l = labels.clone();
     l.insert("kubernetes.io/metadata.name".into(), name.into());
     json!({
@@ -110,7 +112,7 @@ pub fn namespace(name: &str, labels: &Labels) -> Value {
 }
 
 /// The container ports of a pod (named ports resolve against these).
-pub fn container_ports(p: &PodSpec) -> Vec<Value> {
+pub fn container_ports(p: &PodPlan) -> Vec<Value> {
     p.ports
         .iter()
         .map(|port| {
@@ -153,7 +155,7 @@ pub fn policy_manifest(manifest: &Value) -> Result<(String, String, Value)> {
 }
 
 /// A running Pod with its IP, host IP, node and container ports.
-pub fn pod(p: &PodSpec, ip: IpAddr, host_ip: IpAddr) -> Value {
+pub fn pod(p: &PodPlan, ip: IpAddr, host_ip: IpAddr) -> Value {
     let ports = container_ports(p);
     json!({
         "apiVersion": "v1",

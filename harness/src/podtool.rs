@@ -6,16 +6,16 @@ use std::net::SocketAddr;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::model::Protocol;
+use crate::model::Transport;
 use crate::probe::Outcome;
 
 /// `PROTO:ADDR:PORT`, with IPv6 addresses in brackets.
-pub fn format_target(to: SocketAddr, protocol: Protocol) -> String {
+pub fn format_target(to: SocketAddr, protocol: Transport) -> String {
     format!("{protocol}:{to}")
 }
 
 /// The inverse of [`format_target`].
-pub fn parse_target(s: &str) -> Result<(SocketAddr, Protocol)> {
+pub fn parse_target(s: &str) -> Result<(SocketAddr, Transport)> {
     let (proto, addr) = s
         .split_once(':')
         .ok_or_else(|| anyhow!("probe target {s:?}: expected PROTO:ADDR:PORT"))?;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use socket2::{Domain, SockAddr, Socket};
 
-use crate::model::Protocol;
+use crate::model::Transport;
 use crate::netns::{enter_netns, netns_path};
 use crate::servers::{sctp_supported, stream_socket, WHOAMI};
 
@@ -34,7 +34,7 @@ pub struct RawProbe {
     pub netns: String,
     /// Destination address and port.
     pub to: SocketAddr,
-    pub protocol: Protocol,
+    pub protocol: Transport,
 }
 
 /// Result of one probe.
@@ -53,7 +53,7 @@ pub fn run_probes(probes: &[RawProbe], timeout: Duration) -> Result<Vec<Outcome>
     let mut out = vec![Outcome::Skipped; probes.len()];
     let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, p) in probes.iter().enumerate() {
-        if p.protocol == Protocol::Sctp && !sctp_supported() {
+        if p.protocol == Transport::Sctp && !sctp_supported() {
             continue;
         }
         groups.entry(p.netns.as_str()).or_default().push(i);
@@ -77,7 +77,7 @@ pub fn run_probes(probes: &[RawProbe], timeout: Duration) -> Result<Vec<Outcome>
 /// Probes `targets` from the calling process's own network namespace (a pod of a
 /// real cluster: `palisade-pod probe`), all in parallel; outcomes in input order.
 /// SCTP targets are [`Outcome::Skipped`] when the kernel has no SCTP.
-pub fn probe_here(targets: &[(SocketAddr, Protocol)], timeout: Duration) -> Result<Vec<Outcome>> {
+pub fn probe_here(targets: &[(SocketAddr, Transport)], timeout: Duration) -> Result<Vec<Outcome>> {
     let probes: Vec<RawProbe> = targets
         .iter()
         .map(|&(to, protocol)| RawProbe {
@@ -88,7 +88,7 @@ pub fn probe_here(targets: &[(SocketAddr, Protocol)], timeout: Duration) -> Resu
         .collect();
     let mut out = vec![Outcome::Skipped; probes.len()];
     let runnable: Vec<usize> = (0..probes.len())
-        .filter(|&i| probes[i].protocol != Protocol::Sctp || sctp_supported())
+        .filter(|&i| probes[i].protocol != Transport::Sctp || sctp_supported())
         .collect();
     scatter(&mut out, runnable.chunks(CHUNK), |idxs| {
         let batch: Vec<&RawProbe> = idxs.iter().map(|&i| &probes[i]).collect();
@@ -148,12 +148,12 @@ fn start(p: &RawProbe, seq: usize) -> State {
     }
     let to = SockAddr::from(p.to);
     match p.protocol {
-        Protocol::Tcp | Protocol::Sctp => match s.connect(&to) {
+        Transport::Tcp | Transport::Sctp => match s.connect(&to) {
             Ok(()) => State::Done(Outcome::Reachable),
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => State::Connecting(s),
             Err(_) => State::Done(Outcome::Blocked),
         },
-        Protocol::Udp => {
+        Transport::Udp => {
             // A connected UDP socket also reports ICMP unreachable as ECONNREFUSED.
             if s.connect(&to).is_err() {
                 return State::Done(Outcome::Blocked);
@@ -259,14 +259,14 @@ fn probe_group(probes: &[&RawProbe], timeout: Duration) -> Vec<Outcome> {
 pub fn whoami(
     netns: &str,
     to: SocketAddr,
-    protocol: Protocol,
+    protocol: Transport,
     timeout: Duration,
 ) -> Result<Option<String>> {
     crate::netns::in_netns(netns, move || -> Option<String> {
         use std::io::{Read, Write};
         match protocol {
-            Protocol::Udp => {
-                let s = stream_socket(domain_of(&to), Protocol::Udp).ok()?;
+            Transport::Udp => {
+                let s = stream_socket(domain_of(&to), Transport::Udp).ok()?;
                 s.connect(&SockAddr::from(to)).ok()?;
                 s.set_read_timeout(Some(timeout)).ok()?;
                 s.send(WHOAMI).ok()?;
@@ -279,8 +279,8 @@ pub fn whoami(
                     .collect();
                 Some(String::from_utf8_lossy(&bytes).trim().to_string())
             }
-            Protocol::Tcp | Protocol::Sctp => {
-                if protocol == Protocol::Sctp && !sctp_supported() {
+            Transport::Tcp | Transport::Sctp => {
+                if protocol == Transport::Sctp && !sctp_supported() {
                     return None;
                 }
                 let s = stream_socket(domain_of(&to), protocol).ok()?;
@@ -313,10 +313,10 @@ impl Connection {
     pub fn open(
         netns: &str,
         to: SocketAddr,
-        protocol: Protocol,
+        protocol: Transport,
         timeout: Duration,
     ) -> Result<Connection> {
-        if protocol == Protocol::Udp {
+        if protocol == Transport::Udp {
             anyhow::bail!("a Connection is TCP or SCTP");
         }
         let sock = crate::netns::in_netns(netns, move || -> std::io::Result<Socket> {

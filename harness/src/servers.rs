@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use anyhow::{anyhow, Context, Result};
 use socket2::{Domain, Protocol as SockProto, SockAddr, Socket, Type};
 
-use crate::model::{Family, PortSpec, Protocol};
+use crate::model::{Family, PortPlan, Transport};
 use crate::netns::{enter_netns, netns_path};
 
 /// Request that makes a server answer with its identity instead of echoing.
@@ -40,11 +40,11 @@ pub fn sctp_supported() -> bool {
     })
 }
 
-pub(crate) fn stream_socket(domain: Domain, proto: Protocol) -> std::io::Result<Socket> {
+pub(crate) fn stream_socket(domain: Domain, proto: Transport) -> std::io::Result<Socket> {
     match proto {
-        Protocol::Tcp => Socket::new(domain, Type::STREAM, Some(SockProto::TCP)),
-        Protocol::Sctp => Socket::new(domain, Type::STREAM, Some(SockProto::from(IPPROTO_SCTP))),
-        Protocol::Udp => Socket::new(domain, Type::DGRAM, Some(SockProto::UDP)),
+        Transport::Tcp => Socket::new(domain, Type::STREAM, Some(SockProto::TCP)),
+        Transport::Sctp => Socket::new(domain, Type::STREAM, Some(SockProto::from(IPPROTO_SCTP))),
+        Transport::Udp => Socket::new(domain, Type::DGRAM, Some(SockProto::UDP)),
     }
 }
 
@@ -58,7 +58,7 @@ impl ServerSet {
     /// Enters `ns`, binds every port in `ports` (SCTP only when supported) on
     /// the wildcard address of `family`, and serves them on a dedicated thread.
     /// `identity` is what a `whoami` request gets back.
-    pub fn start(ns: &str, family: Family, identity: &str, ports: &[PortSpec]) -> Result<Self> {
+    pub fn start(ns: &str, family: Family, identity: &str, ports: &[PortPlan]) -> Result<Self> {
         Self::start_on(ns, family, identity, ports, None)
     }
 
@@ -69,15 +69,15 @@ impl ServerSet {
         ns: &str,
         family: Family,
         identity: &str,
-        ports: &[PortSpec],
+        ports: &[PortPlan],
         addr: Option<IpAddr>,
     ) -> Result<Self> {
         let file = File::open(netns_path(ns)).with_context(|| format!("open netns {ns}"))?;
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<Result<()>>();
-        let ports: Vec<PortSpec> = ports
+        let ports: Vec<PortPlan> = ports
             .iter()
-            .filter(|p| p.protocol != Protocol::Sctp || sctp_supported())
+            .filter(|p| p.protocol != Transport::Sctp || sctp_supported())
             .cloned()
             .collect();
         let identity = identity.to_string();
@@ -136,10 +136,10 @@ impl Drop for ServerSet {
 /// Binds every port in `ports` in the calling process's own network namespace and
 /// serves them until the process ends: what a pod of a real cluster runs
 /// (`palisade-pod serve`). SCTP ports are left out when the kernel has no SCTP.
-pub fn serve_here(family: Family, identity: &str, ports: &[PortSpec]) -> Result<()> {
-    let ports: Vec<PortSpec> = ports
+pub fn serve_here(family: Family, identity: &str, ports: &[PortPlan]) -> Result<()> {
+    let ports: Vec<PortPlan> = ports
         .iter()
-        .filter(|p| p.protocol != Protocol::Sctp || sctp_supported())
+        .filter(|p| p.protocol != Transport::Sctp || sctp_supported())
         .cloned()
         .collect();
     let sockets = bind_all(family, &ports, None)?;
@@ -160,7 +160,7 @@ fn wildcard(family: Family, port: u16) -> SocketAddr {
     }
 }
 
-fn bind_all(family: Family, ports: &[PortSpec], on: Option<IpAddr>) -> Result<Vec<(Socket, Kind)>> {
+fn bind_all(family: Family, ports: &[PortPlan], on: Option<IpAddr>) -> Result<Vec<(Socket, Kind)>> {
     let domain = match family {
         Family::Ipv4 => Domain::IPV4,
         Family::Ipv6 => Domain::IPV6,
@@ -184,7 +184,7 @@ fn bind_all(family: Family, ports: &[PortSpec], on: Option<IpAddr>) -> Result<Ve
         s.set_reuse_address(true)?;
         s.bind(&SockAddr::from(addr))
             .with_context(|| format!("bind {} {addr}", p.protocol))?;
-        let kind = if p.protocol == Protocol::Udp {
+        let kind = if p.protocol == Transport::Udp {
             Kind::Udp
         } else {
             s.listen(1024)?;

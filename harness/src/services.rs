@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use crate::model::{cluster_cidr, Family, Protocol};
+use crate::model::{cluster_cidr, Family, Transport};
 
 /// One port of a Service.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub struct ServicePort {
     pub port: u16,
     /// The container port on the backends.
     pub target_port: u16,
-    pub protocol: Protocol,
+    pub protocol: Transport,
 }
 
 /// One backend (endpoint) of a Service.
@@ -84,7 +84,7 @@ pub fn render_nat_table(family: Family, services: &[Service], with_sctp: bool) -
             continue;
         }
         for sp in &svc.ports {
-            if sp.protocol == Protocol::Sctp && !with_sctp {
+            if sp.protocol == Transport::Sctp && !with_sctp {
                 continue;
             }
             let proto = sp.protocol.iptables();
@@ -163,7 +163,7 @@ mod tests {
                 name: "http".into(),
                 port: 8080,
                 target_port: 80,
-                protocol: Protocol::Tcp,
+                protocol: Transport::Tcp,
             }],
             backends: (0..3)
                 .map(|i| Backend {
@@ -191,7 +191,7 @@ mod tests {
                 name: "u".into(),
                 port: 53,
                 target_port: 5353,
-                protocol: Protocol::Udp,
+                protocol: Transport::Udp,
             }],
             backends: vec![Backend {
                 pod: "x/a".into(),

@@ -38,7 +38,7 @@ fn our_netns(prefix: &str) -> Vec<String> {
         .collect()
 }
 
-fn all_pairs(c: &Cluster, protocol: Protocol, port: u16, via: Via) -> Vec<Probe> {
+fn all_pairs(c: &Cluster, protocol: Transport, port: u16, via: Via) -> Vec<Probe> {
     let keys = c.pod_keys();
     let mut v = Vec::new();
     for a in &keys {
@@ -63,7 +63,7 @@ fn check_full_mesh(family: Family) {
     let id = c.id().to_string();
     let mut probes = Vec::new();
     for via in [Via::Pod, Via::Service] {
-        for proto in [Protocol::Tcp, Protocol::Udp] {
+        for proto in [Transport::Tcp, Transport::Udp] {
             for port in [80, 81] {
                 probes.extend(all_pairs(&c, proto, port, via));
             }
@@ -95,7 +95,7 @@ fn check_full_mesh(family: Family) {
                     from: Peer::Node(n),
                     to: Peer::Pod(k.clone()),
                     port: 80,
-                    protocol: Protocol::Tcp,
+                    protocol: Transport::Tcp,
                     via,
                 });
             }
@@ -113,7 +113,7 @@ fn check_full_mesh(family: Family) {
             from: Peer::Pod("x/a".into()),
             to: Peer::Pod("y/b".into()),
             port: 82,
-            protocol: Protocol::Tcp,
+            protocol: Transport::Tcp,
             via: Via::Pod,
         }])
         .expect("probe");
@@ -125,7 +125,7 @@ fn check_full_mesh(family: Family) {
             from: Peer::Pod("x/a".into()),
             to: Peer::Pod("y/b".into()),
             port: 80,
-            protocol: Protocol::Sctp,
+            protocol: Transport::Sctp,
             via: Via::Pod,
         }])
         .expect("probe");
@@ -159,8 +159,8 @@ fn small_spec(family: Family) -> ClusterSpec {
     spec.externals.push(ExternalSpec {
         name: "backup".into(),
         ports: vec![
-            PortSpec::new(80, Protocol::Tcp),
-            PortSpec::new(80, Protocol::Udp),
+            PortPlan::new(80, Transport::Tcp),
+            PortPlan::new(80, Transport::Udp),
         ],
     });
     spec
@@ -174,7 +174,7 @@ fn externals_reach_and_are_reached() {
         let ext = Peer::External("backup".into());
         let mut probes = Vec::new();
         for k in c.pod_keys() {
-            for proto in [Protocol::Tcp, Protocol::Udp] {
+            for proto in [Transport::Tcp, Transport::Udp] {
                 probes.push(Probe {
                     from: Peer::Pod(k.clone()),
                     to: ext.clone(),
@@ -196,7 +196,7 @@ fn externals_reach_and_are_reached() {
                 from: Peer::Node(n),
                 to: ext.clone(),
                 port: 80,
-                protocol: Protocol::Tcp,
+                protocol: Transport::Tcp,
                 via: Via::Pod,
             });
         }
@@ -227,19 +227,19 @@ fn service_with_three_backends_spreads() {
                         name: "http".into(),
                         port: 8080,
                         target_port: 80,
-                        protocol: Protocol::Tcp,
+                        protocol: Transport::Tcp,
                     },
                     ServicePort {
                         name: "dns".into(),
                         port: 5353,
                         target_port: 81,
-                        protocol: Protocol::Udp,
+                        protocol: Transport::Udp,
                     },
                 ],
                 &["x/b", "x/c", "y/a"],
             )
             .expect("add service");
-        for (port, proto) in [(8080, Protocol::Tcp), (5353, Protocol::Udp)] {
+        for (port, proto) in [(8080, Transport::Tcp), (5353, Transport::Udp)] {
             let mut seen = BTreeSet::new();
             for _ in 0..30 {
                 let who = c
@@ -260,7 +260,7 @@ fn service_with_three_backends_spreads() {
             .expect("set backends");
         for _ in 0..5 {
             let who = c
-                .whoami(&Peer::Node(1), SocketAddr::new(ip, 8080), Protocol::Tcp)
+                .whoami(&Peer::Node(1), SocketAddr::new(ip, 8080), Transport::Tcp)
                 .expect("whoami");
             assert_eq!(who.as_deref(), Some("y/a"));
         }
@@ -270,12 +270,12 @@ fn service_with_three_backends_spreads() {
                 &Peer::Pod("x/a".into()),
                 &Peer::Pod("y/a".into()),
                 80,
-                Protocol::Tcp,
+                Transport::Tcp,
                 Via::Service,
             )
             .expect("addr");
         let who = c
-            .whoami(&Peer::Pod("x/a".into()), own, Protocol::Tcp)
+            .whoami(&Peer::Pod("x/a".into()), own, Transport::Tcp)
             .expect("whoami");
         assert_eq!(who.as_deref(), Some("y/a"));
     }
@@ -286,12 +286,12 @@ fn pods_added_and_removed_at_runtime() {
     require_root!();
     let mut c =
         Cluster::build(&small_spec(Family::Ipv4), ClusterOptions::default()).expect("build");
-    let spec = PodSpec {
+    let spec = PodPlan {
         namespace: "z".into(),
         name: "late".into(),
         labels: [("pod".to_string(), "late".to_string())].into(),
         node: 2,
-        ports: vec![PortSpec::new(80, Protocol::Tcp)],
+        ports: vec![PortPlan::new(80, Transport::Tcp)],
     };
     c.add_pod(spec).expect("add pod");
     c.sync().expect("sync");
@@ -302,7 +302,7 @@ fn pods_added_and_removed_at_runtime() {
         from: Peer::Pod("x/a".into()),
         to: Peer::Pod("z/late".into()),
         port: 80,
-        protocol: Protocol::Tcp,
+        protocol: Transport::Tcp,
         via: Via::Service,
     };
     assert_eq!(
@@ -379,7 +379,7 @@ fn long_lived_connections_echo() {
                 &Peer::Pod("x/a".into()),
                 &Peer::Pod("y/a".into()),
                 81,
-                Protocol::Tcp,
+                Transport::Tcp,
                 via,
             )
             .expect("connect");
@@ -397,11 +397,11 @@ fn observed_matrix_prints_in_format_syntax() {
     let mut rows = peers.clone();
     rows.push(Peer::Node(2));
     let m = c
-        .observe_matrix(&rows, &peers, 80, Protocol::Tcp, Via::Service)
+        .observe_matrix(&rows, &peers, 80, Transport::Tcp, Via::Service)
         .expect("matrix");
     let text = m.to_aligned_string();
     println!("{text}");
-    let parsed = palisade_harness::scenario::Matrix::parse(&text).expect("reparse");
+    let parsed = palisade_harness::matrix::Matrix::parse(&text).expect("reparse");
     assert_eq!(parsed, m);
     let row: Vec<&str> = text
         .lines()

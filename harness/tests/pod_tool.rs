@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use palisade_harness::{
     in_netns, kube,
     podtool::{format_target, parse_results},
-    sctp_supported, Family, Outcome, PodSpec, PortSpec, Protocol,
+    sctp_supported, Family, Outcome, PodPlan, PortPlan, Transport,
 };
 
 const TOOL: &str = env!("CARGO_BIN_EXE_palisade-pod");
@@ -78,13 +78,13 @@ fn the_pod_command_of_the_e2e_serves_and_probes_report() {
     }
     let ns = Netns::new("serve");
     let mut ports = vec![
-        PortSpec::new(8080, Protocol::Tcp).named("http"),
-        PortSpec::new(8081, Protocol::Udp),
+        PortPlan::new(8080, Transport::Tcp).named("http"),
+        PortPlan::new(8081, Transport::Udp),
     ];
     if sctp_supported() {
-        ports.push(PortSpec::new(8082, Protocol::Sctp));
+        ports.push(PortPlan::new(8082, Transport::Sctp));
     }
-    let spec = PodSpec {
+    let spec = PodPlan {
         namespace: "x".into(),
         name: "a".into(),
         labels: Default::default(),
@@ -108,10 +108,10 @@ fn the_pod_command_of_the_e2e_serves_and_probes_report() {
             .expect("palisade-pod serve"),
     );
 
-    let at = |p: Protocol, port: u16| format_target(SocketAddr::from(([127, 0, 0, 1], port)), p);
-    let mut targets = vec![at(Protocol::Tcp, 8080), at(Protocol::Udp, 8081)];
+    let at = |p: Transport, port: u16| format_target(SocketAddr::from(([127, 0, 0, 1], port)), p);
+    let mut targets = vec![at(Transport::Tcp, 8080), at(Transport::Udp, 8081)];
     if sctp_supported() {
-        targets.push(at(Protocol::Sctp, 8082));
+        targets.push(at(Transport::Sctp, 8082));
     }
     // Served ports come up within moments; poll a fact rather than sleep.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -127,9 +127,9 @@ fn the_pod_command_of_the_e2e_serves_and_probes_report() {
 
     // Nothing listens there: blocked, in the order given, never reordered.
     let mixed = vec![
-        at(Protocol::Tcp, 9),
-        at(Protocol::Tcp, 8080),
-        at(Protocol::Udp, 9),
+        at(Transport::Tcp, 9),
+        at(Transport::Tcp, 8080),
+        at(Transport::Udp, 9),
     ];
     assert_eq!(
         probe(&ns, &mixed),

@@ -7,8 +7,8 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use anyhow::{Context, Result};
 use palisade_harness::{
-    AgentConfig, Cluster, ClusterOptions, ClusterSpec, ExternalSpec, Family, Labels, Outcome, Peer,
-    PodSpec, PortSpec, Probe, Protocol, Via,
+    AgentConfig, Cluster, ClusterOptions, ClusterSpec, ExternalSpec, Family, LabelMap, Outcome,
+    Peer, PodPlan, PortPlan, Probe, Transport, Via,
 };
 use serde_json::Value;
 
@@ -16,7 +16,7 @@ struct Target {
     label: &'static str,
     to: &'static str,
     port: u16,
-    protocol: Protocol,
+    protocol: Transport,
 }
 
 const TARGETS: &[Target] = &[
@@ -24,45 +24,45 @@ const TARGETS: &[Target] = &[
         label: "web:80",
         to: "shop/web",
         port: 80,
-        protocol: Protocol::Tcp,
+        protocol: Transport::Tcp,
     },
     Target {
         label: "api:8080",
         to: "shop/api",
         port: 8080,
-        protocol: Protocol::Tcp,
+        protocol: Transport::Tcp,
     },
     Target {
         label: "db:5432",
         to: "shop/db",
         port: 5432,
-        protocol: Protocol::Tcp,
+        protocol: Transport::Tcp,
     },
     Target {
         label: "dns:53/udp",
         to: "kube-system/dns",
         port: 53,
-        protocol: Protocol::Udp,
+        protocol: Transport::Udp,
     },
     Target {
         label: "@backup:873",
         to: "@backup",
         port: 873,
-        protocol: Protocol::Tcp,
+        protocol: Transport::Tcp,
     },
 ];
 
 const SOURCES: &[&str] = &["shop/web", "shop/api", "shop/db", "@backup"];
 
-fn labels(pairs: &[(&str, &str)]) -> Labels {
+fn labels(pairs: &[(&str, &str)]) -> LabelMap {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
 
-fn pod(ns: &str, name: &str, l: &[(&str, &str)], node: usize, ports: Vec<PortSpec>) -> PodSpec {
-    PodSpec {
+fn pod(ns: &str, name: &str, l: &[(&str, &str)], node: usize, ports: Vec<PortPlan>) -> PodPlan {
+    PodPlan {
         namespace: ns.into(),
         name: name.into(),
         labels: labels(l),
@@ -72,13 +72,13 @@ fn pod(ns: &str, name: &str, l: &[(&str, &str)], node: usize, ports: Vec<PortSpe
 }
 
 fn spec() -> ClusterSpec {
-    let tcp = |p| PortSpec::new(p, Protocol::Tcp);
+    let tcp = |p| PortPlan::new(p, Transport::Tcp);
     ClusterSpec {
         family: Family::Ipv4,
         nodes: 2,
         namespaces: [
             ("shop".to_string(), labels(&[("team", "shop")])),
-            ("kube-system".to_string(), Labels::new()),
+            ("kube-system".to_string(), LabelMap::new()),
         ]
         .into(),
         pods: vec![
@@ -109,7 +109,7 @@ fn spec() -> ClusterSpec {
                 &[("k8s-app", "kube-dns")],
                 2,
                 vec![
-                    PortSpec::new(53, Protocol::Udp).named("dns"),
+                    PortPlan::new(53, Transport::Udp).named("dns"),
                     tcp(53).named("dns-tcp"),
                 ],
             ),

@@ -14,7 +14,7 @@ use palisade_harness::{
     probe::probe_here,
     sctp_supported,
     servers::serve_here,
-    Family, PortSpec, Protocol,
+    Family, PortPlan, Transport,
 };
 
 #[derive(Parser)]
@@ -55,13 +55,13 @@ enum Cmd {
     Sctp,
 }
 
-fn port(s: &str) -> Result<PortSpec> {
+fn port(s: &str) -> Result<PortPlan> {
     let (n, proto) = s
         .split_once('/')
         .with_context(|| format!("port {s:?}: expected PORT/PROTO, e.g. 80/TCP"))?;
     let n: u16 = n.parse().with_context(|| format!("port {s:?}"))?;
-    let p: Protocol = proto.parse().with_context(|| format!("port {s:?}"))?;
-    Ok(PortSpec::new(n, p))
+    let p: Transport = proto.parse().with_context(|| format!("port {s:?}"))?;
+    Ok(PortPlan::new(n, p))
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {

@@ -1,96 +1,24 @@
-//! The conformance runner: every scenario file runs on its own freshly built
-//! cluster (sanity check, agents, steps, probes), and the results are printed
-//! exactly as FORMAT.md specifies — `PASS <name>` / `FAIL <name>` /
-//! `SKIP <name> (<reason>)` per case, details after a failure, and a last line
-//! `N passed, N failed, N skipped`.
+//! Running conformance cases: every scenario file on its own freshly built
+//! cluster, a sanity check of every probed pair before any policy, the
+//! agents, then each step's writes, a sync and the step's probes, compared
+//! with the expected matrices.
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
-use serde_json::Value;
 
+use super::backend::{Built, CaseCluster};
+use super::report::{side_by_side, CaseReport, CaseStatus, Summary};
 use crate::agent::AgentConfig;
-use crate::cluster::{Cluster, ClusterOptions, Peer, Probe, Topology, Via};
-use crate::model::{Family, Labels, Protocol};
+use crate::cluster::{Cluster, ClusterOptions, Topology};
+use crate::matrix::{Cell, Peer, Probe, Via};
+use crate::model::{Family, Transport};
 use crate::probe::Outcome;
-use crate::scenario::{self, Cell, Expectation, PolicyRef, Scenario};
+use crate::scenario::{self, Expectation, Scenario};
 use crate::servers::sctp_supported;
-
-/// What the runner needs of a cluster: the network-namespace [`Cluster`] is one,
-/// [`crate::kube::KubeCluster`] (a real cluster, through kubectl) the other. The
-/// case logic, the comparison and the output are the same for both.
-pub trait CaseCluster {
-    /// Called after the sanity probes: the namespace cluster starts its agents
-    /// here; on a real cluster the DaemonSet runs already.
-    fn start_enforcement(&mut self) -> Result<()>;
-    /// Replaces a pod's whole label map.
-    fn set_pod_labels(&mut self, pod: &str, labels: Labels) -> Result<()>;
-    /// Replaces a namespace's labels (`kubernetes.io/metadata.name` is kept).
-    fn set_namespace_labels(&mut self, ns: &str, labels: Labels) -> Result<()>;
-    /// Deletes a NetworkPolicy or a ClusterNetworkPolicy.
-    fn delete_policy(&mut self, r: &PolicyRef) -> Result<()>;
-    /// Creates or replaces a NetworkPolicy or a ClusterNetworkPolicy (by
-    /// `kind`).
-    fn apply_policy(&mut self, manifest: &Value) -> Result<()>;
-    /// A peer's own address, for the manifest placeholders.
-    fn address_of(&self, peer: &Peer) -> Result<IpAddr>;
-    /// Returns once every agent has programmed everything written so far.
-    fn sync(&mut self) -> Result<()>;
-    /// Runs the probes; outcomes in input order. `want` is what the case expects:
-    /// a backend whose agents learn of changes asynchronously may re-probe the
-    /// cells that differ for a bounded time before answering.
-    fn probe(&mut self, probes: &[Probe], want: &[Outcome]) -> Result<Vec<Outcome>>;
-    /// The agents' recent logs, for a failure report.
-    fn logs(&self, verbose: bool) -> String;
-}
-
-impl CaseCluster for Cluster {
-    fn start_enforcement(&mut self) -> Result<()> {
-        self.start_agents()
-    }
-    fn set_pod_labels(&mut self, pod: &str, labels: Labels) -> Result<()> {
-        Cluster::set_pod_labels(self, pod, labels)
-    }
-    fn set_namespace_labels(&mut self, ns: &str, labels: Labels) -> Result<()> {
-        Cluster::set_namespace_labels(self, ns, labels)
-    }
-    fn delete_policy(&mut self, r: &PolicyRef) -> Result<()> {
-        match r {
-            PolicyRef::Namespaced(ns, name) => Cluster::delete_policy(self, ns, name),
-            PolicyRef::Cluster(name) => Cluster::delete_cluster_policy(self, name),
-        }
-    }
-    fn apply_policy(&mut self, manifest: &Value) -> Result<()> {
-        match scenario::policy_key(manifest)? {
-            PolicyRef::Namespaced(..) => Cluster::apply_policy(self, manifest),
-            PolicyRef::Cluster(_) => Cluster::apply_cluster_policy(self, manifest),
-        }
-    }
-    fn address_of(&self, peer: &Peer) -> Result<IpAddr> {
-        Cluster::address_of(self, peer)
-    }
-    fn sync(&mut self) -> Result<()> {
-        Cluster::sync(self).map(|_| ())
-    }
-    /// The agents here report exactly what they programmed ([`Cluster::sync`]
-    /// waits for it), so one probe round is the answer.
-    fn probe(&mut self, probes: &[Probe], _want: &[Outcome]) -> Result<Vec<Outcome>> {
-        Cluster::probe(self, probes)
-    }
-    fn logs(&self, verbose: bool) -> String {
-        agent_logs(self, verbose)
-    }
-}
-
-/// A cluster for one case, or why the case cannot run on this backend.
-pub enum Built<C> {
-    Ready(C),
-    Skip(String),
-}
 
 /// How a run goes, whatever the backend.
 #[derive(Clone, Debug)]
@@ -117,49 +45,6 @@ pub struct ConformanceOptions {
     pub verbose: bool,
     /// How nodes connect their pods.
     pub topology: Topology,
-}
-
-/// Result of one case.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CaseStatus {
-    Pass,
-    /// With the printed details.
-    Fail(String),
-    /// With the reason.
-    Skip(String),
-}
-
-/// One case's report.
-#[derive(Clone, Debug)]
-pub struct CaseReport {
-    /// The case name (the file path when the file did not parse).
-    pub name: String,
-    pub path: PathBuf,
-    pub status: CaseStatus,
-    pub duration: Duration,
-}
-
-/// Totals and per-case reports.
-#[derive(Clone, Debug, Default)]
-pub struct Summary {
-    pub passed: usize,
-    pub failed: usize,
-    pub skipped: usize,
-    pub cases: Vec<CaseReport>,
-}
-
-impl Summary {
-    /// True when nothing failed (the exit status should then be zero).
-    pub fn success(&self) -> bool {
-        self.failed == 0
-    }
-    /// The last output line: `N passed, N failed, N skipped`.
-    pub fn totals_line(&self) -> String {
-        format!(
-            "{} passed, {} failed, {} skipped",
-            self.passed, self.failed, self.skipped
-        )
-    }
 }
 
 /// Runs every scenario and prints the report on stdout. The caller exits
@@ -244,37 +129,13 @@ where
                 (sc.name.clone(), status, notes)
             }
         };
-        let duration = t.elapsed();
-        match &status {
-            CaseStatus::Pass => {
-                summary.passed += 1;
-                writeln!(out, "PASS {name}")?;
-            }
-            CaseStatus::Fail(details) => {
-                summary.failed += 1;
-                writeln!(out, "FAIL {name}")?;
-                for l in details.lines() {
-                    writeln!(out, "  {l}")?;
-                }
-            }
-            CaseStatus::Skip(reason) => {
-                summary.skipped += 1;
-                writeln!(out, "SKIP {name} ({reason})")?;
-            }
-        }
-        for n in &notes {
-            writeln!(out, "  note: {n}")?;
-        }
-        if settings.verbose {
-            writeln!(out, "  took {:.1}s", duration.as_secs_f64())?;
-        }
-        out.flush()?;
-        summary.cases.push(CaseReport {
+        let report = CaseReport {
             name,
             path,
             status,
-            duration,
-        });
+            duration: t.elapsed(),
+        };
+        summary.record(report, &notes, settings.verbose, out)?;
     }
     writeln!(out, "{}", summary.totals_line())?;
     out.flush()?;
@@ -305,7 +166,7 @@ fn expectation_probes(e: &Expectation) -> Vec<(usize, usize, Probe)> {
 }
 
 fn skipped(e: &Expectation, settings: &RunSettings) -> bool {
-    e.protocol == Protocol::Sctp && !settings.sctp
+    e.protocol == Transport::Sctp && !settings.sctp
 }
 
 fn run_case<C: CaseCluster>(
@@ -410,7 +271,7 @@ fn run_case_inner<C: CaseCluster>(
                 p.to,
                 p.protocol,
                 p.port,
-                via_str(p.via)
+                p.via.as_str()
             )
         })
         .collect();
@@ -420,12 +281,12 @@ fn run_case_inner<C: CaseCluster>(
     let sctp_absent = sanity
         .iter()
         .zip(&res)
-        .any(|(p, o)| p.protocol == Protocol::Sctp && *o == Outcome::Skipped);
+        .any(|(p, o)| p.protocol == Transport::Sctp && *o == Outcome::Skipped);
     if sctp_absent {
         notes.push("SCTP expectations skipped: the pods' kernel has no SCTP".to_string());
     }
     let skipped = |e: &Expectation, opts: &RunSettings| {
-        skipped(e, opts) || (sctp_absent && e.protocol == Protocol::Sctp)
+        skipped(e, opts) || (sctp_absent && e.protocol == Transport::Sctp)
     };
     if !bad.is_empty() {
         let shown: Vec<&String> = bad.iter().take(20).collect();
@@ -528,7 +389,7 @@ fn run_case_inner<C: CaseCluster>(
                     si + 1,
                     e.port,
                     e.protocol,
-                    via_str(e.via),
+                    e.via.as_str(),
                     side_by_side(e, &observed)
                 );
             }
@@ -567,74 +428,4 @@ fn with_logs<C: CaseCluster + ?Sized>(
     } else {
         anyhow::anyhow!("{e:#}\n{logs}")
     }
-}
-
-fn agent_logs(cluster: &Cluster, verbose: bool) -> String {
-    let lines = if verbose { 100_000 } else { 30 };
-    let mut s = String::new();
-    for n in 1..=cluster.node_count() {
-        let t = cluster.agent_log_tail(n, lines);
-        if !t.is_empty() {
-            s += &format!("--- agent log node-{n} (last {lines} lines) ---\n{t}\n");
-        }
-    }
-    s
-}
-
-fn via_str(v: Via) -> &'static str {
-    match v {
-        Via::Service => "service",
-        Via::Pod => "pod",
-    }
-}
-
-/// Expected and observed matrices side by side; differing observed cells are
-/// marked with `*`. Observed cells: `.` reachable, `X` blocked, `?` not
-/// checked, `-` skipped.
-pub fn side_by_side(e: &Expectation, observed: &[Vec<Option<Outcome>>]) -> String {
-    let m = &e.matrix;
-    let w0 = m
-        .rows
-        .iter()
-        .map(|(p, _)| p.to_string().len())
-        .chain([7])
-        .max()
-        .unwrap_or(7);
-    let widths: Vec<usize> = m
-        .columns
-        .iter()
-        .map(|c| c.to_string().len().max(2))
-        .collect();
-    let header = {
-        let mut s = format!("{:<w0$}", "from\\to");
-        for (c, w) in m.columns.iter().zip(&widths) {
-            s += &format!(" {:>w$}", c.to_string());
-        }
-        s
-    };
-    let mut left = vec![header.clone()];
-    let mut right = vec![header];
-    for (r, (src, cells)) in m.rows.iter().enumerate() {
-        let mut l = format!("{:<w0$}", src.to_string());
-        let mut o = l.clone();
-        for (c, w) in widths.iter().enumerate() {
-            let exp = cells[c].symbol();
-            l += &format!(" {:>w$}", format!("{exp} "));
-            let (sym, diff) = match observed[r][c] {
-                None => ('?', false),
-                Some(Outcome::Skipped) => ('-', false),
-                Some(Outcome::Reachable) => ('.', cells[c] == Cell::Blocked),
-                Some(Outcome::Blocked) => ('X', cells[c] == Cell::Reachable),
-            };
-            o += &format!(" {:>w$}", format!("{sym}{}", if diff { '*' } else { ' ' }));
-        }
-        left.push(l);
-        right.push(o);
-    }
-    let lw = left.iter().map(|s| s.len()).max().unwrap_or(0);
-    let mut s = format!("  {:<lw$}    {}\n", "expected", "observed (* = differs)");
-    for (l, o) in left.iter().zip(&right) {
-        s += &format!("  {l:<lw$}    {}\n", o.trim_end());
-    }
-    s
 }

@@ -1,6 +1,13 @@
 //! Unit tests of scenario parsing and validation.
 
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::{bail, Result};
+
 use super::*;
+use crate::matrix::{Cell, Matrix, Peer, Via};
+use crate::model::{ClusterSpec, Family, LabelMap, Transport};
 
 fn p(text: &str) -> Result<Scenario> {
     parse(text, Path::new("case.yaml"))
@@ -38,18 +45,18 @@ fn default_model_when_cluster_omitted() {
     assert_eq!(nodes, [1, 2, 1, 2, 1, 2, 1, 2, 1]);
     assert_eq!(
         s.cluster.pods[4].labels,
-        Labels::from([("pod".into(), "b".into())])
+        LabelMap::from([("pod".into(), "b".into())])
     );
     assert!(s.cluster.namespaces.values().all(|l| l.is_empty()));
     let ports = &s.cluster.pods[0].ports;
     assert_eq!(ports.len(), 6);
     assert!(ports.iter().any(|p| p.port == 81
-        && p.protocol == Protocol::Udp
+        && p.protocol == Transport::Udp
         && p.name.as_deref() == Some("serve-81-udp")));
     let e = &s.steps[0].expect[0];
     assert_eq!(
         (e.protocol, e.via, e.ignore_loopback),
-        (Protocol::Tcp, Via::Service, true)
+        (Transport::Tcp, Via::Service, true)
     );
     assert_eq!(e.matrix.rows[1].0, Peer::Node(1));
     assert_eq!(e.matrix.rows[0].1, vec![Cell::Reachable, Cell::Blocked]);
