@@ -9,7 +9,7 @@ use palisade_common::{
 use palisade_policy::{explain_direction, reference::DecidedBy, Direction};
 use serde_json::{json, Map, Value};
 
-use crate::{events::event_addrs, sync::Names};
+use crate::{events::event_addrs, status::Names};
 
 pub fn protocol_name(p: u8) -> String {
     match p {

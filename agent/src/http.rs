@@ -8,7 +8,7 @@ use tokio::{
     net::TcpListener,
 };
 
-use crate::sync::Shared;
+use crate::status::Shared;
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     serve_paths(listener, shared, false).await

@@ -1,16 +1,22 @@
-//! The Palisade agent: loader, map writer, event reader, sources and sync loop.
+//! The Palisade agent. The data flow, one module a stage: `source` (files or
+//! the API server) -> `sync` (the loop: `node` interfaces and roles,
+//! `endpoints`, the engine's incremental compiler, `writer` into `maps`,
+//! `datapath` attachments, `repair`) -> `events` -> `denylog`, `metrics`,
+//! `status` served by `http`. `run` wires them together; `cli` is the command
+//! line.
 pub mod cli;
 pub mod datapath;
 pub mod denylog;
-pub mod discovery;
+pub mod endpoints;
 pub mod events;
 pub mod http;
-pub mod inotify;
-pub mod kube_source;
 pub mod maps;
 pub mod metrics;
+pub mod node;
 pub mod packet;
 pub mod pins;
 pub mod repair;
 pub mod source;
+pub mod status;
 pub mod sync;
+pub mod writer;

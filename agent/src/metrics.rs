@@ -56,6 +56,20 @@ const LATENCY_BUCKETS: [f64; 13] = [
 
 /// The agent's metrics, shared by the sync loop (which updates them) and the
 /// HTTP endpoint (which encodes them).
+/// What one programming pass did, for the pass metrics.
+#[derive(Clone, Debug, Default)]
+pub struct PassStats {
+    pub full: bool,
+    pub errors: bool,
+    pub writes: usize,
+    pub repaired: usize,
+    pub endpoints: usize,
+    pub fail_closed: usize,
+    pub missing_interfaces: usize,
+    pub policies: usize,
+    pub cluster_policies: usize,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub passes: Family<PassLabels, Counter>,
@@ -134,6 +148,34 @@ impl Metrics {
     }
 
     /// The OpenMetrics text of every metric.
+    /// Counts one programming pass and sets the gauges it determines.
+    pub fn record_pass(&self, p: &PassStats) {
+        let outcome = if p.errors { "error" } else { "ok" };
+        let kind = if p.full { "full" } else { "incremental" };
+        self.passes
+            .get_or_create(&PassLabels { kind, outcome })
+            .inc();
+        self.map_writes.inc_by(p.writes as u64);
+        self.repairs.inc_by(p.repaired as u64);
+        for (state, n) in [
+            ("enforced", p.endpoints.saturating_sub(p.fail_closed)),
+            ("fail_closed", p.fail_closed),
+            ("missing_interface", p.missing_interfaces),
+        ] {
+            self.endpoints
+                .get_or_create(&StateLabels { state })
+                .set(n as i64);
+        }
+        for (kind, n) in [
+            ("networkpolicy", p.policies),
+            ("clusternetworkpolicy", p.cluster_policies),
+        ] {
+            self.policies
+                .get_or_create(&KindLabels { kind })
+                .set(n as i64);
+        }
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {

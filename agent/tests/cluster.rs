@@ -621,7 +621,7 @@ fn all_local_pods_found(ns: &str, n: usize) -> (bool, Value) {
 
 /// The addresses the agent holds managed neighbour entries for in `ns`.
 fn managed_neighbours(ns: &str) -> Vec<String> {
-    let proto = palisade_agent::discovery::NEIGH_PROTOCOL.to_string();
+    let proto = palisade_agent::node::NEIGH_PROTOCOL.to_string();
     ip_json(ns, &["neigh", "show"])
         .as_array()
         .into_iter()

@@ -15,7 +15,7 @@ use k8s_openapi::api::{
 };
 use palisade_agent::{
     cli::Cli,
-    kube_source::{VERBS, WATCHED},
+    source::kube::{VERBS, WATCHED},
 };
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;

@@ -3,7 +3,7 @@
 //! gives its MAC and the bridge's forwarding database the port it is on. The
 //! namespace harness is ptp-style, so this is where the bridge path runs. Needs
 //! root; everything happens in a network namespace private to the test thread.
-use palisade_agent::discovery::Links;
+use palisade_agent::node::Links;
 
 mod common;
 

@@ -18,9 +18,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use palisade_agent::{
-    kube_source::{BackoffConfig, KubeSource, VERBS, WATCHED},
-    source::SourceEvent,
+use palisade_agent::source::{
+    kube::{BackoffConfig, KubeSource, VERBS, WATCHED},
+    SourceEvent,
 };
 use palisade_policy::ClusterIndex;
 use serde_json::{json, Value};

@@ -1,11 +1,6 @@
-//! Policy sources: where cluster state comes from, and the file source.
+//! The file source: cluster state from the YAML/JSON files of one directory.
 //!
-//! A source sends `SourceEvent`s into the sync loop: objects applied and deleted,
-//! and `Synced` whenever what it has sent so far is a consistent view (the file
-//! source after each scan; the kube source once every watcher has listed). Nothing
-//! is programmed before the first `Synced`.
-//!
-//! The file source reads the files directly in one directory whose names end in
+//! It reads the files directly in one directory whose names end in
 //! `.yaml`, `.yml` or `.json` (any case), following symlinks (a ConfigMap mounted
 //! as a volume is a directory of symlinks into `..data`). Names starting with a
 //! dot are not read (ConfigMap internals, editors' temporary files); a change to
@@ -32,34 +27,10 @@ use palisade_policy::{parse_yaml_documents, Object, ObjectRef};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::inotify::{DirWatch, Drained};
-
-#[derive(Debug)]
-pub enum SourceEvent {
-    Apply {
-        obj: Object,
-        origin: String,
-    },
-    Delete(ObjectRef),
-    /// One object that could not be converted (kube source); reported until
-    /// that object is applied or deleted.
-    Error {
-        origin: String,
-        message: String,
-    },
-    /// The complete set of the source's input errors now (file source: input
-    /// -> message): it replaces every input error the source reported before,
-    /// so a fixed or removed file's error clears.
-    InputErrors(BTreeMap<String, String>),
-    /// Everything sent so far is a consistent snapshot at `revision`.
-    Synced {
-        revision: String,
-        /// Per resource (kube source: `pods`, `namespaces`, ...), the highest
-        /// resourceVersion delivered. Each resource is its own watch stream, so
-        /// only this tells that a given write has arrived. Empty for files.
-        revisions: BTreeMap<String, String>,
-    },
-}
+use super::{
+    inotify::{DirWatch, Drained},
+    SourceEvent,
+};
 
 /// The name of the optional file whose content the agent reports as the programmed
 /// revision (see README, "Readiness").

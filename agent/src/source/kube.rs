@@ -45,7 +45,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::source::SourceEvent;
+use super::SourceEvent;
 
 /// One resource the source lists and watches, cluster-wide.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -1,0 +1,78 @@
+//! Loading the eBPF object against the maps pinned under the pin directory
+//! (an earlier agent's, adopted) or pinning new ones.
+use std::{collections::BTreeMap, fs, path::Path};
+
+use aya::{maps::MapData, programs::SchedClassifier, EbpfLoader};
+use palisade_common::progs;
+
+use super::{AttachMode, Datapath, DatapathError, EBPF_OBJECT};
+use crate::pins::PinLock;
+
+impl Datapath {
+    /// Load the object, reusing maps already pinned under `pin_dir` (adoption) or
+    /// creating and pinning them.
+    pub fn load(pin_dir: &Path) -> Result<Self, DatapathError> {
+        Self::load_with(pin_dir, None)
+    }
+
+    /// Like `load`, optionally with smaller policy maps (tests of map-full refusal).
+    pub fn load_with(pin_dir: &Path, policy_entries: Option<u32>) -> Result<Self, DatapathError> {
+        let maps_dir = pin_dir.join("maps");
+        for d in [&maps_dir, &pin_dir.join("links")] {
+            fs::create_dir_all(d).map_err(|source| DatapathError::PinDir {
+                path: d.clone(),
+                source,
+            })?;
+        }
+        let lock = PinLock::take(pin_dir).map_err(DatapathError::Lock)?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&maps_dir);
+        if let Some(n) = policy_entries {
+            loader.map_max_entries(palisade_common::maps::POLICY_V4, n);
+            loader.map_max_entries(palisade_common::maps::POLICY_V6, n);
+        }
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|source| DatapathError::Load {
+                path: pin_dir.to_path_buf(),
+                source: Box::new(source),
+            })?;
+        for name in [progs::TO_POD, progs::FROM_POD, progs::SVC_EGRESS] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| DatapathError::Program {
+                    name,
+                    source: Box::new(source),
+                })?;
+            prog.load().map_err(|source| DatapathError::Program {
+                name,
+                source: Box::new(source),
+            })?;
+        }
+        let mut pinned_maps = Vec::new();
+        for e in fs::read_dir(&maps_dir)
+            .map_err(|source| DatapathError::PinDir {
+                path: maps_dir.clone(),
+                source,
+            })?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let map = MapData::from_pin(e.path()).map_err(|e| DatapathError::PinLink {
+                path: maps_dir.join(&name),
+                reason: e.to_string(),
+            })?;
+            pinned_maps.push((name, map));
+        }
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.to_path_buf(),
+            mode: AttachMode::detect(),
+            attached: BTreeMap::new(),
+            pinned_maps,
+            lock,
+        })
+    }
+}
