@@ -858,12 +858,11 @@ impl SyncLoop {
             if let Some(id) = self.ids.get(pod) {
                 names.by_id.insert(*id, pod.clone());
             }
-            let (ns, name) = pod.split_once('/').unwrap_or(("", pod));
             names.policies.insert(
                 pod.clone(),
                 (
-                    self.index.policies_selecting(ns, name, Direction::Ingress),
-                    self.index.policies_selecting(ns, name, Direction::Egress),
+                    self.index.policies_selecting(pod, Direction::Ingress),
+                    self.index.policies_selecting(pod, Direction::Egress),
                 ),
             );
         }
