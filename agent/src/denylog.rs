@@ -6,7 +6,7 @@ use palisade_common::{
     proto_bit, Event, Reason, DIR_INGRESS, EVF_FRAGMENT, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP,
     PROTO_TCP, PROTO_UDP, VERDICT_AUDIT,
 };
-use palisade_policy::{explain_direction, reference::DecidedBy, Direction};
+use palisade_policy::{explain_direction, reference::DecidedBy, Direction, Packet, PodKey};
 use serde_json::{json, Map, Value};
 
 use crate::{events::event_addrs, status::Names};
@@ -49,7 +49,7 @@ pub fn rfc3339(t: SystemTime) -> String {
 fn peer(prefix: &str, ip: IpAddr, names: &Names, out: &mut Map<String, Value>) {
     out.insert(format!("{prefix}_ip"), json!(ip.to_string()));
     if let Some(pod) = names.by_ip.get(&ip) {
-        let (ns, name) = pod.split_once('/').unwrap_or(("", pod));
+        let (ns, name) = (pod.namespace(), pod.name());
         out.insert(format!("{prefix}_kind"), json!("pod"));
         out.insert(format!("{prefix}_namespace"), json!(ns));
         out.insert(format!("{prefix}_pod"), json!(name));
@@ -67,7 +67,7 @@ fn peer(prefix: &str, ip: IpAddr, names: &Names, out: &mut Map<String, Value>) {
 /// reason becomes `admin-deny` or `baseline-deny` when a tier's rule denied.
 fn decided_by(
     ev: &Event,
-    pod: &str,
+    pod: &PodKey,
     names: &Names,
     (src, dst): (IpAddr, IpAddr),
     m: &mut Map<String, Value>,
@@ -92,7 +92,13 @@ fn decided_by(
             Vec::new()
         }
     };
-    let v = explain_direction(&index, &node_addrs, spec, dir, src, dst, ev.proto, port);
+    let packet = Packet {
+        src,
+        dst,
+        proto: ev.proto,
+        port,
+    };
+    let v = explain_direction(&index, &node_addrs, spec, dir, &packet);
     if v.allowed {
         // The engine would allow it: the maps are ahead of or behind this
         // event's state; say nothing rather than something wrong.
@@ -231,11 +237,11 @@ spec:
         };
         names
             .by_ip
-            .insert("10.0.0.1".parse().unwrap(), "x/a".into());
+            .insert("10.0.0.1".parse().unwrap(), PodKey::new("x", "a"));
         names
             .by_ip
-            .insert("10.0.0.2".parse().unwrap(), "y/b".into());
-        names.by_id.insert(1, "x/a".into());
+            .insert("10.0.0.2".parse().unwrap(), PodKey::new("y", "b"));
+        names.by_id.insert(1, PodKey::new("x", "a"));
         let mut ev = Event {
             endpoint_id: 1,
             family: 4,
@@ -271,14 +277,14 @@ spec:
         };
         names
             .by_ip
-            .insert("10.0.0.1".parse().unwrap(), "x/a".into());
+            .insert("10.0.0.1".parse().unwrap(), PodKey::new("x", "a"));
         names
             .by_ip
-            .insert("10.0.0.2".parse().unwrap(), "y/b".into());
-        names.by_id.insert(3, "y/b".into());
+            .insert("10.0.0.2".parse().unwrap(), PodKey::new("y", "b"));
+        names.by_id.insert(3, PodKey::new("y", "b"));
         names
             .policies
-            .insert("y/b".into(), (vec!["y/deny-all".into()], vec![]));
+            .insert(PodKey::new("y", "b"), (vec!["y/deny-all".into()], vec![]));
         let mut ev = Event {
             endpoint_id: 3,
             family: 4,

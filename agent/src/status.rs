@@ -160,12 +160,11 @@ pub fn names_for_pass(
         if let Some(id) = endpoints.ids().get(pod) {
             names.by_id.insert(*id, pod.clone());
         }
-        let (ns, name) = pod.split_once('/').unwrap_or(("", pod));
         names.policies.insert(
             pod.clone(),
             (
-                index.policies_selecting(ns, name, Direction::Ingress),
-                index.policies_selecting(ns, name, Direction::Egress),
+                index.policies_selecting(pod, Direction::Ingress),
+                index.policies_selecting(pod, Direction::Egress),
             ),
         );
     }

@@ -21,7 +21,7 @@ use palisade_policy::model::{
 use palisade_policy::selector::{Operator, Requirement};
 use palisade_policy::{
     compile, encode, ClusterIndex, Compiler, LabelSelector, NamespaceSpec, NodeInfo, Object,
-    PodSpec, Protocol,
+    PodKey, PodSpec, Protocol,
 };
 
 const NAMESPACES: usize = 500;
@@ -278,8 +278,8 @@ fn main() {
     let node = NodeInfo {
         name: "node-0".into(),
     };
-    let local: Vec<String> = index.pods_on_node("node-0").map(|p| p.key()).collect();
-    let ids: BTreeMap<String, u32> = local
+    let local: Vec<PodKey> = index.pods_on_node("node-0").map(|p| p.key()).collect();
+    let ids: BTreeMap<PodKey, u32> = local
         .iter()
         .enumerate()
         .map(|(i, k)| (k.clone(), i as u32 + 1))

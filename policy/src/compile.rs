@@ -1,10 +1,12 @@
 //! Compilation for one node: which local pods are isolated per direction, and per
 //! pod and direction the allowed peers (address sets) with their protocol/port sets.
 //!
-//! The output ([`Desired`]) is still in host terms (networks, port sets); turning it
-//! into LPM entries with exact longest-prefix semantics is [`mod@crate::encode`]'s job.
-//! ClusterNetworkPolicy tiers are resolved into the same output by
-//! [`mod@crate::tiers`].
+//! The output ([`Desired`], [`mod@crate::desired`]) is still in host terms
+//! (networks, port sets); turning it into LPM entries with exact longest-prefix
+//! semantics is [`mod@crate::encode`]'s job. ClusterNetworkPolicy tiers are resolved
+//! into the same output by [`mod@crate::tiers`]. [`compile`] does a whole node;
+//! the incremental [`crate::Compiler`] calls `compile_endpoint` for the
+//! endpoints a change can affect.
 //!
 //! Services: the datapath decides pod egress to a Service *after* kube-proxy's DNAT
 //! on the node (`svc_egress`), i.e. against the backend pod kube-proxy chose. So the
@@ -13,86 +15,21 @@
 //! protocol, all namespaces) whose decision the datapath must defer. This is exact
 //! even when only some backends of a Service are allowed.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 
-pub use crate::portset::PortSet;
 use ipnet::IpNet;
 
+use crate::desired::{Desired, DesiredEndpoint, Grant, ServiceFrontend};
 use crate::index::ClusterIndex;
-use crate::model::{
-    Direction, NamespaceScope, NetworkPolicySpec, Peer, PodKey, PodSpec, PolicyBody, PortRef,
-    PortSpec, Protocol, Rule,
-};
+use crate::model::{Direction, Peer, PodSpec, PolicyBody, PortRef, PortSpec, Protocol, Rule};
+use crate::peers::{PeerCache, RuleAt};
+use crate::portset::PortSet;
 
 /// The node being compiled for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeInfo {
     pub name: String,
-}
-
-/// Peers `net` minus `except`, allowed on `ports`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Grant {
-    pub net: IpNet,
-    pub except: Vec<IpNet>,
-    pub ports: PortSet,
-}
-
-/// Everything allowed in one direction: the union of the grants.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PeerRules {
-    pub grants: Vec<Grant>,
-}
-
-impl PeerRules {
-    /// Whether `peer` on `(proto, port)` is allowed by some grant (host-side
-    /// semantics, used in tests against the encoded form).
-    pub fn allows(&self, peer: IpAddr, proto: u8, port: Option<u16>) -> bool {
-        self.grants.iter().any(|g| {
-            g.net.contains(&peer)
-                && !g.except.iter().any(|e| e.contains(&peer))
-                && g.ports.allows(proto, port)
-        })
-    }
-}
-
-/// What one local pod needs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DesiredEndpoint {
-    pub ipv4: Option<Ipv4Addr>,
-    pub ipv6: Option<Ipv6Addr>,
-    pub ingress_isolated: bool,
-    pub egress_isolated: bool,
-    /// Meaningful only when isolated in that direction.
-    pub ingress: PeerRules,
-    pub egress: PeerRules,
-    /// `"ns/name"` of the policies selecting the pod per direction (invalid ones
-    /// included: they isolate and allow nothing).
-    pub ingress_policies: Vec<String>,
-    pub egress_policies: Vec<String>,
-    /// Names of the ClusterNetworkPolicies with rules applying to the pod per
-    /// direction, in evaluation order. When non-empty the direction is isolated and
-    /// its grants are the tiers' final result ([`mod@crate::tiers`]).
-    pub ingress_cluster_policies: Vec<String>,
-    pub egress_cluster_policies: Vec<String>,
-}
-
-/// A Service frontend whose egress decision the datapath defers until after DNAT.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceFrontend {
-    pub ip: IpAddr,
-    pub proto: u8,
-    pub port: u16,
-}
-
-/// The desired state of one node.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Desired {
-    /// Local pods (on this node, not hostNetwork, with an address).
-    pub endpoints: BTreeMap<PodKey, DesiredEndpoint>,
-    /// ClusterIPs x service ports, all namespaces.
-    pub services: BTreeSet<ServiceFrontend>,
 }
 
 /// Whether `pod` is one of `node`'s endpoints.
@@ -129,74 +66,6 @@ pub fn service_frontends(index: &ClusterIndex) -> BTreeSet<ServiceFrontend> {
         }
     }
     out
-}
-
-/// Pods a pod-selector peer matched: `(address, pod key)` pairs. Cached per
-/// compilation because many endpoints share the same policies.
-#[derive(Default)]
-pub(crate) struct PeerCache {
-    peers: HashMap<PeerId, PeerPods>,
-    /// ClusterNetworkPolicy rule peers as prefixes, by ("cnp/name", direction,
-    /// rule index, 0).
-    pub(crate) cluster: HashMap<PeerId, std::rc::Rc<Vec<IpNet>>>,
-}
-
-/// (policy "ns/name", direction, rule index, peer index).
-type PeerId = (String, Direction, usize, usize);
-type PeerPods = std::rc::Rc<Vec<(IpAddr, PodKey)>>;
-
-/// Pods matched by a pod peer of a policy in `policy_ns` (API: podSelector alone =
-/// the policy's namespace; namespaceSelector alone = all pods of matching
-/// namespaces; both = AND; hostNetwork pods and pods without address never match).
-pub(crate) fn pod_peer_matches<'a>(
-    index: &'a ClusterIndex,
-    policy_ns: &str,
-    namespaces: &NamespaceScope,
-    pods: &crate::selector::LabelSelector,
-) -> Vec<&'a PodSpec> {
-    let mut out = Vec::new();
-    let take_ns = |ns: &str, out: &mut Vec<&'a PodSpec>| {
-        out.extend(
-            index
-                .pods_in(ns)
-                .filter(|q| q.is_policy_pod() && pods.matches(&q.labels)),
-        );
-    };
-    match namespaces {
-        NamespaceScope::Own => take_ns(policy_ns, &mut out),
-        NamespaceScope::Selector(sel) => {
-            for ns in index.pod_namespaces() {
-                if sel.matches(&index.namespace_labels(ns)) {
-                    take_ns(ns, &mut out);
-                }
-            }
-        }
-    }
-    out
-}
-
-#[allow(clippy::too_many_arguments)]
-fn cached_peer(
-    index: &ClusterIndex,
-    cache: &mut PeerCache,
-    pol: &NetworkPolicySpec,
-    dir: Direction,
-    rule_i: usize,
-    peer_i: usize,
-    namespaces: &NamespaceScope,
-    pods: &crate::selector::LabelSelector,
-) -> PeerPods {
-    let key = (pol.id(), dir, rule_i, peer_i);
-    if let Some(v) = cache.peers.get(&key) {
-        return v.clone();
-    }
-    let v: Vec<(IpAddr, PodKey)> = pod_peer_matches(index, &pol.namespace, namespaces, pods)
-        .into_iter()
-        .flat_map(|q| q.ips.iter().map(move |ip| (*ip, q.key())))
-        .collect();
-    let v = std::rc::Rc::new(v);
-    cache.peers.insert(key, v.clone());
-    v
 }
 
 /// Numeric part of a rule's ports, and its named ports.
@@ -277,7 +146,12 @@ pub(crate) fn compile_endpoint(
                 continue;
             };
             for (ri, rule) in p.rules(dir).iter().enumerate() {
-                rule_grants(index, cache, pol, dir, ri, rule, pod, &mut rules.grants);
+                let at = RuleAt {
+                    policy: pol,
+                    dir,
+                    index: ri,
+                };
+                rule_grants(index, cache, at, rule, pod, &mut rules.grants);
             }
         }
     }
@@ -289,19 +163,17 @@ pub(crate) fn compile_endpoint(
     ep
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The grants of `rule` (at `at`) for the selected local pod `local`.
 fn rule_grants(
     index: &ClusterIndex,
     cache: &mut PeerCache,
-    pol: &NetworkPolicySpec,
-    dir: Direction,
-    rule_i: usize,
+    at: RuleAt<'_>,
     rule: &Rule,
     local: &PodSpec,
     out: &mut Vec<Grant>,
 ) {
     let (numeric, named) = split_ports(&rule.ports);
-    match dir {
+    match at.dir {
         Direction::Ingress => {
             // Ingress: the destination is the selected local pod itself.
             let mut ports = numeric;
@@ -323,7 +195,7 @@ fn rule_grants(
             for (pi, peer) in rule.peers.iter().enumerate() {
                 match peer {
                     Peer::Pods { namespaces, pods } => {
-                        let m = cached_peer(index, cache, pol, dir, rule_i, pi, namespaces, pods);
+                        let m = cache.pod_peer(index, at, pi, namespaces, pods);
                         for (ip, _) in m.iter() {
                             out.push(Grant {
                                 net: host_net(*ip),
@@ -377,7 +249,7 @@ fn rule_grants(
             for (pi, peer) in rule.peers.iter().enumerate() {
                 match peer {
                     Peer::Pods { namespaces, pods } => {
-                        let m = cached_peer(index, cache, pol, dir, rule_i, pi, namespaces, pods);
+                        let m = cache.pod_peer(index, at, pi, namespaces, pods);
                         for (ip, key) in m.iter() {
                             let mut ports = numeric.clone();
                             if !named.is_empty() {

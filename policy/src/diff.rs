@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 use palisade_common::{Endpoint, PolicyKeyV4, PolicyKeyV6, PolicyValue, ServiceKey};
 
 use crate::encode::MapSet;
-use crate::model::PodKey;
+use crate::object::PodKey;
 
 /// One map write.
 #[derive(Clone, Debug, PartialEq, Eq)]

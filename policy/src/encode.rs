@@ -28,8 +28,9 @@ use palisade_common::{
     SCOPE_BITS,
 };
 
-use crate::compile::{Desired, DesiredEndpoint, Grant, PortSet, ServiceFrontend};
-use crate::model::PodKey;
+use crate::desired::{Desired, DesiredEndpoint, Grant, ServiceFrontend};
+use crate::object::PodKey;
+use crate::portset::PortSet;
 
 /// Everything the agent writes into the maps for one node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -69,12 +70,12 @@ pub fn encode(desired: &Desired, ids: &BTreeMap<PodKey, u32>, audit: bool) -> Ma
 }
 
 impl MapSet {
-    pub(crate) fn add_endpoint(&mut self, pod: &str, e: EndpointEntries) {
-        self.endpoints.insert(pod.to_string(), e.endpoint);
+    pub(crate) fn add_endpoint(&mut self, pod: &PodKey, e: EndpointEntries) {
+        self.endpoints.insert(pod.clone(), e.endpoint);
         self.policy_v4.extend(e.v4);
         self.policy_v6.extend(e.v6);
         if let Some(msg) = e.overflow {
-            self.overflow.push((pod.to_string(), msg));
+            self.overflow.push((pod.clone(), msg));
         }
     }
 

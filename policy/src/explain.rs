@@ -13,8 +13,9 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::index::ClusterIndex;
-use crate::model::{Direction, PodKey, PodSpec};
-use crate::reference::{self, owns, DecidedBy, Verdict};
+use crate::model::{Direction, PodSpec};
+use crate::object::PodKey;
+use crate::reference::{self, owns, DecidedBy, Packet, Verdict};
 
 /// One side of a connection: the decision at one pod in one direction.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,29 +46,25 @@ impl Explanation {
     }
 }
 
-/// Explain `src -> dst` with `proto` and destination `port` (`None`: a packet
-/// without ports, such as a non-first fragment or ICMP).
+/// Explain the connection `packet.src -> packet.dst`.
 pub fn explain(
     index: &ClusterIndex,
     node_addrs: &dyn Fn(&str) -> Vec<IpAddr>,
-    src: IpAddr,
-    dst: IpAddr,
-    proto: u8,
-    port: Option<u16>,
+    packet: &Packet,
 ) -> Explanation {
     let side = |p: &PodSpec, dir| SideExplanation {
         pod: p.key(),
         direction: dir,
-        verdict: explain_direction(index, node_addrs, p, dir, src, dst, proto, port),
+        verdict: explain_direction(index, node_addrs, p, dir, packet),
     };
     let egress: Vec<SideExplanation> = index
         .pods()
-        .filter(|p| owns(p, src))
+        .filter(|p| owns(p, packet.src))
         .map(|p| side(p, Direction::Egress))
         .collect();
     let ingress: Vec<SideExplanation> = index
         .pods()
-        .filter(|p| owns(p, dst))
+        .filter(|p| owns(p, packet.dst))
         .map(|p| side(p, Direction::Ingress))
         .collect();
     let allowed = egress.iter().chain(&ingress).all(|s| s.verdict.allowed);
@@ -78,24 +75,18 @@ pub fn explain(
     }
 }
 
-/// The decision at `pod` for `src -> dst` in `dir` (egress: `pod` is the source;
+/// The decision at `pod` for `packet` in `dir` (egress: `pod` is the source;
 /// ingress: the destination, and connections from its own node are allowed first).
-#[allow(clippy::too_many_arguments)]
 pub fn explain_direction(
     index: &ClusterIndex,
     node_addrs: &dyn Fn(&str) -> Vec<IpAddr>,
     pod: &PodSpec,
     dir: Direction,
-    src: IpAddr,
-    dst: IpAddr,
-    proto: u8,
-    port: Option<u16>,
+    packet: &Packet,
 ) -> Verdict {
     match dir {
-        Direction::Egress => reference::verdict(index, pod, dir, dst, dst, proto, port),
-        Direction::Ingress => {
-            reference::ingress_verdict(index, node_addrs, pod, src, dst, proto, port)
-        }
+        Direction::Egress => reference::verdict(index, pod, dir, packet),
+        Direction::Ingress => reference::ingress_verdict(index, node_addrs, pod, packet),
     }
 }
 

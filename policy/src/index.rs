@@ -1,20 +1,23 @@
 //! The cluster index: the current projection of every object the engine reads,
-//! updated one object at a time, with cheap no-op detection and a bounded journal of
-//! real changes that the incremental [`crate::Compiler`] consumes.
+//! updated one object at a time, with cheap no-op detection, the lookups the
+//! compiler, the reference evaluator and the agent need, and a bounded
+//! [journal](mod@crate::journal) of real changes that the incremental
+//! [`crate::Compiler`] consumes.
 //!
 //! ClusterNetworkPolicies: only admitted (valid) versions are in force. An invalid
 //! version is treated as if the API server had never admitted it: the version in
 //! force (if any) stays, nothing changes, and the error is reported once per
 //! distinct invalid version. A delete removes the version in force.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use crate::cluster_policy::{ClusterNetworkPolicySpec, ClusterPolicy, NodeSpec};
+use crate::journal::{Change, Journal};
 use crate::model::{
-    Direction, EndpointSliceSpec, Kind, ModelError, NamespaceSpec, NetworkPolicySpec, Object,
-    ObjectRef, PodKey, PodSpec, ServiceSpec, NAMESPACE_NAME_LABEL,
+    ClusterNetworkPolicySpec, ClusterPolicy, Direction, EndpointSliceSpec, NamespaceSpec,
+    NetworkPolicySpec, NodeSpec, Object, PodSpec, ServiceSpec, NAMESPACE_NAME_LABEL,
 };
+use crate::object::{Kind, ModelError, ObjectRef, PodKey};
 use crate::selector::Labels;
 
 /// Result of [`ClusterIndex::apply`].
@@ -29,35 +32,6 @@ pub struct ApplyOutcome {
     /// ([`crate::ErrorKind::Unsupported`]).
     pub error: Option<ModelError>,
 }
-
-/// One real change, as the incremental compiler needs it (old and new projection).
-#[derive(Clone, Debug)]
-pub enum Change {
-    Namespace {
-        old: Option<NamespaceSpec>,
-        new: Option<NamespaceSpec>,
-    },
-    Pod {
-        old: Option<PodSpec>,
-        new: Option<PodSpec>,
-    },
-    Policy {
-        old: Option<NetworkPolicySpec>,
-        new: Option<NetworkPolicySpec>,
-    },
-    Service,
-    ClusterPolicy {
-        old: Option<ClusterNetworkPolicySpec>,
-        new: Option<ClusterNetworkPolicySpec>,
-    },
-    Node {
-        old: Option<NodeSpec>,
-        new: Option<NodeSpec>,
-    },
-}
-
-/// Changes kept for the incremental compiler; past this it recompiles everything.
-const JOURNAL_LIMIT: usize = 4096;
 
 /// The current cluster state as the engine sees it.
 #[derive(Clone, Debug, Default)]
@@ -79,9 +53,7 @@ pub struct ClusterIndex {
     /// The last invalid version applied per name, so its error is reported once.
     rejected: BTreeMap<String, ClusterNetworkPolicySpec>,
     nodes: BTreeMap<String, NodeSpec>,
-    journal: VecDeque<Change>,
-    /// Generation of `journal[0]`.
-    journal_start: u64,
+    journal: Journal,
 }
 
 impl ClusterIndex {
@@ -192,20 +164,17 @@ impl ClusterIndex {
                 }
                 None => false,
             },
-            Kind::Pod => {
-                let key = format!("{}/{}", r.namespace, r.name);
-                match self.pods.remove(&key) {
-                    Some(old) => {
-                        self.unindex_pod(&old);
-                        self.record(Change::Pod {
-                            old: Some(old),
-                            new: None,
-                        });
-                        true
-                    }
-                    None => false,
+            Kind::Pod => match self.pods.remove(&PodKey::new(&r.namespace, &r.name)) {
+                Some(old) => {
+                    self.unindex_pod(&old);
+                    self.record(Change::Pod {
+                        old: Some(old),
+                        new: None,
+                    });
+                    true
                 }
-            }
+                None => false,
+            },
             Kind::Service => {
                 let removed = self
                     .services
@@ -259,28 +228,17 @@ impl ClusterIndex {
     }
 
     fn record(&mut self, c: Change) {
-        self.journal.push_back(c);
-        if self.journal.len() > JOURNAL_LIMIT {
-            self.journal.pop_front();
-            self.journal_start += 1;
-        }
+        self.journal.record(c);
     }
 
     /// Generation after the last change (monotonic).
     pub fn generation(&self) -> u64 {
-        self.journal_start + self.journal.len() as u64
+        self.journal.generation()
     }
 
     /// Changes after generation `since`, or `None` when they are no longer kept.
     pub fn changes_since(&self, since: u64) -> Option<impl Iterator<Item = &Change>> {
-        if since < self.journal_start || since > self.generation() {
-            return None;
-        }
-        Some(
-            self.journal
-                .iter()
-                .skip((since - self.journal_start) as usize),
-        )
+        self.journal.since(since)
     }
 
     fn index_pod(&mut self, p: &PodSpec) {
@@ -351,7 +309,7 @@ impl ClusterIndex {
         }
     }
 
-    pub fn pod(&self, key: &str) -> Option<&PodSpec> {
+    pub fn pod(&self, key: &PodKey) -> Option<&PodSpec> {
         self.pods.get(key)
     }
 
@@ -371,11 +329,16 @@ impl ClusterIndex {
 
     /// Pods of one namespace.
     pub fn pods_in(&self, ns: &str) -> impl Iterator<Item = &PodSpec> {
-        let prefix = format!("{ns}/");
+        let ns = ns.to_string();
         self.pods
-            .range(prefix.clone()..)
-            .take_while(move |(k, _)| k.starts_with(&prefix))
-            .map(|(_, p)| p)
+            .range(PodKey::new(&ns, "")..)
+            // The run of keys whose text starts with `ns/`: the namespace's own, and
+            // any of a namespace that itself starts with `ns/`.
+            .map_while(move |(k, p)| {
+                k.text_starts_with_namespace(&ns)
+                    .then(|| (k.namespace() == ns).then_some(p))
+            })
+            .flatten()
     }
 
     /// The pod owning `ip` (hostNetwork pods excluded), for deny-log enrichment.
@@ -430,13 +393,13 @@ impl ClusterIndex {
         self.policies.get(&(ns.to_string(), name.to_string()))
     }
 
-    /// `"ns/name"` of the policies that select pod `ns/pod` for `dir` (podSelector
+    /// `"ns/name"` of the policies that select `pod` for `dir` (podSelector
     /// matches and `dir` in effective policyTypes), invalid ones included.
-    pub fn policies_selecting(&self, ns: &str, pod: &str, dir: Direction) -> Vec<String> {
-        let Some(p) = self.pods.get(&format!("{ns}/{pod}")) else {
+    pub fn policies_selecting(&self, pod: &PodKey, dir: Direction) -> Vec<String> {
+        let Some(p) = self.pods.get(pod) else {
             return Vec::new();
         };
-        self.policies_in(ns)
+        self.policies_in(pod.namespace())
             .filter(|pol| pol.selects(p, dir))
             .map(|pol| pol.id())
             .collect()

@@ -1,5 +1,5 @@
 //! Label selectors: the typed form of `metav1.LabelSelector`, its validation, and
-//! matching against a label map.
+//! matching against a label map; validation of label keys and values.
 //!
 //! Semantics (API): `matchLabels` AND every `matchExpressions` requirement; an empty
 //! selector `{}` selects everything; `NotIn` and `DoesNotExist` match when the key is
@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as metav1;
 
-use crate::model::FieldError;
+use crate::object::FieldError;
 
 /// Labels of an object.
 pub type Labels = BTreeMap<String, String>;
@@ -179,4 +179,14 @@ pub fn validate_label_value(v: &str) -> Result<(), String> {
     } else {
         Err(format!("invalid label value {v:?}"))
     }
+}
+
+/// Validate a label map (for objects read from files, where no apiserver checked
+/// them). Returns the first bad key or value.
+pub fn validate_labels(labels: &Labels) -> Result<(), String> {
+    for (k, v) in labels {
+        validate_label_key(k)?;
+        validate_label_value(v)?;
+    }
+    Ok(())
 }

@@ -35,11 +35,15 @@ use std::rc::Rc;
 use ipnet::IpNet;
 use palisade_common::{PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
-use crate::cluster_policy::{Action, ClusterPeer, ProtocolMatch, RuleEffect, Tier};
-use crate::compile::{pod_peer_matches, DesiredEndpoint, Grant, PeerCache, PortSet};
+use crate::desired::{DesiredEndpoint, Grant};
 use crate::encode::net_order;
 use crate::index::ClusterIndex;
-use crate::model::{Direction, NamespaceScope, PodSpec};
+use crate::model::{
+    Action, ClusterPeer, Direction, NamespaceScope, PodSpec, ProtocolMatch, RuleEffect, Tier,
+};
+use crate::object::PodKey;
+use crate::peers::{pod_peer_matches, PeerCache};
+use crate::portset::PortSet;
 use crate::selector::LabelSelector;
 
 /// One applicable rule, reduced to what resolution needs.
@@ -234,7 +238,7 @@ struct Node {
 type Nodes = BTreeMap<(u8, u128, u8), (IpNet, Node)>;
 
 /// (covering rules, NetworkPolicy set, target pod when named ports matter).
-type MemoKey = (Vec<usize>, Option<PortSet>, Option<String>);
+type MemoKey = (Vec<usize>, Option<PortSet>, Option<PodKey>);
 
 fn node(nodes: &mut Nodes, net: IpNet) -> &mut Node {
     let net = net.trunc();

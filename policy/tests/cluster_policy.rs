@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use palisade_common::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
-use palisade_policy::{Object, Protocol};
+use palisade_policy::{Object, PodKey, Protocol};
 
 const WEB: &str = "10.0.1.10";
 const WEB6: &str = "fd00::1:10";
@@ -712,7 +712,7 @@ fn results_that_do_not_fit_fail_closed_and_are_reported() {
     let (pod, why) = &maps.overflow[0];
     assert_eq!(pod, "prod/web");
     assert!(why.contains("more than 24"), "{why}");
-    let ep = maps.endpoints["prod/web"];
+    let ep = maps.endpoints[&PodKey::new("prod", "web")];
     assert_ne!(ep.flags & palisade_common::EP_FAIL_CLOSED, 0);
     // Fail closed: the isolated direction denies everything policy judges.
     assert!(!w.datapath(ip(SCRAPER), ip(WEB), PROTO_TCP, Some(80)));

@@ -8,7 +8,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use palisade_common::{DIR_INGRESS, EP_FAIL_CLOSED, MAX_PORT_RANGES, PROTO_TCP, PROTO_UDP};
 use palisade_policy::{
-    diff, encode, Desired, DesiredEndpoint, Grant, MapSet, MapWrite, PeerRules, PortSet, Protocol,
+    diff, encode, Desired, DesiredEndpoint, Grant, MapSet, MapWrite, PeerRules, PodKey, PortSet,
+    Protocol,
 };
 use proptest::prelude::*;
 
@@ -72,7 +73,7 @@ fn grant_strategy() -> impl Strategy<Value = Grant> {
 fn desired(iso: bool, grants: Vec<Grant>) -> Desired {
     let mut d = Desired::default();
     d.endpoints.insert(
-        "ns/p".to_string(),
+        PodKey::new("ns", "p"),
         DesiredEndpoint {
             ipv4: Some("10.9.9.9".parse().unwrap()),
             ingress_isolated: iso,
@@ -84,7 +85,7 @@ fn desired(iso: bool, grants: Vec<Grant>) -> Desired {
 }
 
 fn decide(m: &MapSet, peer: IpAddr, proto: u8, port: u16) -> Option<bool> {
-    let ep = m.endpoints.get("ns/p")?;
+    let ep = m.endpoints.get(&PodKey::new("ns", "p"))?;
     Some(m.lookup(ep, DIR_INGRESS, peer, proto, Some(port)))
 }
 
@@ -100,7 +101,7 @@ proptest! {
         old_id in 1u32..3,
         new_id in 1u32..3,
     ) {
-        let ids = |id| BTreeMap::from([("ns/p".to_string(), id)]);
+        let ids = |id| BTreeMap::from([(PodKey::new("ns", "p"), id)]);
         let a = encode(&desired(old_iso, old), &ids(old_id), false);
         let b = encode(&desired(new_iso, new), &ids(new_id), false);
         let writes = diff(&a, &b);
@@ -134,7 +135,7 @@ fn order_is_upserts_endpoint_deletes() {
             ports,
         }
     };
-    let ids = BTreeMap::from([("ns/p".to_string(), 1)]);
+    let ids = BTreeMap::from([(PodKey::new("ns", "p"), 1)]);
     let a = encode(
         &desired(true, vec![g("10.0.0.0/16", 80), g("10.0.1.0/24", 81)]),
         &ids,
@@ -175,10 +176,10 @@ fn overflow_fails_closed_without_entries() {
         except: vec![],
         ports,
     }];
-    let ids = BTreeMap::from([("ns/p".to_string(), 1)]);
+    let ids = BTreeMap::from([(PodKey::new("ns", "p"), 1)]);
     let m = encode(&desired(true, grants), &ids, true);
     assert!(m.policy_v4.is_empty());
-    let ep = m.endpoints["ns/p"];
+    let ep = m.endpoints[&PodKey::new("ns", "p")];
     assert_ne!(ep.flags & EP_FAIL_CLOSED, 0);
     assert_ne!(ep.flags & palisade_common::EP_AUDIT, 0);
     assert_eq!(m.overflow.len(), 1);

@@ -22,6 +22,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use palisade_common::{PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use palisade_policy::{
     compile, diff, encode, object_from_k8s, Compiler, Kind, MapSet, NodeInfo, Object, ObjectRef,
+    Packet, PodKey,
 };
 use proptest::prelude::*;
 
@@ -608,14 +609,14 @@ fn check_probes(w: &World, plan: &Plan) -> Result<(), TestCaseError> {
 }
 
 /// Stable ids: derived from the pod's number (`podN`).
-fn ids_for(w: &World) -> BTreeMap<String, u32> {
+fn ids_for(w: &World) -> BTreeMap<PodKey, u32> {
     w.index
         .pods()
         .map(|p| (p.key(), 100 + p.name[3..].parse::<u32>().unwrap_or(0)))
         .collect()
 }
 
-fn full_maps(w: &World, node: &str, ids: &BTreeMap<String, u32>) -> MapSet {
+fn full_maps(w: &World, node: &str, ids: &BTreeMap<PodKey, u32>) -> MapSet {
     encode(
         &compile(
             &w.index,
@@ -798,10 +799,12 @@ fn stats() {
             let e = palisade_policy::explain::explain(
                 &w.index,
                 &node_addrs,
-                src,
-                dst,
-                protos[pr],
-                port,
+                &Packet {
+                    src,
+                    dst,
+                    proto: protos[pr],
+                    port,
+                },
             );
             if e.sides().any(|v| {
                 matches!(

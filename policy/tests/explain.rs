@@ -11,7 +11,7 @@ use palisade_common::{
 };
 use palisade_policy::encode::to_value;
 use palisade_policy::{
-    explain, value_allows, Action, DecidedBy, Direction, Object, PortSet, Protocol,
+    explain, value_allows, Action, DecidedBy, Direction, Object, Packet, PodKey, PortSet, Protocol,
 };
 
 const WEB: &str = "10.0.1.10";
@@ -45,10 +45,12 @@ fn why(w: &World, src: &str, dst: &str, port: u16) -> palisade_policy::Explanati
     let e = explain(
         &w.index,
         &node_addrs,
-        ip(src),
-        ip(dst),
-        PROTO_TCP,
-        Some(port),
+        &Packet {
+            src: ip(src),
+            dst: ip(dst),
+            proto: PROTO_TCP,
+            port: Some(port),
+        },
     );
     assert_eq!(e.allowed, allowed);
     e
@@ -149,16 +151,22 @@ fn egress_side_explained() {
     let r = d.verdict.rule.as_ref().expect("rule");
     assert_eq!((r.policy.as_str(), r.rule_index), ("client-out", 0));
     // One side at a time, as the agent asks for a deny event.
-    let pod = w.index.pod("dev/client").expect("pod").clone();
+    let pod = w
+        .index
+        .pod(&PodKey::new("dev", "client"))
+        .expect("pod")
+        .clone();
     let v = palisade_policy::explain_direction(
         &w.index,
         &node_addrs,
         &pod,
         Direction::Egress,
-        ip(CLIENT),
-        ip("192.0.2.9"),
-        PROTO_TCP,
-        Some(443),
+        &Packet {
+            src: ip(CLIENT),
+            dst: ip("192.0.2.9"),
+            proto: PROTO_TCP,
+            port: Some(443),
+        },
     );
     assert_eq!(&v, &d.verdict);
 }

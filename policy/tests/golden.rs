@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use palisade_policy::{compile, encode, parse_yaml_documents, ClusterIndex, NodeInfo};
+use palisade_policy::{compile, encode, parse_yaml_documents, ClusterIndex, NodeInfo, PodKey};
 
 fn render_case(name: &str) -> String {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
@@ -24,7 +24,7 @@ fn render_case(name: &str) -> String {
             name: "node-a".into(),
         },
     );
-    let ids: BTreeMap<String, u32> = d
+    let ids: BTreeMap<PodKey, u32> = d
         .endpoints
         .keys()
         .enumerate()

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use palisade_policy::{ClusterIndex, Direction, Kind, Object, ObjectRef};
+use palisade_policy::{ClusterIndex, Direction, Kind, Object, ObjectRef, PodKey};
 
 #[test]
 fn apply_detects_no_ops_and_deletes() {
@@ -53,15 +53,15 @@ fn pod_by_ip_and_policies_selecting() {
         "hostNetwork excluded"
     );
     assert_eq!(
-        idx.policies_selecting("a", "p", Direction::Ingress),
+        idx.policies_selecting(&PodKey::new("a", "p"), Direction::Ingress),
         vec!["a/ing".to_string()]
     );
     assert_eq!(
-        idx.policies_selecting("a", "p", Direction::Egress),
+        idx.policies_selecting(&PodKey::new("a", "p"), Direction::Egress),
         vec!["a/eg".to_string()]
     );
     assert!(idx
-        .policies_selecting("a", "h", Direction::Ingress)
+        .policies_selecting(&PodKey::new("a", "h"), Direction::Ingress)
         .is_empty());
 }
 
@@ -74,4 +74,27 @@ fn endpoint_slices_do_not_change_compilation() {
     let mut idx = ClusterIndex::new();
     assert!(!idx.apply(obj).changed);
     assert_eq!(idx.endpoint_slices().count(), 1);
+}
+
+#[test]
+fn pods_in_lists_exactly_the_namespace() {
+    let mut idx = ClusterIndex::new();
+    for (ns, name, ip) in [
+        ("pro", "a", "10.0.0.1"),
+        ("prod", "b", "10.0.0.2"),
+        ("prod-eu", "c", "10.0.0.3"),
+        ("prod", "d", "10.0.0.4"),
+        ("prodx", "e", "10.0.0.5"),
+    ] {
+        idx.apply(Object::Pod(pod(ns, name, &[], "node-a", &[ip])));
+    }
+    let names = |ns: &str| -> Vec<String> { idx.pods_in(ns).map(|p| p.name.clone()).collect() };
+    assert_eq!(names("prod"), vec!["b", "d"]);
+    assert_eq!(names("pro"), vec!["a"]);
+    assert_eq!(names("prod-eu"), vec!["c"]);
+    assert!(names("pr").is_empty());
+    let keys: Vec<String> = idx.pods().map(|p| p.key().to_string()).collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted, "pods list in the order of their keys' text");
 }

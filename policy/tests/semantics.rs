@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use palisade_common::{PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
-use palisade_policy::{Direction, Object, Protocol};
+use palisade_policy::{Direction, Object, PodKey, Protocol};
 
 const EXT: &str = "192.0.2.1";
 const EXT6: &str = "2001:db8::1";
@@ -559,7 +559,7 @@ fn host_network_pods() {
     assert!(!w.tcp("172.18.0.2", DB, 80), "another node is ordinary");
     assert!(w
         .index
-        .policies_selecting("prod", "hn", Direction::Ingress)
+        .policies_selecting(&PodKey::new("prod", "hn"), Direction::Ingress)
         .is_empty());
 }
 
@@ -574,7 +574,10 @@ fn pods_without_ip_then_with_ip() {
             "podSelector: {matchLabels: {app: web}}\ningress:\n- from: [{podSelector: {matchLabels: {app: client}}}]",
         ),
     ]);
-    assert!(!w.maps["node-a"].0.endpoints.contains_key("prod/new"));
+    assert!(!w.maps["node-a"]
+        .0
+        .endpoints
+        .contains_key(&PodKey::new("prod", "new")));
     assert!(!w.tcp("10.0.9.9", WEB, 80));
     w.apply(Object::Pod(pod(
         "prod",
@@ -583,7 +586,10 @@ fn pods_without_ip_then_with_ip() {
         "node-a",
         &["10.0.9.9"],
     )));
-    assert!(w.maps["node-a"].0.endpoints.contains_key("prod/new"));
+    assert!(w.maps["node-a"]
+        .0
+        .endpoints
+        .contains_key(&PodKey::new("prod", "new")));
     assert!(w.tcp("10.0.9.9", WEB, 80));
 }
 
@@ -602,7 +608,7 @@ fn dual_stack() {
     assert!(w.tcp("10.0.9.6", WEB, 80));
     assert!(w.tcp(WEB6, "fd00::9:6", 80));
     assert!(!w.tcp(WEB6, EXT6, 80));
-    let ep = w.maps["node-a"].0.endpoints["prod/web"];
+    let ep = w.maps["node-a"].0.endpoints[&PodKey::new("prod", "web")];
     assert_eq!(
         ep.flags & palisade_common::EP_HAS_V6,
         palisade_common::EP_HAS_V6
@@ -672,7 +678,8 @@ fn invalid_policy_fails_closed() {
     );
     assert!(w.tcp(EXT, DB, 81), "unselected pods unaffected");
     assert_eq!(
-        w.index.policies_selecting("prod", "web", Direction::Egress),
+        w.index
+            .policies_selecting(&PodKey::new("prod", "web"), Direction::Egress),
         vec!["prod/bad".to_string()]
     );
 }

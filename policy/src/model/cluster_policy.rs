@@ -2,9 +2,11 @@
 //! of one object, the wire type the Kubernetes source and the YAML reader
 //! deserialize, and the parts of the API's semantics that belong to the object
 //! itself (which pods a subject selects, what a rule does once the fail-closed
-//! and unsupported-peer rules are applied). Parsing and validation of the spec
-//! live in [`mod@crate::cluster_policy_parse`]; evaluation in the reference
-//! evaluator and in [`mod@crate::tiers`].
+//! and unsupported-peer rules are applied), and the Node as `nodes` peers see it.
+//! Parsing and validation of the spec live in
+//! [`mod@crate::model::cluster_policy_parse`], conversion of the wire type in
+//! [`mod@crate::model::k8s`]; evaluation in the reference evaluator and in
+//! [`mod@crate::tiers`].
 //!
 //! An object that fails validation is kept as [`ClusterPolicyBody::Invalid`] only
 //! so that its error can be reported: the index treats it as if the API server had
@@ -19,7 +21,8 @@
 //! - `domainNames` needs DNS awareness and is not supported: an `Accept` rule with
 //!   such a peer is skipped (which can only deny more); the API allows domainNames
 //!   only in `Accept` rules, so a `Deny`/`Pass` rule with one fails closed like an
-//!   unknown peer. Both are reported on the object ([`ErrorKind::Unsupported`]).
+//!   unknown peer. Both are reported on the object
+//!   ([`ErrorKind::Unsupported`](crate::object::ErrorKind::Unsupported)).
 //! - `tcp: {}` (a protocol without `destinationPort`) is rejected, as the API's
 //!   schema does (`minProperties: 1`); every port of a protocol is `range: {start:
 //!   1, end: 65535}`.
@@ -29,7 +32,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::model::{ErrorKind, K8sObject, Kind, ModelError, Object, ObjectRef, PodSpec, Protocol};
+use crate::model::types::{Direction, PodSpec, Protocol};
+use crate::object::{Kind, ModelError, ObjectRef};
 use crate::selector::{LabelSelector, Labels};
 
 /// `apiVersion` of the objects this module reads.
@@ -119,7 +123,8 @@ impl ClusterNetworkPolicySpec {
     }
 
     /// The validation error, or for a valid object the report of the rules it has
-    /// that are not supported ([`ErrorKind::Unsupported`]).
+    /// that are not supported
+    /// ([`ErrorKind::Unsupported`](crate::object::ErrorKind::Unsupported)).
     pub fn report(&self) -> Option<&ModelError> {
         match &self.body {
             ClusterPolicyBody::Valid(p) => p.unsupported.as_ref(),
@@ -154,10 +159,10 @@ pub struct ClusterPolicy {
 }
 
 impl ClusterPolicy {
-    pub fn rules(&self, d: crate::model::Direction) -> &[ClusterRule] {
+    pub fn rules(&self, d: Direction) -> &[ClusterRule] {
         match d {
-            crate::model::Direction::Ingress => &self.ingress,
-            crate::model::Direction::Egress => &self.egress,
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
         }
     }
 }
@@ -293,8 +298,9 @@ pub struct NodeSpec {
 }
 
 /// The wire form of a ClusterNetworkPolicy, as the API server and manifests carry
-/// it. The spec stays untyped here so that [`mod@crate::cluster_policy_parse`] can
-/// name the exact field path of every error, unknown fields included.
+/// it. The spec stays untyped here so that
+/// [`mod@crate::model::cluster_policy_parse`] can name the exact field path of every
+/// error, unknown fields included.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterNetworkPolicy {
@@ -331,81 +337,5 @@ impl k8s_openapi::Metadata for ClusterNetworkPolicy {
     }
     fn metadata_mut(&mut self) -> &mut ObjectMeta {
         &mut self.metadata
-    }
-}
-
-impl K8sObject for ClusterNetworkPolicy {
-    fn object_ref(&self) -> ObjectRef {
-        ObjectRef::new(
-            Kind::ClusterNetworkPolicy,
-            "",
-            self.metadata.name.clone().unwrap_or_default(),
-        )
-    }
-
-    /// Never fails for a named object: an invalid one becomes
-    /// [`ClusterPolicyBody::Invalid`].
-    fn to_object(&self) -> Result<Object, ModelError> {
-        let r = K8sObject::object_ref(self);
-        crate::model::require_name(&r)?;
-        let body = match crate::cluster_policy_parse::parse(self) {
-            Ok((mut p, note)) => {
-                p.unsupported = note.map(|e| {
-                    ModelError::new(crate::model::ErrorDetail {
-                        kind: ErrorKind::Unsupported,
-                        origin: None,
-                        object: Some(r.clone()),
-                        field: e.field,
-                        message: e.message,
-                    })
-                });
-                ClusterPolicyBody::Valid(p)
-            }
-            Err(e) => ClusterPolicyBody::Invalid(ModelError::invalid(&r, e)),
-        };
-        Ok(Object::ClusterNetworkPolicy(ClusterNetworkPolicySpec {
-            name: r.name,
-            body,
-        }))
-    }
-}
-
-impl K8sObject for k8s_openapi::api::core::v1::Node {
-    fn object_ref(&self) -> ObjectRef {
-        ObjectRef::new(
-            Kind::Node,
-            "",
-            self.metadata.name.clone().unwrap_or_default(),
-        )
-    }
-
-    fn to_object(&self) -> Result<Object, ModelError> {
-        let r = K8sObject::object_ref(self);
-        crate::model::require_name(&r)?;
-        let mut addresses: Vec<IpAddr> = Vec::new();
-        let listed = self
-            .status
-            .as_ref()
-            .and_then(|s| s.addresses.as_ref())
-            .into_iter()
-            .flatten();
-        for a in listed {
-            // API: `nodes` peers match the node's IPs in status.addresses
-            // (Hostname entries are names, not addresses).
-            if a.type_ != "InternalIP" && a.type_ != "ExternalIP" {
-                continue;
-            }
-            // An unparseable address only removes a peer address.
-            if let Ok(ip) = a.address.trim().parse::<IpAddr>() {
-                if !addresses.contains(&ip) {
-                    addresses.push(ip);
-                }
-            }
-        }
-        Ok(Object::Node(NodeSpec {
-            name: r.name,
-            labels: self.metadata.labels.clone().unwrap_or_default(),
-            addresses,
-        }))
     }
 }

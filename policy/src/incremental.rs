@@ -1,6 +1,9 @@
-//! The stateful, incremental compiler: keeps the last encoded state per endpoint and,
-//! after index changes, recompiles only the local endpoints a change can affect, then
-//! emits the ordered writes for just those.
+//! The incremental compiler ([`Compiler`]), the agent's steady-state path: it keeps
+//! the last encoded state per endpoint and, after index changes (read from the
+//! index's journal), recompiles only the local endpoints a change can affect,
+//! encodes them and emits the ordered writes for just those. Its map state is the
+//! one [`crate::compile()`] + [`crate::encode()`] give for the same index (checked by
+//! the property tests).
 //!
 //! Affected endpoints of a change (conservative; a false positive costs a recompile
 //! of that endpoint and produces no writes if nothing changed):
@@ -21,13 +24,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use palisade_common::ServiceKey;
 
-use crate::compile::{compile_endpoint, is_local, service_frontends, NodeInfo, PeerCache};
+use crate::compile::{compile_endpoint, is_local, service_frontends, NodeInfo};
 use crate::diff::{diff_endpoints, MapWrite, WriteSet};
 use crate::encode::{encode_endpoint, encode_services, EndpointEntries, MapSet};
-use crate::index::{Change, ClusterIndex};
+use crate::index::ClusterIndex;
+use crate::journal::Change;
 use crate::model::{
-    Direction, NamespaceScope, NetworkPolicySpec, Peer, PodKey, PodSpec, PolicyBody, PortRef,
+    Direction, NamespaceScope, NetworkPolicySpec, Peer, PodSpec, PolicyBody, PortRef,
 };
+use crate::object::PodKey;
+use crate::peers::PeerCache;
 
 /// Incremental compile + encode + diff for one node.
 #[derive(Debug)]
