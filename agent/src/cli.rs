@@ -112,9 +112,18 @@ pub struct Cli {
     #[arg(long, default_value_t = palisade_common::ENDPOINT_EVENTS_PER_SEC)]
     pub endpoint_events_per_second: u32,
 
-    /// Log format on stderr: text or json.
-    #[arg(long, default_value = "text")]
-    pub log_format: String,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 /// `--attach-mode`.

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use palisade_agent::{
-    cli::{AttachModeArg, Cli},
+    cli::{AttachModeArg, Cli, LogFormat},
     datapath::{self, AttachMode, Datapath},
     denylog,
     events::EventReader,
@@ -112,7 +112,7 @@ pub async fn main() -> Result<()> {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    if cli.log_format == "json" {
+    if cli.log_format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();

@@ -278,7 +278,8 @@ fn daemonset_command_line_parses_with_the_agent_cli() {
     assert!(cli.kube, "the DaemonSet runs the kube source");
     assert!(cli.source_dir.is_none());
     assert_eq!(
-        cli.log_format, "json",
+        cli.log_format,
+        palisade_agent::cli::LogFormat::Json,
         "kubectl logs | jq needs JSON on stderr too"
     );
 

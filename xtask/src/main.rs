@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 mod demo;
 mod image;
@@ -42,9 +42,9 @@ enum Cmd {
     },
     /// Run conformance scenarios (tests/conformance/FORMAT.md) on a namespace cluster.
     Conformance {
-        /// ipv4 or ipv6.
-        #[arg(long, default_value = "ipv4")]
-        family: String,
+        /// Address family of the cluster.
+        #[arg(long, value_enum, default_value_t = FamilyArg::Ipv4)]
+        family: FamilyArg,
         /// Bridge-style nodes (pod veths on a bridge, as the CNI bridge plugin
         /// and flannel build them) instead of ptp ones.
         #[arg(long)]
@@ -66,8 +66,8 @@ enum Cmd {
     /// /ready p50/p99, start-up, RSS, maps. `events`: a pod flooding a denied
     /// port: deny lines/s, agent CPU, allowed throughput. `all`: every part.
     Bench {
-        #[arg(default_value = "all")]
-        part: String,
+        #[arg(value_enum, default_value_t = BenchPart::All)]
+        part: BenchPart,
         /// Tiny sizes, seconds per part (CI runs this so the code cannot rot).
         #[arg(long)]
         quick: bool,
@@ -85,8 +85,8 @@ enum Cmd {
     /// cluster. Needs docker, kind and kubectl; not exercised on this project's
     /// machines, which have no Docker engine.
     Kind {
-        #[arg(value_parser = ["up", "deploy", "e2e", "down"])]
-        action: String,
+        #[arg(value_enum)]
+        action: KindAction,
         /// e2e: scenario files or directories (default: tests/conformance).
         paths: Vec<PathBuf>,
         /// e2e: report SCTP expectations as skipped (nodes without SCTP).
@@ -109,8 +109,8 @@ enum Cmd {
         kernels: Vec<String>,
         /// Conformance cases to run in the guest: `subset` (both SCTP cases and
         /// four others), `all`, or `none`.
-        #[arg(long, default_value = "subset", value_parser = ["subset", "all", "none"])]
-        conformance: String,
+        #[arg(long, value_enum, default_value_t = VmConformance::Subset)]
+        conformance: VmConformance,
         /// Seconds a guest may run before it counts as hung.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
@@ -118,6 +118,44 @@ enum Cmd {
         #[arg(long, short)]
         verbose: bool,
     },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum FamilyArg {
+    Ipv4,
+    Ipv6,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BenchPart {
+    Datapath,
+    Policy,
+    E2e,
+    Control,
+    Events,
+    All,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum KindAction {
+    Up,
+    Deploy,
+    E2e,
+    Down,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum VmConformance {
+    Subset,
+    All,
+    None,
+}
+
+/// The command-line name of a choice.
+fn choice(v: impl ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
 }
 
 fn main() -> Result<()> {
@@ -132,7 +170,7 @@ fn main() -> Result<()> {
         } => {
             setup()?;
             let agent = build_agent()?;
-            conformance(&agent, &family, bridge, &paths)
+            conformance(&agent, &choice(family), bridge, &paths)
         }
         Cmd::Demo => {
             setup()?;
@@ -141,7 +179,7 @@ fn main() -> Result<()> {
         }
         Cmd::Bench { part, quick } => {
             setup()?;
-            bench(&part, quick)
+            bench(&choice(part), quick)
         }
         Cmd::Image => {
             setup()?;
@@ -153,13 +191,13 @@ fn main() -> Result<()> {
             no_sctp,
             settle,
             verbose,
-        } => match action.as_str() {
-            "up" => kind::up(),
-            "deploy" => {
+        } => match action {
+            KindAction::Up => kind::up(),
+            KindAction::Deploy => {
                 setup()?;
                 kind::deploy()
             }
-            "e2e" => {
+            KindAction::E2e => {
                 setup()?;
                 kind::deploy()?;
                 let paths = if paths.is_empty() {
@@ -169,7 +207,7 @@ fn main() -> Result<()> {
                 };
                 kind::e2e(&paths, !no_sctp, settle, verbose)
             }
-            _ => kind::down(),
+            KindAction::Down => kind::down(),
         },
         Cmd::VmTest {
             kernels,
@@ -180,7 +218,7 @@ fn main() -> Result<()> {
             setup()?;
             vm::vm_test(vm::Options {
                 kernels,
-                conformance,
+                conformance: choice(conformance),
                 timeout: std::time::Duration::from_secs(timeout),
                 verbose,
             })
