@@ -10,6 +10,7 @@ pub mod denylog;
 pub mod endpoints;
 pub mod events;
 pub mod http;
+pub mod ingest;
 pub mod maps;
 pub mod metrics;
 pub mod node;

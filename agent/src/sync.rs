@@ -16,15 +16,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use palisade_policy::{
-    compile::is_local, diff, ClusterIndex, Compiler, ErrorKind, Kind, MapWrite, NodeInfo, PodKey,
-};
+use palisade_policy::{compile::is_local, diff, Compiler, MapWrite, NodeInfo, PodKey};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::{
     datapath::{AttachReport, Datapath},
     endpoints::{Endpoints, PodInterfaces},
+    ingest::Ingest,
     maps::Maps,
     metrics::PassStats,
     node::{roles, Interfaces, Links, Wake},
@@ -45,21 +44,13 @@ pub struct SyncLoop {
     opts: Options,
     dp: Datapath,
     maps: Maps,
-    /// Shared with the deny log (explanations) through a weak reference: a
-    /// change copies it only while a batch of events is being rendered.
-    index: Arc<ClusterIndex>,
+    /// Source events into the index.
+    ingest: Ingest,
     /// The incremental compiler, in step with the maps; `None` until a full pass
     /// has brought the maps to a known state.
     compiler: Option<Compiler>,
     interfaces: Interfaces,
     endpoints: Endpoints,
-    /// Errors per object (invalid objects), so each is logged once per change.
-    errors: BTreeMap<String, String>,
-    /// The file source's unusable inputs (file -> why), as it last reported them.
-    input_errors: BTreeMap<String, String>,
-    synced: bool,
-    revision: String,
-    revisions: BTreeMap<String, String>,
     generation: u64,
     shared: Arc<Shared>,
     /// Repairs made since start (see `repair`).
@@ -95,15 +86,10 @@ impl SyncLoop {
             opts,
             dp,
             maps,
-            index: Arc::new(ClusterIndex::new()),
+            ingest: Ingest::default(),
             compiler: None,
             interfaces: Interfaces::default(),
             endpoints: Endpoints::adopting(records),
-            errors: BTreeMap::new(),
-            input_errors: BTreeMap::new(),
-            synced: false,
-            revision: String::new(),
-            revisions: BTreeMap::new(),
             generation: 0,
             shared,
             repairs: 0,
@@ -114,99 +100,17 @@ impl SyncLoop {
     }
 
     fn handle(&mut self, ev: SourceEvent) -> bool {
-        match ev {
-            SourceEvent::Apply { obj, origin } => {
-                let r = obj.object_ref();
-                let key = format!("{r}");
-                let out = Arc::make_mut(&mut self.index).apply(obj);
-                match out.error {
-                    Some(e) => {
-                        // The engine's error names the file it came from.
-                        let msg = e.to_string();
-                        if self.errors.get(&key) != Some(&msg) {
-                            let effect = match (r.kind, e.kind) {
-                                (Kind::ClusterNetworkPolicy, ErrorKind::Unsupported) => {
-                                    "unsupported rule: handled as the message says (never allowing more)"
-                                }
-                                (Kind::ClusterNetworkPolicy, _) => {
-                                    "invalid ClusterNetworkPolicy: not admitted, it changes nothing (the version in force, if any, stays)"
-                                }
-                                (Kind::NetworkPolicy, _) => {
-                                    "invalid object: its pods are isolated with nothing allowed by it"
-                                }
-                                _ => "invalid object: not used",
-                            };
-                            error!(object = %key, input = %origin, error = %msg, "{effect}");
-                            self.errors.insert(key, msg);
-                        }
-                    }
-                    None => {
-                        self.errors.remove(&key);
-                        if out.changed {
-                            info!(object = %r, "applied");
-                        }
-                    }
-                }
-                out.changed
-            }
-            SourceEvent::Delete(r) => {
-                self.errors.remove(&format!("{r}"));
-                let changed = Arc::make_mut(&mut self.index).delete(&r);
-                if changed {
-                    info!(object = %r, "deleted");
-                }
-                changed
-            }
-            SourceEvent::Error { origin, message } => {
-                if self.errors.get(&origin) != Some(&message) {
-                    error!(input = %origin, error = %message, "cannot read input; other inputs are still enforced");
-                    self.errors.insert(origin, message);
-                }
-                false
-            }
-            SourceEvent::InputErrors(now) => {
-                for (input, message) in &now {
-                    if self.input_errors.get(input) != Some(message) {
-                        error!(input = %input, error = %message, "cannot use input; everything else is still enforced");
-                    }
-                }
-                for input in self.input_errors.keys() {
-                    if !now.contains_key(input) {
-                        info!(input = %input, "input error cleared");
-                    }
-                }
-                let changed = now != self.input_errors;
-                self.input_errors = now;
-                // /ready says so at once, also before anything is programmed.
-                let mut errors = self.object_error_keys();
-                errors.extend(self.pass_errors.iter().cloned());
-                if let Ok(mut r) = self.shared.ready.lock() {
-                    r.errors = errors;
-                }
-                changed
-            }
-            SourceEvent::Synced {
-                revision,
-                revisions,
-            } => {
-                let changed = !self.synced || revision != self.revision;
-                self.synced = true;
-                self.revision = revision;
-                self.revisions = revisions;
-                changed
+        let inputs = matches!(ev, SourceEvent::InputErrors(_));
+        let changed = self.ingest.handle(ev);
+        if inputs {
+            // /ready says so at once, also before anything is programmed.
+            let mut errors = self.ingest.error_lines();
+            errors.extend(self.pass_errors.iter().cloned());
+            if let Ok(mut r) = self.shared.ready.lock() {
+                r.errors = errors;
             }
         }
-    }
-
-    /// What `/ready` lists as errors: invalid objects, unusable inputs.
-    fn object_error_keys(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.errors.values().cloned().collect();
-        out.extend(
-            self.input_errors
-                .iter()
-                .map(|(input, message)| format!("{input}: {message}")),
-        );
-        out
+        changed
     }
 
     /// Run until the source closes.
@@ -277,7 +181,7 @@ impl SyncLoop {
             if pending && pending_since.is_none() {
                 pending_since = Some(Instant::now());
             }
-            if pending && boundary && self.synced {
+            if pending && boundary && self.ingest.synced {
                 if full {
                     // The resync rewrites what the maps should hold, whatever
                     // they hold now (repairs drift, retries failed writes).
@@ -326,8 +230,8 @@ impl SyncLoop {
             endpoints: ifaces.len(),
             fail_closed: fail_closed.len(),
             missing_interfaces: self.interfaces.missing,
-            policies: self.index.policies().count(),
-            cluster_policies: self.index.cluster_policies().count(),
+            policies: self.ingest.index.policies().count(),
+            cluster_policies: self.ingest.index.cluster_policies().count(),
             errors: false,
         };
         let errors_now = self.publish(&ifaces, node_addrs, attached, fail_closed, write_errors);
@@ -339,7 +243,7 @@ impl SyncLoop {
         }
         info!(
             generation = self.generation,
-            revision = %self.revision,
+            revision = %self.ingest.revision,
             endpoints = ifaces.len(),
             missing_interfaces = self.interfaces.missing,
             writes = n_writes,
@@ -356,11 +260,12 @@ impl SyncLoop {
     /// neighbour entries for bridge-style pods.
     fn find_interfaces(&mut self, node: &NodeInfo) -> Option<(Links, PodInterfaces)> {
         let incremental = self.compiler.is_some();
-        let (index, endpoints) = (&self.index, &self.endpoints);
+        let (index, endpoints) = (&self.ingest.index, &self.endpoints);
         let (mut links, ifaces) = self
             .interfaces
             .for_pass(incremental, |l| endpoints.find(index, node, l))?;
         let local: BTreeSet<IpAddr> = self
+            .ingest
             .index
             .pods_on_node(&node.name)
             .filter(|p| is_local(p, node))
@@ -388,7 +293,7 @@ impl SyncLoop {
     /// records as found under each pod's current interface.
     fn compile(&mut self, node: &NodeInfo, ifaces: &PodInterfaces) -> Compiled {
         if let Some(c) = self.compiler.as_mut() {
-            let writes = c.update(&self.index, self.endpoints.ids());
+            let writes = c.update(&self.ingest.index, self.endpoints.ids());
             return Compiled {
                 full: false,
                 writes,
@@ -402,7 +307,7 @@ impl SyncLoop {
         // maps, so they are superseded by a diff of its state (pods with an id
         // only, i.e. with an interface) against what the maps hold.
         let mut c = Compiler::new(node.clone(), self.opts.audit);
-        let _superseded = c.update(&self.index, self.endpoints.ids());
+        let _superseded = c.update(&self.ingest.index, self.endpoints.ids());
         let new = c.map_set();
         let writes = diff(&written, &new);
         self.compiler = Some(c);
@@ -484,7 +389,7 @@ impl SyncLoop {
     ) -> bool {
         let (names, duplicates) = names_for_pass(
             &self.opts.node,
-            &self.index,
+            &self.ingest.index,
             ifaces,
             &self.endpoints,
             node_addrs,
@@ -503,7 +408,7 @@ impl SyncLoop {
         pass_errors.extend(attached.errors);
         pass_errors.extend(write_errors);
         self.pass_errors = pass_errors.clone();
-        let mut errors = self.object_error_keys();
+        let mut errors = self.ingest.error_lines();
         errors.extend(pass_errors);
         if let Ok(mut r) = self.shared.ready.lock() {
             *r = Readiness {
@@ -511,8 +416,8 @@ impl SyncLoop {
                 // program: not ready until they are gone.
                 ready: !attached.foreign,
                 generation: self.generation,
-                revision: self.revision.clone(),
-                revisions: self.revisions.clone(),
+                revision: self.ingest.revision.clone(),
+                revisions: self.ingest.revisions.clone(),
                 endpoints: ifaces.len(),
                 missing_interfaces: self.interfaces.missing,
                 attach_mode: self.dp.mode.as_str().to_string(),
