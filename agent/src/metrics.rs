@@ -281,7 +281,7 @@ struct MapLabels {
 }
 
 impl Collector for KernelCounters {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let Ok(mut guard) = self.maps.lock() else {
             return Ok(());
         };

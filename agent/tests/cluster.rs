@@ -160,11 +160,11 @@ fn agent_restart_keeps_connections_and_enforcement_netlink() {
 fn restart_keeps_connections_and_enforcement(agent_args: &[&str], programs: &[&str]) {
     let netlink = programs.iter().any(|p| p.contains('@'));
     let mut c = cluster_with(agent_args);
-    c.apply_policy(&only_a_to_b()).unwrap();
-    c.sync().unwrap();
+    c.apply_policy(&only_a_to_b()).expect("setup");
+    c.sync().expect("setup");
     // x/a (node 1) and x/b (node 2): a long-lived connection through the policy.
-    let b_ns = c.pod_netns("x/b").unwrap().to_string();
-    let b_ip = c.pod_ip("x/b").unwrap();
+    let b_ns = c.pod_netns("x/b").expect("setup").to_string();
+    let b_ip = c.pod_ip("x/b").expect("setup");
     let listener = in_netns(&b_ns, || TcpListener::bind("0.0.0.0:9000"))
         .unwrap()
         .unwrap();
@@ -178,26 +178,29 @@ fn restart_keeps_connections_and_enforcement(agent_args: &[&str], programs: &[&s
             }
         }
     });
-    let a_ns = c.pod_netns("x/a").unwrap().to_string();
+    let a_ns = c.pod_netns("x/a").expect("setup").to_string();
     let to = SocketAddr::new(b_ip, 9000);
     let mut conn = in_netns(&a_ns, move || {
         TcpStream::connect_timeout(&to, Duration::from_secs(2))
     })
     .unwrap()
     .expect("x/a connects to x/b:9000");
-    assert_eq!(echo_once(&mut conn, b"before").unwrap(), b"before");
+    assert_eq!(echo_once(&mut conn, b"before").expect("setup"), b"before");
     assert_eq!(
         probe(&c, "x/c", "x/b", 80, Transport::Tcp, Via::Pod),
         Outcome::Blocked
     );
 
-    let veth = c.pod_host_veth("x/b").unwrap().to_string();
+    let veth = c.pod_host_veth("x/b").expect("setup").to_string();
     let before = tc_programs(&c, 2, &veth);
     assert_eq!(before, programs, "programs on {veth}");
 
     // Agent on x/b's node down: state stays enforced.
-    c.stop_agent(2).unwrap();
-    assert_eq!(echo_once(&mut conn, b"while-down").unwrap(), b"while-down");
+    c.stop_agent(2).expect("setup");
+    assert_eq!(
+        echo_once(&mut conn, b"while-down").expect("setup"),
+        b"while-down"
+    );
     assert_eq!(
         probe(&c, "x/c", "x/b", 80, Transport::Tcp, Via::Pod),
         Outcome::Blocked
@@ -208,9 +211,9 @@ fn restart_keeps_connections_and_enforcement(agent_args: &[&str], programs: &[&s
     );
 
     // Back up: adopts the pinned state; nothing leaks, nothing breaks.
-    c.start_agent(2).unwrap();
-    c.sync().unwrap();
-    assert_eq!(echo_once(&mut conn, b"after").unwrap(), b"after");
+    c.start_agent(2).expect("setup");
+    c.sync().expect("setup");
+    assert_eq!(echo_once(&mut conn, b"after").expect("setup"), b"after");
     assert_eq!(
         probe(&c, "x/c", "x/b", 80, Transport::Tcp, Via::Pod),
         Outcome::Blocked
@@ -237,7 +240,7 @@ fn restart_keeps_connections_and_enforcement(agent_args: &[&str], programs: &[&s
     );
     drop(conn);
     let _ = server.join();
-    c.teardown().unwrap();
+    c.teardown().expect("setup");
 }
 
 #[test]

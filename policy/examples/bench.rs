@@ -149,8 +149,10 @@ fn policy(ns: usize, k: usize, variant: u16) -> NetworkPolicySpec {
             vec![
                 Rule {
                     peers: vec![Peer::IpBlock(IpBlock {
-                        cidr: "10.0.0.0/8".parse().unwrap(),
-                        except: vec![format!("10.{}.0.0/16", 100 + ns % 2).parse().unwrap()],
+                        cidr: "10.0.0.0/8".parse().expect("a literal address"),
+                        except: vec![format!("10.{}.0.0/16", 100 + ns % 2)
+                            .parse()
+                            .expect("a literal address")],
                     })],
                     ports: vec![tcp(443)],
                 },
@@ -182,8 +184,8 @@ fn policy(ns: usize, k: usize, variant: u16) -> NetworkPolicySpec {
             },
             vec![Rule {
                 peers: vec![Peer::IpBlock(IpBlock {
-                    cidr: "192.168.0.0/16".parse().unwrap(),
-                    except: vec!["192.168.7.0/24".parse().unwrap()],
+                    cidr: "192.168.0.0/16".parse().expect("a literal address"),
+                    except: vec!["192.168.7.0/24".parse().expect("a literal address")],
                 })],
                 ports: vec![],
             }],

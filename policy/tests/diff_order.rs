@@ -39,7 +39,7 @@ const PROBES: [&str; 10] = [
 ];
 
 fn net(i: usize) -> IpNet {
-    NETS[i].parse().unwrap()
+    NETS[i].parse().expect("a literal network")
 }
 
 fn grant_strategy() -> impl Strategy<Value = Grant> {
@@ -75,7 +75,7 @@ fn desired(iso: bool, grants: Vec<Grant>) -> Desired {
     d.endpoints.insert(
         PodKey::new("ns", "p"),
         DesiredEndpoint {
-            ipv4: Some("10.9.9.9".parse().unwrap()),
+            ipv4: Some("10.9.9.9".parse().expect("a literal address")),
             ingress_isolated: iso,
             ingress: PeerRules { grants },
             ..Default::default()

@@ -371,12 +371,15 @@ fn peer(p: &PeerPlan) -> netv1::NetworkPolicyPeer {
             out.namespace_selector = Some(selector(n, &ns_keys));
         }
         PeerPlan::Block(c, excepts) => {
-            let cidr: ipnet::IpNet = CIDRS[*c].parse().unwrap();
+            let cidr: ipnet::IpNet = CIDRS[*c].parse().expect("a literal network");
             let cidr = cidr.trunc();
             let except: Vec<String> = excepts
                 .iter()
                 .filter(|(e, keep_invalid)| {
-                    let e: ipnet::IpNet = CIDRS[*e].parse::<ipnet::IpNet>().unwrap().trunc();
+                    let e: ipnet::IpNet = CIDRS[*e]
+                        .parse::<ipnet::IpNet>()
+                        .expect("a literal network")
+                        .trunc();
                     *keep_invalid || (cidr.contains(&e) && e.prefix_len() > cidr.prefix_len())
                 })
                 .map(|(e, _)| CIDRS[*e].to_string())
