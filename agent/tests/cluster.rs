@@ -166,8 +166,8 @@ fn restart_keeps_connections_and_enforcement(agent_args: &[&str], programs: &[&s
     let b_ns = c.pod_netns("x/b").expect("setup").to_string();
     let b_ip = c.pod_ip("x/b").expect("setup");
     let listener = in_netns(&b_ns, || TcpListener::bind("0.0.0.0:9000"))
-        .unwrap()
-        .unwrap();
+        .expect("setup")
+        .expect("setup");
     let server = std::thread::spawn(move || {
         if let Ok((mut s, _)) = listener.accept() {
             let mut buf = [0u8; 64];
@@ -183,7 +183,7 @@ fn restart_keeps_connections_and_enforcement(agent_args: &[&str], programs: &[&s
     let mut conn = in_netns(&a_ns, move || {
         TcpStream::connect_timeout(&to, Duration::from_secs(2))
     })
-    .unwrap()
+    .expect("setup")
     .expect("x/a connects to x/b:9000");
     assert_eq!(echo_once(&mut conn, b"before").expect("setup"), b"before");
     assert_eq!(
