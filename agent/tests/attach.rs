@@ -1,8 +1,8 @@
 //! Attaching the real programs to a real veth pair with `Datapath::attach`, then
 //! re-attaching from a second load against the same pins (what a restarted agent
 //! does). Each test thread unshares its own network namespace, so nothing is left
-//! on the host. Needs root, bpffs, `ip` and `tc` (`cargo xtask test` and
-//! `cargo xtask vm-test` provide them).
+//! on the host. Needs root, bpffs, `ip` and `tc`: `#[ignore]`d for plain `cargo
+//! test`; `cargo xtask test` and `cargo xtask vm-test` provide them and run it.
 //!
 //! `attach_in_the_kernels_mode` prints `PALISADE-VM-ATTACH-MODE: <mode>`, which
 //! `cargo xtask vm-test` reports per kernel (run it with `--nocapture` to see it).
@@ -103,7 +103,9 @@ fn attach_twice(forced: Option<AttachMode>, tag: &str) -> AttachMode {
 }
 
 #[test]
+#[ignore = "needs root, BPF and network namespaces: run through cargo xtask test"]
 fn attach_in_the_kernels_mode() {
+    common::require_root();
     let mode = attach_twice(None, "auto");
     assert_eq!(mode, AttachMode::detect());
     println!("PALISADE-VM-ATTACH-MODE: {}", mode.as_str());
@@ -111,7 +113,9 @@ fn attach_in_the_kernels_mode() {
 
 /// Netlink TC is what kernels before 6.6 get; it must keep working on newer ones.
 #[test]
+#[ignore = "needs root, BPF and network namespaces: run through cargo xtask test"]
 fn attach_with_netlink_tc() {
+    common::require_root();
     assert_eq!(
         attach_twice(Some(AttachMode::Netlink), "netlink"),
         AttachMode::Netlink

@@ -1,6 +1,7 @@
 //! The real agent on a namespace-built cluster (palisade-harness): restarts,
 //! pods appearing under existing policy, bad input, and deny log lines.
-//! Needs root; `cargo xtask test` runs it with the release agent binary.
+//! Needs root: `#[ignore]`d for plain `cargo test`; `cargo xtask test` runs
+//! it with the release agent binary.
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -140,7 +141,9 @@ fn wait_for_programs(c: &Cluster, node: usize, dev: &str, want: &[&str]) {
 }
 
 #[test]
+#[ignore = "needs root, BPF and network namespaces: run through cargo xtask test"]
 fn agent_restart_keeps_connections_and_enforcement() {
+    common::require_root();
     let programs: &[&str] = match palisade_agent::datapath::AttachMode::detect() {
         palisade_agent::datapath::AttachMode::Tcx => &["from_pod", "to_pod"],
         palisade_agent::datapath::AttachMode::Netlink => &["from_pod@1", "to_pod@1"],
@@ -150,7 +153,9 @@ fn agent_restart_keeps_connections_and_enforcement() {
 
 /// The attach path of kernels before 6.6, forced on this one.
 #[test]
+#[ignore = "needs root, BPF and network namespaces: run through cargo xtask test"]
 fn agent_restart_keeps_connections_and_enforcement_netlink() {
+    common::require_root();
     restart_keeps_connections_and_enforcement(
         &["--attach-mode", "netlink"],
         &["from_pod@1", "to_pod@1"],
@@ -244,7 +249,9 @@ fn restart_keeps_connections_and_enforcement(agent_args: &[&str], programs: &[&s
 }
 
 #[test]
+#[ignore = "needs root, BPF and network namespaces: run through cargo xtask test"]
 fn new_pod_under_existing_policy_is_never_reachable_against_it() {
+    common::require_root();
     let mut c = cluster();
     c.apply_policy(&json!({
         "apiVersion": "networking.k8s.io/v1",
@@ -301,7 +308,9 @@ fn new_pod_under_existing_policy_is_never_reachable_against_it() {
 }
 
 #[test]
+#[ignore = "needs root, BPF and network namespaces: run through cargo xtask test"]
 fn bad_input_is_reported_and_the_rest_stays_enforced() {
+    common::require_root();
     let mut c = cluster();
     c.apply_policy(&only_a_to_b()).unwrap();
     c.write_source_file("broken.yaml", "kind: NetworkPolicy\nmetadata: [oops\n")
@@ -352,7 +361,9 @@ fn bad_input_is_reported_and_the_rest_stays_enforced() {
 }
 
 #[test]
+#[ignore = "needs root, BPF and network namespaces: run through cargo xtask test"]
 fn deny_log_lines_name_pods_and_policies() {
+    common::require_root();
     let mut c = cluster();
     c.apply_policy(&only_a_to_b()).unwrap();
     c.sync().unwrap();
@@ -402,7 +413,9 @@ fn deny_log_lines_name_pods_and_policies() {
 /// maps exactly as the incremental passes left them: no writes (a read-back that
 /// keyed entries differently would delete and rewrite them, opening gaps).
 #[test]
+#[ignore = "needs root, BPF and network namespaces: run through cargo xtask test"]
 fn a_full_resync_pass_finds_the_incremental_state_in_step() {
+    common::require_root();
     let mut c = cluster_with(&["--resync-seconds", "1"]);
     c.apply_policy(&only_a_to_b()).unwrap();
     c.sync().unwrap();
@@ -482,7 +495,9 @@ fn a_full_resync_pass_finds_the_incremental_state_in_step() {
 /// record, or it drops everything as an unknown endpoint while the old record
 /// lingers under a dead ifindex.
 #[test]
+#[ignore = "needs root, BPF and network namespaces: run through cargo xtask test"]
 fn a_replaced_pod_veth_gets_the_pods_record() {
+    common::require_root();
     let mut c = cluster();
     c.apply_policy(&only_a_to_b()).unwrap();
     c.sync().unwrap();
@@ -525,7 +540,9 @@ fn a_replaced_pod_veth_gets_the_pods_record() {
 /// must tell the node's own veth from pods' by itself: a kind node's `eth0` is
 /// a veth, and taken for a pod's it would drop all the node sends and receives.
 #[test]
+#[ignore = "needs root, BPF and network namespaces: run through cargo xtask test"]
 fn the_nodes_own_veth_is_its_uplink_without_being_named() {
+    common::require_root();
     let mut c = cluster_of(agent_config(&[], Uplinks::ByNodeIp));
     for node in 1..=2 {
         // The uplink's program alone.
@@ -563,7 +580,9 @@ fn the_nodes_own_veth_is_its_uplink_without_being_named() {
 /// the node's own link drop its traffic, and an uplink's program on a pod's
 /// veth ends the chain before the pod's own.
 #[test]
+#[ignore = "needs root, BPF and network namespaces: run through cargo xtask test"]
 fn an_interface_whose_role_changes_loses_the_old_roles_programs() {
+    common::require_root();
     for mode in [&[][..], &["--attach-mode", "netlink"][..]] {
         let c = cluster_of(agent_config(mode, Uplinks::ByNodeIp));
         let ns = c.node_netns(1).expect("node ns").to_string();
@@ -640,7 +659,9 @@ fn managed_neighbours(ns: &str) -> Vec<String> {
 /// the kernel for them (managed neighbour entries), and removes them with the
 /// pod.
 #[test]
+#[ignore = "needs root, BPF and network namespaces: run through cargo xtask test"]
 fn bridge_style_pods_that_never_talked_to_their_node_are_found_and_enforced() {
+    common::require_root();
     let mut c = Cluster::build(
         &ClusterSpec::default_model(Family::Ipv4),
         ClusterOptions {
@@ -808,7 +829,9 @@ fn palisade_programs(c: &Cluster, node: usize) -> Vec<String> {
 /// state; `--uninstall` detaches them all and removes the pins, in both attach
 /// modes.
 #[test]
+#[ignore = "needs root, BPF and network namespaces: run through cargo xtask test"]
 fn uninstall_detaches_every_program_and_removes_the_pins() {
+    common::require_root();
     for args in [&[][..], &["--attach-mode", "netlink"][..]] {
         let mut c = cluster_with(args);
         c.apply_policy(&only_a_to_b()).unwrap();
@@ -865,7 +888,9 @@ fn uninstall_detaches_every_program_and_removes_the_pins() {
 /// node learns its address only from the neighbour discovery the agent asks
 /// for, which must get through that interface both ways.
 #[test]
+#[ignore = "needs root, BPF and network namespaces: run through cargo xtask test"]
 fn bridge_style_ipv6_pod_joining_under_a_running_agent_is_found() {
+    common::require_root();
     let mut c = Cluster::build(
         &ClusterSpec::default_model(Family::Ipv6),
         ClusterOptions {

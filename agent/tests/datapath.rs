@@ -1,5 +1,6 @@
 //! The real eBPF object in the real kernel, driven with crafted packets through
-//! BPF_PROG_TEST_RUN. Needs root and bpffs (`cargo xtask test` provides both).
+//! BPF_PROG_TEST_RUN. Needs root and bpffs: every test is `#[ignore]`d for plain
+//! `cargo test`, and `cargo xtask test` and `cargo xtask vm-test` run them.
 //!
 //! Every test loads its own copy of the object with maps pinned in a private
 //! directory, and uses ifindex 1 (loopback) as the endpoint's interface: test runs
@@ -44,10 +45,7 @@ impl Drop for PinDir {
 }
 
 fn fixture_with(policy_entries: Option<u32>) -> Fx {
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "datapath tests need root (run them through `cargo xtask test`)"
-    );
+    common::require_root();
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::path::PathBuf::from(format!(
@@ -164,7 +162,9 @@ fn one_event(fx: &mut Fx) -> Event {
 }
 
 #[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
 fn non_ip_passes_even_without_endpoint() {
+    common::require_root();
     let mut fx = fixture();
     assert_eq!(fx.run("to_pod", &packet::arp()), OK);
     assert_eq!(fx.run("from_pod", &packet::arp()), OK);
@@ -172,7 +172,9 @@ fn non_ip_passes_even_without_endpoint() {
 }
 
 #[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
 fn unknown_endpoint_fails_closed_and_reports() {
+    common::require_root();
     let mut fx = fixture();
     assert_eq!(fx.run("to_pod", &tcp(PEER, POD, 40000, 80)), SHOT);
     let ev = one_event(&mut fx);
@@ -197,7 +199,9 @@ fn unknown_endpoint_fails_closed_and_reports() {
 }
 
 #[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
 fn not_isolated_allows_everything() {
+    common::require_root();
     let mut fx = fixture();
     fx.maps.upsert_endpoint(IF, &endpoint(0)).unwrap();
     assert_eq!(fx.run("to_pod", &tcp(PEER, POD, 40000, 80)), OK);
@@ -209,7 +213,9 @@ fn not_isolated_allows_everything() {
 }
 
 #[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
 fn prefix_port_range_and_protocol_decide() {
+    common::require_root();
     let mut fx = fixture();
     fx.maps
         .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED))
@@ -273,7 +279,9 @@ fn prefix_port_range_and_protocol_decide() {
 }
 
 #[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
 fn longest_prefix_wins_for_nested_blocks() {
+    common::require_root();
     let mut fx = fixture();
     fx.maps
         .upsert_endpoint(IF, &endpoint(EP_EGRESS_ISOLATED))
@@ -333,7 +341,9 @@ fn longest_prefix_wins_for_nested_blocks() {
 /// protocols without ports pass on it alone, TCP/UDP/SCTP only on their own
 /// bits or ranges.
 #[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
 fn the_other_protocols_bit_allows_protocols_without_ports() {
+    common::require_root();
     let mut fx = fixture();
     fx.maps
         .upsert_endpoint(IF, &endpoint(EP_EGRESS_ISOLATED))
@@ -357,7 +367,9 @@ fn the_other_protocols_bit_allows_protocols_without_ports() {
 }
 
 #[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
 fn ipv4_options_use_the_real_header_length() {
+    common::require_root();
     let mut fx = fixture();
     fx.maps
         .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED))
@@ -397,7 +409,9 @@ fn ipv4_options_use_the_real_header_length() {
 }
 
 #[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
 fn ipv6_extension_headers_are_walked() {
+    common::require_root();
     let mut fx = fixture();
     fx.maps
         .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED))
@@ -453,7 +467,9 @@ fn ipv6_extension_headers_are_walked() {
 }
 
 #[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
 fn fragments_match_only_all_port_rules() {
+    common::require_root();
     let mut fx = fixture();
     fx.maps
         .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED))
@@ -552,7 +568,9 @@ fn fragments_match_only_all_port_rules() {
 }
 
 #[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
 fn truncated_headers_are_dropped_at_every_layer() {
+    common::require_root();
     let mut fx = fixture();
     fx.maps.upsert_endpoint(IF, &endpoint(0)).unwrap();
     let full = tcp(PEER, POD, 40000, 80);
@@ -609,7 +627,9 @@ fn truncated_headers_are_dropped_at_every_layer() {
 }
 
 #[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
 fn spoofed_source_is_dropped() {
+    common::require_root();
     let mut fx = fixture();
     fx.maps.upsert_endpoint(IF, &endpoint(0)).unwrap();
     assert_eq!(fx.run("from_pod", &tcp(OTHER, PEER, 1, 80)), SHOT);
@@ -666,7 +686,9 @@ fn spoofed_source_is_dropped() {
 }
 
 #[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
 fn replies_pass_through_conntrack_and_withdrawn_allows_apply_at_once() {
+    common::require_root();
     interfaces_2_and_3();
     let mut fx = fixture();
     fx.maps
@@ -719,7 +741,9 @@ fn replies_pass_through_conntrack_and_withdrawn_allows_apply_at_once() {
 }
 
 #[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
 fn icmp_errors_of_tracked_flows_pass() {
+    common::require_root();
     let mut fx = fixture();
     fx.maps
         .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED))
@@ -767,7 +791,9 @@ fn icmp_errors_of_tracked_flows_pass() {
 }
 
 #[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
 fn own_node_always_reaches_the_pod() {
+    common::require_root();
     let mut fx = fixture();
     fx.maps
         .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED))
@@ -799,7 +825,9 @@ fn own_node_always_reaches_the_pod() {
 }
 
 #[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
 fn audit_mode_passes_and_reports() {
+    common::require_root();
     let mut fx = fixture();
     fx.maps
         .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED | EP_AUDIT))
@@ -812,7 +840,9 @@ fn audit_mode_passes_and_reports() {
 }
 
 #[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
 fn fail_closed_endpoint_denies_what_policy_judges() {
+    common::require_root();
     let mut fx = fixture();
     fx.maps
         .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED | EP_FAIL_CLOSED))
@@ -827,7 +857,9 @@ fn fail_closed_endpoint_denies_what_policy_judges() {
 }
 
 #[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
 fn service_egress_is_decided_after_dnat() {
+    common::require_root();
     interfaces_2_and_3();
     let mut fx = fixture();
     fx.maps
@@ -886,7 +918,9 @@ fn service_egress_is_decided_after_dnat() {
 }
 
 #[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
 fn events_are_rate_limited_per_flow() {
+    common::require_root();
     let mut fx = fixture();
     fx.maps
         .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED))
@@ -914,7 +948,9 @@ fn events_are_rate_limited_per_flow() {
 }
 
 #[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
 fn endpoint_budget_bounds_a_flood_of_new_flows() {
+    common::require_root();
     // The budget is per CPU: keep every run on one CPU.
     // SAFETY: a zeroed cpu_set_t with one bit set, for this thread only.
     unsafe {
@@ -952,7 +988,9 @@ fn endpoint_budget_bounds_a_flood_of_new_flows() {
 }
 
 #[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
 fn full_policy_map_refuses_instead_of_truncating() {
+    common::require_root();
     let mut fx = fixture_with(Some(4));
     let v = ports(&[(PROTO_TCP, 80, 80)]);
     for i in 0..4u8 {

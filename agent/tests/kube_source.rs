@@ -1037,9 +1037,12 @@ fn wait_programmed(ns: &str, rv: u64, what: &str) -> Value {
     }
 }
 
-/// Needs root (network namespaces, BPF), like the cluster tests.
+/// Needs root (network namespaces, BPF), like the cluster tests; the only test
+/// of this file that does.
 #[test]
+#[ignore = "needs root, BPF and network namespaces: run through cargo xtask test"]
 fn the_agent_programs_what_the_api_server_says_through_drops_410_and_outages() {
+    common::require_root();
     use palisade_harness::{
         objects, AgentConfig, Cluster, ClusterOptions, ClusterSpec, Family, LabelMap, Outcome,
         Peer, PodPlan, PortPlan, Probe, Transport, Via,

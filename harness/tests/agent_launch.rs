@@ -1,24 +1,24 @@
-//! Root-only: agent launch, readiness, logs, restart and teardown, with a
+//! Agent launch, readiness, logs, restart and teardown, with a
 //! stand-in agent (tests/fake_agent.py) so the harness can be checked before
-//! and independently of the real agent. Skipped without root or python3.
+//! and independently of the real agent. Needs root and python3: `#[ignore]`d
+//! for plain `cargo test`, run by `cargo xtask test`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use palisade_harness::*;
 
-fn usable() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() == 0 };
+mod common;
+
+/// Fails the test, saying why, unless it runs as root with python3 to run
+/// the stand-in agent.
+fn require_root_and_python() {
+    common::require_root();
     let py = std::process::Command::new("python3")
         .arg("-V")
         .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !root || !py {
-        eprintln!("skipped: needs root and python3");
-    }
-    root && py
+        .is_ok_and(|o| o.status.success());
+    assert!(py, "this test needs python3 for tests/fake_agent.py");
 }
 
 fn fake_agent() -> AgentConfig {
@@ -29,10 +29,9 @@ fn fake_agent() -> AgentConfig {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and python3: run through cargo xtask test"]
 fn agents_start_report_revisions_and_restart() {
-    if !usable() {
-        return;
-    }
+    require_root_and_python();
     let spec = ClusterSpec::default_model(Family::Ipv4);
     let opts = ClusterOptions {
         agent: Some(fake_agent()),
@@ -131,10 +130,9 @@ fn agents_start_report_revisions_and_restart() {
 }
 
 #[test]
+#[ignore = "needs root, network namespaces and python3: run through cargo xtask test"]
 fn agent_that_never_gets_ready_is_reported() {
-    if !usable() {
-        return;
-    }
+    require_root_and_python();
     let mut spec = ClusterSpec::default_model(Family::Ipv4);
     spec.pods.truncate(2);
     let mut cfg = AgentConfig::new("/bin/sleep");

@@ -1,9 +1,9 @@
-//! Root-only checks of the namespace cluster itself, with no agent: every
+//! Checks of the namespace cluster itself, with no agent: every
 //! pair reachable pod-to-pod and via Service, Services with several backends
 //! spread connections, externals and nodes reach pods, teardown leaves no
 //! namespace, and leftovers of a dead run are cleaned.
 //!
-//! Skipped (with a message) when not run as root.
+//! Needs root: `#[ignore]`d for plain `cargo test`, run by `cargo xtask test`.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -11,19 +11,7 @@ use std::time::Instant;
 
 use palisade_harness::*;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-    };
-}
+mod common;
 
 fn our_netns(prefix: &str) -> Vec<String> {
     let out = std::process::Command::new("ip")
@@ -119,7 +107,7 @@ fn check_full_mesh(family: Family) {
         .expect("probe");
     assert_eq!(out, vec![Outcome::Blocked]);
 
-    // SCTP is skipped where the kernel has none.
+    // SCTP reaches the pod where the kernel has it, and is skipped where not.
     let out = c
         .probe(&[Probe {
             from: Peer::Pod("x/a".into()),
@@ -129,9 +117,17 @@ fn check_full_mesh(family: Family) {
             via: Via::Pod,
         }])
         .expect("probe");
-    if !sctp_supported() {
-        assert_eq!(out, vec![Outcome::Skipped]);
-    }
+    let sctp = if sctp_supported() {
+        Outcome::Reachable
+    } else {
+        Outcome::Skipped
+    };
+    assert_eq!(
+        out,
+        vec![sctp],
+        "SCTP (kernel support: {})",
+        sctp_supported()
+    );
 
     c.teardown().expect("teardown");
     assert!(
@@ -142,14 +138,16 @@ fn check_full_mesh(family: Family) {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: run through cargo xtask test"]
 fn full_mesh_ipv4() {
-    require_root!();
+    common::require_root();
     check_full_mesh(Family::Ipv4);
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: run through cargo xtask test"]
 fn full_mesh_ipv6() {
-    require_root!();
+    common::require_root();
     check_full_mesh(Family::Ipv6);
 }
 
@@ -167,8 +165,9 @@ fn small_spec(family: Family) -> ClusterSpec {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: run through cargo xtask test"]
 fn externals_reach_and_are_reached() {
-    require_root!();
+    common::require_root();
     for family in [Family::Ipv4, Family::Ipv6] {
         let c = Cluster::build(&small_spec(family), ClusterOptions::default()).expect("build");
         let ext = Peer::External("backup".into());
@@ -214,8 +213,9 @@ fn externals_reach_and_are_reached() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: run through cargo xtask test"]
 fn service_with_three_backends_spreads() {
-    require_root!();
+    common::require_root();
     for family in [Family::Ipv4, Family::Ipv6] {
         let mut c = Cluster::build(&small_spec(family), ClusterOptions::default()).expect("build");
         let ip = c
@@ -282,8 +282,9 @@ fn service_with_three_backends_spreads() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: run through cargo xtask test"]
 fn pods_added_and_removed_at_runtime() {
-    require_root!();
+    common::require_root();
     let mut c =
         Cluster::build(&small_spec(Family::Ipv4), ClusterOptions::default()).expect("build");
     let spec = PodPlan {
@@ -316,8 +317,9 @@ fn pods_added_and_removed_at_runtime() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: run through cargo xtask test"]
 fn drop_during_panic_cleans_up() {
-    require_root!();
+    common::require_root();
     let id = std::sync::Mutex::new(String::new());
     let r = std::panic::catch_unwind(|| {
         let c =
@@ -332,8 +334,9 @@ fn drop_during_panic_cleans_up() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: run through cargo xtask test"]
 fn leftovers_of_dead_runs_are_removed() {
-    require_root!();
+    common::require_root();
     // A pid that certainly belonged to a process that is now gone.
     let mut child = std::process::Command::new("true").spawn().expect("spawn");
     let dead = child.id();
@@ -370,8 +373,9 @@ fn leftovers_of_dead_runs_are_removed() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: run through cargo xtask test"]
 fn long_lived_connections_echo() {
-    require_root!();
+    common::require_root();
     let c = Cluster::build(&small_spec(Family::Ipv4), ClusterOptions::default()).expect("build");
     for via in [Via::Service, Via::Pod] {
         let mut conn = c
@@ -390,8 +394,9 @@ fn long_lived_connections_echo() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: run through cargo xtask test"]
 fn observed_matrix_prints_in_format_syntax() {
-    require_root!();
+    common::require_root();
     let c = Cluster::build(&small_spec(Family::Ipv4), ClusterOptions::default()).expect("build");
     let peers: Vec<Peer> = c.pod_keys().into_iter().map(Peer::Pod).collect();
     let mut rows = peers.clone();

@@ -1,15 +1,13 @@
-//! Root-only: the conformance runner end to end on the harness's own
-//! scenario files, without an agent (no policy is enforced, so only cases
-//! that expect full reachability pass). Checks the output format exactly.
+//! The conformance runner end to end on the harness's own scenario files,
+//! without an agent (no policy is enforced, so only cases that expect full
+//! reachability pass). Checks the output format exactly. Needs root:
+//! `#[ignore]`d for plain `cargo test`, run by `cargo xtask test`.
 
 use std::path::PathBuf;
 
 use palisade_harness::*;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+mod common;
 
 fn run(family: Family, files: &[&str]) -> (Summary, String) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
@@ -26,11 +24,9 @@ fn run(family: Family, files: &[&str]) -> (Summary, String) {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: run through cargo xtask test"]
 fn runner_ipv4() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    common::require_root();
     let (s, out) = run(
         Family::Ipv4,
         &[
@@ -54,19 +50,20 @@ fn runner_ipv4() {
         out.contains("X*") || out.contains(".*"),
         "differing cell marked"
     );
-    if !sctp_supported() {
-        assert!(out.contains("note: 1 of 3 expectations skipped: SCTP"));
-    }
+    // The note on skipped SCTP cells is there exactly when the kernel has no SCTP.
+    assert_eq!(
+        out.contains("note: 1 of 3 expectations skipped: SCTP"),
+        !sctp_supported(),
+        "{out}"
+    );
     assert_eq!((s.passed, s.failed, s.skipped), (2, 1, 1));
     assert!(!s.success());
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: run through cargo xtask test"]
 fn runner_ipv6_and_directory_order() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    common::require_root();
     let (s, out) = run(Family::Ipv6, &[""]);
     println!("{out}");
     let names: Vec<&str> = out
@@ -88,11 +85,9 @@ fn runner_ipv6_and_directory_order() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: run through cargo xtask test"]
 fn invalid_files_fail_with_their_path() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    common::require_root();
     let dir = std::env::temp_dir().join(format!("palisade-runner-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::write(dir.join("bad.yaml"), "name: bad\nsteps:\n  - expect:\n      - port: 80\n        protcol: TCP\n        matrix: |\n          from\\to x/a\n          x/b .\n").expect("write");

@@ -2,7 +2,8 @@
 //! in a network namespace of its own: the exact command line the e2e puts in a
 //! Pod serves every port, `probe` reports reachable and blocked targets in the
 //! format the kube backend parses, `get` reads an HTTP answer, and `sctp` agrees
-//! with the kernel. Needs root (skipped with a message otherwise).
+//! with the kernel. Needs root: `#[ignore]`d for plain `cargo test`, run by
+//! `cargo xtask test`.
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
@@ -14,12 +15,9 @@ use palisade_harness::{
     sctp_supported, Family, Outcome, PodPlan, PortPlan, Transport,
 };
 
-const TOOL: &str = env!("CARGO_BIN_EXE_palisade-pod");
+mod common;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+const TOOL: &str = env!("CARGO_BIN_EXE_palisade-pod");
 
 /// A network namespace of the test's own, deleted on drop (also on failure).
 struct Netns(String);
@@ -71,11 +69,9 @@ fn probe(ns: &Netns, targets: &[String]) -> Vec<Outcome> {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: run through cargo xtask test"]
 fn the_pod_command_of_the_e2e_serves_and_probes_report() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    common::require_root();
     let ns = Netns::new("serve");
     let mut ports = vec![
         PortPlan::new(8080, Transport::Tcp).named("http"),
@@ -145,11 +141,9 @@ fn the_pod_command_of_the_e2e_serves_and_probes_report() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: run through cargo xtask test"]
 fn get_prints_the_body_and_exits_3_on_a_non_200_answer() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    common::require_root();
     let ns = Netns::new("get");
     for (status, body, code) in [
         ("200 OK", "{\"ready\":true,\"revision\":\"42\"}", 0),

@@ -1,16 +1,15 @@
-//! Root-only: a process holding a cluster is interrupted (SIGINT: it tears
-//! down and exits 130) or killed (SIGKILL: the next start cleans up). The
-//! child is this test binary re-run on the ignored `hold_cluster_child` test.
+//! A process holding a cluster is interrupted (SIGINT: it tears down and
+//! exits 130) or killed (SIGKILL: the next start cleans up). The child is this
+//! test binary re-run on `hold_cluster_child`, which run on its own checks that
+//! a dropped cluster leaves no namespace. Needs root: `#[ignore]`d for plain
+//! `cargo test`, run by `cargo xtask test`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use palisade_harness::*;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+mod common;
 
 fn netns_with(prefix: &str) -> Vec<String> {
     let out = Command::new("ip")
@@ -25,19 +24,33 @@ fn netns_with(prefix: &str) -> Vec<String> {
         .collect()
 }
 
-/// Not a test by itself: the body of the child process.
+/// The body of the child process of the tests below (`PALISADE_HOLD_CHILD`
+/// set): builds a cluster, says `READY <id>` and holds it for 60 s. Run as a
+/// test of its own it holds it for no time, and checks that dropping the
+/// cluster removes its namespaces.
 #[test]
-#[ignore]
+#[ignore = "needs root and network namespaces: run through cargo xtask test"]
 fn hold_cluster_child() {
-    if std::env::var_os("PALISADE_HOLD_CHILD").is_none() {
-        return;
-    }
+    common::require_root();
+    let child = std::env::var_os("PALISADE_HOLD_CHILD").is_some();
     let mut spec = ClusterSpec::default_model(Family::Ipv4);
     spec.pods.truncate(3);
     let c = Cluster::build(&spec, ClusterOptions::default()).expect("build");
-    println!("READY {}", c.id());
-    std::thread::sleep(std::time::Duration::from_secs(60));
+    let id = c.id().to_string();
+    println!("READY {id}");
+    assert!(
+        !netns_with(&format!("{id}-")).is_empty(),
+        "no namespace of {id}"
+    );
+    if child {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
     drop(c);
+    assert!(
+        netns_with(&format!("{id}-")).is_empty(),
+        "a dropped cluster left namespaces: {:?}",
+        netns_with(&format!("{id}-"))
+    );
 }
 
 fn spawn_holder() -> (Child, String) {
@@ -70,11 +83,9 @@ fn spawn_holder() -> (Child, String) {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: run through cargo xtask test"]
 fn sigint_tears_down_and_exits_130() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    common::require_root();
     let (mut child, id) = spawn_holder();
     assert!(!netns_with(&format!("{id}-")).is_empty());
     // SAFETY: signalling our own child.
@@ -85,11 +96,9 @@ fn sigint_tears_down_and_exits_130() {
 }
 
 #[test]
+#[ignore = "needs root and network namespaces: run through cargo xtask test"]
 fn sigkill_leftovers_are_cleaned_by_the_next_start() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    common::require_root();
     let (mut child, id) = spawn_holder();
     let _ = child.kill();
     let _ = child.wait();

@@ -29,7 +29,9 @@ enum Cmd {
     /// bpf-linker (built against the nightly's own LLVM), and mount bpffs.
     Setup,
     /// Set up, then run everything CI runs (needs root): fmt, clippy, the unit,
-    /// property, datapath, cluster and harness tests, every benchmark in
+    /// property, datapath, cluster and harness tests (the root-only ones are
+    /// `#[ignore]`d for plain `cargo test`; here `--include-ignored` runs
+    /// them), every benchmark in
     /// --quick mode (so their code cannot rot; numbers not judged), the
     /// conformance suite on ptp- and bridge-style nodes (IPv4) and on ptp-style
     /// nodes (IPv6), and the VM tests on
@@ -304,6 +306,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("nft", "nftables"),
     ("iperf3", "iperf3"),
+    // The harness's agent-launch tests run a stand-in agent written in Python.
+    ("python3", "python3"),
     // A real Prometheus server scrapes the agent in the metrics test.
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
@@ -463,6 +467,8 @@ fn test(no_lint: bool) -> Result<()> {
     }
     let agent = build_agent()?;
     step("test: unit, property, datapath and harness tests");
+    // The tests that need root (BPF, network namespaces) are `#[ignore]`d, so
+    // that plain `cargo test` passes without root and lists them; here they run.
     run(
         cargo()
             .args([
@@ -471,6 +477,8 @@ fn test(no_lint: bool) -> Result<()> {
                 "--workspace",
                 "--exclude",
                 "palisade-ebpf",
+                "--",
+                "--include-ignored",
             ])
             .env("PALISADE_AGENT", &agent),
         "cargo test",

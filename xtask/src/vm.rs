@@ -77,9 +77,11 @@ const CONFORMANCE_SUBSET: &[&str] = &[
     "650-cnp-sctp.yaml",
 ];
 
-/// Test binaries of palisade-agent run in the guest, with their libtest arguments.
-/// `cluster` is real traffic: the agent on a namespace cluster, restarted under an
-/// open connection, in the kernel's own attach mode and in netlink mode.
+/// Test binaries of palisade-agent run in the guest, with their libtest arguments
+/// (after `--include-ignored`, which every suite gets: their tests need root and
+/// are `#[ignore]`d for plain `cargo test`). `cluster` is real traffic: the agent
+/// on a namespace cluster, restarted under an open connection, in the kernel's
+/// own attach mode and in netlink mode.
 const SUITES: &[(&str, &[&str])] = &[
     ("datapath", &[]),
     ("attach", &["--nocapture"]),
@@ -357,11 +359,11 @@ fn build_suites() -> Result<Vec<(String, PathBuf, Vec<String>)>> {
             let exe = exes
                 .get(*name)
                 .with_context(|| format!("cargo named no executable for test {name}"))?;
-            Ok((
-                name.to_string(),
-                exe.clone(),
-                args.iter().map(|s| s.to_string()).collect(),
-            ))
+            let args = std::iter::once(&"--include-ignored")
+                .chain(args.iter())
+                .map(|s| s.to_string())
+                .collect();
+            Ok((name.to_string(), exe.clone(), args))
         })
         .collect()
 }

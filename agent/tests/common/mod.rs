@@ -1,5 +1,22 @@
 //! Helpers shared by the root-only integration tests (each test file includes
-//! this module with `mod common;`).
+//! this module with `mod common;`): the root check every such test starts
+//! with, veth pairs in a private network namespace, and the agent binary and
+//! namespace clusters the cluster tests run it on.
+
+/// Fails the calling test at once, saying how to run it, unless it runs as
+/// root. Every test that needs BPF or network namespaces is `#[ignore]`d (plain
+/// `cargo test` lists it as ignored; `cargo xtask test` and the VM runner pass
+/// `--include-ignored`) and calls this first, so run without root it fails
+/// with this message rather than somewhere deep inside.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert!(
+        euid == 0,
+        "this test needs root (BPF, network namespaces), not uid {euid}: run it through \
+         `cargo xtask test`, or as root with `cargo test -- --include-ignored`"
+    );
+}
 
 /// Runs `bin args` (in the calling thread's network namespace) and returns its
 /// stdout; fails the test with its stderr when it exits non-zero.
@@ -22,11 +39,7 @@ pub fn cmd(bin: &str, args: &[&str]) -> String {
 /// namespace goes away with the thread, so nothing outlives the test.
 #[allow(dead_code)] // not every test file that includes this module uses it
 pub fn private_veth(a: &str, b: &str) -> (u32, u32) {
-    assert!(
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() } == 0,
-        "these tests need root (run them through `cargo xtask test`)"
-    );
+    require_root();
     // SAFETY: unshare affects only this thread, which the test owns.
     assert_eq!(
         unsafe { libc::unshare(libc::CLONE_NEWNET) },
