@@ -112,9 +112,50 @@ pub struct Cli {
     #[arg(long, default_value_t = palisade_common::ENDPOINT_EVENTS_PER_SEC)]
     pub endpoint_events_per_second: u32,
 
+    /// Report allowed connections too: `new` prints (and streams on
+    /// `/events`) the first packet of every new connection a policy or the
+    /// pod's node allowed, `all-new` also those of pods no policy isolates
+    /// (what to base a first policy on). Through the same per-flow rate limit
+    /// and per-pod budget as denies.
+    #[arg(long, value_enum, default_value_t = FlowEvents::Off)]
+    pub flow_events: FlowEvents,
+
+    /// Per-pod series (`palisade_pod_packets_total` with `namespace` and
+    /// `pod` labels) on `/metrics`: one series per local pod and verdict, so
+    /// off by default (cardinality). A deleted pod's series go with it.
+    #[arg(long)]
+    pub metrics_pod_labels: bool,
+
+    /// Events `GET /events` keeps for readers that ask for the past
+    /// (`since=`): the last N.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub event_history: usize,
+
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// `--flow-events`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FlowEvents {
+    /// Denies (and audits) only.
+    Off,
+    /// Also new connections allowed by a policy or from the pod's node.
+    New,
+    /// Also new connections of pods no policy isolates.
+    AllNew,
+}
+
+impl FlowEvents {
+    /// The `Config::flags` bits.
+    pub fn config_flags(self) -> u32 {
+        match self {
+            Self::Off => 0,
+            Self::New => palisade_common::CFG_FLOW_NEW,
+            Self::AllNew => palisade_common::CFG_FLOW_NEW | palisade_common::CFG_FLOW_ALL,
+        }
+    }
 }
 
 /// `--log-format`.

@@ -1,10 +1,12 @@
-//! Deny events as JSON log lines: one object per line on stdout, with the pods,
-//! namespaces and policies named. Field names are documented in README ("Deny logs").
+//! Datapath events as JSON log lines: one object per line on stdout (and on
+//! `GET /events`), with the pods, namespaces and policies named: denies and
+//! audits, and with `--flow-events` new allowed connections. Field names are
+//! documented in README ("Deny logs").
 use std::{net::IpAddr, time::SystemTime};
 
 use palisade_common::{
-    proto_bit, Event, Reason, DIR_INGRESS, EVF_FRAGMENT, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP,
-    PROTO_TCP, PROTO_UDP, VERDICT_AUDIT,
+    proto_bit, AllowReason, Event, Reason, DIR_INGRESS, EVF_FRAGMENT, PROTO_ICMP, PROTO_ICMPV6,
+    PROTO_SCTP, PROTO_TCP, PROTO_UDP, VERDICT_ALLOWED, VERDICT_AUDIT,
 };
 use palisade_policy::{explain_direction, reference::DecidedBy, Direction, Packet, PodKey};
 use serde_json::{json, Map, Value};
@@ -61,10 +63,12 @@ fn peer(prefix: &str, ip: IpAddr, names: &Names, out: &mut Map<String, Value>) {
     }
 }
 
-/// What decided a policy drop, from the engine's explanation of the same
+/// What decided a policy verdict, from the engine's explanation of the same
 /// state the maps hold: `tier` (`admin`, `networkpolicy`, `baseline`), and for a
 /// ClusterNetworkPolicy its name and the rule (`rule_index`, `rule_name`); the
-/// reason becomes `admin-deny` or `baseline-deny` when a tier's rule denied.
+/// reason of a drop becomes `admin-deny` or `baseline-deny` when a tier's rule
+/// denied; an allowed connection's `policies` are the NetworkPolicies whose
+/// rules allow it.
 fn decided_by(
     ev: &Event,
     pod: &PodKey,
@@ -99,10 +103,14 @@ fn decided_by(
         port,
     };
     let v = explain_direction(&index, &node_addrs, spec, dir, &packet);
-    if v.allowed {
-        // The engine would allow it: the maps are ahead of or behind this
+    let allowed_event = ev.verdict == VERDICT_ALLOWED;
+    if v.allowed != allowed_event {
+        // The engine judges otherwise: the maps are ahead of or behind this
         // event's state; say nothing rather than something wrong.
         return;
+    }
+    if allowed_event && v.rule.is_none() {
+        m.insert("policies".into(), json!(v.allowed_by));
     }
     m.insert("tier".into(), json!(v.tier()));
     if let Some(r) = &v.rule {
@@ -124,20 +132,30 @@ pub fn render(ev: &Event, names: &Names, now: SystemTime) -> Value {
     let (src, dst) = event_addrs(ev);
     let mut m = Map::new();
     m.insert("time".into(), json!(rfc3339(now)));
-    m.insert("event".into(), json!("palisade-deny"));
-    m.insert("node".into(), json!(names.node));
+    let allowed = ev.verdict == VERDICT_ALLOWED;
     m.insert(
-        "verdict".into(),
-        json!(if ev.verdict == VERDICT_AUDIT {
+        "event".into(),
+        json!(if allowed {
+            "palisade-allow"
+        } else {
+            "palisade-deny"
+        }),
+    );
+    m.insert("node".into(), json!(names.node));
+    let (verdict, reason) = if allowed {
+        let r = AllowReason::from_u8(ev.reason).map_or("unknown", AllowReason::as_str);
+        ("allowed", r)
+    } else {
+        let r = Reason::from_u8(ev.reason).map_or("unknown", Reason::as_str);
+        let v = if ev.verdict == VERDICT_AUDIT {
             "audit"
         } else {
             "denied"
-        }),
-    );
-    m.insert(
-        "reason".into(),
-        json!(Reason::from_u8(ev.reason).map_or("unknown", Reason::as_str)),
-    );
+        };
+        (v, r)
+    };
+    m.insert("verdict".into(), json!(verdict));
+    m.insert("reason".into(), json!(reason));
     let ingress = ev.direction == DIR_INGRESS;
     m.insert(
         "direction".into(),
@@ -166,12 +184,14 @@ pub fn render(ev: &Event, names: &Names, now: SystemTime) -> Value {
             // because that policy allows nothing: name it as the reason.
             let invalid: Vec<&String> =
                 pols.iter().filter(|p| names.invalid.contains(*p)).collect();
-            if !invalid.is_empty() && ev.reason == Reason::NoPolicyAllows as u8 {
+            let policy_drop = !allowed && ev.reason == Reason::NoPolicyAllows as u8;
+            if !invalid.is_empty() && policy_drop {
                 m.insert("reason".into(), json!("invalid-policy"));
                 m.insert("invalid_policies".into(), json!(invalid));
             }
             m.insert("policies".into(), json!(pols));
-            if ev.reason == Reason::NoPolicyAllows as u8 {
+            let policy_allow = allowed && ev.reason == AllowReason::Policy as u8;
+            if policy_drop || policy_allow {
                 decided_by(ev, p, names, (src, dst), &mut m);
             }
         }

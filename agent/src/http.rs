@@ -1,14 +1,20 @@
-//! The readiness/health endpoint: `GET /ready` (200 with the programmed generation
+//! The agent's HTTP endpoint: `GET /ready` (200 with the programmed generation
 //! and revision once the first full state is written, 503 before), `GET /healthz`,
-//! and `GET /metrics` (OpenMetrics text).
-use std::sync::Arc;
+//! `GET /metrics` (OpenMetrics text) and `GET /events` (the event stream as
+//! JSON lines, see `crate::stream`).
+use std::{sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
+    net::{TcpListener, TcpStream},
+    sync::broadcast::error::RecvError,
 };
 
-use crate::status::Shared;
+use crate::{status::Shared, stream::Filter};
+
+/// How long one write to an `/events` reader may take before the reader is
+/// disconnected (it stopped reading).
+const STREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     serve_paths(listener, shared, false).await
@@ -47,7 +53,12 @@ async fn serve_paths(listener: TcpListener, shared: Arc<Shared>, metrics_only: b
                 return;
             }
             let req = String::from_utf8_lossy(&head);
-            let path = req.split_whitespace().nth(1).unwrap_or("/");
+            let target = req.split_whitespace().nth(1).unwrap_or("/");
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            if path == "/events" && !metrics_only {
+                stream_events(sock, &shared, query).await;
+                return;
+            }
             let path = if metrics_only && path != "/metrics" {
                 "/not-here"
             } else {
@@ -98,6 +109,66 @@ async fn serve_paths(listener: TcpListener, shared: Arc<Shared>, metrics_only: b
             let _ = sock.write_all(resp.as_bytes()).await;
         });
     }
+}
+
+/// `GET /events`: the kept events the query selects (with `since`), then
+/// every new one it selects, as JSON lines, until the reader goes away. A
+/// reader that falls behind the stream or stops reading is disconnected and
+/// counted; the agent never waits for one.
+async fn stream_events(mut sock: TcpStream, shared: &Shared, query: &str) {
+    let filter = match Filter::parse(query, std::time::SystemTime::now()) {
+        Ok(f) => f,
+        Err(e) => {
+            let body = serde_json::json!({ "error": e }).to_string();
+            let resp = format!(
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+            return;
+        }
+    };
+    let (past, mut live) = shared.events.subscribe(&filter);
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n";
+    let mut r = write_timed(&mut sock, head.as_bytes()).await;
+    for e in past {
+        if r.is_err() {
+            break;
+        }
+        r = write_line(&mut sock, &e.line).await;
+    }
+    while r.is_ok() && filter.follow {
+        r = match live.recv().await {
+            Ok(e) if filter.matches(&e) => write_line(&mut sock, &e.line).await,
+            Ok(_) => Ok(()),
+            Err(RecvError::Lagged(_)) => Err(Stop::Slow),
+            Err(RecvError::Closed) => Err(Stop::Gone),
+        };
+    }
+    if let (Err(Stop::Slow), Some(m)) = (r, &shared.metrics) {
+        m.event_readers_dropped.inc();
+    }
+}
+
+/// Why a stream ended: the reader went away, or fell behind.
+enum Stop {
+    Gone,
+    Slow,
+}
+
+async fn write_timed(sock: &mut TcpStream, bytes: &[u8]) -> Result<(), Stop> {
+    match tokio::time::timeout(STREAM_WRITE_TIMEOUT, sock.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Stop::Gone),
+        Err(_) => Err(Stop::Slow),
+    }
+}
+
+async fn write_line(sock: &mut TcpStream, line: &str) -> Result<(), Stop> {
+    let mut buf = Vec::with_capacity(line.len() + 1);
+    buf.extend_from_slice(line.as_bytes());
+    buf.push(b'\n');
+    write_timed(sock, &buf).await
 }
 
 #[cfg(test)]

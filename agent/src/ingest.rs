@@ -91,6 +91,8 @@ impl Ingest {
                 self.input_errors = now;
                 changed
             }
+            // Health goes to the metrics, before the index.
+            SourceEvent::Health { .. } => false,
             SourceEvent::Synced {
                 revision,
                 revisions,

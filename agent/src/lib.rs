@@ -19,5 +19,6 @@ pub mod pins;
 pub mod repair;
 pub mod source;
 pub mod status;
+pub mod stream;
 pub mod sync;
 pub mod writer;

@@ -19,6 +19,7 @@ use palisade_agent::{
     node::{self, neighbours, watch, Wake},
     source::{FileSource, KubeSource},
     status::Shared,
+    stream::Rendered,
     sync::{Options, SyncLoop},
 };
 use palisade_common::Config;
@@ -142,14 +143,22 @@ pub async fn main() -> Result<()> {
     maps.set_config(Config {
         event_interval_ns: cli.event_interval_ms.max(1) * 1_000_000,
         endpoint_events_per_sec: cli.endpoint_events_per_second.max(1),
-        ..Default::default()
+        flags: cli.flow_events.config_flags(),
     })?;
     let mut events = EventReader::new(&mut dp)?;
     info!(node = %node_name, attach_mode = dp.mode.as_str(), pin_dir = %cli.pin_dir.display(), "datapath loaded");
 
     let resync = Duration::from_secs(cli.resync_seconds.max(1));
-    let metrics = palisade_agent::metrics::Metrics::new(cli.pin_dir.clone(), dp.mode.as_str());
-    let shared = Arc::new(Shared::new(&node_name, resync).with_metrics(metrics));
+    let metrics = palisade_agent::metrics::Metrics::new(
+        cli.pin_dir.clone(),
+        dp.mode.as_str(),
+        cli.metrics_pod_labels,
+    );
+    let shared = Arc::new(
+        Shared::new(&node_name, resync)
+            .with_metrics(metrics)
+            .with_event_history(cli.event_history),
+    );
     let listener = tokio::net::TcpListener::bind(cli.ready_addr)
         .await
         .with_context(|| format!("binding the readiness endpoint {}", cli.ready_addr))?;
@@ -161,7 +170,7 @@ pub async fn main() -> Result<()> {
         tokio::spawn(http::serve_metrics(listener, shared.clone()));
     }
 
-    // Deny events -> JSON lines on stdout.
+    // Events -> JSON lines on stdout and to `/events` readers.
     let names_for_events = shared.clone();
     tokio::spawn(async move {
         loop {
@@ -170,8 +179,14 @@ pub async fn main() -> Result<()> {
                     let names = names_for_events.names();
                     let mut out = std::io::stdout().lock();
                     for ev in batch {
-                        let line = denylog::render(&ev, &names, SystemTime::now());
+                        let now = SystemTime::now();
+                        let line = denylog::render(&ev, &names, now);
+                        // stdout closed (a detached agent) must not stop the stream.
                         let _ = writeln!(out, "{line}");
+                        if let Some(m) = &names_for_events.metrics {
+                            m.record_event(&ev);
+                        }
+                        names_for_events.events.publish(Rendered::new(&line, now));
                     }
                     let _ = out.flush();
                 }

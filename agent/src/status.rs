@@ -9,7 +9,13 @@ use std::{
 
 use palisade_policy::{ClusterIndex, Direction, PodKey};
 
-use crate::endpoints::{Endpoints, PodInterfaces};
+use crate::{
+    endpoints::{Endpoints, PodInterfaces},
+    stream::EventHub,
+};
+
+/// Events kept for `/events` readers unless `--event-history` says otherwise.
+pub const DEFAULT_EVENT_HISTORY: usize = 10_000;
 
 /// What the readiness endpoint reports.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -72,6 +78,8 @@ pub struct Shared {
     pub stall_after: Duration,
     /// What `/metrics` serves; `None` where no datapath is loaded (tests).
     pub metrics: Option<crate::metrics::Metrics>,
+    /// What `/events` streams.
+    pub events: EventHub,
 }
 
 impl Shared {
@@ -87,7 +95,14 @@ impl Shared {
             heartbeat: Mutex::new(Instant::now()),
             stall_after: resync * 3 + Duration::from_secs(30),
             metrics: None,
+            events: EventHub::new(DEFAULT_EVENT_HISTORY),
         }
+    }
+
+    /// Keeping the last `n` events for `/events` readers.
+    pub fn with_event_history(mut self, n: usize) -> Self {
+        self.events = EventHub::new(n);
+        self
     }
 
     /// With metrics.

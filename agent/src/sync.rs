@@ -100,6 +100,17 @@ impl SyncLoop {
     }
 
     fn handle(&mut self, ev: SourceEvent) -> bool {
+        if let SourceEvent::Health {
+            resource,
+            up,
+            restarted,
+        } = &ev
+        {
+            if let Some(m) = &self.shared.metrics {
+                m.record_source(resource, *up, *restarted);
+            }
+            return false;
+        }
         let inputs = matches!(ev, SourceEvent::InputErrors(_));
         let changed = self.ingest.handle(ev);
         if inputs {
@@ -400,6 +411,10 @@ impl SyncLoop {
             }
         }
         self.duplicates = duplicates.clone();
+        if let Some(m) = &self.shared.metrics {
+            m.set_pods(&names.by_id);
+            m.record_attached(&self.dp.attached_per_hook());
+        }
         if let Ok(mut n) = self.shared.names.lock() {
             *n = Arc::new(names);
         }

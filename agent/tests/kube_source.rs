@@ -480,6 +480,9 @@ struct Agent {
     errors: Vec<String>,
     /// The stream errors the source reports now (resource -> why).
     input_errors: BTreeMap<String, String>,
+    /// The health the source reports per resource, and its restarts.
+    up: BTreeMap<String, bool>,
+    restarts: BTreeMap<String, u32>,
 }
 
 impl Agent {
@@ -503,6 +506,8 @@ impl Agent {
             deletes: Vec::new(),
             errors: Vec::new(),
             input_errors: BTreeMap::new(),
+            up: BTreeMap::new(),
+            restarts: BTreeMap::new(),
         }
     }
 
@@ -519,6 +524,14 @@ impl Agent {
                 self.errors.push(format!("{origin}: {message}"))
             }
             SourceEvent::InputErrors(now) => self.input_errors = now,
+            SourceEvent::Health {
+                resource,
+                up,
+                restarted,
+            } => {
+                *self.restarts.entry(resource.clone()).or_default() += u32::from(restarted);
+                self.up.insert(resource, up);
+            }
             SourceEvent::Synced {
                 revision,
                 revisions,
@@ -949,12 +962,28 @@ async fn forbidden_resource_blocks_sync_and_is_logged_once() {
             && why.contains("nothing is programmed until every resource has been listed"),
         "reported for /ready, saying what happens: {why}"
     );
+    // palisade_source_up / palisade_source_restarts_total: down with every
+    // retry counted, the others up.
+    assert_eq!(
+        agent.up.get("networkpolicies"),
+        Some(&false),
+        "{:?}",
+        agent.up
+    );
+    assert!(agent.restarts.get("networkpolicies").copied().unwrap_or(0) >= 3);
+    assert_eq!(agent.up.get("pods"), Some(&true), "{:?}", agent.up);
 
     // Granted: the source completes its first state, and the error clears.
     api.set_forbidden("networkpolicies", false);
     agent.synced_to(SEEDED, "after the grant").await;
     assert_eq!(agent.synced, 1);
     assert!(agent.input_errors.is_empty(), "{:?}", agent.input_errors);
+    assert_eq!(
+        agent.up.get("networkpolicies"),
+        Some(&true),
+        "{:?}",
+        agent.up
+    );
 }
 
 // Single-threaded, so the thread-local log subscriber sees the source's task.

@@ -8,13 +8,20 @@ pub const EVENT_INTERVAL_NS: u64 = 1_000_000_000;
 /// `Config::endpoint_events_per_sec`.
 pub const ENDPOINT_EVENTS_PER_SEC: u32 = 200;
 
+/// `Config::flags`: report the first packet of every new connection allowed
+/// by policy or by the pod's node (`--flow-events=new`).
+pub const CFG_FLOW_NEW: u32 = 1 << 0;
+/// `Config::flags`: also those of pods not isolated in that direction
+/// (`--flow-events=all-new`).
+pub const CFG_FLOW_ALL: u32 = 1 << 1;
+
 /// `CONFIG` array index 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Config {
     /// Minimum nanoseconds between two events for one flow (0 = `EVENT_INTERVAL_NS`).
     pub event_interval_ns: u64,
-    /// Reserved, written as zero.
+    /// `CFG_*` flags.
     pub flags: u32,
     /// Per-endpoint, per-CPU event budget (0 = `ENDPOINT_EVENTS_PER_SEC`).
     pub endpoint_events_per_sec: u32,

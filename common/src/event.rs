@@ -45,14 +45,16 @@ impl Reason {
     }
 }
 
-/// `Event::verdict` values.
+/// `Event::verdict` values. An allowed event's `reason` is an `AllowReason`.
 pub const VERDICT_DENIED: u8 = 1;
 pub const VERDICT_AUDIT: u8 = 2;
+pub const VERDICT_ALLOWED: u8 = 3;
 
 /// `Event::flags`: the packet was a non-first fragment (no ports).
 pub const EVF_FRAGMENT: u8 = 1 << 0;
 
-/// A deny or audit event, written to the `EVENTS` ring buffer.
+/// A deny, audit or (with flow events on) allowed-flow event, written to the
+/// `EVENTS` ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Event {

@@ -16,6 +16,7 @@ pub mod maps;
 pub mod net;
 pub mod policy;
 pub mod service;
+pub mod stats;
 
 pub use config::*;
 pub use conntrack::*;
@@ -29,6 +30,7 @@ pub use maps::{
 pub use net::*;
 pub use policy::*;
 pub use service::*;
+pub use stats::*;
 
 /// Program names.
 pub mod progs {
@@ -61,4 +63,5 @@ mod pod_impls {
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for EventBudget {}
+    unsafe impl aya::Pod for Stat {}
 }

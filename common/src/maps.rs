@@ -8,7 +8,7 @@ use core::mem::size_of;
 
 use crate::{
     Config, Counters, CtKey, CtValue, Endpoint, EventBudget, IpKey, PolicyKeyV4, PolicyKeyV6,
-    PolicyValue, RateValue, ServiceKey,
+    PolicyValue, RateValue, ServiceKey, Stat, STAT_SLOTS,
 };
 
 /// Map names: the names of their pins. The kernel keeps only the first 15
@@ -25,6 +25,7 @@ pub const EVENT_RATE: &str = "PAL_EVENT_RATE";
 pub const COUNTERS: &str = "PAL_COUNTERS";
 pub const CONFIG: &str = "PAL_CONFIG";
 pub const EVENT_BUDGET: &str = "PAL_EVENT_BUDGET";
+pub const STATS: &str = "PAL_STATS";
 /// Per-CPU scratch space of the programs; never pinned or read by user space.
 pub const SCRATCH: &str = "PAL_SCRATCH";
 pub const SCRATCH_KEY: &str = "PAL_SCRATCH_KEY";
@@ -95,7 +96,7 @@ const fn spec<K, V>(name: &'static str, kind: MapKind, max_entries: u32, flags: 
 }
 
 /// Every map of the TC programs.
-pub const SPECS: [MapSpec; 14] = [
+pub const SPECS: [MapSpec; 15] = [
     spec::<u32, Endpoint>(ENDPOINTS, MapKind::Hash, MAX_ENDPOINTS, 0),
     spec::<IpKey, u32>(ENDPOINT_BY_IP, MapKind::Hash, MAX_ENDPOINT_ADDRS, 0),
     spec::<PolicyKeyV4, PolicyValue>(
@@ -131,6 +132,7 @@ pub const SPECS: [MapSpec; 14] = [
         F_NO_PREALLOC,
     ),
     spec::<u32, Config>(CONFIG, MapKind::Array, 1, 0),
+    spec::<u32, Stat>(STATS, MapKind::PerCpuArray, STAT_SLOTS, 0),
     MapSpec {
         pinned: false,
         value_size: SCRATCH_FLOW_SIZE,

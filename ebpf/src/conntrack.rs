@@ -76,21 +76,22 @@ pub fn icmp_error_of_tracked(ctx: &TcContext, ifindex: u32, f: &Flow) -> bool {
 }
 
 #[inline(always)]
-pub fn ct_record(ifindex: u32, f: &Flow, dir: u8) {
+pub fn ct_record(ifindex: u32, f: &Flow, dir: u8) -> bool {
     if f.fragment {
-        return;
+        return false;
     }
     let Some(key) = ct_key(0, ifindex, f, false) else {
-        return;
+        return false;
     };
     if unsafe { CONNTRACK.get(key) }.is_some() {
-        return;
+        return false;
     }
     let v = CtValue {
         direction: dir,
         _pad0: [0; 7],
         created_ns: unsafe { bpf_ktime_get_ns() },
     };
-    // LRU: never fails for lack of room; a racing insert by another CPU is fine.
-    let _ = CONNTRACK.insert(key, &v, BPF_NOEXIST);
+    // LRU: never fails for lack of room; a racing insert by another CPU is
+    // fine (that CPU's packet is the new connection's first).
+    CONNTRACK.insert(key, &v, BPF_NOEXIST).is_ok()
 }

@@ -5,14 +5,15 @@
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use palisade_common::{
-    IpKey, Reason, DIR_EGRESS, DIR_INGRESS, EP_EGRESS_ISOLATED, FAMILY_V6, MARK_SVC_PENDING,
+    AllowReason, IpKey, Reason, DIR_EGRESS, DIR_INGRESS, EP_EGRESS_ISOLATED, FAMILY_V6,
+    MARK_SVC_PENDING,
 };
 
 use crate::{
     conntrack::{ct_record, icmp_error_of_tracked, is_reply},
     maps::{scratch, ENDPOINTS, EP_BY_IP},
     parse::{parse, Flow},
-    report::{drop_early, finish},
+    report::{drop_early, finish, new_flow},
     verdict::{from_own_node, is_service, judge, own_address, Verdict},
 };
 
@@ -83,7 +84,7 @@ fn pending_service_egress(ctx: &TcContext, f: &Flow) -> Option<i32> {
     };
     let v = judge(ep, DIR_EGRESS, f);
     match v {
-        Verdict::Allow => None,
+        Verdict::Allow(_) => None,
         v => {
             let act = finish(ctx, src_if, ep, DIR_EGRESS, f, v);
             if act == TC_ACT_OK {
@@ -125,15 +126,18 @@ pub fn try_to_pod(ctx: &TcContext) -> Result<i32, Internal> {
     if is_reply(ifindex, flow, DIR_INGRESS)
         || (flow.icmp_error && icmp_error_of_tracked(ctx, ifindex, flow))
     {
-        return Ok(finish(ctx, ifindex, ep, DIR_INGRESS, flow, Verdict::Allow));
+        let reply = Verdict::Allow(AllowReason::Reply);
+        return Ok(finish(ctx, ifindex, ep, DIR_INGRESS, flow, reply));
     }
     let v = if from_own_node(flow) {
-        Verdict::Allow
+        Verdict::Allow(AllowReason::Node)
     } else {
         judge(ep, DIR_INGRESS, flow)
     };
-    if matches!(v, Verdict::Allow) {
-        ct_record(ifindex, flow, DIR_INGRESS);
+    if let Verdict::Allow(r) = v {
+        if ct_record(ifindex, flow, DIR_INGRESS) {
+            new_flow(ifindex, ep.id, DIR_INGRESS, r, flow);
+        }
     }
     Ok(finish(ctx, ifindex, ep, DIR_INGRESS, flow, v))
 }
@@ -176,18 +180,21 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, Internal> {
     if is_reply(ifindex, flow, DIR_EGRESS)
         || (flow.icmp_error && icmp_error_of_tracked(ctx, ifindex, flow))
     {
-        return Ok(finish(ctx, ifindex, ep, DIR_EGRESS, flow, Verdict::Allow));
+        let reply = Verdict::Allow(AllowReason::Reply);
+        return Ok(finish(ctx, ifindex, ep, DIR_EGRESS, flow, reply));
     }
     let v = if ep.flags & EP_EGRESS_ISOLATED != 0 && !flow.fragment && is_service(flow) {
         // The backend is not known until kube-proxy's DNAT: decide after it, in
         // to_pod (local backend) or svc_egress (anything else).
         ctx.set_mark(mark_of(ctx) | MARK_SVC_PENDING);
-        Verdict::Allow
+        Verdict::Allow(AllowReason::ServiceDeferred)
     } else {
         judge(ep, DIR_EGRESS, flow)
     };
-    if matches!(v, Verdict::Allow) {
-        ct_record(ifindex, flow, DIR_EGRESS);
+    if let Verdict::Allow(r) = v {
+        if ct_record(ifindex, flow, DIR_EGRESS) {
+            new_flow(ifindex, ep.id, DIR_EGRESS, r, flow);
+        }
     }
     Ok(finish(ctx, ifindex, ep, DIR_EGRESS, flow, v))
 }

@@ -1,5 +1,7 @@
-//! Verdicts into TC actions: per-endpoint counters, audit mode, and deny/audit
-//! events under the per-flow rate limit and the per-endpoint budget.
+//! Verdicts into TC actions: per-endpoint counters, node-wide statistics by
+//! direction, verdict and reason, audit mode, and events (denies, audits, and
+//! new allowed flows when asked for) under the per-flow rate limit and the
+//! per-endpoint budget.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -7,16 +9,28 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use palisade_common::{
-    Endpoint, Event, EventBudget, RateValue, Reason, ENDPOINT_EVENTS_PER_SEC, EP_AUDIT,
-    EVENT_INTERVAL_NS, EVF_FRAGMENT, VERDICT_AUDIT, VERDICT_DENIED,
+    stat_slot, AllowReason, Endpoint, Event, EventBudget, RateValue, Reason, CFG_FLOW_ALL,
+    CFG_FLOW_NEW, ENDPOINT_EVENTS_PER_SEC, EP_AUDIT, EVENT_INTERVAL_NS, EVF_FRAGMENT, STAT_ALLOWED,
+    STAT_AUDIT, STAT_DENIED, VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DENIED,
 };
 
 use crate::{
     conntrack::ct_key,
-    maps::{CONFIG, COUNTERS, EVENTS, EVENT_BUDGET, EVENT_RATE},
+    maps::{CONFIG, COUNTERS, EVENTS, EVENT_BUDGET, EVENT_RATE, STATS},
     parse::Flow,
     verdict::Verdict,
 };
+
+/// Adds a packet to the node-wide statistics.
+#[inline(always)]
+fn stat(dir: u8, verdict: u32, reason: u8, bytes: u64) {
+    if let Some(s) = STATS.get_ptr_mut(stat_slot(dir, verdict, reason)) {
+        // SAFETY: per-CPU, and a TC program runs to completion on its CPU.
+        let s = unsafe { &mut *s };
+        s.packets += 1;
+        s.bytes += bytes;
+    }
+}
 
 #[inline(always)]
 fn count(ep_id: u32, allowed: bool, audit: bool, bytes: u64, lost: bool) {
@@ -94,6 +108,7 @@ fn report(ifindex: u32, ep_id: u32, f: &Flow, what: u32) {
     let dir = what as u8;
     let reason = (what >> 8) as u8;
     let audit = what & REPORT_AUDIT != 0;
+    let allowed = what & REPORT_ALLOWED != 0;
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(key) = ct_key(1, ifindex, f, false) else {
         return;
@@ -136,7 +151,13 @@ fn report(ifindex: u32, ep_id: u32, f: &Flow, what: u32) {
         (*ev).proto = f.proto;
         (*ev).direction = dir;
         (*ev).reason = reason;
-        (*ev).verdict = if audit { VERDICT_AUDIT } else { VERDICT_DENIED };
+        (*ev).verdict = if allowed {
+            VERDICT_ALLOWED
+        } else if audit {
+            VERDICT_AUDIT
+        } else {
+            VERDICT_DENIED
+        };
         (*ev).flags = if f.fragment { EVF_FRAGMENT } else { 0 };
         (*ev)._pad0 = [0; 2];
         (*ev).suppressed = suppressed;
@@ -150,6 +171,7 @@ fn report(ifindex: u32, ep_id: u32, f: &Flow, what: u32) {
 }
 
 const REPORT_AUDIT: u32 = 1 << 16;
+const REPORT_ALLOWED: u32 = 1 << 17;
 
 /// `report`'s packed direction, reason and audit flag.
 #[inline(always)]
@@ -162,8 +184,9 @@ fn report_what(dir: u8, reason: Reason, audit: bool) -> u32 {
 pub fn finish(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dir: u8, f: &Flow, v: Verdict) -> i32 {
     let bytes = ctx.len() as u64;
     match v {
-        Verdict::Allow => {
+        Verdict::Allow(r) => {
             count(ep.id, true, false, bytes, false);
+            stat(dir, STAT_ALLOWED, r as u8, bytes);
             TC_ACT_OK
         }
         Verdict::Deny(reason) => {
@@ -173,6 +196,8 @@ pub fn finish(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dir: u8, f: &Flow, v
             let audit = auditable && ep.flags & EP_AUDIT != 0;
             report(ifindex, ep.id, f, report_what(dir, reason, audit));
             count(ep.id, false, audit, bytes, false);
+            let verdict = if audit { STAT_AUDIT } else { STAT_DENIED };
+            stat(dir, verdict, reason as u8, bytes);
             if audit {
                 TC_ACT_OK
             } else {
@@ -187,5 +212,25 @@ pub fn finish(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dir: u8, f: &Flow, v
 pub fn drop_early(ifindex: u32, ep_id: u32, dir: u8, reason: Reason, f: &Flow) -> i32 {
     report(ifindex, ep_id, f, report_what(dir, reason, false));
     count(ep_id, false, false, 0, false);
+    stat(dir, STAT_DENIED, reason as u8, 0);
     TC_ACT_SHOT
+}
+
+/// Reports the first packet of a new allowed connection when flow events are
+/// on (`CFG_FLOW_NEW`; with `CFG_FLOW_ALL` also where the pod is not
+/// isolated), through the same limits as denies.
+#[inline(always)]
+pub fn new_flow(ifindex: u32, ep_id: u32, dir: u8, reason: AllowReason, f: &Flow) {
+    let flags = match CONFIG.get(0) {
+        Some(c) => c.flags,
+        None => return,
+    };
+    let wanted = match reason {
+        AllowReason::NotIsolated => flags & CFG_FLOW_ALL != 0,
+        _ => flags & (CFG_FLOW_NEW | CFG_FLOW_ALL) != 0,
+    };
+    if wanted {
+        let what = dir as u32 | (reason as u32) << 8 | REPORT_ALLOWED;
+        report(ifindex, ep_id, f, what);
+    }
 }

@@ -5,9 +5,9 @@
 
 use aya_ebpf::maps::lpm_trie::Key as LpmKey;
 use palisade_common::{
-    entry_verdict, Endpoint, EntryVerdict, IpKey, PolicyKeyV4, PolicyKeyV6, PolicyScope, Reason,
-    ServiceKey, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_FAIL_CLOSED, EP_HAS_V4, EP_HAS_V6,
-    EP_INGRESS_ISOLATED, FAMILY_V4, SCOPE_BITS,
+    entry_verdict, AllowReason, Endpoint, EntryVerdict, IpKey, PolicyKeyV4, PolicyKeyV6,
+    PolicyScope, Reason, ServiceKey, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_FAIL_CLOSED, EP_HAS_V4,
+    EP_HAS_V6, EP_INGRESS_ISOLATED, FAMILY_V4, SCOPE_BITS,
 };
 
 use crate::{
@@ -16,7 +16,7 @@ use crate::{
 };
 
 pub enum Verdict {
-    Allow,
+    Allow(AllowReason),
     Deny(Reason),
 }
 
@@ -39,7 +39,7 @@ fn policy_allows(ep: &Endpoint, dir: u8, f: &Flow) -> Verdict {
     };
     let port = if f.fragment { None } else { Some(f.dport) };
     match entry_verdict(v, f.proto, port) {
-        EntryVerdict::Allow => Verdict::Allow,
+        EntryVerdict::Allow => Verdict::Allow(AllowReason::Policy),
         EntryVerdict::Deny => Verdict::Deny(Reason::NoPolicyAllows),
         EntryVerdict::DenyFragment => Verdict::Deny(Reason::Fragment),
     }
@@ -54,7 +54,7 @@ pub fn judge(ep: &Endpoint, dir: u8, f: &Flow) -> Verdict {
         EP_EGRESS_ISOLATED
     };
     if ep.flags & isolated == 0 {
-        return Verdict::Allow;
+        return Verdict::Allow(AllowReason::NotIsolated);
     }
     if ep.flags & EP_FAIL_CLOSED != 0 {
         return Verdict::Deny(Reason::FailClosed);

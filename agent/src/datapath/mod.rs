@@ -177,6 +177,17 @@ pub(crate) enum Held {
 }
 
 impl Datapath {
+    /// Interfaces with this agent's program attached, per hook (program name).
+    pub fn attached_per_hook(&self) -> Vec<(&'static str, usize)> {
+        [Hook::ToPod, Hook::FromPod, Hook::SvcEgress]
+            .into_iter()
+            .map(|h| {
+                let n = self.attached.keys().filter(|(_, k)| *k == h).count();
+                (h.program(), n)
+            })
+            .collect()
+    }
+
     pub fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
         self.ebpf
             .program_mut(name)

@@ -376,6 +376,7 @@ impl Run {
                 self.apply(i, c);
             }
             Update::InitDone => {
+                self.health(i, true, false);
                 let listed = self.states[i].relisting.take().unwrap_or_default();
                 let gone: Vec<ObjectRef> =
                     self.states[i].known.difference(&listed).cloned().collect();
@@ -412,8 +413,10 @@ impl Run {
             // Routine: the watch fell behind the API server's history; the watcher
             // relists, and objects that vanished meanwhile are deleted at its end.
             info!(resource = w.resource, "watch expired (410 Gone); relisting");
+            self.health(i, true, true);
             return;
         }
+        self.health(i, false, true);
         let msg = e.to_string();
         if self.states[i].logged_error.as_deref() == Some(msg.as_str()) {
             return;
@@ -470,6 +473,15 @@ impl Run {
             self.errors.insert(w.resource.to_string(), msg);
             let _ = self.tx.send(SourceEvent::InputErrors(self.errors.clone()));
         }
+    }
+
+    /// Reports resource `i`'s feed as current or failing to the metrics.
+    fn health(&mut self, i: usize, up: bool, restarted: bool) {
+        let _ = self.tx.send(SourceEvent::Health {
+            resource: WATCHED[i].resource.to_string(),
+            up,
+            restarted,
+        });
     }
 
     fn maybe_synced(&mut self) {

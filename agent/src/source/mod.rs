@@ -32,6 +32,14 @@ pub enum SourceEvent {
     /// -> message): it replaces every input error the source reported before,
     /// so a fixed or removed file's error clears.
     InputErrors(BTreeMap<String, String>),
+    /// The health of one resource's feed (kube source: one per watched
+    /// resource; file source: `files`): `up` while it is current, and whether
+    /// it just failed and restarts.
+    Health {
+        resource: String,
+        up: bool,
+        restarted: bool,
+    },
     /// Everything sent so far is a consistent snapshot at `revision`.
     Synced {
         revision: String,

@@ -119,6 +119,7 @@ pub fn ingress_verdict(
             decided_by: DecidedBy::Node,
             rule: None,
             policies: Vec::new(),
+            allowed_by: Vec::new(),
         };
     }
     verdict(index, pod, Direction::Ingress, packet)
@@ -201,18 +202,20 @@ fn tiers(index: &ClusterIndex, pod: &PodSpec, dir: Direction, packet: &Packet) -
         decided_by,
         rule,
         policies: Vec::new(),
+        allowed_by: Vec::new(),
     };
     for tier in [Tier::Admin, Tier::Baseline] {
         if tier == Tier::Baseline {
             // API: NetworkPolicy, between the two tiers, decides when it
             // isolates the pod (a ClusterNetworkPolicy alone never does).
-            let (isolated, allowed, policies) = network_policy(index, pod, dir, packet);
-            if isolated {
+            let (policies, allowed_by) = network_policy(index, pod, dir, packet);
+            if !policies.is_empty() {
                 return Verdict {
-                    allowed,
+                    allowed: !allowed_by.is_empty(),
                     decided_by: DecidedBy::NetworkPolicy,
                     rule: None,
                     policies,
+                    allowed_by,
                 };
             }
         }

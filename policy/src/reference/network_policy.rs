@@ -8,15 +8,16 @@ use crate::index::ClusterIndex;
 use crate::model::{Direction, NamespaceScope, Peer, PodSpec, Policy, PolicyBody, PortRef, Rule};
 use crate::reference::verdict::{owns, Packet};
 
-/// NetworkPolicy at `pod` in `dir`: (isolated, allowed, isolating policies).
+/// NetworkPolicy at `pod` in `dir`: the isolating policies, and of those the
+/// ones with a rule that allows `packet` (API: the union of what they allow).
 pub(super) fn network_policy(
     index: &ClusterIndex,
     pod: &PodSpec,
     dir: Direction,
     packet: &Packet,
-) -> (bool, bool, Vec<String>) {
+) -> (Vec<String>, Vec<String>) {
     let mut isolating = Vec::new();
-    let mut allowed = false;
+    let mut allowing = Vec::new();
     for pol in index.policies() {
         let p = match &pol.body {
             PolicyBody::Valid(p) => {
@@ -45,12 +46,14 @@ pub(super) fn network_policy(
             Direction::Ingress => &p.ingress,
             Direction::Egress => &p.egress,
         };
-        allowed = allowed
-            || rules
-                .iter()
-                .any(|rule| rule_matches(index, &pol.namespace, rule, dir, pod, packet));
+        if rules
+            .iter()
+            .any(|rule| rule_matches(index, &pol.namespace, rule, dir, pod, packet))
+        {
+            allowing.push(pol.id());
+        }
     }
-    (!isolating.is_empty(), allowed, isolating)
+    (isolating, allowing)
 }
 
 /// API server defaulting: `policyTypes` omitted or empty means Ingress, and

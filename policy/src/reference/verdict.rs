@@ -87,4 +87,6 @@ pub struct Verdict {
     pub rule: Option<RuleRef>,
     /// When NetworkPolicy decided: `"ns/name"` of the policies isolating the pod.
     pub policies: Vec<String>,
+    /// When NetworkPolicy allowed: those of them with a rule allowing the packet.
+    pub allowed_by: Vec<String>,
 }

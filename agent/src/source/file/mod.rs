@@ -102,6 +102,8 @@ pub struct FileSource {
     revision: String,
     revision_stamp: Option<Stamp>,
     first: bool,
+    /// The health last reported (`Health` for `files`).
+    up: Option<bool>,
 }
 
 impl FileSource {
@@ -117,6 +119,7 @@ impl FileSource {
             revision: String::new(),
             revision_stamp: None,
             first: true,
+            up: None,
         }
     }
 
@@ -158,7 +161,17 @@ impl FileSource {
     /// may not be done with it.
     fn scan(&mut self, tx: &mpsc::UnboundedSender<SourceEvent>, settle: bool) -> bool {
         let (rev_stamp, revision) = self.read_revision();
-        let listed = match self.list() {
+        let listed = self.list();
+        let up = listed.is_ok();
+        if self.up != Some(up) {
+            self.up = Some(up);
+            let _ = tx.send(SourceEvent::Health {
+                resource: "files".to_string(),
+                up,
+                restarted: false,
+            });
+        }
+        let listed = match listed {
             Ok(l) => {
                 self.dir_error = None;
                 l

@@ -63,6 +63,7 @@ impl Fixture {
                 }
                 SourceEvent::Delete(r) => b.deleted.push(r.name.clone()),
                 SourceEvent::InputErrors(e) => self.errors = e,
+                SourceEvent::Health { .. } => {}
                 SourceEvent::Error { origin, message } => panic!("{origin}: {message}"),
                 SourceEvent::Synced { revision, .. } => {
                     b.revision = revision;
