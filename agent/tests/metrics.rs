@@ -1,8 +1,10 @@
 //! `/metrics` scraped by a real Prometheus server (Debian's `prometheus`,
 //! installed by `cargo xtask setup`) running in a harness node's network
-//! namespace: the denied-packet counter rises by exactly the datagrams the
-//! test sent against policy, the programming histogram counts each change, the
-//! map gauges match the maps, and `promtool check metrics` accepts a scrape.
+//! namespace: the denied-packet counter (by direction and reason, and per pod
+//! with `--metrics-pod-labels`) rises by exactly the datagrams the test sent
+//! against policy, the programming histogram counts each change, the map
+//! gauges match the maps, `promtool check metrics` accepts a scrape, and a
+//! deleted pod's series go.
 //! Needs root: `#[ignore]`d for plain `cargo test`; `cargo xtask test` runs
 //! it with the release agent binary.
 use std::{
@@ -118,7 +120,11 @@ fn wait_query(ns: &str, promql: &str, what: &str, ok: impl Fn(f64) -> bool) -> f
 fn a_real_prometheus_scrapes_exact_counters_latency_and_map_sizes() {
     common::require_root();
     let mut agent = AgentConfig::new(agent_binary());
-    agent.extra_args = vec!["--resync-seconds".into(), "600".into()];
+    agent.extra_args = vec![
+        "--resync-seconds".into(),
+        "600".into(),
+        "--metrics-pod-labels".into(),
+    ];
     let mut c = Cluster::build(
         &ClusterSpec::default_model(Family::Ipv4),
         ClusterOptions {
@@ -130,10 +136,12 @@ fn a_real_prometheus_scrapes_exact_counters_latency_and_map_sizes() {
     c.start_agents().expect("agents");
     let ns = c.node_netns(2).expect("node 2").to_string();
     let _prom = start_prometheus(&ns);
-    let denied = "sum(palisade_packets_total{verdict=\"denied\"})";
+    let denied = "palisade_packets_total{direction=\"ingress\",verdict=\"denied\",reason=\"no-policy-allows\"}";
+    let pod_denied = "palisade_pod_packets_total{namespace=\"x\",pod=\"b\",verdict=\"denied\"}";
     let programmed = "palisade_policy_programming_seconds_count";
     let before = wait_query(&ns, denied, "first scrape", |_| true);
     let passes = wait_query(&ns, programmed, "first scrape", |_| true);
+    let pod_before = wait_query(&ns, pod_denied, "x/b's series", |_| true);
 
     // x/b (node 2) accepts nothing on UDP from x/c: every datagram is denied.
     c.apply_policy(&json!({
@@ -165,6 +173,12 @@ fn a_real_prometheus_scrapes_exact_counters_latency_and_map_sizes() {
         settled - before,
         f64::from(SENT),
         "denied packets counted exactly"
+    );
+    let pod_after = query(&ns, pod_denied).unwrap_or(pod_before);
+    assert_eq!(
+        pod_after - pod_before,
+        f64::from(SENT),
+        "x/b's own series counts them too"
     );
 
     // The map gauges are what the maps hold: node 2 has its 4 local pods.
@@ -201,4 +215,22 @@ fn a_real_prometheus_scrapes_exact_counters_latency_and_map_sizes() {
         String::from_utf8_lossy(&out.stderr)
     );
     c.teardown().expect("teardown");
+
+    // A deleted pod's series go with it (scraped from the endpoint).
+    c.remove_pod("x/b").expect("remove x/b");
+    c.sync().expect("sync");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = http_get(&ns, "127.0.0.1:9464", "/metrics").unwrap_or_default();
+        let gone = !text.contains("namespace=\"x\",pod=\"b\"");
+        if gone && text.contains("namespace=\"y\",pod=\"a\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "x/b's series are still served 30 s after its deletion:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
 }
