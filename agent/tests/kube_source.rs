@@ -590,7 +590,7 @@ impl Agent {
         }
     }
 
-    /// What the source reports now about `resource`'s stream ("" for nothing).
+    /// The latest error the source reported for `resource`'s stream ("" for none).
     fn input_error(&self, resource: &str) -> String {
         self.input_errors.get(resource).cloned().unwrap_or_default()
     }
