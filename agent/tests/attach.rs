@@ -53,6 +53,21 @@ fn netlink_prefs(iface: &str, hook: &str) -> Vec<u16> {
     prefs
 }
 
+/// Attaches both pod programs to `pva`.
+fn attach_pod_hooks(dp: &mut Datapath, idx: u32, what: &str) {
+    for hook in [Hook::ToPod, Hook::FromPod] {
+        dp.attach("pva", idx, hook)
+            .unwrap_or_else(|e| panic!("{what} {hook:?}: {e:?}"));
+    }
+}
+
+/// The netlink filters on both clsact hooks of `pva` are at `prefs`.
+fn assert_both_prefs(prefs: &[u16]) {
+    for hook in ["egress", "ingress"] {
+        assert_eq!(netlink_prefs("pva", hook), prefs, "{hook}");
+    }
+}
+
 /// Attach to_pod and from_pod, load again from the same pins and attach again.
 fn attach_twice(forced: Option<AttachMode>, tag: &str) -> AttachMode {
     let idx = private_veth();
@@ -62,17 +77,11 @@ fn attach_twice(forced: Option<AttachMode>, tag: &str) -> AttachMode {
         first.mode = m;
     }
     let mode = first.mode;
-    first
-        .attach("pva", idx, Hook::ToPod)
-        .expect("attach to_pod");
-    first
-        .attach("pva", idx, Hook::FromPod)
-        .expect("attach from_pod");
+    attach_pod_hooks(&mut first, idx, "attach");
     assert!(first.is_attached(idx, Hook::ToPod));
     assert_eq!(first.pinned_ifindexes(), vec![idx]);
     if mode == AttachMode::Netlink {
-        assert_eq!(netlink_prefs("pva", "egress"), vec![1]);
-        assert_eq!(netlink_prefs("pva", "ingress"), vec![1]);
+        assert_both_prefs(&[1]);
     }
     drop(first);
 
@@ -80,17 +89,9 @@ fn attach_twice(forced: Option<AttachMode>, tag: &str) -> AttachMode {
     // attachments without a gap.
     let mut second = Datapath::load(&dir.0).expect("reload against pinned maps");
     second.mode = mode;
-    second
-        .attach("pva", idx, Hook::ToPod)
-        .expect("re-attach to_pod");
-    second
-        .attach("pva", idx, Hook::FromPod)
-        .expect("re-attach from_pod");
+    attach_pod_hooks(&mut second, idx, "re-attach");
     match mode {
-        AttachMode::Netlink => {
-            assert_eq!(netlink_prefs("pva", "egress"), vec![2]);
-            assert_eq!(netlink_prefs("pva", "ingress"), vec![2]);
-        }
+        AttachMode::Netlink => assert_both_prefs(&[2]),
         AttachMode::Tcx => {
             assert!(netlink_prefs("pva", "egress").is_empty());
             for p in ["to_pod", "from_pod"] {

@@ -9,16 +9,27 @@ use std::{
 };
 
 use palisade_harness::{
-    in_netns, AgentConfig, Cluster, ClusterOptions, ClusterSpec, Family, LabelMap, Outcome, Peer,
-    PodPlan, PortPlan, Probe, Topology, Transport, Uplinks, Via,
+    in_netns, AgentConfig, Cluster, ClusterOptions, ClusterSpec, Family, LabelMap, Outcome,
+    PodPlan, PortPlan, Topology, Transport, Uplinks, Via,
 };
 use serde_json::{json, Value};
 
 mod common;
+mod probes;
 use common::{agent_binary, agent_config, cluster_of, cluster_with};
+use Outcome::{Blocked, Reachable};
+use Via::{Pod, Service};
 
 fn cluster() -> Cluster {
     cluster_with(&[])
+}
+
+/// [`cluster_with`] `agent_args`, [`only_a_to_b`] applied and programmed.
+fn enforcing_a_to_b(agent_args: &[&str]) -> Cluster {
+    let mut c = cluster_with(agent_args);
+    c.apply_policy(&only_a_to_b()).expect("setup");
+    c.sync().expect("setup");
+    c
 }
 
 /// The pods placed on `node`.
@@ -27,17 +38,6 @@ fn local_pods(c: &Cluster, node: usize) -> Vec<String> {
         .into_iter()
         .filter(|k| c.pod_spec(k).expect("pod").node == node)
         .collect()
-}
-
-fn probe(c: &Cluster, from: &str, to: &str, port: u16, protocol: Transport, via: Via) -> Outcome {
-    let p = Probe {
-        from: Peer::parse(from).expect("peer"),
-        to: Peer::parse(to).expect("peer"),
-        port,
-        protocol,
-        via,
-    };
-    c.probe(&[p]).expect("probe")[0]
 }
 
 /// x/b accepts only x/a, on TCP 80 and 9000.
@@ -164,9 +164,7 @@ fn agent_restart_keeps_connections_and_enforcement_netlink() {
 
 fn restart_keeps_connections_and_enforcement(agent_args: &[&str], programs: &[&str]) {
     let netlink = programs.iter().any(|p| p.contains('@'));
-    let mut c = cluster_with(agent_args);
-    c.apply_policy(&only_a_to_b()).expect("setup");
-    c.sync().expect("setup");
+    let mut c = enforcing_a_to_b(agent_args);
     // x/a (node 1) and x/b (node 2): a long-lived connection through the policy.
     let b_ns = c.pod_netns("x/b").expect("setup").to_string();
     let b_ip = c.pod_ip("x/b").expect("setup");
@@ -191,10 +189,7 @@ fn restart_keeps_connections_and_enforcement(agent_args: &[&str], programs: &[&s
     .expect("setup")
     .expect("x/a connects to x/b:9000");
     assert_eq!(echo_once(&mut conn, b"before").expect("setup"), b"before");
-    assert_eq!(
-        probe(&c, "x/c", "x/b", 80, Transport::Tcp, Via::Pod),
-        Outcome::Blocked
-    );
+    probes::expect(&c, &[("before: x/c is denied", "x/c", "x/b", Pod, Blocked)]);
 
     let veth = c.pod_host_veth("x/b").expect("setup").to_string();
     let before = tc_programs(&c, 2, &veth);
@@ -206,26 +201,24 @@ fn restart_keeps_connections_and_enforcement(agent_args: &[&str], programs: &[&s
         echo_once(&mut conn, b"while-down").expect("setup"),
         b"while-down"
     );
-    assert_eq!(
-        probe(&c, "x/c", "x/b", 80, Transport::Tcp, Via::Pod),
-        Outcome::Blocked
-    );
-    assert_eq!(
-        probe(&c, "x/a", "x/b", 80, Transport::Tcp, Via::Pod),
-        Outcome::Reachable
+    probes::expect(
+        &c,
+        &[
+            ("agent down: x/c denied", "x/c", "x/b", Pod, Blocked),
+            ("agent down: x/a allowed", "x/a", "x/b", Pod, Reachable),
+        ],
     );
 
     // Back up: adopts the pinned state; nothing leaks, nothing breaks.
     c.start_agent(2).expect("setup");
     c.sync().expect("setup");
     assert_eq!(echo_once(&mut conn, b"after").expect("setup"), b"after");
-    assert_eq!(
-        probe(&c, "x/c", "x/b", 80, Transport::Tcp, Via::Pod),
-        Outcome::Blocked
-    );
-    assert_eq!(
-        probe(&c, "x/a", "x/b", 80, Transport::Tcp, Via::Service),
-        Outcome::Reachable
+    probes::expect(
+        &c,
+        &[
+            ("restarted: x/c denied", "x/c", "x/b", Pod, Blocked),
+            ("restarted: x/a allowed", "x/a", "x/b", Service, Reachable),
+        ],
     );
     // Netlink filters alternate between priorities 1 and 2 across restarts.
     let after: Vec<String> = if netlink {
@@ -277,33 +270,23 @@ fn new_pod_under_existing_policy_is_never_reachable_against_it() {
     let veth = c.pod_host_veth("x/d").expect("host veth").to_string();
     wait_for_pod_programs(&c, 1, &veth);
     for _ in 0..5 {
-        assert_eq!(
-            probe(&c, "y/a", "x/d", 80, Transport::Tcp, Via::Pod),
-            Outcome::Blocked
-        );
+        probes::expect(&c, &[("not published yet", "y/a", "x/d", Pod, Blocked)]);
     }
     c.publish_pod("x/d").unwrap();
     c.sync().unwrap();
-    assert_eq!(
-        probe(&c, "y/a", "x/d", 80, Transport::Tcp, Via::Pod),
-        Outcome::Blocked
-    );
-    assert_eq!(
-        probe(&c, "y/a", "x/d", 80, Transport::Tcp, Via::Service),
-        Outcome::Blocked
-    );
-    // Its own node still reaches it (kubelet probes).
-    assert_eq!(
-        probe(&c, "node/1", "x/d", 80, Transport::Tcp, Via::Pod),
-        Outcome::Reachable
+    probes::expect(
+        &c,
+        &[
+            ("published: denied", "y/a", "x/d", Pod, Blocked),
+            ("published: denied", "y/a", "x/d", Service, Blocked),
+            // Its own node still reaches it (kubelet probes).
+            ("its own node", "node/1", "x/d", Pod, Reachable),
+        ],
     );
     // The policy is deleted: the new pod opens up.
     c.delete_policy("x", "deny-all").unwrap();
     c.sync().unwrap();
-    assert_eq!(
-        probe(&c, "y/a", "x/d", 80, Transport::Tcp, Via::Pod),
-        Outcome::Reachable
-    );
+    probes::expect(&c, &[("policy deleted", "y/a", "x/d", Pod, Reachable)]);
     c.teardown().unwrap();
 }
 
@@ -341,21 +324,14 @@ fn bad_input_is_reported_and_the_rest_stays_enforced() {
         );
     }
     // The valid policy is enforced; the invalid one isolates y/a fail-closed.
-    assert_eq!(
-        probe(&c, "x/c", "x/b", 80, Transport::Tcp, Via::Pod),
-        Outcome::Blocked
-    );
-    assert_eq!(
-        probe(&c, "x/a", "x/b", 80, Transport::Tcp, Via::Pod),
-        Outcome::Reachable
-    );
-    assert_eq!(
-        probe(&c, "x/a", "y/a", 80, Transport::Tcp, Via::Pod),
-        Outcome::Blocked
-    );
-    assert_eq!(
-        probe(&c, "x/a", "y/b", 80, Transport::Tcp, Via::Pod),
-        Outcome::Reachable
+    probes::expect(
+        &c,
+        &[
+            ("valid policy: denied", "x/c", "x/b", Pod, Blocked),
+            ("valid policy: allowed", "x/a", "x/b", Pod, Reachable),
+            ("invalid policy: fail-closed", "x/a", "y/a", Pod, Blocked),
+            ("no policy", "x/a", "y/b", Pod, Reachable),
+        ],
     );
     c.teardown().unwrap();
 }
@@ -364,12 +340,10 @@ fn bad_input_is_reported_and_the_rest_stays_enforced() {
 #[ignore = "needs root, BPF and network namespaces: run through cargo xtask test"]
 fn deny_log_lines_name_pods_and_policies() {
     common::require_root();
-    let mut c = cluster();
-    c.apply_policy(&only_a_to_b()).unwrap();
-    c.sync().unwrap();
-    assert_eq!(
-        probe(&c, "y/c", "x/b", 80, Transport::Tcp, Via::Service),
-        Outcome::Blocked
+    let c = enforcing_a_to_b(&[]);
+    probes::expect(
+        &c,
+        &[("the denied connection", "y/c", "x/b", Service, Blocked)],
     );
     let y_c = c.pod_ip("y/c").unwrap().to_string();
     let x_b = c.pod_ip("x/b").unwrap().to_string();
@@ -416,9 +390,7 @@ fn deny_log_lines_name_pods_and_policies() {
 #[ignore = "needs root, BPF and network namespaces: run through cargo xtask test"]
 fn a_full_resync_pass_finds_the_incremental_state_in_step() {
     common::require_root();
-    let mut c = cluster_with(&["--resync-seconds", "1"]);
-    c.apply_policy(&only_a_to_b()).unwrap();
-    c.sync().unwrap();
+    let mut c = enforcing_a_to_b(&["--resync-seconds", "1"]);
     let field = |l: &str, k: &str| -> Option<String> {
         let at = l.find(&format!("{k}="))? + k.len() + 1;
         Some(l[at..].split_whitespace().next()?.to_string())
@@ -479,13 +451,12 @@ fn a_full_resync_pass_finds_the_incremental_state_in_step() {
         "a resync after incremental passes wrote: {resyncs:?}\n{}",
         c.agent_log_tail(1, 60)
     );
-    assert_eq!(
-        probe(&c, "x/a", "x/b", 80, Transport::Tcp, Via::Pod),
-        Outcome::Reachable
-    );
-    assert_eq!(
-        probe(&c, "x/c", "x/b", 80, Transport::Tcp, Via::Pod),
-        Outcome::Blocked
+    probes::expect(
+        &c,
+        &[
+            ("after the resyncs: allowed", "x/a", "x/b", Pod, Reachable),
+            ("after the resyncs: denied", "x/c", "x/b", Pod, Blocked),
+        ],
     );
     c.teardown().unwrap();
 }
@@ -498,12 +469,10 @@ fn a_full_resync_pass_finds_the_incremental_state_in_step() {
 #[ignore = "needs root, BPF and network namespaces: run through cargo xtask test"]
 fn a_replaced_pod_veth_gets_the_pods_record() {
     common::require_root();
-    let mut c = cluster();
-    c.apply_policy(&only_a_to_b()).unwrap();
-    c.sync().unwrap();
-    assert_eq!(
-        probe(&c, "x/a", "x/b", 80, Transport::Tcp, Via::Pod),
-        Outcome::Reachable
+    let mut c = enforcing_a_to_b(&[]);
+    probes::expect(
+        &c,
+        &[("before the veth is replaced", "x/a", "x/b", Pod, Reachable)],
     );
     // The agent is paused meanwhile, so it sees the old and the new interface
     // in one look (a fast CNI), not an interval without one, after which it
@@ -520,7 +489,7 @@ fn a_replaced_pod_veth_gets_the_pods_record() {
     let deadline = Instant::now() + Duration::from_secs(30);
     wait_for_pod_programs(&c, 2, &veth);
     // ... then the record: until it is written the interface drops everything.
-    while probe(&c, "x/a", "x/b", 80, Transport::Tcp, Via::Pod) != Outcome::Reachable {
+    while probes::tcp80(&c, "x/a", "x/b", Pod) != Reachable {
         assert!(
             Instant::now() < deadline,
             "x/b's new veth never got its record:\n{}",
@@ -528,10 +497,15 @@ fn a_replaced_pod_veth_gets_the_pods_record() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(
-        probe(&c, "x/c", "x/b", 80, Transport::Tcp, Via::Pod),
-        Outcome::Blocked,
-        "the policy still holds on the new interface"
+    probes::expect(
+        &c,
+        &[(
+            "the policy holds on the new veth",
+            "x/c",
+            "x/b",
+            Pod,
+            Blocked,
+        )],
     );
     c.teardown().unwrap();
 }
@@ -554,22 +528,16 @@ fn the_nodes_own_veth_is_its_uplink_without_being_named() {
     c.apply_policy(&only_a_to_b()).unwrap();
     c.sync().unwrap();
     // x/a and x/c are on node 1, x/b on node 2: across both uplinks.
-    for via in [Via::Pod, Via::Service] {
-        assert_eq!(
-            probe(&c, "x/a", "x/b", 80, Transport::Tcp, via),
-            Outcome::Reachable,
-            "allowed across nodes ({via:?})"
-        );
-        assert_eq!(
-            probe(&c, "x/c", "x/b", 80, Transport::Tcp, via),
-            Outcome::Blocked,
-            "denied across nodes ({via:?})"
-        );
-    }
-    assert_eq!(
-        probe(&c, "node/2", "x/a", 80, Transport::Tcp, Via::Pod),
-        Outcome::Reachable,
-        "another node reaches an unisolated pod"
+    probes::expect(
+        &c,
+        &[
+            ("allowed across nodes", "x/a", "x/b", Pod, Reachable),
+            ("denied across nodes", "x/c", "x/b", Pod, Blocked),
+            ("allowed across nodes", "x/a", "x/b", Service, Reachable),
+            ("denied across nodes", "x/c", "x/b", Service, Blocked),
+            // Another node reaches an unisolated pod.
+            ("another node", "node/2", "x/a", Pod, Reachable),
+        ],
     );
     c.teardown().unwrap();
 }
@@ -616,11 +584,8 @@ fn an_interface_whose_role_changes_loses_the_old_roles_programs() {
             log.contains("no longer calls for"),
             "{mode:?}: the agent says what it detached:\n{log}"
         );
-        assert_eq!(
-            probe(&c, "x/a", "x/b", 80, Transport::Tcp, Via::Pod),
-            Outcome::Reachable,
-            "{mode:?}"
-        );
+        let name = format!("{mode:?}: after the role changes");
+        probes::expect(&c, &[(&name, "x/a", "x/b", Pod, Reachable)]);
         c.teardown().unwrap();
     }
 }
@@ -712,10 +677,7 @@ fn bridge_style_pods_that_never_talked_to_their_node_are_found_and_enforced() {
     }
     // Layer-2 traffic between pods of the node, both ends found.
     let (a, b) = (&local[0], &local[1]);
-    assert_eq!(
-        probe(&c, a, b, 80, Transport::Tcp, Via::Pod),
-        Outcome::Reachable
-    );
+    probes::expect(&c, &[("between pods of the node", a, b, Pod, Reachable)]);
     // A deny-all in the target's namespace closes that path, through the
     // Service too (the reply is bridged back through br_netfilter's un-DNAT).
     let target_ns = c.pod_spec(b).expect("pod").namespace.clone();
@@ -727,24 +689,17 @@ fn bridge_style_pods_that_never_talked_to_their_node_are_found_and_enforced() {
     }))
     .expect("policy");
     c.sync().expect("sync");
-    for via in [Via::Pod, Via::Service] {
-        assert_eq!(
-            probe(&c, a, b, 80, Transport::Tcp, via),
-            Outcome::Blocked,
-            "{a} -> {b} {via:?}"
-        );
-    }
-    assert_eq!(
-        probe(&c, "node/1", b, 80, Transport::Tcp, Via::Pod),
-        Outcome::Reachable,
-        "its own node still reaches it"
+    probes::expect(
+        &c,
+        &[
+            ("deny-all", a, b, Pod, Blocked),
+            ("deny-all", a, b, Service, Blocked),
+            ("its own node still reaches it", "node/1", b, Pod, Reachable),
+        ],
     );
     c.delete_policy(&target_ns, "deny-all").expect("delete");
     c.sync().expect("sync");
-    assert_eq!(
-        probe(&c, a, b, 80, Transport::Tcp, Via::Service),
-        Outcome::Reachable
-    );
+    probes::expect(&c, &[("deny-all deleted", a, b, Service, Reachable)]);
 
     // An idle pod's neighbour and FDB entries age out; a pod found before
     // keeps its interface at a rescan without them.
@@ -787,10 +742,7 @@ fn bridge_style_pods_that_never_talked_to_their_node_are_found_and_enforced() {
         "{a} was lost with its neighbour and FDB entries:\n{}",
         passes.join("\n")
     );
-    assert_eq!(
-        probe(&c, a, b, 80, Transport::Tcp, Via::Pod),
-        Outcome::Reachable
-    );
+    probes::expect(&c, &[("after the rescan", a, b, Pod, Reachable)]);
 
     // A removed pod's entry goes with it.
     let gone = local[2].clone();
@@ -833,16 +785,11 @@ fn palisade_programs(c: &Cluster, node: usize) -> Vec<String> {
 fn uninstall_detaches_every_program_and_removes_the_pins() {
     common::require_root();
     for args in [&[][..], &["--attach-mode", "netlink"][..]] {
-        let mut c = cluster_with(args);
-        c.apply_policy(&only_a_to_b()).unwrap();
-        c.sync().unwrap();
+        let mut c = enforcing_a_to_b(args);
         assert!(!palisade_programs(&c, 2).is_empty(), "{args:?}");
         c.stop_agent(2).unwrap();
-        assert_eq!(
-            probe(&c, "x/c", "x/b", 80, Transport::Tcp, Via::Pod),
-            Outcome::Blocked,
-            "{args:?}: the pins enforce without the agent"
-        );
+        let name = format!("{args:?}: the pins enforce without the agent");
+        probes::expect(&c, &[(&name, "x/c", "x/b", Pod, Blocked)]);
         let pin = c.pin_dir(2).unwrap();
         let ns = c.node_netns(2).unwrap().to_string();
         // In the node's network namespace only (`ip netns exec` would also
@@ -861,11 +808,8 @@ fn uninstall_detaches_every_program_and_removes_the_pins() {
         assert!(log.contains("uninstalled"), "{log}");
         assert!(!pin.exists(), "{args:?}: {} is still there", pin.display());
         assert_eq!(palisade_programs(&c, 2), Vec::<String>::new(), "{args:?}");
-        assert_eq!(
-            probe(&c, "x/c", "x/b", 80, Transport::Tcp, Via::Pod),
-            Outcome::Reachable,
-            "{args:?}: nothing enforces on node 2 any more"
-        );
+        let name = format!("{args:?}: nothing enforces on node 2");
+        probes::expect(&c, &[(&name, "x/c", "x/b", Pod, Reachable)]);
         // Again, with nothing left: that is an error, not a success.
         let pin_arg = pin.clone();
         let out = in_netns(&ns, move || {
@@ -930,9 +874,6 @@ fn bridge_style_ipv6_pod_joining_under_a_running_agent_is_found() {
         .into_iter()
         .find(|k| k != "x/d")
         .expect("another pod on node 1");
-    assert_eq!(
-        probe(&c, &peer, "x/d", 80, Transport::Tcp, Via::Pod),
-        Outcome::Reachable
-    );
+    probes::expect(&c, &[("a pod of its node", &peer, "x/d", Pod, Reachable)]);
     c.teardown().expect("teardown");
 }

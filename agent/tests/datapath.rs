@@ -21,12 +21,20 @@ mod common;
 const OK: u32 = 0;
 const SHOT: u32 = 2;
 const IF: u32 = 1;
+/// The programs: on a pod's veth, traffic to and from the pod; on other
+/// interfaces, Service traffic after DNAT.
+const TO: &str = "to_pod";
+const FROM: &str = "from_pod";
+const SVC: &str = "svc_egress";
 
 const POD: Ipv4Addr = Ipv4Addr::new(10, 100, 1, 10);
 const PEER: Ipv4Addr = Ipv4Addr::new(10, 100, 2, 20);
 const OTHER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
 const POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 1, 0, 0, 0, 0, 0x10);
 const PEER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 2, 0, 0, 0, 0, 0x20);
+/// A link-local source, and the all-nodes multicast group.
+const LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 5);
+const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 
 struct Fx {
     dp: Datapath,
@@ -80,6 +88,15 @@ fn fixture() -> Fx {
     fixture_with(None)
 }
 
+/// A fixture with the endpoint on `IF`, flags as given.
+fn fixture_for(flags: u32) -> Fx {
+    let mut fx = fixture();
+    fx.maps
+        .upsert_endpoint(IF, &endpoint(flags))
+        .expect("setup");
+    fx
+}
+
 fn endpoint(flags: u32) -> Endpoint {
     Endpoint {
         id: 7,
@@ -105,6 +122,14 @@ fn ports(list: &[(u8, u16, u16)]) -> PolicyValue {
     v
 }
 
+/// A value allowing every protocol and port.
+fn every_port() -> PolicyValue {
+    PolicyValue {
+        flags: PV_ALL,
+        ..Default::default()
+    }
+}
+
 fn allow_v4(fx: &mut Fx, dir: u8, net: Ipv4Addr, plen: u32, v: PolicyValue) {
     let key = PolicyKeyV4 {
         scope: PolicyScope::new(7, dir),
@@ -112,6 +137,16 @@ fn allow_v4(fx: &mut Fx, dir: u8, net: Ipv4Addr, plen: u32, v: PolicyValue) {
     };
     fx.maps
         .upsert_v4(SCOPE_BITS + plen, key, &v)
+        .expect("insert policy");
+}
+
+fn allow_v6(fx: &mut Fx, dir: u8, addr: Ipv6Addr, plen: u32, v: PolicyValue) {
+    let key = PolicyKeyV6 {
+        scope: PolicyScope::new(7, dir),
+        addr: addr.octets(),
+    };
+    fx.maps
+        .upsert_v6(SCOPE_BITS + plen, key, &v)
         .expect("insert policy");
 }
 
@@ -154,6 +189,30 @@ fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
 fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
     packet::frame(src.into(), dst.into(), &L4::Udp { sport, dport })
 }
+fn udp6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16) -> Vec<u8> {
+    packet::frame(src.into(), dst.into(), &L4::Udp { sport, dport })
+}
+fn icmp6(src: Ipv6Addr, dst: Ipv6Addr, ty: u8) -> Vec<u8> {
+    packet::frame(src.into(), dst.into(), &L4::Icmp6Type(ty))
+}
+fn echo(src: impl Into<IpAddr>, dst: impl Into<IpAddr>, id: u16) -> Vec<u8> {
+    packet::frame(src.into(), dst.into(), &L4::IcmpEchoRequest { id })
+}
+/// An IPv4 frame with header options or fragment fields.
+fn ipv4_with(src: Ipv4Addr, dst: Ipv4Addr, l4: L4, opts: &IpOpts) -> Vec<u8> {
+    packet::ether(&packet::ipv4(src, dst, &l4, opts))
+}
+/// An IPv6 frame with extension headers, the first of kind `first_ext`.
+fn ipv6_with(src: Ipv6Addr, dst: Ipv6Addr, l4: L4, opts: &IpOpts, first_ext: u8) -> Vec<u8> {
+    packet::ether(&packet::ipv6(src, dst, &l4, opts, Some(first_ext)))
+}
+/// UDP from port 1 to 53.
+fn dns() -> L4 {
+    L4::Udp {
+        sport: 1,
+        dport: 53,
+    }
+}
 
 fn one_event(fx: &mut Fx) -> Event {
     let evs = fx.events();
@@ -161,13 +220,44 @@ fn one_event(fx: &mut Fx) -> Event {
     evs[0]
 }
 
+/// One row of a table of runs: the case's name, the program, the frame, and
+/// the verdict the program must return.
+type Run<'a> = (&'static str, &'static str, &'a [u8], u32);
+
+fn verdict_name(v: u32) -> &'static str {
+    match v {
+        OK => "TC_ACT_OK",
+        SHOT => "TC_ACT_SHOT",
+        _ => "another verdict",
+    }
+}
+
+impl Fx {
+    /// Runs the rows in order (conntrack and event state carry over from one to
+    /// the next) and checks each verdict, naming the row that differs.
+    fn check(&mut self, runs: &[Run<'_>]) {
+        for (name, prog, frame, want) in runs {
+            let got = self.run(prog, frame);
+            assert_eq!(
+                got,
+                *want,
+                "{name} ({prog}): {} ({got}), want {}",
+                verdict_name(got),
+                verdict_name(*want)
+            );
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs root and BPF: run through cargo xtask test"]
 fn non_ip_passes_even_without_endpoint() {
     common::require_root();
     let mut fx = fixture();
-    assert_eq!(fx.run("to_pod", &packet::arp()), OK);
-    assert_eq!(fx.run("from_pod", &packet::arp()), OK);
+    fx.check(&[
+        ("ARP to the pod", TO, &packet::arp(), OK),
+        ("ARP from the pod", FROM, &packet::arp(), OK),
+    ]);
     assert!(fx.events().is_empty());
 }
 
@@ -176,25 +266,22 @@ fn non_ip_passes_even_without_endpoint() {
 fn unknown_endpoint_fails_closed_and_reports() {
     common::require_root();
     let mut fx = fixture();
-    assert_eq!(fx.run("to_pod", &tcp(PEER, POD, 40000, 80)), SHOT);
+    assert_eq!(fx.run(TO, &tcp(PEER, POD, 40000, 80)), SHOT);
     let ev = one_event(&mut fx);
     assert_eq!(ev.reason, Reason::UnknownEndpoint as u8);
     assert_eq!(ev.verdict, VERDICT_DENIED);
     assert_eq!(ev.ifindex, IF);
     assert_eq!(ev.direction, DIR_INGRESS);
-    assert_eq!(fx.run("from_pod", &tcp(POD, PEER, 40000, 80)), SHOT);
+    assert_eq!(fx.run(FROM, &tcp(POD, PEER, 40000, 80)), SHOT);
     assert_eq!(one_event(&mut fx).direction, DIR_EGRESS);
     // Neighbour discovery is how a bridge-style node learns a new IPv6 pod: the
     // node's solicitation reaches it, its advertisement (from its global
     // address) gets out. A router advertisement of its own does not.
-    let ns = packet::frame(PEER6.into(), POD6.into(), &L4::Icmp6Type(135));
-    assert_eq!(fx.run("to_pod", &ns), OK);
-    let na = packet::frame(POD6.into(), PEER6.into(), &L4::Icmp6Type(136));
-    assert_eq!(fx.run("from_pod", &na), OK);
-    let ll = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 5);
-    let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
-    let ra = packet::frame(ll.into(), all_nodes.into(), &L4::Icmp6Type(134));
-    assert_eq!(fx.run("from_pod", &ra), SHOT);
+    fx.check(&[
+        ("the node's solicitation", TO, &icmp6(PEER6, POD6, 135), OK),
+        ("its advertisement", FROM, &icmp6(POD6, PEER6, 136), OK),
+        ("RA of its own", FROM, &icmp6(LL, ALL_NODES, 134), SHOT),
+    ]);
     assert_eq!(one_event(&mut fx).reason, Reason::UnknownEndpoint as u8);
 }
 
@@ -202,10 +289,11 @@ fn unknown_endpoint_fails_closed_and_reports() {
 #[ignore = "needs root and BPF: run through cargo xtask test"]
 fn not_isolated_allows_everything() {
     common::require_root();
-    let mut fx = fixture();
-    fx.maps.upsert_endpoint(IF, &endpoint(0)).unwrap();
-    assert_eq!(fx.run("to_pod", &tcp(PEER, POD, 40000, 80)), OK);
-    assert_eq!(fx.run("from_pod", &udp(POD, OTHER, 5353, 53)), OK);
+    let mut fx = fixture_for(0);
+    fx.check(&[
+        ("TCP in", TO, &tcp(PEER, POD, 40000, 80), OK),
+        ("UDP out", FROM, &udp(POD, OTHER, 5353, 53), OK),
+    ]);
     let c = fx.maps.counters(7).unwrap();
     assert_eq!(c.allowed_packets, 2);
     assert_eq!(c.denied_packets, 0);
@@ -216,53 +304,21 @@ fn not_isolated_allows_everything() {
 #[ignore = "needs root and BPF: run through cargo xtask test"]
 fn prefix_port_range_and_protocol_decide() {
     common::require_root();
-    let mut fx = fixture();
-    fx.maps
-        .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED))
-        .unwrap();
-    allow_v4(
-        &mut fx,
-        DIR_INGRESS,
-        Ipv4Addr::new(10, 100, 2, 0),
-        24,
-        ports(&[(PROTO_TCP, 80, 80), (PROTO_UDP, 8000, 8005)]),
-    );
-    assert_eq!(
-        fx.run("to_pod", &tcp(PEER, POD, 40000, 80)),
-        OK,
-        "allowed port"
-    );
-    assert_eq!(
-        fx.run("to_pod", &udp(PEER, POD, 40000, 8000)),
-        OK,
-        "range start"
-    );
-    assert_eq!(
-        fx.run("to_pod", &udp(PEER, POD, 40000, 8005)),
-        OK,
-        "range end"
-    );
+    let mut fx = fixture_for(EP_INGRESS_ISOLATED);
+    let v = ports(&[(PROTO_TCP, 80, 80), (PROTO_UDP, 8000, 8005)]);
+    allow_v4(&mut fx, DIR_INGRESS, Ipv4Addr::new(10, 100, 2, 0), 24, v);
+    fx.check(&[
+        ("allowed port", TO, &tcp(PEER, POD, 40000, 80), OK),
+        ("range start", TO, &udp(PEER, POD, 40000, 8000), OK),
+        ("range end", TO, &udp(PEER, POD, 40000, 8005), OK),
+    ]);
     assert!(fx.events().is_empty());
-    assert_eq!(
-        fx.run("to_pod", &udp(PEER, POD, 40000, 8006)),
-        SHOT,
-        "past range end"
-    );
-    assert_eq!(
-        fx.run("to_pod", &tcp(PEER, POD, 40000, 81)),
-        SHOT,
-        "other port"
-    );
-    assert_eq!(
-        fx.run("to_pod", &udp(PEER, POD, 40001, 80)),
-        SHOT,
-        "other protocol"
-    );
-    assert_eq!(
-        fx.run("to_pod", &tcp(OTHER, POD, 40000, 80)),
-        SHOT,
-        "other prefix"
-    );
+    fx.check(&[
+        ("past range end", TO, &udp(PEER, POD, 40000, 8006), SHOT),
+        ("other port", TO, &tcp(PEER, POD, 40000, 81), SHOT),
+        ("other protocol", TO, &udp(PEER, POD, 40001, 80), SHOT),
+        ("other prefix", TO, &tcp(OTHER, POD, 40000, 80), SHOT),
+    ]);
     let evs = fx.events();
     assert_eq!(evs.len(), 4);
     let ev = evs[3];
@@ -275,66 +331,31 @@ fn prefix_port_range_and_protocol_decide() {
     assert_eq!((ev.sport, ev.dport), (40000, 80));
     assert_eq!(ev.direction, DIR_INGRESS);
     // Egress is not isolated: anything goes out.
-    assert_eq!(fx.run("from_pod", &tcp(POD, OTHER, 40000, 9999)), OK);
+    assert_eq!(fx.run(FROM, &tcp(POD, OTHER, 40000, 9999)), OK);
 }
 
 #[test]
 #[ignore = "needs root and BPF: run through cargo xtask test"]
 fn longest_prefix_wins_for_nested_blocks() {
     common::require_root();
-    let mut fx = fixture();
-    fx.maps
-        .upsert_endpoint(IF, &endpoint(EP_EGRESS_ISOLATED))
-        .unwrap();
-    let all = PolicyValue {
-        flags: PV_ALL,
-        ..Default::default()
-    };
+    let mut fx = fixture_for(EP_EGRESS_ISOLATED);
+    let all = every_port();
     // /8 allows all, the /24 hole (an except) allows only TCP 443, a /32 inside it all again.
     allow_v4(&mut fx, DIR_EGRESS, Ipv4Addr::new(10, 0, 0, 0), 8, all);
-    allow_v4(
-        &mut fx,
-        DIR_EGRESS,
-        Ipv4Addr::new(10, 100, 2, 0),
-        24,
-        ports(&[(PROTO_TCP, 443, 443)]),
-    );
+    let v = ports(&[(PROTO_TCP, 443, 443)]);
+    allow_v4(&mut fx, DIR_EGRESS, Ipv4Addr::new(10, 100, 2, 0), 24, v);
     allow_v4(&mut fx, DIR_EGRESS, PEER, 32, all);
-    assert_eq!(
-        fx.run("from_pod", &udp(POD, Ipv4Addr::new(10, 1, 2, 3), 1000, 53)),
-        OK
-    );
-    assert_eq!(
-        fx.run(
-            "from_pod",
-            &tcp(POD, Ipv4Addr::new(10, 100, 2, 9), 1000, 80)
-        ),
-        SHOT
-    );
-    assert_eq!(
-        fx.run(
-            "from_pod",
-            &tcp(POD, Ipv4Addr::new(10, 100, 2, 9), 1000, 443)
-        ),
-        OK
-    );
-    assert_eq!(fx.run("from_pod", &tcp(POD, PEER, 1000, 80)), OK);
-    let icmp = packet::frame(
-        POD.into(),
-        Ipv4Addr::new(10, 100, 2, 9).into(),
-        &L4::IcmpEchoRequest { id: 1 },
-    );
-    assert_eq!(
-        fx.run("from_pod", &icmp),
-        SHOT,
-        "ICMP needs a rule without ports"
-    );
-    let icmp = packet::frame(
-        POD.into(),
-        Ipv4Addr::new(10, 9, 9, 9).into(),
-        &L4::IcmpEchoRequest { id: 1 },
-    );
-    assert_eq!(fx.run("from_pod", &icmp), OK);
+    let (in_8, in_24) = (Ipv4Addr::new(10, 1, 2, 3), Ipv4Addr::new(10, 100, 2, 9));
+    let other_in_8 = Ipv4Addr::new(10, 9, 9, 9);
+    fx.check(&[
+        ("UDP in the /8", FROM, &udp(POD, in_8, 1000, 53), OK),
+        ("TCP 80 in the /24", FROM, &tcp(POD, in_24, 1000, 80), SHOT),
+        ("TCP 443 in the /24", FROM, &tcp(POD, in_24, 1000, 443), OK),
+        ("TCP 80 to the /32", FROM, &tcp(POD, PEER, 1000, 80), OK),
+        // ICMP needs a rule without ports.
+        ("ICMP in the /24", FROM, &echo(POD, in_24, 1), SHOT),
+        ("ICMP in the /8", FROM, &echo(POD, other_in_8, 1), OK),
+    ]);
 }
 
 /// `PBIT_OTHER` (a ClusterNetworkPolicy can deny TCP/80 and allow the rest):
@@ -344,67 +365,54 @@ fn longest_prefix_wins_for_nested_blocks() {
 #[ignore = "needs root and BPF: run through cargo xtask test"]
 fn the_other_protocols_bit_allows_protocols_without_ports() {
     common::require_root();
-    let mut fx = fixture();
-    fx.maps
-        .upsert_endpoint(IF, &endpoint(EP_EGRESS_ISOLATED))
-        .unwrap();
+    let mut fx = fixture_for(EP_EGRESS_ISOLATED);
     // Everything but TCP/80: UDP and SCTP on every port, TCP except 80, and
     // every protocol without ports.
     let mut v = ports(&[(PROTO_TCP, 1, 79), (PROTO_TCP, 81, 65535)]);
     v.all_ports = PBIT_UDP | PBIT_SCTP | PBIT_OTHER;
     allow_v4(&mut fx, DIR_EGRESS, PEER, 32, v);
-    let icmp = packet::frame(POD.into(), PEER.into(), &L4::IcmpEchoRequest { id: 1 });
-    assert_eq!(fx.run("from_pod", &icmp), OK, "ICMP on PBIT_OTHER");
-    assert_eq!(fx.run("from_pod", &tcp(POD, PEER, 1000, 80)), SHOT);
-    assert_eq!(fx.run("from_pod", &tcp(POD, PEER, 1000, 81)), OK);
-    assert_eq!(fx.run("from_pod", &udp(POD, PEER, 1000, 80)), OK);
+    let icmp = echo(POD, PEER, 1);
+    fx.check(&[
+        ("ICMP on PBIT_OTHER", FROM, &icmp, OK),
+        ("TCP 80", FROM, &tcp(POD, PEER, 1000, 80), SHOT),
+        ("TCP 81", FROM, &tcp(POD, PEER, 1000, 81), OK),
+        ("UDP 80", FROM, &udp(POD, PEER, 1000, 80), OK),
+    ]);
     // The same value without PBIT_OTHER: ICMP is denied, TCP unchanged.
-    let mut v = ports(&[(PROTO_TCP, 1, 79), (PROTO_TCP, 81, 65535)]);
     v.all_ports = PBIT_UDP | PBIT_SCTP;
     allow_v4(&mut fx, DIR_EGRESS, PEER, 32, v);
-    assert_eq!(fx.run("from_pod", &icmp), SHOT, "no PBIT_OTHER, no ICMP");
-    assert_eq!(fx.run("from_pod", &tcp(POD, PEER, 1000, 81)), OK);
+    fx.check(&[
+        ("no PBIT_OTHER, no ICMP", FROM, &icmp, SHOT),
+        ("TCP 81 unchanged", FROM, &tcp(POD, PEER, 1000, 81), OK),
+    ]);
 }
 
 #[test]
 #[ignore = "needs root and BPF: run through cargo xtask test"]
 fn ipv4_options_use_the_real_header_length() {
     common::require_root();
-    let mut fx = fixture();
-    fx.maps
-        .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED))
-        .unwrap();
-    allow_v4(
-        &mut fx,
-        DIR_INGRESS,
-        PEER,
-        32,
-        ports(&[(PROTO_TCP, 80, 80)]),
-    );
+    let mut fx = fixture_for(EP_INGRESS_ISOLATED);
+    let v = ports(&[(PROTO_TCP, 80, 80)]);
+    allow_v4(&mut fx, DIR_INGRESS, PEER, 32, v);
     let opts = IpOpts {
         v4_options: vec![1, 1, 1, 1, 1, 1, 1, 0],
         ..Default::default()
     };
-    let f = packet::ether(&packet::ipv4(
-        PEER,
-        POD,
-        &L4::Tcp {
-            sport: 40000,
-            dport: 80,
-        },
-        &opts,
-    ));
-    assert_eq!(fx.run("to_pod", &f), OK);
-    let f = packet::ether(&packet::ipv4(
-        PEER,
-        POD,
-        &L4::Tcp {
-            sport: 40000,
-            dport: 81,
-        },
-        &opts,
-    ));
-    assert_eq!(fx.run("to_pod", &f), SHOT);
+    let to = |dport| {
+        ipv4_with(
+            PEER,
+            POD,
+            L4::Tcp {
+                sport: 40000,
+                dport,
+            },
+            &opts,
+        )
+    };
+    fx.check(&[
+        ("allowed port behind options", TO, &to(80), OK),
+        ("other port behind options", TO, &to(81), SHOT),
+    ]);
     assert_eq!(one_event(&mut fx).dport, 81);
 }
 
@@ -412,17 +420,14 @@ fn ipv4_options_use_the_real_header_length() {
 #[ignore = "needs root and BPF: run through cargo xtask test"]
 fn ipv6_extension_headers_are_walked() {
     common::require_root();
-    let mut fx = fixture();
-    fx.maps
-        .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED))
-        .unwrap();
-    let key = PolicyKeyV6 {
-        scope: PolicyScope::new(7, DIR_INGRESS),
-        addr: PEER6.octets(),
-    };
-    fx.maps
-        .upsert_v6(SCOPE_BITS + 128, key, &ports(&[(PROTO_UDP, 53, 53)]))
-        .unwrap();
+    let mut fx = fixture_for(EP_INGRESS_ISOLATED);
+    allow_v6(
+        &mut fx,
+        DIR_INGRESS,
+        PEER6,
+        128,
+        ports(&[(PROTO_UDP, 53, 53)]),
+    );
     let mut ext = packet::v6_ext(0, 60, 0);
     ext.extend(packet::v6_ext(60, 43, 0));
     ext.extend(packet::v6_ext(43, 0, 0));
@@ -430,17 +435,11 @@ fn ipv6_extension_headers_are_walked() {
         v6_ext: ext,
         ..Default::default()
     };
-    let mk = |dport| {
-        packet::ether(&packet::ipv6(
-            PEER6,
-            POD6,
-            &L4::Udp { sport: 999, dport },
-            &opts,
-            Some(0),
-        ))
-    };
-    assert_eq!(fx.run("to_pod", &mk(53)), OK);
-    assert_eq!(fx.run("to_pod", &mk(54)), SHOT);
+    let to = |dport| ipv6_with(PEER6, POD6, L4::Udp { sport: 999, dport }, &opts, 0);
+    fx.check(&[
+        ("allowed port behind three headers", TO, &to(53), OK),
+        ("other port behind three headers", TO, &to(54), SHOT),
+    ]);
     let ev = one_event(&mut fx);
     assert_eq!((ev.family, ev.proto, ev.dport), (FAMILY_V6, PROTO_UDP, 54));
     // More extension headers than the bounded walk: malformed, dropped.
@@ -452,17 +451,17 @@ fn ipv6_extension_headers_are_walked() {
         v6_ext: ext,
         ..Default::default()
     };
-    let f = packet::ether(&packet::ipv6(
+    let f = ipv6_with(
         PEER6,
         POD6,
-        &L4::Udp {
+        L4::Udp {
             sport: 999,
             dport: 53,
         },
         &opts,
-        Some(60),
-    ));
-    assert_eq!(fx.run("to_pod", &f), SHOT);
+        60,
+    );
+    assert_eq!(fx.run(TO, &f), SHOT, "nine extension headers");
     assert_eq!(one_event(&mut fx).reason, Reason::Malformed as u8);
 }
 
@@ -470,17 +469,9 @@ fn ipv6_extension_headers_are_walked() {
 #[ignore = "needs root and BPF: run through cargo xtask test"]
 fn fragments_match_only_all_port_rules() {
     common::require_root();
-    let mut fx = fixture();
-    fx.maps
-        .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED))
-        .unwrap();
-    allow_v4(
-        &mut fx,
-        DIR_INGRESS,
-        PEER,
-        32,
-        ports(&[(PROTO_UDP, 53, 53)]),
-    );
+    let mut fx = fixture_for(EP_INGRESS_ISOLATED);
+    let v = ports(&[(PROTO_UDP, 53, 53)]);
+    allow_v4(&mut fx, DIR_INGRESS, PEER, 32, v);
     let first = IpOpts {
         more_fragments: true,
         ..Default::default()
@@ -489,30 +480,14 @@ fn fragments_match_only_all_port_rules() {
         frag_offset: 100,
         ..Default::default()
     };
-    let f = packet::ether(&packet::ipv4(
-        PEER,
-        POD,
-        &L4::Udp {
-            sport: 1,
-            dport: 53,
-        },
-        &first,
-    ));
-    assert_eq!(fx.run("to_pod", &f), OK, "first fragment carries ports");
-    let f = packet::ether(&packet::ipv4(
-        PEER,
-        POD,
-        &L4::Udp {
-            sport: 1,
-            dport: 53,
-        },
-        &later,
-    ));
-    assert_eq!(
-        fx.run("to_pod", &f),
-        SHOT,
-        "non-first fragment: port rule does not match"
+    let (first, later) = (
+        ipv4_with(PEER, POD, dns(), &first),
+        ipv4_with(PEER, POD, dns(), &later),
     );
+    fx.check(&[
+        ("first fragment carries ports", TO, &first, OK),
+        ("non-first: port rule no match", TO, &later, SHOT),
+    ]);
     let ev = one_event(&mut fx);
     assert_eq!(ev.reason, Reason::Fragment as u8);
     assert_eq!(ev.flags & EVF_FRAGMENT, EVF_FRAGMENT);
@@ -522,99 +497,61 @@ fn fragments_match_only_all_port_rules() {
         ..Default::default()
     };
     allow_v4(&mut fx, DIR_INGRESS, PEER, 32, v);
-    assert_eq!(fx.run("to_pod", &f), OK);
-    // IPv6 fragment header, non-first.
-    let key = PolicyKeyV6 {
-        scope: PolicyScope::new(7, DIR_INGRESS),
-        addr: PEER6.octets(),
-    };
-    fx.maps
-        .upsert_v6(SCOPE_BITS + 128, key, &ports(&[(PROTO_UDP, 53, 53)]))
-        .unwrap();
-    let opts = IpOpts {
-        v6_ext: packet::v6_ext(44, 17, 10),
-        ..Default::default()
-    };
-    let f = packet::ether(&packet::ipv6(
-        PEER6,
-        POD6,
-        &L4::Udp {
-            sport: 1,
-            dport: 53,
-        },
-        &opts,
-        Some(44),
-    ));
-    assert_eq!(fx.run("to_pod", &f), SHOT);
-    let opts = IpOpts {
-        v6_ext: packet::v6_ext(44, 17, 0),
-        ..Default::default()
-    };
-    let f = packet::ether(&packet::ipv6(
-        PEER6,
-        POD6,
-        &L4::Udp {
-            sport: 1,
-            dport: 53,
-        },
-        &opts,
-        Some(44),
-    ));
     assert_eq!(
-        fx.run("to_pod", &f),
+        fx.run(TO, &later),
         OK,
-        "IPv6 first fragment carries ports"
+        "non-first fragment, every UDP port allowed"
     );
+    // IPv6 fragment header, non-first and first.
+    allow_v6(
+        &mut fx,
+        DIR_INGRESS,
+        PEER6,
+        128,
+        ports(&[(PROTO_UDP, 53, 53)]),
+    );
+    let fragment = |offset| {
+        let opts = IpOpts {
+            v6_ext: packet::v6_ext(44, 17, offset),
+            ..Default::default()
+        };
+        ipv6_with(PEER6, POD6, dns(), &opts, 44)
+    };
+    fx.check(&[
+        ("IPv6 non-first fragment", TO, &fragment(10), SHOT),
+        ("IPv6 first fragment carries ports", TO, &fragment(0), OK),
+    ]);
 }
 
 #[test]
 #[ignore = "needs root and BPF: run through cargo xtask test"]
 fn truncated_headers_are_dropped_at_every_layer() {
     common::require_root();
-    let mut fx = fixture();
-    fx.maps.upsert_endpoint(IF, &endpoint(0)).unwrap();
+    let mut fx = fixture_for(0);
     let full = tcp(PEER, POD, 40000, 80);
-    // TCP ports cut, TCP fixed header cut. (BPF_PROG_TEST_RUN itself refuses frames
-    // shorter than Ethernet + IPv4 header, so a cut IPv4 header is covered by the
-    // IHL cases below.)
-    for len in [14 + 20 + 2, 14 + 20 + 12] {
-        assert_eq!(fx.run("to_pod", &full[..len]), SHOT, "length {len}");
-    }
-    // IHL claims options that are not there.
-    let mut f = full[..14 + 20].to_vec();
-    f[14] = 0x4f;
-    assert_eq!(fx.run("to_pod", &f), SHOT, "IHL beyond packet");
-    // IHL below 5.
-    let mut f = full.clone();
-    f[14] = 0x44;
-    assert_eq!(fx.run("to_pod", &f), SHOT, "IHL < 5");
-    // UDP cut, IPv6 cut, IPv6 extension header cut.
+    // IHL claims options that are not there, or is below 5.
+    let mut ihl_beyond = full[..14 + 20].to_vec();
+    ihl_beyond[14] = 0x4f;
+    let mut ihl_below_5 = full.clone();
+    ihl_below_5[14] = 0x44;
     let u = udp(PEER, POD, 1, 53);
-    assert_eq!(fx.run("to_pod", &u[..14 + 20 + 6]), SHOT);
-    let v6 = packet::frame(
-        PEER6.into(),
-        POD6.into(),
-        &L4::Udp {
-            sport: 1,
-            dport: 53,
-        },
-    );
-    assert_eq!(fx.run("to_pod", &v6[..14 + 40 + 3]), SHOT);
+    let v6 = udp6(PEER6, POD6, 1, 53);
     let opts = IpOpts {
         v6_ext: packet::v6_ext(0, 17, 0),
         ..Default::default()
     };
-    let f = packet::ether(&packet::ipv6(
-        PEER6,
-        POD6,
-        &L4::Udp {
-            sport: 1,
-            dport: 53,
-        },
-        &opts,
-        Some(0),
-    ));
-    assert_eq!(fx.run("to_pod", &f[..14 + 40 + 4]), SHOT);
+    let ext = ipv6_with(PEER6, POD6, dns(), &opts, 0);
+    // (BPF_PROG_TEST_RUN itself refuses frames shorter than Ethernet + IPv4
+    // header, so a cut IPv4 header is covered by the IHL cases.)
+    fx.check(&[
+        ("TCP ports cut", TO, &full[..14 + 20 + 2], SHOT),
+        ("TCP fixed header cut", TO, &full[..14 + 20 + 12], SHOT),
+        ("IHL beyond packet", TO, &ihl_beyond, SHOT),
+        ("IHL < 5", TO, &ihl_below_5, SHOT),
+        ("UDP cut", TO, &u[..14 + 20 + 6], SHOT),
+        ("UDP after IPv6 cut", TO, &v6[..14 + 40 + 3], SHOT),
+        ("IPv6 extension header cut", TO, &ext[..14 + 40 + 4], SHOT),
+    ]);
     let evs = fx.events();
     assert!(!evs.is_empty());
     assert!(
@@ -623,64 +560,46 @@ fn truncated_headers_are_dropped_at_every_layer() {
     );
     // Even in audit mode malformed packets stay dropped.
     fx.maps.upsert_endpoint(IF, &endpoint(EP_AUDIT)).unwrap();
-    assert_eq!(fx.run("to_pod", &full[..14 + 20 + 2]), SHOT);
+    assert_eq!(fx.run(TO, &full[..14 + 20 + 2]), SHOT);
 }
 
 #[test]
 #[ignore = "needs root and BPF: run through cargo xtask test"]
 fn spoofed_source_is_dropped() {
     common::require_root();
-    let mut fx = fixture();
-    fx.maps.upsert_endpoint(IF, &endpoint(0)).unwrap();
-    assert_eq!(fx.run("from_pod", &tcp(OTHER, PEER, 1, 80)), SHOT);
+    let mut fx = fixture_for(0);
+    assert_eq!(fx.run(FROM, &tcp(OTHER, PEER, 1, 80)), SHOT);
     let ev = one_event(&mut fx);
     assert_eq!(ev.reason, Reason::SpoofedSource as u8);
     assert_eq!(
         Reason::from_u8(ev.reason).unwrap().as_str(),
         "spoofed-source"
     );
-    // IPv6 too, and the real address passes.
-    let f = packet::frame(
-        PEER6.into(),
-        POD6.into(),
-        &L4::Udp {
-            sport: 1,
-            dport: 53,
-        },
+    let mld = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x16);
+    fx.check(&[
+        // IPv6 too, and the real address passes.
+        ("IPv6, other source", FROM, &udp6(PEER6, POD6, 1, 53), SHOT),
+        ("IPv6, own source", FROM, &udp6(POD6, PEER6, 1, 53), OK),
+        // Neighbour solicitation from the link-local address passes, and so
+        // does an MLDv2 report to link-local multicast.
+        ("link-local NS", FROM, &icmp6(LL, PEER6, 135), OK),
+        ("link-local MLDv2", FROM, &icmp6(LL, mld, 143), OK),
+        // But any other ICMPv6 from a link-local source is spoofed.
+        ("link-local echo", FROM, &echo(LL, PEER6, 9), SHOT),
+    ]);
+    // The two drops above, each reported as spoofed.
+    let evs = fx.events();
+    assert_eq!(evs.len(), 2, "{evs:?}");
+    assert!(
+        evs.iter().all(|e| e.reason == Reason::SpoofedSource as u8),
+        "{evs:?}"
     );
-    assert_eq!(fx.run("from_pod", &f), SHOT);
-    let f = packet::frame(
-        POD6.into(),
-        PEER6.into(),
-        &L4::Udp {
-            sport: 1,
-            dport: 53,
-        },
-    );
-    assert_eq!(fx.run("from_pod", &f), OK);
-    // Neighbour solicitation from the link-local address passes.
-    let ll = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 5);
-    let ns = packet::frame(ll.into(), PEER6.into(), &L4::Icmp6Type(135));
-    assert_eq!(fx.run("from_pod", &ns), OK);
-    // So does an MLDv2 report to link-local multicast.
-    let mld = packet::frame(
-        ll.into(),
-        Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x16).into(),
-        &L4::Icmp6Type(143),
-    );
-    assert_eq!(fx.run("from_pod", &mld), OK);
-    // But any other ICMPv6 from a link-local source is spoofed.
-    let echo = packet::frame(ll.into(), PEER6.into(), &L4::IcmpEchoRequest { id: 9 });
-    assert_eq!(fx.run("from_pod", &echo), SHOT);
     // And a pod is no router: its router advertisements and redirects are
     // spoofed whatever their source (an advertisement could give its node a
-    // route through the pod).
-    let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
-    let _ = fx.events();
-    // (Different destinations: events are rate-limited per flow.)
-    for (ty, dst) in [(134, all_nodes), (137, PEER6)] {
-        let f = packet::frame(ll.into(), dst.into(), &L4::Icmp6Type(ty));
-        assert_eq!(fx.run("from_pod", &f), SHOT, "ICMPv6 type {ty}");
+    // route through the pod). (Different destinations: events are
+    // rate-limited per flow.)
+    for (ty, dst) in [(134, ALL_NODES), (137, PEER6)] {
+        assert_eq!(fx.run(FROM, &icmp6(LL, dst, ty)), SHOT, "ICMPv6 type {ty}");
         assert_eq!(one_event(&mut fx).reason, Reason::SpoofedSource as u8);
     }
 }
@@ -690,28 +609,15 @@ fn spoofed_source_is_dropped() {
 fn replies_pass_through_conntrack_and_withdrawn_allows_apply_at_once() {
     common::require_root();
     interfaces_2_and_3();
-    let mut fx = fixture();
-    fx.maps
-        .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED))
-        .unwrap();
+    let mut fx = fixture_for(EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED);
     // Egress to PEER:80 allowed; nothing allowed in.
     allow_v4(&mut fx, DIR_EGRESS, PEER, 32, ports(&[(PROTO_TCP, 80, 80)]));
-    assert_eq!(fx.run("from_pod", &tcp(POD, PEER, 40000, 80)), OK);
-    assert_eq!(
-        fx.run("to_pod", &tcp(PEER, POD, 80, 40000)),
-        OK,
-        "reply passes"
-    );
-    assert_eq!(
-        fx.run("to_pod", &tcp(PEER, POD, 80, 40001)),
-        SHOT,
-        "not a reply"
-    );
-    assert_eq!(
-        fx.run("to_pod", &udp(PEER, POD, 80, 40000)),
-        SHOT,
-        "other protocol"
-    );
+    fx.check(&[
+        ("allowed egress", FROM, &tcp(POD, PEER, 40000, 80), OK),
+        ("reply passes", TO, &tcp(PEER, POD, 80, 40000), OK),
+        ("not a reply", TO, &tcp(PEER, POD, 80, 40001), SHOT),
+        ("other protocol", TO, &udp(PEER, POD, 80, 40000), SHOT),
+    ]);
     fx.events();
     // Withdraw the allow: the established flow's next non-reply packet is re-checked.
     fx.maps
@@ -723,20 +629,19 @@ fn replies_pass_through_conntrack_and_withdrawn_allows_apply_at_once() {
             },
         )
         .unwrap();
-    assert_eq!(fx.run("from_pod", &tcp(POD, PEER, 40000, 80)), SHOT);
+    assert_eq!(fx.run(FROM, &tcp(POD, PEER, 40000, 80)), SHOT);
     assert_eq!(one_event(&mut fx).reason, Reason::NoPolicyAllows as u8);
     // Replies of what was already allowed still pass (the peer's answers).
-    assert_eq!(fx.run("to_pod", &tcp(PEER, POD, 80, 40000)), OK);
+    assert_eq!(fx.run(TO, &tcp(PEER, POD, 80, 40000)), OK);
     // Ingress-created flow: the pod's replies pass though egress allows nothing there.
-    let all = PolicyValue {
-        flags: PV_ALL,
-        ..Default::default()
-    };
+    let all = every_port();
     allow_v4(&mut fx, DIR_INGRESS, OTHER, 32, all);
-    assert_eq!(fx.run("to_pod", &udp(OTHER, POD, 5000, 53)), OK);
-    assert_eq!(fx.run("from_pod", &udp(POD, OTHER, 53, 5000)), OK);
+    fx.check(&[
+        ("allowed ingress", TO, &udp(OTHER, POD, 5000, 53), OK),
+        ("the pod's reply", FROM, &udp(POD, OTHER, 53, 5000), OK),
+    ]);
     // Conntrack is scoped by interface: another interface has no such state.
-    let (r, _) = fx.run_mark("to_pod", &tcp(PEER, POD, 80, 40000), 2, 0);
+    let (r, _) = fx.run_mark(TO, &tcp(PEER, POD, 80, 40000), 2, 0);
     assert_eq!(r, SHOT);
 }
 
@@ -744,95 +649,55 @@ fn replies_pass_through_conntrack_and_withdrawn_allows_apply_at_once() {
 #[ignore = "needs root and BPF: run through cargo xtask test"]
 fn icmp_errors_of_tracked_flows_pass() {
     common::require_root();
-    let mut fx = fixture();
-    fx.maps
-        .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED))
-        .unwrap();
-    assert_eq!(fx.run("from_pod", &tcp(POD, PEER, 40000, 80)), OK);
+    let mut fx = fixture_for(EP_INGRESS_ISOLATED);
     let router = Ipv4Addr::new(10, 255, 0, 9);
-    let quoted = packet::ipv4(
-        POD,
-        PEER,
-        &L4::Tcp {
-            sport: 40000,
-            dport: 80,
-        },
-        &IpOpts::default(),
-    );
-    let err = packet::frame(
-        router.into(),
-        POD.into(),
-        &L4::IcmpError {
-            ty: 3,
-            code: 4,
-            inner: quoted[..28].to_vec(),
-        },
-    );
-    assert_eq!(fx.run("to_pod", &err), OK, "frag-needed for a tracked flow");
-    let quoted = packet::ipv4(
-        POD,
-        PEER,
-        &L4::Tcp {
-            sport: 40001,
-            dport: 80,
-        },
-        &IpOpts::default(),
-    );
-    let err = packet::frame(
-        router.into(),
-        POD.into(),
-        &L4::IcmpError {
-            ty: 3,
-            code: 4,
-            inner: quoted[..28].to_vec(),
-        },
-    );
-    assert_eq!(fx.run("to_pod", &err), SHOT, "error about an unknown flow");
+    // Fragmentation needed, quoting the pod's TCP from `sport` to PEER:80.
+    let frag_needed = |sport| {
+        let quoted = packet::ipv4(POD, PEER, &L4::Tcp { sport, dport: 80 }, &IpOpts::default());
+        let inner = quoted[..28].to_vec();
+        packet::frame(
+            router.into(),
+            POD.into(),
+            &L4::IcmpError {
+                ty: 3,
+                code: 4,
+                inner,
+            },
+        )
+    };
+    fx.check(&[
+        ("the tracked flow", FROM, &tcp(POD, PEER, 40000, 80), OK),
+        ("frag-needed, tracked flow", TO, &frag_needed(40000), OK),
+        ("error about an unknown flow", TO, &frag_needed(40001), SHOT),
+    ]);
 }
 
 #[test]
 #[ignore = "needs root and BPF: run through cargo xtask test"]
 fn own_node_always_reaches_the_pod() {
     common::require_root();
-    let mut fx = fixture();
-    fx.maps
-        .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED))
-        .unwrap();
-    let node: IpAddr = Ipv4Addr::new(10, 255, 0, 1).into();
+    let mut fx = fixture_for(EP_INGRESS_ISOLATED);
+    let node = Ipv4Addr::new(10, 255, 0, 1);
+    let from_node = tcp(node, POD, 5555, 8080);
+    let from_other_node = tcp(Ipv4Addr::new(10, 255, 0, 2), POD, 5555, 8080);
     assert_eq!(
-        fx.run(
-            "to_pod",
-            &tcp(Ipv4Addr::new(10, 255, 0, 1), POD, 5555, 8080)
-        ),
-        SHOT
-    );
-    fx.maps.set_node_addrs(&[node]).unwrap();
-    assert_eq!(
-        fx.run(
-            "to_pod",
-            &tcp(Ipv4Addr::new(10, 255, 0, 1), POD, 5555, 8080)
-        ),
-        OK
-    );
-    assert_eq!(
-        fx.run(
-            "to_pod",
-            &tcp(Ipv4Addr::new(10, 255, 0, 2), POD, 5555, 8080)
-        ),
+        fx.run(TO, &from_node),
         SHOT,
-        "another node is an ordinary peer"
+        "the node before its address is known"
     );
+    fx.maps.set_node_addrs(&[node.into()]).unwrap();
+    fx.check(&[
+        ("the node", TO, &from_node, OK),
+        ("another node: an ordinary peer", TO, &from_other_node, SHOT),
+    ]);
 }
 
 #[test]
 #[ignore = "needs root and BPF: run through cargo xtask test"]
 fn audit_mode_passes_and_reports() {
     common::require_root();
-    let mut fx = fixture();
-    fx.maps
-        .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED | EP_AUDIT))
-        .unwrap();
-    assert_eq!(fx.run("to_pod", &tcp(PEER, POD, 40000, 80)), OK);
+    let mut fx = fixture_for(EP_INGRESS_ISOLATED | EP_AUDIT);
+    assert_eq!(fx.run(TO, &tcp(PEER, POD, 40000, 80)), OK);
     let ev = one_event(&mut fx);
     assert_eq!(ev.verdict, VERDICT_AUDIT);
     assert_eq!(ev.reason, Reason::NoPolicyAllows as u8);
@@ -843,16 +708,10 @@ fn audit_mode_passes_and_reports() {
 #[ignore = "needs root and BPF: run through cargo xtask test"]
 fn fail_closed_endpoint_denies_what_policy_judges() {
     common::require_root();
-    let mut fx = fixture();
-    fx.maps
-        .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED | EP_FAIL_CLOSED))
-        .unwrap();
-    let all = PolicyValue {
-        flags: PV_ALL,
-        ..Default::default()
-    };
+    let mut fx = fixture_for(EP_INGRESS_ISOLATED | EP_FAIL_CLOSED);
+    let all = every_port();
     allow_v4(&mut fx, DIR_INGRESS, PEER, 32, all);
-    assert_eq!(fx.run("to_pod", &tcp(PEER, POD, 40000, 80)), SHOT);
+    assert_eq!(fx.run(TO, &tcp(PEER, POD, 40000, 80)), SHOT);
     assert_eq!(one_event(&mut fx).reason, Reason::FailClosed as u8);
 }
 
@@ -861,10 +720,7 @@ fn fail_closed_endpoint_denies_what_policy_judges() {
 fn service_egress_is_decided_after_dnat() {
     common::require_root();
     interfaces_2_and_3();
-    let mut fx = fixture();
-    fx.maps
-        .upsert_endpoint(IF, &endpoint(EP_EGRESS_ISOLATED))
-        .unwrap();
+    let mut fx = fixture_for(EP_EGRESS_ISOLATED);
     let vip = Ipv4Addr::new(10, 96, 0, 10);
     let mut a = [0u8; 16];
     a[..4].copy_from_slice(&vip.octets());
@@ -876,33 +732,18 @@ fn service_egress_is_decided_after_dnat() {
             addr: a,
         })
         .unwrap();
-    allow_v4(
-        &mut fx,
-        DIR_EGRESS,
-        PEER,
-        32,
-        ports(&[(PROTO_TCP, 8080, 8080)]),
-    );
+    let v = ports(&[(PROTO_TCP, 8080, 8080)]);
+    allow_v4(&mut fx, DIR_EGRESS, PEER, 32, v);
     // To the ClusterIP: passes with the decision pending.
-    let (r, mark) = fx.run_mark("from_pod", &tcp(POD, vip, 40000, 80), IF, 0);
+    let (r, mark) = fx.run_mark(FROM, &tcp(POD, vip, 40000, 80), IF, 0);
     assert_eq!(r, OK);
     assert_eq!(mark & MARK_SVC_PENDING, MARK_SVC_PENDING);
     // Translated to an allowed backend: passes, mark cleared.
-    let (r, mark) = fx.run_mark(
-        "svc_egress",
-        &tcp(POD, PEER, 40000, 8080),
-        2,
-        MARK_SVC_PENDING,
-    );
+    let (r, mark) = fx.run_mark(SVC, &tcp(POD, PEER, 40000, 8080), 2, MARK_SVC_PENDING);
     assert_eq!(r, OK);
     assert_eq!(mark & MARK_SVC_PENDING, 0);
     // Translated to a backend policy does not allow: dropped, reported as the pod's egress.
-    let (r, _) = fx.run_mark(
-        "svc_egress",
-        &tcp(POD, OTHER, 40000, 8080),
-        2,
-        MARK_SVC_PENDING,
-    );
+    let (r, _) = fx.run_mark(SVC, &tcp(POD, OTHER, 40000, 8080), 2, MARK_SVC_PENDING);
     assert_eq!(r, SHOT);
     let ev = one_event(&mut fx);
     assert_eq!(
@@ -910,10 +751,10 @@ fn service_egress_is_decided_after_dnat() {
         (DIR_EGRESS, 7, IF)
     );
     // Same decision when the backend is a local pod (to_pod on its veth).
-    let (r, _) = fx.run_mark("to_pod", &tcp(POD, OTHER, 40000, 8080), 3, MARK_SVC_PENDING);
+    let (r, _) = fx.run_mark(TO, &tcp(POD, OTHER, 40000, 8080), 3, MARK_SVC_PENDING);
     assert_eq!(r, SHOT);
     // Unmarked traffic on other interfaces is not ours.
-    let (r, _) = fx.run_mark("svc_egress", &tcp(OTHER, PEER, 1, 2), 2, 0);
+    let (r, _) = fx.run_mark(SVC, &tcp(OTHER, PEER, 1, 2), 2, 0);
     assert_eq!(r, OK);
 }
 
@@ -921,14 +762,11 @@ fn service_egress_is_decided_after_dnat() {
 #[ignore = "needs root and BPF: run through cargo xtask test"]
 fn events_are_rate_limited_per_flow() {
     common::require_root();
-    let mut fx = fixture();
-    fx.maps
-        .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED))
-        .unwrap();
+    let mut fx = fixture_for(EP_INGRESS_ISOLATED);
     for _ in 0..50 {
-        assert_eq!(fx.run("to_pod", &tcp(PEER, POD, 40000, 80)), SHOT);
+        assert_eq!(fx.run(TO, &tcp(PEER, POD, 40000, 80)), SHOT);
     }
-    assert_eq!(fx.run("to_pod", &tcp(PEER, POD, 40001, 80)), SHOT);
+    assert_eq!(fx.run(TO, &tcp(PEER, POD, 40001, 80)), SHOT);
     let evs = fx.events();
     assert_eq!(evs.len(), 2, "one event per flow within the interval");
     assert_eq!(
@@ -943,7 +781,7 @@ fn events_are_rate_limited_per_flow() {
             ..Default::default()
         })
         .unwrap();
-    assert_eq!(fx.run("to_pod", &tcp(PEER, POD, 40000, 80)), SHOT);
+    assert_eq!(fx.run(TO, &tcp(PEER, POD, 40000, 80)), SHOT);
     assert_eq!(one_event(&mut fx).suppressed, 49);
 }
 
@@ -961,10 +799,7 @@ fn endpoint_budget_bounds_a_flood_of_new_flows() {
             0
         );
     }
-    let mut fx = fixture();
-    fx.maps
-        .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED))
-        .unwrap();
+    let mut fx = fixture_for(EP_INGRESS_ISOLATED);
     fx.maps
         .set_config(Config {
             endpoint_events_per_sec: 3,
@@ -974,7 +809,7 @@ fn endpoint_budget_bounds_a_flood_of_new_flows() {
     // Ten new flows (a new source port each): the per-flow limit lets all of
     // them through, the endpoint's budget only three.
     for sport in 40000..40010 {
-        assert_eq!(fx.run("to_pod", &tcp(PEER, POD, sport, 80)), SHOT);
+        assert_eq!(fx.run(TO, &tcp(PEER, POD, sport, 80)), SHOT);
     }
     let evs = fx.events();
     assert_eq!(evs.len(), 3, "the budget caps events per endpoint");
@@ -983,7 +818,7 @@ fn endpoint_budget_bounds_a_flood_of_new_flows() {
     // The next window's first event reports what the last one dropped. (Waiting
     // out the one-second window; nothing here is timed.)
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    assert_eq!(fx.run("to_pod", &tcp(PEER, POD, 41000, 80)), SHOT);
+    assert_eq!(fx.run(TO, &tcp(PEER, POD, 41000, 80)), SHOT);
     assert_eq!(one_event(&mut fx).throttled, 7);
 }
 

@@ -177,7 +177,10 @@ fn event_stream_readers_see_the_same_events_and_a_stalled_one_is_dropped() {
     // Enough denied flows (each from a port of its own) to fill the stalled
     // reader's socket buffers and the stream's backlog several times over.
     const FLOWS: usize = 6000;
-    let readers = [read_events(ns.clone(), FLOWS), read_events(ns.clone(), FLOWS)];
+    let readers = [
+        read_events(ns.clone(), FLOWS),
+        read_events(ns.clone(), FLOWS),
+    ];
     std::thread::sleep(Duration::from_millis(500));
     let to = SocketAddr::new(c.pod_ip("x/b").expect("ip"), 81);
     in_netns(c.pod_netns("x/c").expect("ns"), move || {

@@ -31,6 +31,7 @@ use tokio::{
 };
 
 mod common;
+mod probes;
 
 // ---------------------------------------------------------------------------
 // The fake API server
@@ -264,6 +265,16 @@ impl FakeApi {
 
     fn requests(&self) -> Vec<String> {
         self.lock().requests.clone()
+    }
+
+    /// How many requests so far were to `resource`, watches only or not.
+    fn requests_to(&self, resource: &str, watches: bool) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| {
+                r.contains(&format!("/{resource}")) && (!watches || r.contains("watch=true"))
+            })
+            .count()
     }
 
     async fn serve(&self, mut sock: TcpStream) {
@@ -592,6 +603,11 @@ impl Agent {
         }
     }
 
+    /// The latest error the source reported for `resource`'s stream ("" for none).
+    fn input_error(&self, resource: &str) -> String {
+        self.input_errors.get(resource).cloned().unwrap_or_default()
+    }
+
     /// Consume events for `d`; returns how many `Synced` arrived.
     async fn drain_for(&mut self, d: Duration) -> usize {
         let before = self.synced;
@@ -881,13 +897,15 @@ impl Captured {
         (logs, tracing::subscriber::set_default(subscriber))
     }
 
-    /// The RBAC lines logged so far.
-    fn rbac_lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().expect("log buffer"))
+    /// The one RBAC line logged so far (however often the request was refused).
+    fn rbac_line(&self) -> String {
+        let rbac: Vec<String> = String::from_utf8_lossy(&self.0.lock().expect("log buffer"))
             .lines()
             .filter(|l| l.contains("RBAC"))
             .map(str::to_string)
-            .collect()
+            .collect();
+        assert_eq!(rbac.len(), 1, "one RBAC line, not one per retry: {rbac:#?}");
+        rbac[0].clone()
     }
 }
 
@@ -900,11 +918,7 @@ async fn cluster_policies_are_picked_up_once_their_crd_is_installed() {
     seed_without_crd(&api);
     let mut agent = Agent::start(&api);
     agent.synced_to(SEEDED, "without the CRD").await;
-    let why = agent
-        .input_errors
-        .get("clusternetworkpolicies")
-        .cloned()
-        .unwrap_or_default();
+    let why = agent.input_error("clusternetworkpolicies");
     assert!(
         why.contains("CRD is not installed") && why.contains("NetworkPolicy is enforced"),
         "{why}"
@@ -938,25 +952,15 @@ async fn forbidden_resource_blocks_sync_and_is_logged_once() {
     // backoff is 20-200 ms here), and nothing may be declared synced meanwhile.
     let synced = agent.drain_for(Duration::from_millis(1500)).await;
     assert_eq!(synced, 0, "Synced before every resource was listed");
-    let refused = api
-        .requests()
-        .iter()
-        .filter(|r| r.contains("/networkpolicies"))
-        .count();
+    let refused = api.requests_to("networkpolicies", false);
     assert!(refused >= 3, "expected retries, saw {refused} requests");
-    let rbac = logs.rbac_lines();
-    assert_eq!(rbac.len(), 1, "one RBAC line, not one per retry: {rbac:#?}");
+    let rbac = logs.rbac_line();
     assert!(
-        rbac[0].contains("list networkpolicies") && rbac[0].contains("networking.k8s.io"),
-        "the line names the verb, the resource and its group: {}",
-        rbac[0]
+        rbac.contains("list networkpolicies") && rbac.contains("networking.k8s.io"),
+        "the line names the verb, the resource and its group: {rbac}"
     );
 
-    let why = agent
-        .input_errors
-        .get("networkpolicies")
-        .cloned()
-        .unwrap_or_default();
+    let why = agent.input_error("networkpolicies");
     assert!(
         why.contains("forbids this agent to list networkpolicies")
             && why.contains("nothing is programmed until every resource has been listed"),
@@ -999,34 +1003,20 @@ async fn forbidden_watch_after_an_allowed_list_is_logged_once_and_recovers() {
     agent.synced_to(SEEDED, "initial list").await;
     // The services watch is refused again and again meanwhile.
     agent.drain_for(Duration::from_millis(1500)).await;
-    let watches = api
-        .requests()
-        .iter()
-        .filter(|r| r.contains("/services") && r.contains("watch=true"))
-        .count();
+    let watches = api.requests_to("services", true);
     assert!(watches >= 3, "expected watch retries, saw {watches}");
-    let rbac = logs.rbac_lines();
-    assert_eq!(rbac.len(), 1, "one RBAC line, not one per retry: {rbac:#?}");
+    let rbac = logs.rbac_line();
     assert!(
-        rbac[0].contains("watch services"),
-        "the line names the verb and the resource: {}",
-        rbac[0]
+        rbac.contains("watch services"),
+        "the line names the verb and the resource: {rbac}"
     );
-    let why = agent
-        .input_errors
-        .get("services")
-        .cloned()
-        .unwrap_or_default();
+    let why = agent.input_error("services");
     assert!(
         why.contains("changes to services are not seen")
             && why.contains("every other resource is still followed and programmed"),
         "reported for /ready, saying what really happens: {why}"
     );
-    assert!(
-        !rbac[0].contains("nothing new is programmed"),
-        "{}",
-        rbac[0]
-    );
+    assert!(!rbac.contains("nothing new is programmed"), "{rbac}");
 
     // Granted: a Service created meanwhile arrives (through a relist or the
     // watch), and the state follows again.
@@ -1074,8 +1064,10 @@ fn the_agent_programs_what_the_api_server_says_through_drops_410_and_outages() {
     common::require_root();
     use palisade_harness::{
         objects, AgentConfig, Cluster, ClusterOptions, ClusterSpec, Family, LabelMap, Outcome,
-        Peer, PodPlan, PortPlan, Probe, Transport, Via,
+        PodPlan, PortPlan, Transport, Via,
     };
+    use Outcome::{Blocked, Reachable};
+    use Via::Pod;
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let pod_spec = |ns: &str, name: &str| PodPlan {
         namespace: ns.into(),
@@ -1148,16 +1140,6 @@ fn the_agent_programs_what_the_api_server_says_through_drops_410_and_outages() {
         "spec": {"podSelector": {}, "policyTypes": ["Ingress"],
                  "ingress": [{"from": [{"podSelector": {}}]}]}
     });
-    let probe = |c: &Cluster, from: &str, to: &str| -> Outcome {
-        let p = Probe {
-            from: Peer::parse(from).expect("peer"),
-            to: Peer::parse(to).expect("peer"),
-            port: 80,
-            protocol: Transport::Tcp,
-            via: Via::Pod,
-        };
-        c.probe(&[p]).expect("probe")[0]
-    };
 
     // 0. Pods cannot be listed (RBAC): not ready, and /ready says why.
     api.set_forbidden("pods", true);
@@ -1191,13 +1173,18 @@ fn the_agent_programs_what_the_api_server_says_through_drops_410_and_outages() {
         errors.contains("CRD is not installed"),
         "no ClusterNetworkPolicy CRD here: {ready}"
     );
-    assert_eq!(probe(&c, "y/a", "x/a"), Outcome::Reachable);
+    probes::expect(&c, &[("initial lists", "y/a", "x/a", Pod, Reachable)]);
 
     // 2. A watch event: a policy isolates x to itself.
     let rv = api.put("networkpolicies", same_namespace_only.clone());
     wait_programmed(&ns, rv, "policy added");
-    assert_eq!(probe(&c, "y/a", "x/a"), Outcome::Blocked);
-    assert_eq!(probe(&c, "x/b", "x/a"), Outcome::Reachable);
+    probes::expect(
+        &c,
+        &[
+            ("policy added: denied", "y/a", "x/a", Pod, Blocked),
+            ("policy added: allowed", "x/b", "x/a", Pod, Reachable),
+        ],
+    );
     // The deny line names the node (Kubernetes mode).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -1224,28 +1211,29 @@ fn the_agent_programs_what_the_api_server_says_through_drops_410_and_outages() {
                "spec": {"podSelector": {"matchLabels": {"none": "none"}}}}),
     );
     wait_programmed(&ns, rv, "relist after 410");
-    assert_eq!(probe(&c, "y/a", "x/a"), Outcome::Reachable);
+    probes::expect(&c, &[("relist after 410", "y/a", "x/a", Pod, Reachable)]);
 
     // 4. A connection dropped mid-stream: the watch resumes, the next event lands.
     api.drop_watches("networkpolicies");
     let rv = api.put("networkpolicies", same_namespace_only.clone());
     wait_programmed(&ns, rv, "after a dropped watch");
-    assert_eq!(probe(&c, "y/a", "x/a"), Outcome::Blocked);
+    probes::expect(&c, &[("after a dropped watch", "y/a", "x/a", Pod, Blocked)]);
 
     // 5. The API server goes away: the last programmed state stays enforced,
     //    and what changed meanwhile is programmed when it is back.
     api.set_down(true);
     api.delete("networkpolicies", "x/same-namespace-only", false);
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(
-        probe(&c, "y/a", "x/a"),
-        Outcome::Blocked,
-        "state kept while the API server is down"
+    probes::expect(
+        &c,
+        &[
+            ("API server down: denied", "y/a", "x/a", Pod, Blocked),
+            ("API server down: allowed", "x/b", "x/a", Pod, Reachable),
+        ],
     );
-    assert_eq!(probe(&c, "x/b", "x/a"), Outcome::Reachable);
     api.set_down(false);
     wait_programmed(&ns, api.rv(), "after the outage");
-    assert_eq!(probe(&c, "y/a", "x/a"), Outcome::Reachable);
+    probes::expect(&c, &[("after the outage", "y/a", "x/a", Pod, Reachable)]);
 
     c.teardown().expect("teardown");
     let _ = std::fs::remove_file(&kubeconfig);

@@ -11,22 +11,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use palisade_harness::{in_netns, Cluster, Outcome, Peer, Probe, Transport, Via};
+use palisade_harness::{in_netns, Cluster, Outcome, Via};
 use serde_json::{json, Value};
 
 mod common;
+mod probes;
 use common::{agent_binary, cluster_with};
-
-fn tcp80(c: &Cluster, from: &str, to: &str) -> Outcome {
-    let p = Probe {
-        from: Peer::parse(from).expect("peer"),
-        to: Peer::parse(to).expect("peer"),
-        port: 80,
-        protocol: Transport::Tcp,
-        via: Via::Pod,
-    };
-    c.probe(&[p]).expect("probe")[0]
-}
+use Outcome::{Blocked, Reachable};
+use Via::Pod;
 
 /// x/b (node 2) accepts only the pods in `from`, on TCP 80.
 fn b_accepts(from: &[&str]) -> Value {
@@ -116,15 +108,16 @@ fn removed_pins_keep_enforcing_and_are_pinned_again() {
     let mut c = cluster_with(&["--resync-seconds", "1"]);
     c.apply_policy(&b_accepts(&["a"])).expect("policy");
     c.sync().expect("sync");
-    assert_eq!(tcp80(&c, "x/c", "x/b"), Outcome::Blocked);
+    probes::expect(&c, &[("policy applied", "x/c", "x/b", Pod, Blocked)]);
     let pins = c.pin_dir(2).expect("pin dir");
     std::fs::remove_dir_all(&pins).expect("rm -rf pins");
-    assert_eq!(
-        tcp80(&c, "x/c", "x/b"),
-        Outcome::Blocked,
-        "the programs stay attached without their pins"
+    probes::expect(
+        &c,
+        &[
+            ("attached without their pins", "x/c", "x/b", Pod, Blocked),
+            ("x/a still allowed", "x/a", "x/b", Pod, Reachable),
+        ],
     );
-    assert_eq!(tcp80(&c, "x/a", "x/b"), Outcome::Reachable);
     let veth = std::ffi::CString::new(c.pod_host_veth("x/b").expect("veth")).expect("name");
     // SAFETY: a valid C string; the lookup runs in the node's namespace.
     let ifindex = in_netns(c.node_netns(2).expect("ns"), || unsafe {
@@ -143,13 +136,12 @@ fn removed_pins_keep_enforcing_and_are_pinned_again() {
     assert_steady(&c, 2, &body);
     // The restored pins carry a restart: enforcement continues through it.
     c.stop_agent(2).expect("stop");
-    assert_eq!(
-        tcp80(&c, "x/c", "x/b"),
-        Outcome::Blocked,
-        "after the agent stopped"
+    probes::expect(
+        &c,
+        &[("after the agent stopped", "x/c", "x/b", Pod, Blocked)],
     );
     c.start_agent(2).expect("restart");
-    assert_eq!(tcp80(&c, "x/c", "x/b"), Outcome::Blocked);
+    probes::expect(&c, &[("restarted", "x/c", "x/b", Pod, Blocked)]);
     c.teardown().expect("teardown");
 }
 
@@ -162,7 +154,7 @@ fn a_deleted_netlink_filter_is_attached_again() {
     let mut c = cluster_with(&["--resync-seconds", "1", "--attach-mode", "netlink"]);
     c.apply_policy(&b_accepts(&["a"])).expect("policy");
     c.sync().expect("sync");
-    assert_eq!(tcp80(&c, "x/c", "x/b"), Outcome::Blocked);
+    probes::expect(&c, &[("policy applied", "x/c", "x/b", Pod, Blocked)]);
     let veth = c.pod_host_veth("x/b").expect("veth").to_string();
     let ns = c.node_netns(2).expect("ns").to_string();
     let out = Command::new("ip")
@@ -179,9 +171,9 @@ fn a_deleted_netlink_filter_is_attached_again() {
     let body = wait_ready(&c, 2, "repairs reported", |_, b| {
         b["repairs"].as_u64().unwrap_or(0) > 0
     });
-    assert_eq!(tcp80(&c, "x/c", "x/b"), Outcome::Blocked, "filter back");
+    probes::expect(&c, &[("filter back", "x/c", "x/b", Pod, Blocked)]);
     assert_steady(&c, 2, &body);
-    assert_eq!(tcp80(&c, "x/a", "x/b"), Outcome::Reachable);
+    probes::expect(&c, &[("x/a still allowed", "x/a", "x/b", Pod, Reachable)]);
     c.teardown().expect("teardown");
 }
 
@@ -264,8 +256,13 @@ fn programs_pinned_out_of_sight_keep_a_new_agent_unready() {
     drop(moved);
     wait_ready(&c, 2, "ready once they are gone", |status, _| status == 200);
     c.sync().expect("sync");
-    assert_eq!(tcp80(&c, "x/c", "x/b"), Outcome::Blocked);
-    assert_eq!(tcp80(&c, "x/a", "x/b"), Outcome::Reachable);
+    probes::expect(
+        &c,
+        &[
+            ("ready: denied", "x/c", "x/b", Pod, Blocked),
+            ("ready: allowed", "x/a", "x/b", Pod, Reachable),
+        ],
+    );
     c.teardown().expect("teardown");
 }
 
@@ -303,7 +300,7 @@ fn policy_files_broken_symlinked_or_duplicated_keep_enforcing() {
     c.write_source_file("base.yaml", &yaml(&b_accepts(&["a"])))
         .expect("write");
     c.sync().expect("sync");
-    assert_eq!(tcp80(&c, "x/c", "x/b"), Outcome::Blocked);
+    probes::expect(&c, &[("policy applied", "x/c", "x/b", Pod, Blocked)]);
     let broken: [(&str, &str); 3] = [
         (
             "unparseable",
@@ -320,12 +317,14 @@ fn policy_files_broken_symlinked_or_duplicated_keep_enforcing() {
         c.sync().expect("sync");
         // Past a rescan: nothing a later scan does may drop the policy.
         std::thread::sleep(Duration::from_millis(700));
-        assert_eq!(
-            tcp80(&c, "x/c", "x/b"),
-            Outcome::Blocked,
-            "{what}: still enforced"
+        let still = format!("{what}: still enforced");
+        probes::expect(
+            &c,
+            &[
+                (&still, "x/c", "x/b", Pod, Blocked),
+                (what, "x/a", "x/b", Pod, Reachable),
+            ],
         );
-        assert_eq!(tcp80(&c, "x/a", "x/b"), Outcome::Reachable, "{what}");
         let (_, body) = ready(&c, 2);
         assert!(
             errors_text(&body).contains("base.yaml"),
@@ -334,10 +333,9 @@ fn policy_files_broken_symlinked_or_duplicated_keep_enforcing() {
     }
     c.remove_source_file("base.yaml").expect("remove");
     c.sync().expect("sync");
-    assert_eq!(
-        tcp80(&c, "x/c", "x/b"),
-        Outcome::Reachable,
-        "removed: its policy goes"
+    probes::expect(
+        &c,
+        &[("removed: its policy goes", "x/c", "x/b", Pod, Reachable)],
     );
     let (_, body) = ready(&c, 2);
     assert!(
@@ -350,33 +348,35 @@ fn policy_files_broken_symlinked_or_duplicated_keep_enforcing() {
         configmap(d, "v1", "policy.yaml", &yaml(&b_accepts(&["a"])))
     });
     c.sync().expect("sync");
-    assert_eq!(tcp80(&c, "x/c", "x/b"), Outcome::Blocked);
+    probes::expect(
+        &c,
+        &[("ConfigMap policy applied", "x/c", "x/b", Pod, Blocked)],
+    );
     std::thread::sleep(Duration::from_millis(1000));
-    assert_eq!(
-        tcp80(&c, "x/c", "x/b"),
-        Outcome::Blocked,
-        "still enforced after rescans"
+    probes::expect(
+        &c,
+        &[("still enforced after rescans", "x/c", "x/b", Pod, Blocked)],
     );
     on_every_node(&c, |d| {
         configmap(d, "v2", "policy.yaml", &yaml(&b_accepts(&["a", "c"])))
     });
     c.sync().expect("sync");
-    assert_eq!(
-        tcp80(&c, "x/c", "x/b"),
-        Outcome::Reachable,
-        "the ConfigMap update applies"
+    probes::expect(
+        &c,
+        &[
+            ("the ConfigMap update applies", "x/c", "x/b", Pod, Reachable),
+            ("y/a not added", "y/a", "x/b", Pod, Blocked),
+        ],
     );
-    assert_eq!(tcp80(&c, "y/a", "x/b"), Outcome::Blocked);
 
     // The same policy in a second file, first by path: it wins, and the
     // conflict is reported; once it goes, the ConfigMap's copy applies again.
     c.write_source_file("0-override.yaml", &yaml(&b_accepts(&["a"])))
         .expect("write");
     c.sync().expect("sync");
-    assert_eq!(
-        tcp80(&c, "x/c", "x/b"),
-        Outcome::Blocked,
-        "the first file by path wins"
+    probes::expect(
+        &c,
+        &[("the first file by path wins", "x/c", "x/b", Pod, Blocked)],
     );
     let (_, body) = ready(&c, 2);
     assert!(
@@ -386,10 +386,9 @@ fn policy_files_broken_symlinked_or_duplicated_keep_enforcing() {
     );
     c.remove_source_file("0-override.yaml").expect("remove");
     c.sync().expect("sync");
-    assert_eq!(
-        tcp80(&c, "x/c", "x/b"),
-        Outcome::Reachable,
-        "the other copy applies"
+    probes::expect(
+        &c,
+        &[("the other copy applies", "x/c", "x/b", Pod, Reachable)],
     );
     let (_, body) = ready(&c, 2);
     assert_eq!(body["errors"], json!([]), "{body}");
@@ -461,8 +460,14 @@ fn a_change_of_attach_mode_migrates_without_stacking() {
         assert_eq!(programs(&c, 2, &veth), want, "{args:?}");
         let (_, body) = ready(&c, 2);
         assert_eq!(body["errors"], json!([]), "{args:?}: {body}");
-        assert_eq!(tcp80(&c, "x/c", "x/b"), Outcome::Blocked, "{args:?}");
-        assert_eq!(tcp80(&c, "x/a", "x/b"), Outcome::Reachable, "{args:?}");
+        let name = format!("{args:?}");
+        probes::expect(
+            &c,
+            &[
+                (&name, "x/c", "x/b", Pod, Blocked),
+                (&name, "x/a", "x/b", Pod, Reachable),
+            ],
+        );
     }
     c.teardown().expect("teardown");
 }

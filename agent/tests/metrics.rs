@@ -214,7 +214,6 @@ fn a_real_prometheus_scrapes_exact_counters_latency_and_map_sizes() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    c.teardown().expect("teardown");
 
     // A deleted pod's series go with it (scraped from the endpoint).
     c.remove_pod("x/b").expect("remove x/b");
@@ -232,5 +231,5 @@ fn a_real_prometheus_scrapes_exact_counters_latency_and_map_sizes() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-
+    c.teardown().expect("teardown");
 }

@@ -95,39 +95,27 @@ fn check_full_mesh(family: Family) {
         "node probes: {out:?}"
     );
 
+    // x/a to y/b's pod address.
+    let a_to_b = |port, protocol| Probe {
+        from: Peer::Pod("x/a".into()),
+        to: Peer::Pod("y/b".into()),
+        port,
+        protocol,
+        via: Via::Pod,
+    };
     // A port nobody serves is blocked (refused), quickly.
-    let out = c
-        .probe(&[Probe {
-            from: Peer::Pod("x/a".into()),
-            to: Peer::Pod("y/b".into()),
-            port: 82,
-            protocol: Transport::Tcp,
-            via: Via::Pod,
-        }])
-        .expect("probe");
+    let out = c.probe(&[a_to_b(82, Transport::Tcp)]).expect("probe");
     assert_eq!(out, vec![Outcome::Blocked]);
 
     // SCTP reaches the pod where the kernel has it, and is skipped where not.
-    let out = c
-        .probe(&[Probe {
-            from: Peer::Pod("x/a".into()),
-            to: Peer::Pod("y/b".into()),
-            port: 80,
-            protocol: Transport::Sctp,
-            via: Via::Pod,
-        }])
-        .expect("probe");
+    let out = c.probe(&[a_to_b(80, Transport::Sctp)]).expect("probe");
     let sctp = if sctp_supported() {
         Outcome::Reachable
     } else {
         Outcome::Skipped
     };
-    assert_eq!(
-        out,
-        vec![sctp],
-        "SCTP (kernel support: {})",
-        sctp_supported()
-    );
+    let support = sctp_supported();
+    assert_eq!(out, vec![sctp], "SCTP (kernel support: {support})");
 
     c.teardown().expect("teardown");
     assert!(

@@ -27,35 +27,11 @@ fn base() -> Vec<Object> {
         ns("mon", &[("team", "mon")]),
         node("node-a", &[("zone", "a")]),
         node("node-b", &[("zone", "b")]),
-        Object::Pod(
-            pod("prod", "web", &[("app", "web")], "node-a", &[WEB, WEB6]).port(
-                "http",
-                Protocol::Tcp,
-                8080,
-            ),
-        ),
-        Object::Pod(pod("prod", "db", &[("app", "db")], "node-b", &[DB])),
-        Object::Pod(
-            pod("dev", "web", &[("app", "web")], "node-b", &[DEV_WEB]).port(
-                "http",
-                Protocol::Tcp,
-                9090,
-            ),
-        ),
-        Object::Pod(pod(
-            "dev",
-            "client",
-            &[("app", "client")],
-            "node-a",
-            &[CLIENT, CLIENT6],
-        )),
-        Object::Pod(pod(
-            "mon",
-            "scraper",
-            &[("app", "scraper")],
-            "node-a",
-            &[SCRAPER],
-        )),
+        web_pod("prod", "node-a", &[WEB, WEB6], 8080),
+        app_pod("prod", "db", "db", "node-b", &[DB]),
+        web_pod("dev", "node-b", &[DEV_WEB], 9090),
+        app_pod("dev", "client", "client", "node-a", &[CLIENT, CLIENT6]),
+        app_pod("mon", "scraper", "scraper", "node-a", &[SCRAPER]),
     ]
 }
 

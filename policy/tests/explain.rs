@@ -25,14 +25,8 @@ fn world(extra: Vec<Object>) -> World {
         ns("dev", &[("team", "b")]),
         ns("mon", &[("team", "mon")]),
         node("node-a", &[]),
-        Object::Pod(pod("prod", "web", &[("app", "web")], "node-a", &[WEB])),
-        Object::Pod(pod(
-            "dev",
-            "client",
-            &[("app", "client")],
-            "node-a",
-            &[CLIENT],
-        )),
+        app_pod("prod", "web", "web", "node-a", &[WEB]),
+        app_pod("dev", "client", "client", "node-a", &[CLIENT]),
         Object::Pod(pod("mon", "scraper", &[], "node-b", &[SCRAPER])),
     ];
     objs.extend(extra);

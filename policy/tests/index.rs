@@ -31,13 +31,7 @@ fn apply_detects_no_ops_and_deletes() {
 #[test]
 fn pod_by_ip_and_policies_selecting() {
     let mut idx = ClusterIndex::new();
-    idx.apply(Object::Pod(pod(
-        "a",
-        "p",
-        &[("app", "x")],
-        "node-a",
-        &["10.0.0.1", "fd00::1"],
-    )));
+    idx.apply(app_pod("a", "p", "x", "node-a", &["10.0.0.1", "fd00::1"]));
     idx.apply(Object::Pod(
         pod("a", "h", &[("app", "x")], "node-a", &["172.18.0.2"]).host_network(),
     ));

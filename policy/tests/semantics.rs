@@ -23,42 +23,12 @@ fn base() -> Vec<Object> {
         ns("prod", &[("team", "a")]),
         ns("dev", &[("team", "b")]),
         ns("other", &[]),
-        Object::Pod(
-            pod("prod", "web", &[("app", "web")], "node-a", &[WEB, WEB6]).port(
-                "http",
-                Protocol::Tcp,
-                8080,
-            ),
-        ),
-        Object::Pod(pod("prod", "db", &[("app", "db")], "node-b", &[DB])),
-        Object::Pod(pod(
-            "prod",
-            "client",
-            &[("app", "client")],
-            "node-a",
-            &[CLIENT],
-        )),
-        Object::Pod(
-            pod("dev", "web", &[("app", "web")], "node-b", &[DEV_WEB]).port(
-                "http",
-                Protocol::Tcp,
-                9090,
-            ),
-        ),
-        Object::Pod(pod(
-            "dev",
-            "client",
-            &[("app", "client")],
-            "node-a",
-            &[DEV_CLIENT],
-        )),
-        Object::Pod(pod(
-            "other",
-            "x",
-            &[("app", "client")],
-            "node-b",
-            &[OTHER_X],
-        )),
+        web_pod("prod", "node-a", &[WEB, WEB6], 8080),
+        app_pod("prod", "db", "db", "node-b", &[DB]),
+        app_pod("prod", "client", "client", "node-a", &[CLIENT]),
+        web_pod("dev", "node-b", &[DEV_WEB], 9090),
+        app_pod("dev", "client", "client", "node-a", &[DEV_CLIENT]),
+        app_pod("other", "x", "client", "node-b", &[OTHER_X]),
     ]
 }
 
@@ -567,7 +537,7 @@ fn host_network_pods() {
 #[test]
 fn pods_without_ip_then_with_ip() {
     let mut w = world(vec![
-        Object::Pod(pod("prod", "new", &[("app", "client")], "node-a", &[])),
+        app_pod("prod", "new", "client", "node-a", &[]),
         np(
             "prod",
             "p",
@@ -579,13 +549,7 @@ fn pods_without_ip_then_with_ip() {
         .endpoints
         .contains_key(&PodKey::new("prod", "new")));
     assert!(!w.tcp("10.0.9.9", WEB, 80));
-    w.apply(Object::Pod(pod(
-        "prod",
-        "new",
-        &[("app", "client")],
-        "node-a",
-        &["10.0.9.9"],
-    )));
+    w.apply(app_pod("prod", "new", "client", "node-a", &["10.0.9.9"]));
     assert!(w.maps["node-a"]
         .0
         .endpoints
@@ -597,7 +561,7 @@ fn pods_without_ip_then_with_ip() {
 #[test]
 fn dual_stack() {
     let w = world(vec![
-        Object::Pod(pod("prod", "c6", &[("app", "client")], "node-b", &["10.0.9.6", "fd00::9:6"])),
+        app_pod("prod", "c6", "client", "node-b", &["10.0.9.6", "fd00::9:6"]),
         np(
             "prod",
             "p",

@@ -52,6 +52,16 @@ pub fn pod(ns: &str, name: &str, labels: &[(&str, &str)], node: &str, ips: &[&st
     }
 }
 
+/// A pod labelled `app: <app>`, as an object.
+pub fn app_pod(ns: &str, name: &str, app: &str, node: &str, ips: &[&str]) -> Object {
+    Object::Pod(pod(ns, name, &[("app", app)], node, ips))
+}
+
+/// An `app: web` pod serving its named port `http` on TCP `port`.
+pub fn web_pod(ns: &str, node: &str, ips: &[&str], port: u16) -> Object {
+    Object::Pod(pod(ns, "web", &[("app", "web")], node, ips).port("http", Protocol::Tcp, port))
+}
+
 pub trait PodExt {
     fn port(self, name: &str, proto: Protocol, port: u16) -> Self;
     fn host_network(self) -> Self;
