@@ -128,6 +128,7 @@ async fn stream_events(mut sock: TcpStream, shared: &Shared, query: &str) {
             return;
         }
     };
+    limit_send_buffer(&sock);
     let (past, mut live) = shared.events.subscribe(&filter);
     let head = "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n";
     let mut r = write_timed(&mut sock, head.as_bytes()).await;
@@ -147,6 +148,27 @@ async fn stream_events(mut sock: TcpStream, shared: &Shared, query: &str) {
     }
     if let (Err(Stop::Slow), Some(m)) = (r, &shared.metrics) {
         m.event_readers_dropped.inc();
+    }
+}
+
+/// Bytes the kernel may hold for one `/events` reader: without a limit it
+/// grows the buffer to megabytes for a reader that stops reading.
+const STREAM_SEND_BUFFER: libc::c_int = 64 * 1024;
+
+fn limit_send_buffer(sock: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let size = STREAM_SEND_BUFFER;
+    // SAFETY: setsockopt reads `size` (a c_int, its length given) on a socket
+    // this task owns. A failure leaves the kernel's default, still bounded by
+    // the write timeout.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 

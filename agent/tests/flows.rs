@@ -184,8 +184,9 @@ fn event_stream_readers_see_the_same_events_and_a_stalled_one_is_dropped() {
     std::thread::sleep(Duration::from_millis(500));
     let to = SocketAddr::new(c.pod_ip("x/b").expect("ip"), 81);
     in_netns(c.pod_netns("x/c").expect("ns"), move || {
-        for _ in 0..FLOWS {
-            let s = UdpSocket::bind("0.0.0.0:0").expect("udp");
+        // Ports of its own, not ephemeral ones the kernel could hand out twice.
+        for i in 0..FLOWS {
+            let s = UdpSocket::bind(("0.0.0.0", 20_000 + i as u16)).expect("udp");
             s.send_to(b"ping", to).expect("send");
         }
     })
