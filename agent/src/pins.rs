@@ -28,6 +28,10 @@ pub enum LockError {
     Lock { path: PathBuf, source: io::Error },
 }
 
+/// How often and how long apart a held lock is tried again.
+const LOCK_TRIES: u32 = 20;
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
 impl PinLock {
     pub fn take(dir: &Path) -> Result<Self, LockError> {
         let f = fs::File::open(dir).map_err(|source| LockError::Open {
@@ -39,9 +43,18 @@ impl PinLock {
             source,
         })?;
         let fd = OwnedFd::from(f);
+        // A holder that is going away (an agent being replaced, or a child
+        // process between fork and exec that still has a copy of its fd)
+        // lets go within moments: wait up to a second before refusing.
+        let mut tries = 0;
         // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        while unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) && tries < LOCK_TRIES {
+                tries += 1;
+                std::thread::sleep(LOCK_RETRY);
+                continue;
+            }
             if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 return Err(LockError::Held {
                     path: dir.to_path_buf(),
