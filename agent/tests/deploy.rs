@@ -531,3 +531,155 @@ fn manifests_use_no_field_newer_than_the_oldest_supported_kubernetes() {
         "the AppArmor annotation names the agent's container"
     );
 }
+
+/// `deploy/monitoring/`: the Prometheus Operator objects, parsed into types
+/// of their CRDs' schema (monitoring.coreos.com/v1) without unknown fields.
+mod monitoring {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::Service;
+    use serde::{Deserialize, Serialize};
+    use serde_json::Value;
+
+    use super::{deploy_dir, manifests, typed};
+
+    #[derive(Debug, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields)]
+    struct Meta {
+        name: String,
+        namespace: String,
+        labels: BTreeMap<String, String>,
+    }
+
+    #[derive(Debug, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Selector {
+        match_labels: BTreeMap<String, String>,
+    }
+
+    #[derive(Debug, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct NamespaceSelector {
+        match_names: Vec<String>,
+    }
+
+    #[derive(Debug, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields)]
+    struct Endpoint {
+        port: String,
+        path: String,
+        interval: String,
+    }
+
+    #[derive(Debug, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct MonitorSpec {
+        selector: Selector,
+        namespace_selector: NamespaceSelector,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        endpoints: Option<Vec<Endpoint>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pod_metrics_endpoints: Option<Vec<Endpoint>>,
+    }
+
+    #[derive(Debug, Deserialize, Serialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct Monitor {
+        api_version: String,
+        kind: String,
+        metadata: Meta,
+        spec: MonitorSpec,
+    }
+
+    fn read(file: &str) -> Value {
+        let path = deploy_dir().join("monitoring").join(file);
+        let text = std::fs::read_to_string(&path).expect("readable");
+        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"))
+    }
+
+    #[test]
+    fn monitors_scrape_the_agents_metrics_port() {
+        let ds = &manifests().daemonsets[0];
+        let tpl = ds.spec.as_ref().expect("spec").template.clone();
+        let pod_labels = tpl.metadata.and_then(|m| m.labels).unwrap_or_default();
+        let ns = ds.metadata.namespace.clone().unwrap_or_default();
+        let container = &tpl.spec.expect("pod spec").containers[0];
+        let metrics_port = container
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some("metrics"))
+            .expect("the DaemonSet names a `metrics` container port");
+        for (file, kind, eps) in [
+            ("podmonitor.yaml", "PodMonitor", "podMetricsEndpoints"),
+            ("servicemonitor.yaml", "ServiceMonitor", "endpoints"),
+        ] {
+            let m: Monitor = typed(file, &read(file));
+            assert_eq!(m.api_version, "monitoring.coreos.com/v1", "{file}");
+            assert_eq!(m.kind, kind, "{file}");
+            assert_eq!(m.metadata.namespace, ns, "{file}");
+            assert_eq!(
+                m.spec.namespace_selector.match_names,
+                [ns.clone()],
+                "{file}"
+            );
+            let endpoints = m
+                .spec
+                .endpoints
+                .or(m.spec.pod_metrics_endpoints)
+                .unwrap_or_else(|| panic!("{file}: no {eps}"));
+            for e in &endpoints {
+                assert_eq!(e.port, "metrics", "{file}");
+                assert_eq!(e.path, "/metrics", "{file}");
+            }
+            if kind == "PodMonitor" {
+                for (k, v) in &m.spec.selector.match_labels {
+                    assert_eq!(pod_labels.get(k), Some(v), "{file} selects the agent pods");
+                }
+            }
+        }
+        let svc: Service = typed("service.yaml", &read("service.yaml"));
+        let spec = svc.spec.expect("service spec");
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"), "headless");
+        for (k, v) in spec.selector.unwrap_or_default() {
+            assert_eq!(
+                pod_labels.get(&k),
+                Some(&v),
+                "the Service selects the agent pods"
+            );
+        }
+        let port = &spec.ports.unwrap_or_default()[0];
+        assert_eq!(port.name.as_deref(), Some("metrics"));
+        assert_eq!(port.port, metrics_port.container_port);
+        let sm: Monitor = typed("servicemonitor.yaml", &read("servicemonitor.yaml"));
+        let svc_labels = svc.metadata.labels.unwrap_or_default();
+        for (k, v) in &sm.spec.selector.match_labels {
+            assert_eq!(
+                svc_labels.get(k),
+                Some(v),
+                "the ServiceMonitor selects the Service"
+            );
+        }
+    }
+
+    #[test]
+    fn the_component_lists_every_file() {
+        let k = read("kustomization.yaml");
+        assert_eq!(k["kind"], "Component");
+        assert_eq!(k["apiVersion"], "kustomize.config.k8s.io/v1alpha1");
+        let mut listed: Vec<String> = k["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .map(|r| r.as_str().expect("a file").to_string())
+            .collect();
+        listed.sort();
+        let mut files: Vec<String> = std::fs::read_dir(deploy_dir().join("monitoring"))
+            .expect("deploy/monitoring")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
+            .filter(|n| n != "kustomization.yaml")
+            .collect();
+        files.sort();
+        assert_eq!(listed, files);
+    }
+}

@@ -13,6 +13,10 @@
 //!   packet is a flow the rate limiter has not seen (the worst case: an event
 //!   per packet, up to what the ring buffer and the agent take).
 //!
+//! Then the cost of `--flow-events=new`: the same new-flow-per-packet flood,
+//! to a port the target allows, with flow events off and on: allowed-flow
+//! event lines per second and the agent's CPU.
+//!
 //! `cargo xtask bench events [--quick]` (root). Prints a table, writes
 //! `results/bench-events.json` and `results/bench-events.svg` (`-quick` in the names with
 //! `--quick`).
@@ -39,6 +43,10 @@ use serde_json::{json, Value};
 const NS: &str = "bench";
 const IPERF_PORT: u16 = 5201;
 const DENIED_PORT: u16 = 9;
+/// UDP ports the target accepts from the flooder (flow-event cost), one per
+/// `--flow-events` mode: conntrack outlives the agent's restart, so each mode
+/// needs flows the other has not created.
+const ALLOWED_PORTS: [u16; 2] = [10, 11];
 /// The node whose agent enforces the denied destination (and the server).
 const NODE: usize = 2;
 
@@ -67,7 +75,7 @@ struct Flooder {
 }
 
 impl Flooder {
-    fn start(ns: &str, kind: Flood, dst: Ipv4Addr) -> Result<Self> {
+    fn start(ns: &str, kind: Flood, dst: Ipv4Addr, port: u16) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let (st, se) = (stop.clone(), sent.clone());
@@ -76,7 +84,7 @@ impl Flooder {
             match kind {
                 Flood::OneFlow => {
                     let s = UdpSocket::bind("0.0.0.0:0")?;
-                    let to = SocketAddr::new(IpAddr::V4(dst), DENIED_PORT);
+                    let to = SocketAddr::new(IpAddr::V4(dst), port);
                     while !st.load(Ordering::Relaxed) {
                         for _ in 0..256 {
                             if s.send_to(&payload, to).is_ok() {
@@ -99,7 +107,7 @@ impl Flooder {
                     sa.sin_family = libc::AF_INET as u16;
                     sa.sin_addr.s_addr = u32::from(dst).to_be();
                     let mut pkt = [0u8; 8 + 64];
-                    pkt[2..4].copy_from_slice(&DENIED_PORT.to_be_bytes());
+                    pkt[2..4].copy_from_slice(&port.to_be_bytes());
                     let udp_len = pkt.len() as u16;
                     pkt[4..6].copy_from_slice(&udp_len.to_be_bytes());
                     // Checksum 0: none (allowed for UDP over IPv4).
@@ -204,6 +212,65 @@ struct Row {
     secs: f64,
 }
 
+/// One flow-event window.
+struct FlowRow {
+    mode: &'static str,
+    sent_per_s: f64,
+    lines_per_s: f64,
+    cpu_pct: f64,
+}
+
+/// The agent on [`NODE`] restarted with each `--flow-events` mode, under a
+/// flood of new allowed flows: what reporting them costs.
+fn flow_event_cost(
+    c: &mut Cluster,
+    flood_ns: &str,
+    target: Ipv4Addr,
+    secs: u32,
+) -> Result<Vec<FlowRow>> {
+    let node_ns = c.node_netns(NODE)?.to_string();
+    let log = c.deny_log_path(NODE)?;
+    let mut rows = Vec::new();
+    for (mode, port) in ["off", "new"].into_iter().zip(ALLOWED_PORTS) {
+        c.set_agent_args(&["--flow-events", mode])?;
+        c.stop_agent(NODE)?;
+        c.start_agent(NODE)?;
+        let pid = *pids_in_netns(&node_ns, "palisade-agent")
+            .first()
+            .ok_or_else(|| anyhow!("agent process not found in {node_ns}"))?;
+        let flooder = Flooder::start(flood_ns, Flood::FlowPerPacket, target, port)?;
+        std::thread::sleep(Duration::from_millis(500));
+        let (off, ticks0, sent0, t0) = (
+            file_len(&log),
+            cpu_ticks(pid).unwrap_or(0),
+            flooder.sent(),
+            Instant::now(),
+        );
+        std::thread::sleep(Duration::from_secs(u64::from(secs)));
+        let el = t0.elapsed().as_secs_f64();
+        let ticks = cpu_ticks(pid).unwrap_or(0).saturating_sub(ticks0);
+        let sent = flooder.sent() - sent0;
+        drop(flooder);
+        std::thread::sleep(Duration::from_millis(300));
+        let w = log_since(&log, off, &target.to_string())?;
+        if mode == "new" && w.flood == 0 {
+            bail!("--flow-events=new: no allowed-flow line names the target");
+        }
+        let r = FlowRow {
+            mode,
+            sent_per_s: sent as f64 / el,
+            lines_per_s: w.flood as f64 / el,
+            cpu_pct: ticks as f64 / clk_tck() / el * 100.0,
+        };
+        eprintln!(
+            "    flow events {:<4} flood {:>9.0} pkt/s  {:>8.0} allowed-flow lines/s  agent {:>5.1}% CPU",
+            r.mode, r.sent_per_s, r.lines_per_s, r.cpu_pct
+        );
+        rows.push(r);
+    }
+    Ok(rows)
+}
+
 fn spec() -> ClusterSpec {
     let mut namespaces = BTreeMap::new();
     namespaces.insert(NS.to_string(), LabelMap::new());
@@ -262,10 +329,17 @@ fn main() -> Result<()> {
         },
     }))?;
     c.apply_policy(&json!({
-        "metadata": {"namespace": NS, "name": "deny-all"},
+        "metadata": {"namespace": NS, "name": "target-allowed-port"},
         "spec": {
             "podSelector": {"matchLabels": {"role": "target"}},
             "policyTypes": ["Ingress"],
+            "ingress": [{
+                "from": [{"podSelector": {"matchLabels": {"role": "flooder"}}}],
+                "ports": [
+                    {"protocol": "UDP", "port": ALLOWED_PORTS[0]},
+                    {"protocol": "UDP", "port": ALLOWED_PORTS[1]},
+                ],
+            }],
         },
     }))?;
     c.sync()?;
@@ -302,7 +376,7 @@ fn main() -> Result<()> {
     ] {
         let flooder = match flood {
             Flood::None => None,
-            f => Some(Flooder::start(&flood_ns, f, target_ip)?),
+            f => Some(Flooder::start(&flood_ns, f, target_ip, DENIED_PORT)?),
         };
         // Let the flood reach its steady state before the window opens.
         std::thread::sleep(Duration::from_millis(if flooder.is_some() {
@@ -355,6 +429,7 @@ fn main() -> Result<()> {
         rows.push(r);
     }
     drop(_iperf);
+    let flow_rows = flow_event_cost(&mut c, &flood_ns, target_ip, secs)?;
     c.teardown()?;
 
     // Baseline: mean of the two no-flood windows.
@@ -407,8 +482,43 @@ fn main() -> Result<()> {
         ],
         &table,
     );
+    println!();
+    println!(
+        "flow events: a new allowed flow per packet to the target ({secs} s windows), --flow-events off vs new"
+    );
+    print_table(
+        &[
+            "flow events",
+            "flood pkt/s",
+            "allowed-flow lines/s",
+            "agent CPU",
+        ],
+        &flow_rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.mode.to_string(),
+                    format!("{:.0}", r.sent_per_s),
+                    format!("{:.0}", r.lines_per_s),
+                    format!("{:.1}%", r.cpu_pct),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    let flow_json: Vec<Value> = flow_rows
+        .iter()
+        .map(|r| {
+            json!({
+                "flow_events": r.mode,
+                "flood_packets_per_s": r.sent_per_s,
+                "allowed_flow_lines_per_s": r.lines_per_s,
+                "agent_cpu_percent_of_core": r.cpu_pct,
+            })
+        })
+        .collect();
     let json = json!({
         "part": "events",
+        "flow_events": flow_json,
         "quick": quick,
         "machine": machine(),
         "window_seconds": secs,

@@ -339,8 +339,9 @@ fn show_metrics(c: &Cluster) -> Result<()> {
         palisade_harness::agent::http_get(addr, "/metrics")
     })??;
     println!("\nMetrics of node-1 (GET /metrics, scraped by Prometheus; a few lines):");
+    // Packets by direction, verdict and reason: the series that counted any.
     for line in text.lines().filter(|l| {
-        l.starts_with("palisade_packets_total")
+        (l.starts_with("palisade_packets_total") && !l.ends_with(" 0"))
             || l.starts_with("palisade_policy_programming_seconds_count")
             || l.starts_with("palisade_map_entries{map=\"policy_v4\"}")
     }) {
