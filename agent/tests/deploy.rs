@@ -620,7 +620,7 @@ mod monitoring {
             assert_eq!(m.metadata.namespace, ns, "{file}");
             assert_eq!(
                 m.spec.namespace_selector.match_names,
-                [ns.clone()],
+                vec![ns.as_str()],
                 "{file}"
             );
             let endpoints = m
