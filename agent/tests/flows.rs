@@ -11,24 +11,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use palisade_harness::{in_netns, Cluster, Outcome, Peer, Probe, Transport, Via};
+use palisade_harness::{in_netns, Cluster, Outcome, Via};
 use serde_json::{json, Value};
 
 mod common;
+mod probes;
 
 /// The agent's HTTP endpoint inside a node's namespace.
 const AGENT_ADDR: &str = "127.0.0.1:9464";
-
-fn tcp80(c: &Cluster, from: &str, to: &str) -> Outcome {
-    let p = Probe {
-        from: Peer::parse(from).expect("peer"),
-        to: Peer::parse(to).expect("peer"),
-        port: 80,
-        protocol: Transport::Tcp,
-        via: Via::Pod,
-    };
-    c.probe(&[p]).expect("probe")[0]
-}
 
 /// x/b (node 2) accepts x/a on TCP 80, nothing else.
 fn b_from_a() -> Value {
@@ -71,7 +61,10 @@ fn a_new_allowed_connection_is_reported_once_with_its_policy() {
     c.sync().expect("sync");
     let (n1, n2) = (lines(&c, 1).len(), lines(&c, 2).len());
 
-    assert_eq!(tcp80(&c, "x/a", "x/b"), Outcome::Reachable);
+    assert_eq!(
+        probes::tcp80(&c, "x/a", "x/b", Via::Pod),
+        Outcome::Reachable
+    );
     let new = wait_lines(&c, 2, n2, |l| !l.is_empty());
     // Settle: nothing more may come of the same connection.
     std::thread::sleep(Duration::from_millis(1500));
@@ -91,7 +84,7 @@ fn a_new_allowed_connection_is_reported_once_with_its_policy() {
     assert!(from_a.is_empty(), "{from_a:#?}");
 
     // A denied connection is still a deny.
-    assert_eq!(tcp80(&c, "x/c", "x/b"), Outcome::Blocked);
+    assert_eq!(probes::tcp80(&c, "x/c", "x/b", Via::Pod), Outcome::Blocked);
     let denies = wait_lines(&c, 2, n2 + 1, |l| {
         l.iter().any(|e| e["verdict"] == "denied")
     });

@@ -19,8 +19,8 @@ use std::{
 };
 
 use palisade_agent::source::{
-    kube::{BackoffConfig, KubeSource, VERBS, WATCHED},
-    SourceEvent,
+    kube::{KubeSource, VERBS, WATCHED},
+    BackoffConfig, SourceEvent,
 };
 use palisade_policy::ClusterIndex;
 use serde_json::{json, Value};

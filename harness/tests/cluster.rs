@@ -13,19 +13,6 @@ use palisade_harness::*;
 
 mod common;
 
-fn our_netns(prefix: &str) -> Vec<String> {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns list");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(prefix))
-        .map(str::to_string)
-        .collect()
-}
-
 fn all_pairs(c: &Cluster, protocol: Transport, port: u16, via: Via) -> Vec<Probe> {
     let keys = c.pod_keys();
     let mut v = Vec::new();
@@ -119,9 +106,9 @@ fn check_full_mesh(family: Family) {
 
     c.teardown().expect("teardown");
     assert!(
-        our_netns(&id).is_empty(),
+        common::netns_with(&id).is_empty(),
         "left behind: {:?}",
-        our_netns(&id)
+        common::netns_with(&id)
     );
 }
 
@@ -301,7 +288,7 @@ fn pods_added_and_removed_at_runtime() {
     let ns = c.pod_netns("z/late").expect("ns").to_string();
     c.remove_pod("z/late").expect("remove");
     assert!(!src.join("pod-z-late.yaml").exists());
-    assert!(our_netns(&ns).is_empty());
+    assert!(common::netns_with(&ns).is_empty());
 }
 
 #[test]
@@ -318,7 +305,7 @@ fn drop_during_panic_cleans_up() {
     assert!(r.is_err());
     let id = id.lock().unwrap().clone();
     assert!(!id.is_empty());
-    assert!(our_netns(&format!("{id}-")).is_empty());
+    assert!(common::netns_with(&format!("{id}-")).is_empty());
 }
 
 #[test]
@@ -341,7 +328,10 @@ fn leftovers_of_dead_runs_are_removed() {
     let tmp = std::env::temp_dir().join(format!("palisade-harness-{dead}-1"));
     std::fs::create_dir_all(tmp.join("n1")).expect("mkdir");
     let removed = cleanup_leftovers();
-    assert!(our_netns(&ns).is_empty(), "leftover {ns} still there");
+    assert!(
+        common::netns_with(&ns).is_empty(),
+        "leftover {ns} still there"
+    );
     assert!(!tmp.exists());
     assert!(removed.iter().any(|r| r.contains(&ns)), "{removed:?}");
 
@@ -352,10 +342,13 @@ fn leftovers_of_dead_runs_are_removed() {
         .expect("ip");
     assert!(st.success());
     let c = Cluster::build(&small_spec(Family::Ipv4), ClusterOptions::default()).expect("build");
-    assert!(our_netns(&ns).is_empty(), "build did not clean {ns}");
+    assert!(
+        common::netns_with(&ns).is_empty(),
+        "build did not clean {ns}"
+    );
     cleanup_leftovers();
     assert!(
-        !our_netns(&format!("{}-", c.id())).is_empty(),
+        !common::netns_with(&format!("{}-", c.id())).is_empty(),
         "own live namespaces removed"
     );
 }

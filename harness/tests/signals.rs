@@ -11,19 +11,6 @@ use palisade_harness::*;
 
 mod common;
 
-fn netns_with(prefix: &str) -> Vec<String> {
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(prefix))
-        .map(str::to_string)
-        .collect()
-}
-
 /// The body of the child process of the tests below (`PALISADE_HOLD_CHILD`
 /// set): builds a cluster, says `READY <id>` and holds it for 60 s. Run as a
 /// test of its own it holds it for no time, and checks that dropping the
@@ -39,7 +26,7 @@ fn hold_cluster_child() {
     let id = c.id().to_string();
     println!("READY {id}");
     assert!(
-        !netns_with(&format!("{id}-")).is_empty(),
+        !common::netns_with(&format!("{id}-")).is_empty(),
         "no namespace of {id}"
     );
     if child {
@@ -47,9 +34,9 @@ fn hold_cluster_child() {
     }
     drop(c);
     assert!(
-        netns_with(&format!("{id}-")).is_empty(),
+        common::netns_with(&format!("{id}-")).is_empty(),
         "a dropped cluster left namespaces: {:?}",
-        netns_with(&format!("{id}-"))
+        common::netns_with(&format!("{id}-"))
     );
 }
 
@@ -87,12 +74,12 @@ fn spawn_holder() -> (Child, String) {
 fn sigint_tears_down_and_exits_130() {
     common::require_root();
     let (mut child, id) = spawn_holder();
-    assert!(!netns_with(&format!("{id}-")).is_empty());
+    assert!(!common::netns_with(&format!("{id}-")).is_empty());
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let st = child.wait().expect("wait");
     assert_eq!(st.code(), Some(130), "{st}");
-    assert!(netns_with(&format!("{id}-")).is_empty());
+    assert!(common::netns_with(&format!("{id}-")).is_empty());
 }
 
 #[test]
@@ -103,11 +90,14 @@ fn sigkill_leftovers_are_cleaned_by_the_next_start() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(
-        !netns_with(&format!("{id}-")).is_empty(),
+        !common::netns_with(&format!("{id}-")).is_empty(),
         "a killed run leaves its namespaces"
     );
     let removed = cleanup_leftovers();
-    assert!(netns_with(&format!("{id}-")).is_empty(), "{removed:?}");
+    assert!(
+        common::netns_with(&format!("{id}-")).is_empty(),
+        "{removed:?}"
+    );
     let tmp = std::env::temp_dir().join(format!(
         "palisade-harness-{}",
         id.trim_start_matches("pal-")

@@ -2,10 +2,10 @@
 //! (an earlier agent's, adopted) or pinning new ones.
 use std::{collections::BTreeMap, fs, path::Path};
 
-use aya::{maps::MapData, programs::SchedClassifier, EbpfLoader};
+use aya::{maps::MapData, EbpfLoader};
 use palisade_common::progs;
 
-use super::{AttachMode, Datapath, DatapathError, EBPF_OBJECT};
+use super::{classifier, AttachMode, Datapath, DatapathError, EBPF_OBJECT};
 use crate::pins::PinLock;
 
 impl Datapath {
@@ -38,18 +38,12 @@ impl Datapath {
                 source: Box::new(source),
             })?;
         for name in [progs::TO_POD, progs::FROM_POD, progs::SVC_EGRESS] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::MissingProgram(name))?
-                .try_into()
+            classifier(&mut ebpf, name)?
+                .load()
                 .map_err(|source| DatapathError::Program {
                     name,
                     source: Box::new(source),
                 })?;
-            prog.load().map_err(|source| DatapathError::Program {
-                name,
-                source: Box::new(source),
-            })?;
         }
         let mut pinned_maps = Vec::new();
         for e in fs::read_dir(&maps_dir)

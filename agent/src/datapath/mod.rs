@@ -189,14 +189,7 @@ impl Datapath {
     }
 
     pub fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
-        self.ebpf
-            .program_mut(name)
-            .ok_or(DatapathError::MissingProgram(name))?
-            .try_into()
-            .map_err(|source| DatapathError::Program {
-                name,
-                source: Box::new(source),
-            })
+        classifier(&mut self.ebpf, name)
     }
 
     /// Take a map out of the object (the typed writer owns it from then on).
@@ -215,6 +208,20 @@ impl Datapath {
     pub fn is_attached(&self, ifindex: u32, hook: Hook) -> bool {
         self.attached.contains_key(&(ifindex, hook))
     }
+}
+
+/// The TC program `name` of the object.
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    ebpf.program_mut(name)
+        .ok_or(DatapathError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| DatapathError::Program {
+            name,
+            source: Box::new(source),
+        })
 }
 
 /// (ifindex, program name) of a link pin's file name (`Datapath::link_pin`).

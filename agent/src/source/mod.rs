@@ -8,10 +8,12 @@ use std::collections::BTreeMap;
 
 use palisade_policy::{Object, ObjectRef};
 
+mod backoff;
 pub mod file;
 pub mod inotify;
 pub mod kube;
 
+pub use backoff::BackoffConfig;
 pub use file::{FileSource, MAX_FILE_BYTES, REVISION_FILE};
 pub use kube::KubeSource;
 

@@ -20,7 +20,10 @@ pub fn require_root() {
 
 /// Runs `bin args` (in the calling thread's network namespace) and returns its
 /// stdout; fails the test with its stderr when it exits non-zero.
-#[allow(dead_code)] // not every test file that includes this module uses it
+#[allow(
+    dead_code,
+    reason = "not every test file that includes this module uses it"
+)]
 pub fn cmd(bin: &str, args: &[&str]) -> String {
     let out = std::process::Command::new(bin)
         .args(args)
@@ -37,7 +40,10 @@ pub fn cmd(bin: &str, args: &[&str]) -> String {
 /// Moves the calling test thread into a fresh network namespace of its own and
 /// makes the veth pair `a`/`b` there, both up; returns their ifindexes. The
 /// namespace goes away with the thread, so nothing outlives the test.
-#[allow(dead_code)] // not every test file that includes this module uses it
+#[allow(
+    dead_code,
+    reason = "not every test file that includes this module uses it"
+)]
 pub fn private_veth(a: &str, b: &str) -> (u32, u32) {
     require_root();
     // SAFETY: unshare affects only this thread, which the test owns.
@@ -51,7 +57,10 @@ pub fn private_veth(a: &str, b: &str) -> (u32, u32) {
 }
 
 /// Another veth pair `a`/`b`, both up, in the namespace [`private_veth`] made.
-#[allow(dead_code)] // not every test file that includes this module uses it
+#[allow(
+    dead_code,
+    reason = "not every test file that includes this module uses it"
+)]
 pub fn private_veth_here(a: &str, b: &str) -> (u32, u32) {
     cmd(
         "ip",
@@ -71,7 +80,10 @@ pub fn private_veth_here(a: &str, b: &str) -> (u32, u32) {
 
 /// The agent binary the root-only tests run: `$PALISADE_AGENT` (the release
 /// build in `cargo xtask test`), else the one cargo built for this test.
-#[allow(dead_code)] // not every test file that includes this module uses it
+#[allow(
+    dead_code,
+    reason = "not every test file that includes this module uses it"
+)]
 pub fn agent_binary() -> std::path::PathBuf {
     std::env::var_os("PALISADE_AGENT")
         .map(std::path::PathBuf::from)
@@ -80,7 +92,10 @@ pub fn agent_binary() -> std::path::PathBuf {
 
 /// The agent's config for the cluster tests: `agent_args` after the harness's
 /// own, uplinks told as `uplinks` says.
-#[allow(dead_code)] // not every test file that includes this module uses it
+#[allow(
+    dead_code,
+    reason = "not every test file that includes this module uses it"
+)]
 pub fn agent_config(
     agent_args: &[&str],
     uplinks: palisade_harness::Uplinks,
@@ -92,7 +107,10 @@ pub fn agent_config(
 }
 
 /// The default model (IPv4, ptp-style nodes) with `agent` started on every node.
-#[allow(dead_code)] // not every test file that includes this module uses it
+#[allow(
+    dead_code,
+    reason = "not every test file that includes this module uses it"
+)]
 pub fn cluster_of(agent: palisade_harness::AgentConfig) -> palisade_harness::Cluster {
     let mut c = palisade_harness::Cluster::build(
         &palisade_harness::ClusterSpec::default_model(palisade_harness::Family::Ipv4),
@@ -108,7 +126,10 @@ pub fn cluster_of(agent: palisade_harness::AgentConfig) -> palisade_harness::Clu
 }
 
 /// [`cluster_of`] with `agent_args` and named uplinks, programmed once.
-#[allow(dead_code)] // not every test file that includes this module uses it
+#[allow(
+    dead_code,
+    reason = "not every test file that includes this module uses it"
+)]
 pub fn cluster_with(agent_args: &[&str]) -> palisade_harness::Cluster {
     let mut c = cluster_of(agent_config(agent_args, palisade_harness::Uplinks::Named));
     c.sync().expect("agents programmed");

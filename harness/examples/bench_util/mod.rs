@@ -5,7 +5,10 @@
 //!
 //! Every example includes this module with `mod bench_util;` and uses a part
 //! of it, hence the `dead_code` allowance.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each benchmark that includes this module uses part of it"
+)]
 
 use std::fs::File;
 use std::io::{Read, Write};

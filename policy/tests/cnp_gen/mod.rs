@@ -2,7 +2,10 @@
 //! priorities with ties, actions, subjects, every peer type (pod addresses inside
 //! `networks` too), protocols with numbers, ranges and named ports, and now and
 //! then an invalid object (which must change nothing) or an unsupported peer.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test crate that includes this module uses part of it"
+)]
 
 use palisade_policy::{parse_yaml_documents, NodeSpec, Object};
 use proptest::prelude::*;

@@ -1,6 +1,9 @@
 //! Test helpers: build clusters, compile every node, and evaluate a connection both
 //! the way the datapath does (encoded maps, LPM lookup) and with the reference.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test crate that includes this module uses part of it"
+)]
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
