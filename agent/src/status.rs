@@ -132,8 +132,12 @@ impl Shared {
 }
 
 /// The names table for the pods found this pass, and the addresses two pods
-/// claim (each a readable line).
+/// claim (each a readable line). The cluster-wide part (every pod's address,
+/// invalid policies) is taken from `prev` when the index is the one `prev`
+/// was built from (a pass for an interface change, or the resync); only the
+/// local pods' part is built again.
 pub fn names_for_pass(
+    prev: (&Names, &[String]),
     node: &str,
     index: &Arc<ClusterIndex>,
     ifaces: &PodInterfaces,
@@ -146,6 +150,37 @@ pub fn names_for_pass(
         index: Arc::downgrade(index),
         ..Default::default()
     };
+    let same_index = prev
+        .0
+        .index
+        .upgrade()
+        .is_some_and(|i| Arc::ptr_eq(&i, index));
+    let duplicates = if same_index {
+        names.by_ip = prev.0.by_ip.clone();
+        names.invalid = prev.0.invalid.clone();
+        prev.1.to_vec()
+    } else {
+        cluster_names(index, &mut names)
+    };
+    for (pod, (_, idx)) in ifaces {
+        names.by_ifindex.insert(*idx, pod.clone());
+        if let Some(id) = endpoints.ids().get(pod) {
+            names.by_id.insert(*id, pod.clone());
+        }
+        names.policies.insert(
+            pod.clone(),
+            (
+                index.policies_selecting(pod, Direction::Ingress),
+                index.policies_selecting(pod, Direction::Egress),
+            ),
+        );
+    }
+    (names, duplicates)
+}
+
+/// The cluster-wide part of the names: every policy pod's addresses (and the
+/// addresses two pods claim), the invalid policies.
+fn cluster_names(index: &ClusterIndex, names: &mut Names) -> Vec<String> {
     let mut duplicates = Vec::new();
     for pod in index.pods() {
         if !pod.is_policy_pod() {
@@ -170,18 +205,5 @@ pub fn names_for_pass(
         .filter(|p| p.error().is_some())
         .map(|p| p.id())
         .collect();
-    for (pod, (_, idx)) in ifaces {
-        names.by_ifindex.insert(*idx, pod.clone());
-        if let Some(id) = endpoints.ids().get(pod) {
-            names.by_id.insert(*id, pod.clone());
-        }
-        names.policies.insert(
-            pod.clone(),
-            (
-                index.policies_selecting(pod, Direction::Ingress),
-                index.policies_selecting(pod, Direction::Egress),
-            ),
-        );
-    }
-    (names, duplicates)
+    duplicates
 }

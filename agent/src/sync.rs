@@ -398,7 +398,9 @@ impl SyncLoop {
         fail_closed: Vec<String>,
         write_errors: Vec<String>,
     ) -> bool {
+        let prev = self.shared.names();
         let (names, duplicates) = names_for_pass(
+            (&prev, &self.duplicates),
             &self.opts.node,
             &self.ingest.index,
             ifaces,
