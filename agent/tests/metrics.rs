@@ -215,6 +215,18 @@ fn a_real_prometheus_scrapes_exact_counters_latency_and_map_sizes() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // What a scrape costs the agent (printed, not asserted: a noisy machine).
+    let t = Instant::now();
+    const SCRAPES: u32 = 20;
+    for _ in 0..SCRAPES {
+        http_get(&ns, "127.0.0.1:9464", "/metrics").expect("a scrape");
+    }
+    eprintln!(
+        "scrape of /metrics: {:.1} ms on average ({} bytes)",
+        t.elapsed().as_secs_f64() * 1000.0 / f64::from(SCRAPES),
+        text.len()
+    );
+
     // A deleted pod's series go with it (scraped from the endpoint).
     c.remove_pod("x/b").expect("remove x/b");
     c.sync().expect("sync");
