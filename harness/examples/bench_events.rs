@@ -43,10 +43,12 @@ use serde_json::{json, Value};
 const NS: &str = "bench";
 const IPERF_PORT: u16 = 5201;
 const DENIED_PORT: u16 = 9;
-/// UDP ports the target accepts from the flooder (flow-event cost), one per
-/// `--flow-events` mode: conntrack outlives the agent's restart, so each mode
-/// needs flows the other has not created.
-const ALLOWED_PORTS: [u16; 2] = [10, 11];
+/// UDP port ranges the target accepts from the flooder (flow-event cost), one
+/// per `--flow-events` mode: conntrack outlives the agent's restart, so each
+/// mode needs flows the other has not created. The flood cycles the source
+/// port, and the destination port through its range each time the source
+/// ports wrap, so every packet stays a new flow for the whole window.
+const ALLOWED_PORTS: [(u16, u16); 2] = [(10_000, 29_999), (30_000, 49_999)];
 /// The node whose agent enforces the denied destination (and the server).
 const NODE: usize = 2;
 
@@ -75,7 +77,10 @@ struct Flooder {
 }
 
 impl Flooder {
-    fn start(ns: &str, kind: Flood, dst: Ipv4Addr, port: u16) -> Result<Self> {
+    /// Floods `dst` on `ports` (inclusive; one port but for the new-flow
+    /// flood's destination cycling).
+    fn start(ns: &str, kind: Flood, dst: Ipv4Addr, ports: (u16, u16)) -> Result<Self> {
+        let port = ports.0;
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let (st, se) = (stop.clone(), sent.clone());
@@ -112,9 +117,16 @@ impl Flooder {
                     pkt[4..6].copy_from_slice(&udp_len.to_be_bytes());
                     // Checksum 0: none (allowed for UDP over IPv4).
                     let mut sport: u16 = 1024;
+                    let mut dport = ports.0;
                     while !st.load(Ordering::Relaxed) {
                         for _ in 0..256 {
-                            sport = if sport == u16::MAX { 1024 } else { sport + 1 };
+                            if sport == u16::MAX {
+                                sport = 1024;
+                                dport = if dport >= ports.1 { ports.0 } else { dport + 1 };
+                                pkt[2..4].copy_from_slice(&dport.to_be_bytes());
+                            } else {
+                                sport += 1;
+                            }
                             pkt[0..2].copy_from_slice(&sport.to_be_bytes());
                             // SAFETY: buffer and address outlive the call.
                             let n = unsafe {
@@ -335,10 +347,11 @@ fn main() -> Result<()> {
             "policyTypes": ["Ingress"],
             "ingress": [{
                 "from": [{"podSelector": {"matchLabels": {"role": "flooder"}}}],
-                "ports": [
-                    {"protocol": "UDP", "port": ALLOWED_PORTS[0]},
-                    {"protocol": "UDP", "port": ALLOWED_PORTS[1]},
-                ],
+                "ports": [{
+                    "protocol": "UDP",
+                    "port": ALLOWED_PORTS[0].0,
+                    "endPort": ALLOWED_PORTS[1].1,
+                }],
             }],
         },
     }))?;
@@ -376,7 +389,12 @@ fn main() -> Result<()> {
     ] {
         let flooder = match flood {
             Flood::None => None,
-            f => Some(Flooder::start(&flood_ns, f, target_ip, DENIED_PORT)?),
+            f => Some(Flooder::start(
+                &flood_ns,
+                f,
+                target_ip,
+                (DENIED_PORT, DENIED_PORT),
+            )?),
         };
         // Let the flood reach its steady state before the window opens.
         std::thread::sleep(Duration::from_millis(if flooder.is_some() {
