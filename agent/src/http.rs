@@ -200,7 +200,7 @@ mod tests {
     use super::*;
 
     /// A request head that arrives in several segments is still one request
-    /// (a client that writes piecewise used to get 404 for `/ready`).
+    /// (a client may write it piecewise).
     #[tokio::test]
     async fn a_request_split_over_segments_is_answered() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -62,13 +62,17 @@ impl EventHub {
 
     pub fn publish(&self, ev: Rendered) {
         let ev = Arc::new(ev);
+        // Kept and sent under one lock: a reader subscribing meanwhile gets
+        // the event either from the history or live, never both or neither.
+        let Ok(mut h) = self.history.lock() else {
+            let _ = self.live.send(ev);
+            return;
+        };
         if self.capacity > 0 {
-            if let Ok(mut h) = self.history.lock() {
-                if h.len() == self.capacity {
-                    h.pop_front();
-                }
-                h.push_back(ev.clone());
+            if h.len() == self.capacity {
+                h.pop_front();
             }
+            h.push_back(ev.clone());
         }
         // No reader is not an error.
         let _ = self.live.send(ev);
