@@ -311,6 +311,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // A real Prometheus server scrapes the agent in the metrics test.
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
+    // The plugin test runs `kubectl palisade` through kubectl's plugin lookup.
+    ("kubectl", "kubernetes-client"),
 ];
 
 fn setup() -> Result<()> {

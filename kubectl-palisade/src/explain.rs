@@ -1,0 +1,270 @@
+//! `explain`: the verdict of one connection, each side's from the map entries
+//! the agent would write for that pod (compiled and looked up as the datapath
+//! does), and the rules that decided from the engine's model (the reference
+//! evaluator). The two are compared; a disagreement is reported and fails.
+use std::{collections::BTreeMap, net::IpAddr, process::ExitCode};
+
+use anyhow::{anyhow, bail, Result};
+use palisade_common::{
+    DIR_EGRESS, DIR_INGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+};
+use palisade_policy::{
+    compile, encode, explain, ClusterIndex, DecidedBy, NodeInfo, Packet, PodKey, SideExplanation,
+    Verdict,
+};
+use serde_json::{json, Value};
+
+use crate::{manifests, Source};
+
+/// `kubectl palisade explain`. Exit status: 0 allowed, 1 denied, 2 an error,
+/// 3 the compiled maps and the model disagree (a bug: please report it).
+#[derive(clap::Args)]
+#[command(after_help = "Exit status: 0 allowed, 1 denied, 2 an error.\n\n\
+    Example:\n  kubectl palisade explain --source-dir manifests/ --from shop/web --to shop/api --port 8080")]
+pub struct Args {
+    #[command(flatten)]
+    source: Source,
+    /// The client: `namespace/pod` or an IP address.
+    #[arg(long)]
+    from: String,
+    /// The server: `namespace/pod` or an IP address.
+    #[arg(long)]
+    to: String,
+    /// Destination port (not for ICMP).
+    #[arg(long)]
+    port: Option<u16>,
+    /// TCP, UDP, SCTP, ICMP (ICMPv6 for IPv6 addresses) or a protocol number.
+    #[arg(long, default_value = "TCP")]
+    protocol: String,
+    /// `text` for people, `json` for scripts (one object: `allowed`, and
+    /// `egress` and `ingress` with their own `allowed` and what decided).
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+/// One end of the connection.
+struct End {
+    /// As given.
+    name: String,
+    pod: Option<PodKey>,
+    ips: Vec<IpAddr>,
+}
+
+fn resolve(index: &ClusterIndex, arg: &str, flag: &str) -> Result<End> {
+    if let Ok(ip) = arg.parse::<IpAddr>() {
+        let pod = index.pod_by_ip(ip).map(|p| p.key());
+        return Ok(End {
+            name: arg.to_string(),
+            pod,
+            ips: vec![ip],
+        });
+    }
+    let Some((ns, name)) = arg.split_once('/') else {
+        bail!("--{flag} {arg}: expected namespace/pod or an IP address");
+    };
+    let key = PodKey::new(ns, name);
+    let Some(p) = index.pod(&key) else {
+        bail!("--{flag} {arg}: no pod {ns}/{name} in the manifests");
+    };
+    let ips: Vec<IpAddr> = p
+        .ipv4()
+        .map(IpAddr::V4)
+        .into_iter()
+        .chain(p.ipv6().map(IpAddr::V6))
+        .collect();
+    if ips.is_empty() {
+        bail!("--{flag} {arg}: the pod has no address (status.podIPs) yet");
+    }
+    Ok(End {
+        name: arg.to_string(),
+        pod: Some(key),
+        ips,
+    })
+}
+
+fn protocol(s: &str, v6: bool) -> Result<u8> {
+    Ok(match s.to_ascii_uppercase().as_str() {
+        "TCP" => PROTO_TCP,
+        "UDP" => PROTO_UDP,
+        "SCTP" => PROTO_SCTP,
+        "ICMP" if v6 => PROTO_ICMPV6,
+        "ICMP" => PROTO_ICMP,
+        "ICMPV6" => PROTO_ICMPV6,
+        n => n
+            .parse()
+            .map_err(|_| anyhow!("--protocol {s}: expected TCP, UDP, SCTP, ICMP or a number"))?,
+    })
+}
+
+/// The datapath's decision for one side: the pod's endpoint record and
+/// policy entries as the agent on its node would write them, looked up.
+fn datapath_side(index: &ClusterIndex, pod: &PodKey, dir: u8, packet: &Packet) -> Option<bool> {
+    let node = index.pod(pod)?.node_name.clone()?;
+    let desired = compile(index, &NodeInfo { name: node });
+    let ids: BTreeMap<PodKey, u32> = desired
+        .endpoints
+        .keys()
+        .enumerate()
+        .map(|(i, k)| (k.clone(), i as u32 + 1))
+        .collect();
+    let maps = encode(&desired, &ids, false);
+    let ep = maps.endpoints.get(pod)?;
+    let peer = if dir == DIR_EGRESS {
+        packet.dst
+    } else {
+        packet.src
+    };
+    Some(maps.lookup(ep, dir, peer, packet.proto, packet.port))
+}
+
+fn side_json(s: &SideExplanation) -> Value {
+    let v: &Verdict = &s.verdict;
+    let mut m = json!({
+        "pod": s.pod.to_string(),
+        "allowed": v.allowed,
+        "tier": v.tier(),
+        "explanation": v.to_string(),
+    });
+    if v.decided_by == DecidedBy::NetworkPolicy {
+        m["policies"] = json!(v.policies);
+        m["allowed_by"] = json!(v.allowed_by);
+    }
+    if let Some(r) = &v.rule {
+        m["cluster_policy"] = json!(r.policy);
+        m["rule_index"] = json!(r.rule_index);
+        m["rule_name"] = json!(r.rule_name);
+        m["action"] = json!(r.action.as_str());
+    }
+    m
+}
+
+fn side_text(s: &SideExplanation) -> String {
+    let v = &s.verdict;
+    let mut line = format!("  {s}");
+    if v.decided_by == DecidedBy::NetworkPolicy && v.allowed {
+        line.push_str(&format!(
+            " (a rule of {} allows it)",
+            v.allowed_by.join(", ")
+        ));
+    } else if v.decided_by == DecidedBy::NetworkPolicy {
+        line.push_str(" (no rule of them allows it)");
+    }
+    line
+}
+
+pub fn run(a: &Args) -> Result<ExitCode> {
+    let (index, errors) = manifests::load(&a.source.source_dir)?;
+    for e in &errors {
+        eprintln!("warning: {e}");
+    }
+    let from = resolve(&index, &a.from, "from")?;
+    let to = resolve(&index, &a.to, "to")?;
+    // One family: IPv4 when both ends have it.
+    let (src, dst) = [true, false]
+        .iter()
+        .find_map(|v4| {
+            let s = from.ips.iter().find(|ip| ip.is_ipv4() == *v4)?;
+            let d = to.ips.iter().find(|ip| ip.is_ipv4() == *v4)?;
+            Some((*s, *d))
+        })
+        .ok_or_else(|| anyhow!("{} and {} share no address family", from.name, to.name))?;
+    let proto = protocol(&a.protocol, src.is_ipv6())?;
+    let ported = matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP);
+    let port = match (ported, a.port) {
+        (true, Some(p)) => Some(p),
+        (true, None) => bail!("--port is required for {}", a.protocol),
+        (false, _) => None,
+    };
+    let packet = Packet {
+        src,
+        dst,
+        proto,
+        port,
+    };
+    let walk = explain(&index, &|_| Vec::new(), &packet);
+    // The datapath's verdict for every side the walk judged.
+    let mut disagree = Vec::new();
+    for (sides, dir) in [(&walk.egress, DIR_EGRESS), (&walk.ingress, DIR_INGRESS)] {
+        for s in sides {
+            if let Some(d) = datapath_side(&index, &s.pod, dir, &packet) {
+                if d != s.verdict.allowed {
+                    disagree.push(format!(
+                        "{}: the compiled maps say {}, the model {}",
+                        s,
+                        if d { "allowed" } else { "denied" },
+                        if s.verdict.allowed {
+                            "allowed"
+                        } else {
+                            "denied"
+                        }
+                    ));
+                }
+            }
+        }
+    }
+    let name = |e: &End, ip: IpAddr| match &e.pod {
+        Some(p) => format!("{p} ({ip})"),
+        None => ip.to_string(),
+    };
+    let verdict = if walk.allowed { "allowed" } else { "denied" };
+    match a.output {
+        Output::Json => {
+            let one = |s: &Vec<SideExplanation>| match s.as_slice() {
+                [] => Value::Null,
+                [x] => side_json(x),
+                many => Value::Array(many.iter().map(side_json).collect()),
+            };
+            let out = json!({
+                "from": a.from,
+                "to": a.to,
+                "src_ip": src.to_string(),
+                "dst_ip": dst.to_string(),
+                "protocol": a.protocol.to_ascii_uppercase(),
+                "port": port,
+                "allowed": walk.allowed,
+                "egress": one(&walk.egress),
+                "ingress": one(&walk.ingress),
+                "disagreements": disagree,
+            });
+            println!("{out:#}");
+        }
+        Output::Text => {
+            let port_text = port.map(|p| format!(" port {p}")).unwrap_or_default();
+            println!(
+                "{} -> {} {}{port_text}: {verdict}",
+                name(&from, src),
+                name(&to, dst),
+                a.protocol.to_ascii_uppercase()
+            );
+            if walk.egress.is_empty() {
+                println!("  egress: {src} is no pod: nothing judges it there");
+            }
+            for s in &walk.egress {
+                println!("{}", side_text(s));
+            }
+            if walk.ingress.is_empty() {
+                println!("  ingress: {dst} is no pod: nothing judges it there");
+            }
+            for s in &walk.ingress {
+                println!("{}", side_text(s));
+            }
+        }
+    }
+    if !disagree.is_empty() {
+        for d in &disagree {
+            eprintln!("error: {d}");
+        }
+        return Ok(ExitCode::from(3));
+    }
+    Ok(if walk.allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,63 @@
+//! `kubectl palisade`: ask Palisade's own engine about a cluster. `explain`
+//! gives the verdict of a connection and what decided it, from a directory of
+//! manifests (what the agent's file source reads); `observe` shows the
+//! agents' events (an agent's `/events` stream, or JSON lines from a file),
+//! filtered. kubectl runs the binary as a plugin (`kubectl-palisade` on PATH).
+mod explain;
+mod manifests;
+mod observe;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "kubectl-palisade",
+    bin_name = "kubectl palisade",
+    version,
+    about = "Ask Palisade why a connection is allowed or denied, and watch what it drops",
+    long_about = "Ask Palisade why a connection is allowed or denied, and watch what it drops.\n\n\
+        `explain` runs the engine the agent runs (the same compilation into map entries and the \
+        same lookup the datapath makes) on a directory of manifests, and shows the rules that \
+        decided. `observe` prints the agents' deny (and, with --flow-events, allowed) events."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The verdict of a connection: egress at the source, ingress at the
+    /// destination, and the rules that decided each.
+    Explain(explain::Args),
+    /// The agents' events, filtered: from an agent's /events stream or from
+    /// JSON lines (a file, or `-` for stdin).
+    Observe(Box<observe::Args>),
+}
+
+/// Where manifests come from.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Source {
+    /// A directory of YAML/JSON manifests, as the agent's file source reads it
+    /// (Namespaces, Pods with spec.nodeName and status.podIPs, Services,
+    /// EndpointSlices, NetworkPolicies, ClusterNetworkPolicies, Nodes).
+    #[arg(long, value_name = "DIR")]
+    pub source_dir: PathBuf,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Explain(a) => explain::run(&a),
+        Cmd::Observe(a) => observe::run(&a),
+    };
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kubectl palisade: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
