@@ -2,7 +2,9 @@
 //! gives the verdict of a connection and what decided it, from a directory of
 //! manifests (what the agent's file source reads); `observe` shows the
 //! agents' events (an agent's `/events` stream, or JSON lines from a file),
-//! filtered. kubectl runs the binary as a plugin (`kubectl-palisade` on PATH).
+//! filtered; `diff` what a change would do to reachability before it is
+//! applied. kubectl runs the binary as a plugin (`kubectl-palisade` on PATH).
+mod diff;
 mod explain;
 mod manifests;
 mod observe;
@@ -35,6 +37,10 @@ enum Cmd {
     /// The agents' events, filtered: from an agent's /events stream or from
     /// JSON lines (a file, or `-` for stdin).
     Observe(Box<observe::Args>),
+    /// What a change (objects to apply or delete) would do to reachability,
+    /// before it is applied; with --flows, which observed connections it
+    /// would block.
+    Diff(diff::Args),
 }
 
 /// Where manifests come from.
@@ -52,6 +58,7 @@ fn main() -> std::process::ExitCode {
     let r = match cli.cmd {
         Cmd::Explain(a) => explain::run(&a),
         Cmd::Observe(a) => observe::run(&a),
+        Cmd::Diff(a) => diff::run(&a),
     };
     match r {
         Ok(code) => code,

@@ -254,3 +254,80 @@ fn kubectl_runs_the_plugin() {
     );
     assert!(out.contains("explain") && out.contains("observe"), "{out}");
 }
+
+#[test]
+fn diff_lists_the_connections_a_change_flips_and_the_observed_ones_it_blocks() {
+    let dir = data("shop");
+    let d = dir.to_string_lossy().to_string();
+    let change = data("web-egress.yaml");
+    let flows = data("events.jsonl");
+    let o = run(&[
+        "diff",
+        "--source-dir",
+        &d,
+        "-f",
+        change.to_str().expect("path"),
+        "--flows",
+        flows.to_str().expect("path"),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    // web may reach only db now: web -> api:8080 (api's named port) goes.
+    let blocked: Vec<(String, String, u64)> = v["blocked"]
+        .as_array()
+        .expect("blocked")
+        .iter()
+        .map(|c| {
+            (
+                c["from"].as_str().unwrap_or("").to_string(),
+                c["to"].as_str().unwrap_or("").to_string(),
+                c["port"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(blocked, [("shop/web".into(), "shop/api".into(), 8080)]);
+    assert_eq!(v["allowed"], serde_json::json!([]));
+    // The observed web -> api connection; not the audited one, which was
+    // denied before the change already.
+    let observed = v["observed_blocked"].as_array().expect("observed");
+    assert_eq!(observed.len(), 1, "{observed:#?}");
+    assert_eq!(observed[0]["dst_ip"], "10.0.0.2");
+    assert!(observed[0]["why"]
+        .as_str()
+        .unwrap_or("")
+        .contains("shop/web-egress"));
+
+    // Deleting the only policy of api opens it to everyone.
+    let o = run(&[
+        "diff",
+        "--source-dir",
+        &d,
+        "--delete",
+        "shop/api",
+        "-o",
+        "json",
+    ]);
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let opened = v["allowed"].as_array().expect("allowed").len();
+    assert_eq!(opened, 2, "db and tool reach api:8080 now: {v:#}");
+    // A change that changes nothing: exit 0.
+    let o = run(&[
+        "diff",
+        "--source-dir",
+        &d,
+        "-f",
+        &format!("{d}/cluster.yaml"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    // An unknown object to delete is an error naming it.
+    let o = run(&["diff", "--source-dir", &d, "--delete", "shop/nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--delete shop/nope"));
+}
