@@ -5,7 +5,7 @@
 //! blocked attempts are shown. Everything is torn down at the end (and on Ctrl-C).
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use palisade_harness::{
     AgentConfig, Cluster, ClusterOptions, ClusterSpec, ExternalSpec, Family, LabelMap, Outcome,
     Peer, PodPlan, PortPlan, Probe, Transport, Via,
@@ -350,7 +350,83 @@ fn show_metrics(c: &Cluster) -> Result<()> {
     Ok(())
 }
 
-pub fn run(agent: &Path) -> Result<()> {
+/// Keeps what the demo cluster's agents read and printed under
+/// `<target>/demo/` (its manifests, its events), and shows `kubectl palisade`
+/// answering about it.
+fn hand_over(c: &Cluster, plugin: &Path) -> Result<()> {
+    let out = crate::target_dir().join("demo");
+    let manifests = out.join("manifests");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&manifests).context("creating the demo's output directory")?;
+    for e in std::fs::read_dir(c.source_dir(1)?)?.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "yaml" || x == "json") {
+            std::fs::copy(&p, manifests.join(e.file_name()))?;
+        }
+    }
+    let mut events = String::new();
+    for node in 1..=c.node_count() {
+        events.push_str(&std::fs::read_to_string(c.deny_log_path(node)?).unwrap_or_default());
+    }
+    let events_file = out.join("events.jsonl");
+    std::fs::write(&events_file, events)?;
+    let m = manifests.display().to_string();
+    let e = events_file.display().to_string();
+    let p = plugin.display().to_string();
+    println!(
+        "
+Ask the engine why (kubectl palisade, on the demo's manifests and events):"
+    );
+    let runs: [Vec<&str>; 3] = [
+        vec![
+            "explain",
+            "--source-dir",
+            &m,
+            "--from",
+            "shop/web",
+            "--to",
+            "shop/db",
+            "--port",
+            "5432",
+        ],
+        vec![
+            "observe",
+            "--file",
+            &e,
+            "--verdict",
+            "denied",
+            "--last",
+            "3",
+        ],
+        vec!["diff", "--source-dir", &m, "--delete", "shop/db"],
+    ];
+    for args in runs {
+        println!("  $ kubectl palisade {}", args.join(" "));
+        let o = std::process::Command::new(plugin)
+            .args(&args)
+            .output()
+            .with_context(|| format!("running {p}"))?;
+        if o.status.code() == Some(2) || o.status.code().is_none() {
+            bail!(
+                "kubectl palisade {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        for line in String::from_utf8_lossy(&o.stdout).lines().take(8) {
+            println!("    {line}");
+        }
+    }
+    println!(
+        "
+Try more: put {} on PATH (kubectl then runs it as `kubectl palisade`), and see
+`kubectl palisade --help`; against a running agent: `kubectl palisade observe --agent 127.0.0.1:9464 --follow`.",
+        plugin.parent().map(|d| d.display().to_string()).unwrap_or_default()
+    );
+    Ok(())
+}
+
+pub fn run(agent: &Path, plugin: &Path) -> Result<()> {
     println!("Palisade demo: web -> api -> db, kube-dns, and a backup host outside the cluster,");
     println!("on two nodes built from network namespaces, with palisade-agent on each node.\n");
     let mut c = Cluster::build(
@@ -397,6 +473,7 @@ pub fn run(agent: &Path) -> Result<()> {
             "\nDone: web is public, api only from web, db only from api, DNS for all; the cluster admin's\nguardrail overrides the namespace's backup rule."
         );
         show_metrics(&c)?;
+        hand_over(&c, plugin)?;
         Ok(())
     })();
     let down = c.teardown();

@@ -177,7 +177,8 @@ fn main() -> Result<()> {
         Cmd::Demo => {
             setup()?;
             let agent = build_agent()?;
-            demo::run(&agent)
+            let plugin = build_plugin()?;
+            demo::run(&agent, &plugin)
         }
         Cmd::Bench { part, quick } => {
             setup()?;
@@ -423,6 +424,17 @@ fn build_agent() -> Result<PathBuf> {
         "Run `cargo xtask setup` and read its output.",
     )?;
     Ok(target_dir().join("release/palisade-agent"))
+}
+
+/// `kubectl-palisade`, the kubectl plugin.
+fn build_plugin() -> Result<PathBuf> {
+    step("build: kubectl-palisade");
+    run(
+        cargo().args(["build", "--release", "-p", "kubectl-palisade"]),
+        "cargo build -p kubectl-palisade",
+        "Run `cargo xtask setup` and read its output.",
+    )?;
+    Ok(target_dir().join("release/kubectl-palisade"))
 }
 
 /// `palisade-pod`, which the image carries for the pods of `kind e2e`.
