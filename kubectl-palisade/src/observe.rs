@@ -246,7 +246,9 @@ fn open(a: &Args) -> Result<Box<dyn BufRead>> {
     if let Some(addr) = &a.agent {
         let addr = addr.trim_start_matches("http://").trim_end_matches('/');
         let mut q = vec![format!("follow={}", a.follow)];
-        q.push(format!("since={}", a.since.as_deref().unwrap_or("100000d")));
+        // Without --since: everything the agent keeps.
+        let since = a.since.as_deref().unwrap_or("1970-01-01T00:00:00Z");
+        q.push(format!("since={since}"));
         let mut sock =
             TcpStream::connect(addr).with_context(|| format!("--agent {addr}: connecting"))?;
         write!(

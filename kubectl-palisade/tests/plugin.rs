@@ -331,3 +331,49 @@ fn diff_lists_the_connections_a_change_flips_and_the_observed_ones_it_blocks() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--delete shop/nope"));
 }
+
+/// `--agent`: the request an agent's `/events` gets, and its stream read.
+#[test]
+fn observe_reads_an_agents_event_stream() {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let events = std::fs::read_to_string(data("events.jsonl")).expect("events");
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut r = BufReader::new(s.try_clone().expect("clone"));
+        let mut request = String::new();
+        r.read_line(&mut request).expect("request line");
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+            line.clear();
+        }
+        s.write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n",
+        )
+        .expect("head");
+        s.write_all(events.as_bytes()).expect("body");
+        request
+    });
+    let o = run(&[
+        "observe",
+        "--agent",
+        &addr,
+        "--verdict",
+        "denied",
+        "-o",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let request = server.join().expect("server");
+    assert!(
+        request.starts_with("GET /events?follow=false&since=1970-01-01T00:00:00Z HTTP/1.1"),
+        "{request}"
+    );
+    let lines: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines.iter().all(|v| v["verdict"] == "denied"));
+}
