@@ -255,11 +255,9 @@ spec:
             index: std::sync::Arc::downgrade(&index),
             ..Default::default()
         };
-        names
-            .by_ip
+        std::sync::Arc::make_mut(&mut names.by_ip)
             .insert("10.0.0.1".parse().unwrap(), PodKey::new("x", "a"));
-        names
-            .by_ip
+        std::sync::Arc::make_mut(&mut names.by_ip)
             .insert("10.0.0.2".parse().unwrap(), PodKey::new("y", "b"));
         names.by_id.insert(1, PodKey::new("x", "a"));
         let mut ev = Event {
@@ -295,11 +293,9 @@ spec:
             node: "node-1".into(),
             ..Default::default()
         };
-        names
-            .by_ip
+        std::sync::Arc::make_mut(&mut names.by_ip)
             .insert("10.0.0.1".parse().unwrap(), PodKey::new("x", "a"));
-        names
-            .by_ip
+        std::sync::Arc::make_mut(&mut names.by_ip)
             .insert("10.0.0.2".parse().unwrap(), PodKey::new("y", "b"));
         names.by_id.insert(3, PodKey::new("y", "b"));
         names
@@ -333,7 +329,7 @@ spec:
         let v = render(&ev, &names, SystemTime::UNIX_EPOCH);
         assert_eq!(v["src_kind"], "external");
         // Isolated by a policy that failed validation: that is the reason.
-        names.invalid.insert("y/deny-all".into());
+        std::sync::Arc::make_mut(&mut names.invalid).insert("y/deny-all".into());
         let v = render(&ev, &names, SystemTime::UNIX_EPOCH);
         assert_eq!(v["reason"], "invalid-policy");
         assert_eq!(v["invalid_policies"], json!(["y/deny-all"]));

@@ -52,13 +52,15 @@ pub struct Names {
     pub by_ifindex: BTreeMap<u32, PodKey>,
     /// endpoint id -> pod key
     pub by_id: BTreeMap<u32, PodKey>,
-    /// any pod address -> pod key
-    pub by_ip: BTreeMap<IpAddr, PodKey>,
+    /// any pod address -> pod key (shared with the next pass's table while
+    /// the index does not change)
+    pub by_ip: Arc<BTreeMap<IpAddr, PodKey>>,
     /// pod key -> (ingress policies, egress policies) selecting it
     pub policies: BTreeMap<PodKey, (Vec<String>, Vec<String>)>,
     pub node_addrs: Vec<IpAddr>,
-    /// `ns/name` of the NetworkPolicies that failed validation.
-    pub invalid: BTreeSet<String>,
+    /// `ns/name` of the NetworkPolicies that failed validation (shared as
+    /// `by_ip` is).
+    pub invalid: Arc<BTreeSet<String>>,
     /// The cluster as programmed: deny lines say which tier, policy and rule
     /// decided, from the engine's own explanation. A weak reference, so that
     /// the sync loop's next change does not copy the index (it detaches this
@@ -156,8 +158,8 @@ pub fn names_for_pass(
         .upgrade()
         .is_some_and(|i| Arc::ptr_eq(&i, index));
     let duplicates = if same_index {
-        names.by_ip = prev.0.by_ip.clone();
-        names.invalid = prev.0.invalid.clone();
+        names.by_ip = Arc::clone(&prev.0.by_ip);
+        names.invalid = Arc::clone(&prev.0.invalid);
         prev.1.to_vec()
     } else {
         cluster_names(index, &mut names)
@@ -181,6 +183,7 @@ pub fn names_for_pass(
 /// The cluster-wide part of the names: every policy pod's addresses (and the
 /// addresses two pods claim), the invalid policies.
 fn cluster_names(index: &ClusterIndex, names: &mut Names) -> Vec<String> {
+    let mut by_ip = BTreeMap::new();
     let mut duplicates = Vec::new();
     for pod in index.pods() {
         if !pod.is_policy_pod() {
@@ -192,7 +195,7 @@ fn cluster_names(index: &ClusterIndex, names: &mut Names) -> Vec<String> {
             .into_iter()
             .chain(pod.ipv6().map(IpAddr::V6))
         {
-            if let Some(other) = names.by_ip.insert(ip, pod.key()) {
+            if let Some(other) = by_ip.insert(ip, pod.key()) {
                 duplicates.push(format!(
                     "pods {other} and {} both claim address {ip} (a stale pod object?): each is judged as its own interface says, and deny lines name the second",
                     pod.key()
@@ -200,10 +203,13 @@ fn cluster_names(index: &ClusterIndex, names: &mut Names) -> Vec<String> {
             }
         }
     }
-    names.invalid = index
-        .policies()
-        .filter(|p| p.error().is_some())
-        .map(|p| p.id())
-        .collect();
+    names.by_ip = Arc::new(by_ip);
+    names.invalid = Arc::new(
+        index
+            .policies()
+            .filter(|p| p.error().is_some())
+            .map(|p| p.id())
+            .collect(),
+    );
     duplicates
 }
