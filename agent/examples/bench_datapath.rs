@@ -58,7 +58,7 @@ fn value(ranges: usize) -> PolicyValue {
     for i in 0..ranges {
         v.ranges[i] = PortRange {
             proto: PROTO_TCP,
-            _pad0: 0,
+            reason: 0,
             first: 1000 + (i as u16) * 10,
             last: 1000 + (i as u16) * 10 + 5,
             _pad1: 0,
@@ -196,6 +196,63 @@ fn main() -> Result<()> {
             );
             let t = run(&mut dp, "to_pod", &reply, repeat)?;
             rows.push((format!("{fam} conntrack hit (reply), {n} prefixes"), t));
+        }
+    }
+
+    // ClusterNetworkPolicy entries: the same allowed ranges followed by as many
+    // Admin-denied ones, the rest denied by Baseline, on the last peer of the
+    // largest size; the allowed flow, a drop on the last denied range (the
+    // longest scan) and a Baseline drop (no range matches).
+    let n = sizes.iter().max().copied().unwrap_or(10);
+    let mut tiered = value(ranges);
+    for i in 0..ranges {
+        tiered.ranges[ranges + i] = PortRange {
+            proto: PROTO_TCP,
+            reason: Reason::AdminDeny as u8,
+            first: 2000 + (i as u16) * 10,
+            last: 2000 + (i as u16) * 10 + 5,
+            _pad1: 0,
+        };
+    }
+    tiered.count = (2 * ranges) as u8;
+    tiered.deny_reason = Reason::BaselineDeny as u8;
+    let (a4, p4) = peer_v4(n - 1);
+    let (a6, p6) = peer_v6(n - 1);
+    let scope = PolicyScope::new(EP, DIR_EGRESS);
+    let key4 = PolicyKeyV4 {
+        scope,
+        addr: a4.octets(),
+    };
+    maps.upsert_v4(SCOPE_BITS + p4, key4, &tiered)?;
+    let key6 = PolicyKeyV6 {
+        scope,
+        addr: a6.octets(),
+    };
+    maps.upsert_v6(SCOPE_BITS + p6, key6, &tiered)?;
+    let allowed_port = 1000 + (ranges as u16 - 1) * 10 + 3;
+    let admin_port = 2000 + (ranges as u16 - 1) * 10 + 3;
+    for (fam, src, dst) in [
+        ("IPv4", IpAddr::from(pod4), IpAddr::from(a4)),
+        ("IPv6", IpAddr::from(pod6), IpAddr::from(a6)),
+    ] {
+        for (what, dport) in [
+            ("allowed flow", allowed_port),
+            ("admin-deny", admin_port),
+            ("baseline-deny", 9),
+        ] {
+            let frame = packet::frame(
+                src,
+                dst,
+                &L4::Tcp {
+                    sport: 40001,
+                    dport,
+                },
+            );
+            let t = run(&mut dp, "from_pod", &frame, repeat)?;
+            rows.push((
+                format!("{fam} ClusterNetworkPolicy {what}, {n} prefixes"),
+                t,
+            ));
         }
     }
 

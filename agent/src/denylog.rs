@@ -65,10 +65,9 @@ fn peer(prefix: &str, ip: IpAddr, names: &Names, out: &mut Map<String, Value>) {
 
 /// What decided a policy verdict, from the engine's explanation of the same
 /// state the maps hold: `tier` (`admin`, `networkpolicy`, `baseline`), and for a
-/// ClusterNetworkPolicy its name and the rule (`rule_index`, `rule_name`); the
-/// reason of a drop becomes `admin-deny` or `baseline-deny` when a tier's rule
-/// denied; an allowed connection's `policies` are the NetworkPolicies whose
-/// rules allow it.
+/// ClusterNetworkPolicy its name and the rule (`rule_index`, `rule_name`), when
+/// the explanation names the tier of the datapath's own reason; an allowed
+/// connection's `policies` are the NetworkPolicies whose rules allow it.
 fn decided_by(
     ev: &Event,
     pod: &PodKey,
@@ -104,7 +103,14 @@ fn decided_by(
     };
     let v = explain_direction(&index, &node_addrs, spec, dir, &packet);
     let allowed_event = ev.verdict == VERDICT_ALLOWED;
-    if v.allowed != allowed_event {
+    let tier_agrees = match Reason::from_u8(ev.reason) {
+        _ if allowed_event => true,
+        Some(Reason::AdminDeny) => v.decided_by == DecidedBy::Admin,
+        Some(Reason::BaselineDeny) => v.decided_by == DecidedBy::Baseline,
+        Some(Reason::NoPolicyAllows) => v.decided_by == DecidedBy::NetworkPolicy,
+        _ => true,
+    };
+    if v.allowed != allowed_event || !tier_agrees {
         // The engine judges otherwise: the maps are ahead of or behind this
         // event's state; say nothing rather than something wrong.
         return;
@@ -119,11 +125,6 @@ fn decided_by(
         if let Some(n) = &r.rule_name {
             m.insert("rule_name".into(), json!(n));
         }
-        match v.decided_by {
-            DecidedBy::Admin => m.insert("reason".into(), json!("admin-deny")),
-            DecidedBy::Baseline => m.insert("reason".into(), json!("baseline-deny")),
-            _ => None,
-        };
     }
 }
 
@@ -191,7 +192,10 @@ pub fn render(ev: &Event, names: &Names, now: SystemTime) -> Value {
             }
             m.insert("policies".into(), json!(pols));
             let policy_allow = allowed && ev.reason == AllowReason::Policy as u8;
-            if policy_drop || policy_allow {
+            let tier_drop = !allowed
+                && (ev.reason == Reason::AdminDeny as u8
+                    || ev.reason == Reason::BaselineDeny as u8);
+            if policy_drop || tier_drop || policy_allow {
                 decided_by(ev, p, names, (src, dst), &mut m);
             }
         }
@@ -265,7 +269,7 @@ spec:
             family: 4,
             proto: PROTO_TCP,
             direction: DIR_INGRESS,
-            reason: Reason::NoPolicyAllows as u8,
+            reason: Reason::AdminDeny as u8,
             verdict: palisade_common::VERDICT_DENIED,
             sport: 40000,
             dport: 80,
@@ -279,6 +283,15 @@ spec:
         assert_eq!(v["cluster_policy"], "no-y");
         assert_eq!(v["rule_index"], 0);
         assert_eq!(v["rule_name"], "keep-y-out");
+        // A datapath reason of another tier (the maps behind the index): the
+        // line keeps the kernel's reason and names no rule.
+        ev.reason = Reason::BaselineDeny as u8;
+        let v = render(&ev, &names, SystemTime::UNIX_EPOCH);
+        assert_eq!(v["reason"], "baseline-deny", "{v}");
+        assert!(
+            v.get("tier").is_none() && v.get("cluster_policy").is_none(),
+            "{v}"
+        );
     }
 
     #[test]

@@ -381,6 +381,87 @@ fn deny_log_lines_name_pods_and_policies() {
     c.teardown().unwrap();
 }
 
+/// Deny lines of ClusterNetworkPolicy drops, end to end: the datapath's reason
+/// names the tier (`admin-deny`, `baseline-deny`), and the line the policy and
+/// rule; NetworkPolicy's own drops keep `no-policy-allows`.
+#[test]
+#[ignore = "needs root, BPF and network namespaces: run through cargo xtask test"]
+fn deny_lines_of_cluster_policy_drops_carry_the_tier_reason() {
+    common::require_root();
+    let mut c = enforcing_a_to_b(&[]);
+    let ns = |n: &str| json!({"matchLabels": {"kubernetes.io/metadata.name": n}});
+    // Admin: nothing from y reaches x on TCP 80. Baseline: nothing from z
+    // reaches y/b (no NetworkPolicy isolates it).
+    c.apply_cluster_policy(&json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha2",
+        "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": "guard-x"},
+        "spec": {
+            "tier": "Admin", "priority": 5,
+            "subject": {"namespaces": ns("x")},
+            "ingress": [{
+                "name": "no-http-from-y", "action": "Deny",
+                "from": [{"namespaces": ns("y")}],
+                "protocols": [{"tcp": {"destinationPort": {"number": 80}}}]
+            }]
+        }
+    }))
+    .expect("admin policy");
+    c.apply_cluster_policy(&json!({
+        "apiVersion": "policy.networking.k8s.io/v1alpha2",
+        "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": "default-y-b"},
+        "spec": {
+            "tier": "Baseline", "priority": 5,
+            "subject": {"pods": {"namespaceSelector": ns("y"), "podSelector": {"matchLabels": {"pod": "b"}}}},
+            "ingress": [{"action": "Deny", "from": [{"namespaces": ns("z")}]}]
+        }
+    }))
+    .expect("baseline policy");
+    c.sync().expect("sync");
+    probes::expect(
+        &c,
+        &[
+            ("Admin deny", "y/c", "x/b", Pod, Blocked),
+            ("NetworkPolicy deny", "z/c", "x/b", Pod, Blocked),
+            ("Baseline deny", "z/c", "y/b", Pod, Blocked),
+            ("allowed by NetworkPolicy", "x/a", "x/b", Pod, Reachable),
+            ("not subject to any", "z/c", "y/a", Pod, Reachable),
+        ],
+    );
+    let find = |src: &str, dst: &str| -> Value {
+        let src_ip = c.pod_ip(src).unwrap().to_string();
+        let dst_ip = c.pod_ip(dst).unwrap().to_string();
+        let node = c.pod_spec(dst).unwrap().node;
+        for _ in 0..50 {
+            let line = c.deny_log_lines(node).unwrap().into_iter().find(|v| {
+                v["src_ip"] == src_ip.as_str()
+                    && v["dst_ip"] == dst_ip.as_str()
+                    && v["dst_port"] == 80
+            });
+            if let Some(v) = line {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no deny line for {src} -> {dst}:80");
+    };
+    let v = find("y/c", "x/b");
+    assert_eq!(v["reason"], "admin-deny", "{v}");
+    assert_eq!(v["tier"], "admin", "{v}");
+    assert_eq!(v["cluster_policy"], "guard-x", "{v}");
+    assert_eq!(v["rule_name"], "no-http-from-y", "{v}");
+    assert_eq!(v["rule_index"], 0, "{v}");
+    let v = find("z/c", "x/b");
+    assert_eq!(v["reason"], "no-policy-allows", "{v}");
+    assert_eq!(v["tier"], "networkpolicy", "{v}");
+    let v = find("z/c", "y/b");
+    assert_eq!(v["reason"], "baseline-deny", "{v}");
+    assert_eq!(v["tier"], "baseline", "{v}");
+    assert_eq!(v["cluster_policy"], "default-y-b", "{v}");
+    c.teardown().unwrap();
+}
+
 /// The resync (here every second) is a full pass: the maps are read back and
 /// diffed against the whole desired state, while the passes in between go
 /// through the incremental compiler. In steady state a full pass must find the

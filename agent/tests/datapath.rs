@@ -112,7 +112,7 @@ fn ports(list: &[(u8, u16, u16)]) -> PolicyValue {
     for (i, (proto, first, last)) in list.iter().enumerate() {
         v.ranges[i] = PortRange {
             proto: *proto,
-            _pad0: 0,
+            reason: 0,
             first: *first,
             last: *last,
             _pad1: 0,
@@ -385,6 +385,96 @@ fn the_other_protocols_bit_allows_protocols_without_ports() {
         ("no PBIT_OTHER, no ICMP", FROM, &icmp, SHOT),
         ("TCP 81 unchanged", FROM, &tcp(POD, PEER, 1000, 81), OK),
     ]);
+}
+
+/// ClusterNetworkPolicy drops carry their tier: a denied range's reason, the
+/// entry's reason for the rest and for protocols without ports, and a missing
+/// entry's `no-policy-allows`, in IPv4 and IPv6; audit mode passes them.
+#[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
+fn tier_denials_report_their_reason() {
+    common::require_root();
+    let mut fx = fixture_for(EP_INGRESS_ISOLATED);
+    // From PEER: TCP/80 allowed inside an Admin-denied 1-1000, the rest denied
+    // by Baseline, protocols without ports by Admin.
+    let mut v = ports(&[(PROTO_TCP, 80, 80), (PROTO_TCP, 1, 1000)]);
+    v.ranges[1].reason = Reason::AdminDeny as u8;
+    v.deny_reason = Reason::BaselineDeny as u8;
+    v.other_reason = Reason::AdminDeny as u8;
+    allow_v4(&mut fx, DIR_INGRESS, PEER, 32, v);
+    allow_v6(&mut fx, DIR_INGRESS, PEER6, 128, v);
+    let cases: [(&str, Vec<u8>, Option<Reason>); 8] = [
+        ("TCP 80 allowed", tcp(PEER, POD, 1000, 80), None),
+        (
+            "TCP 22 admin",
+            tcp(PEER, POD, 1000, 22),
+            Some(Reason::AdminDeny),
+        ),
+        (
+            "TCP 2000 baseline",
+            tcp(PEER, POD, 1000, 2000),
+            Some(Reason::BaselineDeny),
+        ),
+        (
+            "UDP 22 baseline",
+            udp(PEER, POD, 1000, 22),
+            Some(Reason::BaselineDeny),
+        ),
+        ("ICMP admin", echo(PEER, POD, 9), Some(Reason::AdminDeny)),
+        (
+            "no entry",
+            tcp(OTHER, POD, 1000, 22),
+            Some(Reason::NoPolicyAllows),
+        ),
+        (
+            "IPv6 TCP 53 admin",
+            packet::frame(
+                PEER6.into(),
+                POD6.into(),
+                &L4::Tcp {
+                    sport: 1000,
+                    dport: 53,
+                },
+            ),
+            Some(Reason::AdminDeny),
+        ),
+        (
+            "IPv6 UDP 5353 baseline",
+            udp6(PEER6, POD6, 1000, 5353),
+            Some(Reason::BaselineDeny),
+        ),
+    ];
+    for (name, frame, want) in &cases {
+        let got = fx.run(TO, frame);
+        let evs = fx.events();
+        match want {
+            None => {
+                assert_eq!(got, OK, "{name}");
+                assert!(evs.is_empty(), "{name}: {evs:?}");
+            }
+            Some(r) => {
+                assert_eq!(got, SHOT, "{name}");
+                assert_eq!(evs.len(), 1, "{name}: {evs:?}");
+                assert_eq!(
+                    Reason::from_u8(evs[0].reason),
+                    Some(*r),
+                    "{name}: reason {}",
+                    evs[0].reason
+                );
+                assert_eq!(evs[0].verdict, VERDICT_DENIED, "{name}");
+            }
+        }
+    }
+    // Audit mode lets every tier's drop pass and reports it with its reason.
+    fx.maps
+        .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED | EP_AUDIT))
+        .expect("endpoint");
+    assert_eq!(fx.run(TO, &tcp(PEER, POD, 1001, 22)), OK);
+    let ev = one_event(&mut fx);
+    assert_eq!(
+        (Reason::from_u8(ev.reason), ev.verdict),
+        (Some(Reason::AdminDeny), VERDICT_AUDIT)
+    );
 }
 
 #[test]

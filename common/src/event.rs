@@ -15,6 +15,11 @@ pub enum Reason {
     /// A non-first fragment and no rule allows every port of its protocol.
     Fragment = 6,
     Internal = 7,
+    /// A ClusterNetworkPolicy rule of the Admin tier denies the packet.
+    AdminDeny = 8,
+    /// A ClusterNetworkPolicy rule of the Baseline tier denies the packet (no
+    /// NetworkPolicy isolates the pod in that direction).
+    BaselineDeny = 9,
 }
 
 impl Reason {
@@ -27,6 +32,8 @@ impl Reason {
             5 => Self::FailClosed,
             6 => Self::Fragment,
             7 => Self::Internal,
+            8 => Self::AdminDeny,
+            9 => Self::BaselineDeny,
             _ => return None,
         })
     }
@@ -41,6 +48,8 @@ impl Reason {
             Self::FailClosed => "fail-closed",
             Self::Fragment => "fragment",
             Self::Internal => "internal-error",
+            Self::AdminDeny => "admin-deny",
+            Self::BaselineDeny => "baseline-deny",
         }
     }
 }

@@ -25,7 +25,8 @@ pub const EVENT_RATE: &str = "PAL_EVENT_RATE";
 pub const COUNTERS: &str = "PAL_COUNTERS";
 pub const CONFIG: &str = "PAL_CONFIG";
 pub const EVENT_BUDGET: &str = "PAL_EVENT_BUDGET";
-pub const STATS: &str = "PAL_STATS";
+/// Named for its layout: an agent of another layout pins its own.
+pub const STATS: &str = "PAL_STATS_R10";
 /// Per-CPU scratch space of the programs; never pinned or read by user space.
 pub const SCRATCH: &str = "PAL_SCRATCH";
 pub const SCRATCH_KEY: &str = "PAL_SCRATCH_KEY";

@@ -3,6 +3,8 @@
 //! per-entry verdict ([`entry_verdict`]) that the TC programs, the engine's
 //! encoder and its lookups all call.
 
+use crate::event::Reason;
+
 /// Port ranges one policy entry can carry. A union that does not fit is refused.
 pub const MAX_PORT_RANGES: usize = 24;
 
@@ -81,12 +83,14 @@ pub const fn all_ports_bit(proto: u8) -> u8 {
     }
 }
 
-/// An inclusive port range for one protocol.
+/// An inclusive port range for one protocol: allowed (`reason` 0), or denied
+/// for the `Reason` whose code `reason` is (a ClusterNetworkPolicy tier's deny
+/// that differs from the entry's `deny_reason`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PortRange {
     pub proto: u8,
-    pub _pad0: u8,
+    pub reason: u8,
     pub first: u16,
     pub last: u16,
     pub _pad1: u16,
@@ -104,9 +108,16 @@ pub struct PolicyValue {
     /// `PBIT_*`: protocols allowed on every port; `PBIT_OTHER`: protocols
     /// without ports (see [`all_ports_bit`]).
     pub all_ports: u8,
-    /// Number of valid entries in `ranges`.
+    /// Number of valid entries in `ranges`: the allowed ranges first, then the
+    /// denied ones (the first range containing the port decides).
     pub count: u8,
-    pub _pad0: [u8; 5],
+    /// `Reason` code of a packet that nothing in the entry matches (0:
+    /// `NoPolicyAllows`).
+    pub deny_reason: u8,
+    /// `Reason` code of a denied packet of a protocol without ports (0: as
+    /// `deny_reason`).
+    pub other_reason: u8,
+    pub _pad0: [u8; 3],
     pub ranges: [PortRange; MAX_PORT_RANGES],
 }
 const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8 + 8 * MAX_PORT_RANGES);
@@ -117,7 +128,9 @@ impl Default for PolicyValue {
             flags: 0,
             all_ports: 0,
             count: 0,
-            _pad0: [0; 5],
+            deny_reason: 0,
+            other_reason: 0,
+            _pad0: [0; 3],
             ranges: [PortRange::default(); MAX_PORT_RANGES],
         }
     }
@@ -127,8 +140,9 @@ impl Default for PolicyValue {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EntryVerdict {
     Allow,
-    /// No protocol bit or port range of the entry matches.
-    Deny,
+    /// No allowing protocol bit or port range of the entry matches; why (the
+    /// tier that denies, or `NoPolicyAllows`).
+    Deny(Reason),
     /// A non-first fragment (it has no ports) and the entry does not allow
     /// every port of its protocol.
     DenyFragment,
@@ -145,8 +159,22 @@ pub trait PortRanges {
     /// `PBIT_*` of protocols allowed on every port.
     fn all_ports(&self) -> u8;
     fn range_count(&self) -> usize;
-    /// Range `i` as `(protocol, first, last)`, inclusive; `None` past the end.
-    fn range(&self, i: usize) -> Option<(u8, u16, u16)>;
+    /// Range `i` as `(protocol, first, last, reason)`, inclusive; `reason` 0
+    /// allows, another `Reason` code denies; `None` past the end.
+    fn range(&self, i: usize) -> Option<(u8, u16, u16, u8)>;
+    /// `Reason` code of a packet nothing matches (0: `NoPolicyAllows`).
+    fn deny_reason(&self) -> u8;
+    /// `Reason` code of a denied protocol without ports (0: `deny_reason`).
+    fn other_reason(&self) -> u8;
+}
+
+/// The reason a deny code names; 0 (and any unknown code) is `NoPolicyAllows`.
+#[inline(always)]
+pub const fn deny_reason_of(code: u8) -> Reason {
+    match Reason::from_u8(code) {
+        Some(r) => r,
+        None => Reason::NoPolicyAllows,
+    }
 }
 
 impl PortRanges for PolicyValue {
@@ -164,16 +192,27 @@ impl PortRanges for PolicyValue {
         self.count as usize
     }
     #[inline(always)]
-    fn range(&self, i: usize) -> Option<(u8, u16, u16)> {
-        self.ranges.get(i).map(|r| (r.proto, r.first, r.last))
+    fn range(&self, i: usize) -> Option<(u8, u16, u16, u8)> {
+        self.ranges
+            .get(i)
+            .map(|r| (r.proto, r.first, r.last, r.reason))
+    }
+    #[inline(always)]
+    fn deny_reason(&self) -> u8 {
+        self.deny_reason
+    }
+    #[inline(always)]
+    fn other_reason(&self) -> u8 {
+        self.other_reason
     }
 }
 
 /// The per-entry decision: everything (`PV_ALL`); or the protocol's all-ports
 /// bit (`PBIT_OTHER` for protocols without ports, see [`all_ports_bit`]); a
 /// non-first fragment (`port` is `None`) matches nothing else; a protocol
-/// without ports matches no range; otherwise a range of the packet's protocol
-/// containing its destination port.
+/// without ports matches no range (denied for `other_reason`); otherwise the
+/// first range of the packet's protocol containing its destination port
+/// decides, and none is a deny for `deny_reason`.
 #[inline(always)]
 pub fn entry_verdict<T: PortRanges + ?Sized>(v: &T, proto: u8, port: Option<u16>) -> EntryVerdict {
     if v.allows_everything() || v.all_ports() & all_ports_bit(proto) != 0 {
@@ -182,8 +221,10 @@ pub fn entry_verdict<T: PortRanges + ?Sized>(v: &T, proto: u8, port: Option<u16>
     let Some(port) = port else {
         return EntryVerdict::DenyFragment;
     };
+    let deny = v.deny_reason();
     if proto_bit(proto) == 0 {
-        return EntryVerdict::Deny;
+        let other = v.other_reason();
+        return EntryVerdict::Deny(deny_reason_of(if other == 0 { deny } else { other }));
     }
     // The loop's shape matters to the verifier on older kernels: a constant trip
     // count, the entry's count as a separate exit, and no bounds-check panic.
@@ -192,20 +233,64 @@ pub fn entry_verdict<T: PortRanges + ?Sized>(v: &T, proto: u8, port: Option<u16>
         if i == n {
             break;
         }
-        let Some((p, first, last)) = v.range(i) else {
+        let Some((p, first, last, reason)) = v.range(i) else {
             break;
         };
         if p == proto && first <= port && port <= last {
-            return EntryVerdict::Allow;
+            if reason == 0 {
+                return EntryVerdict::Allow;
+            }
+            return EntryVerdict::Deny(deny_reason_of(reason));
         }
     }
-    EntryVerdict::Deny
+    EntryVerdict::Deny(deny_reason_of(deny))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::net::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+
+    #[test]
+    fn denied_ranges_and_defaults_name_their_reason() {
+        let admin = Reason::AdminDeny as u8;
+        let baseline = Reason::BaselineDeny as u8;
+        let mut v = value(
+            0,
+            0,
+            &[
+                (PROTO_TCP, 80, 80),
+                (PROTO_TCP, 22, 22),
+                (PROTO_TCP, 1, 100),
+            ],
+        );
+        v.ranges[1].reason = admin;
+        v.ranges[2].reason = admin;
+        v.deny_reason = baseline;
+        // The allowed range comes first: 80 inside the denied 1-100 is allowed.
+        assert_eq!(entry_verdict(&v, PROTO_TCP, Some(80)), EntryVerdict::Allow);
+        assert_eq!(
+            entry_verdict(&v, PROTO_TCP, Some(22)),
+            EntryVerdict::Deny(Reason::AdminDeny)
+        );
+        assert_eq!(
+            entry_verdict(&v, PROTO_TCP, Some(443)),
+            EntryVerdict::Deny(Reason::BaselineDeny)
+        );
+        assert_eq!(
+            entry_verdict(&v, PROTO_ICMP, Some(0)),
+            EntryVerdict::Deny(Reason::BaselineDeny)
+        );
+        v.other_reason = admin;
+        assert_eq!(
+            entry_verdict(&v, PROTO_ICMP, Some(0)),
+            EntryVerdict::Deny(Reason::AdminDeny)
+        );
+        assert_eq!(
+            entry_verdict(&v, PROTO_TCP, None),
+            EntryVerdict::DenyFragment
+        );
+    }
 
     fn value(flags: u8, all_ports: u8, ranges: &[(u8, u16, u16)]) -> PolicyValue {
         let mut v = PolicyValue {
@@ -225,6 +310,8 @@ mod tests {
         v
     }
 
+    const NO: EntryVerdict = EntryVerdict::Deny(Reason::NoPolicyAllows);
+
     #[test]
     fn everything_allows_fragments_and_portless_protocols() {
         let v = value(PV_ALL, 0, &[]);
@@ -236,8 +323,8 @@ mod tests {
     fn ranges_match_protocol_and_port_inclusively() {
         let v = value(0, 0, &[(PROTO_TCP, 80, 81), (PROTO_UDP, 53, 53)]);
         assert_eq!(entry_verdict(&v, PROTO_TCP, Some(81)), EntryVerdict::Allow);
-        assert_eq!(entry_verdict(&v, PROTO_TCP, Some(82)), EntryVerdict::Deny);
-        assert_eq!(entry_verdict(&v, PROTO_UDP, Some(80)), EntryVerdict::Deny);
+        assert_eq!(entry_verdict(&v, PROTO_TCP, Some(82)), NO);
+        assert_eq!(entry_verdict(&v, PROTO_UDP, Some(80)), NO);
         assert_eq!(
             entry_verdict(&v, PROTO_TCP, None),
             EntryVerdict::DenyFragment
@@ -248,17 +335,17 @@ mod tests {
     fn ranges_past_the_count_are_ignored() {
         let mut v = value(0, 0, &[(PROTO_TCP, 80, 80), (PROTO_TCP, 443, 443)]);
         v.count = 1;
-        assert_eq!(entry_verdict(&v, PROTO_TCP, Some(443)), EntryVerdict::Deny);
+        assert_eq!(entry_verdict(&v, PROTO_TCP, Some(443)), NO);
     }
 
     #[test]
     fn a_portless_protocol_needs_the_other_bit() {
         // An ICMP echo id must never be taken for a port.
         let v = value(0, PBIT_TCP, &[(PROTO_TCP, 7, 7)]);
-        assert_eq!(entry_verdict(&v, PROTO_ICMP, Some(7)), EntryVerdict::Deny);
+        assert_eq!(entry_verdict(&v, PROTO_ICMP, Some(7)), NO);
         let v = value(0, PBIT_OTHER, &[]);
         assert_eq!(entry_verdict(&v, PROTO_ICMP, Some(7)), EntryVerdict::Allow);
-        assert_eq!(entry_verdict(&v, PROTO_TCP, Some(7)), EntryVerdict::Deny);
+        assert_eq!(entry_verdict(&v, PROTO_TCP, Some(7)), NO);
         assert_eq!(entry_verdict(&v, 47, None), EntryVerdict::Allow);
     }
 }

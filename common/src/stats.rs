@@ -60,8 +60,8 @@ pub const STAT_DENIED: u32 = 1;
 pub const STAT_AUDIT: u32 = 2;
 /// Reason codes per verdict: `AllowReason` for allowed packets, `Reason` for
 /// the others; both below this.
-pub const STAT_REASONS: u32 = 8;
-/// Entries of `STATS`: two directions, three verdicts, eight reason codes.
+pub const STAT_REASONS: u32 = 10;
+/// Entries of `STATS`: two directions, three verdicts, ten reason codes.
 pub const STAT_SLOTS: u32 = 2 * 3 * STAT_REASONS;
 
 /// The `STATS` index of a direction (`DIR_*`), verdict (`STAT_*`) and reason
@@ -125,6 +125,6 @@ mod tests {
     #[test]
     fn reason_codes_fit_their_slots() {
         assert!((AllowReason::ServiceDeferred as u32) < STAT_REASONS);
-        assert!((Reason::Internal as u32) < STAT_REASONS);
+        assert!((Reason::BaselineDeny as u32) < STAT_REASONS);
     }
 }

@@ -49,7 +49,7 @@ pub static EVENT_BUDGET: PerCpuHashMap<u32, EventBudget> =
 #[map(name = "PAL_CONFIG")]
 pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 
-#[map(name = "PAL_STATS")]
+#[map(name = "PAL_STATS_R10")]
 pub static STATS: PerCpuArray<Stat> = PerCpuArray::pinned(STAT_SLOTS, 0);
 
 /// Per-CPU scratch flows: 0 is the packet being judged, 1 the flow an ICMP error

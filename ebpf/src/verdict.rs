@@ -40,7 +40,7 @@ fn policy_allows(ep: &Endpoint, dir: u8, f: &Flow) -> Verdict {
     let port = if f.fragment { None } else { Some(f.dport) };
     match entry_verdict(v, f.proto, port) {
         EntryVerdict::Allow => Verdict::Allow(AllowReason::Policy),
-        EntryVerdict::Deny => Verdict::Deny(Reason::NoPolicyAllows),
+        EntryVerdict::Deny(reason) => Verdict::Deny(reason),
         EntryVerdict::DenyFragment => Verdict::Deny(Reason::Fragment),
     }
 }

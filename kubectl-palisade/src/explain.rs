@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr, process::ExitCode};
 
 use anyhow::{anyhow, bail, Result};
 use palisade_common::{
-    DIR_EGRESS, DIR_INGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    Reason, DIR_EGRESS, DIR_INGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 use palisade_policy::{
     compile, encode, explain, ClusterIndex, DecidedBy, NodeInfo, Packet, PodKey, SideExplanation,
@@ -103,8 +103,14 @@ fn protocol(s: &str, v6: bool) -> Result<u8> {
 }
 
 /// The datapath's decision for one side: the pod's endpoint record and
-/// policy entries as the agent on its node would write them, looked up.
-fn datapath_side(index: &ClusterIndex, pod: &PodKey, dir: u8, packet: &Packet) -> Option<bool> {
+/// policy entries as the agent on its node would write them, looked up; a drop
+/// with the reason its deny line would carry.
+fn datapath_side(
+    index: &ClusterIndex,
+    pod: &PodKey,
+    dir: u8,
+    packet: &Packet,
+) -> Option<Result<(), Reason>> {
     let node = index.pod(pod)?.node_name.clone()?;
     let desired = compile(index, &NodeInfo { name: node });
     let ids: BTreeMap<PodKey, u32> = desired
@@ -120,10 +126,20 @@ fn datapath_side(index: &ClusterIndex, pod: &PodKey, dir: u8, packet: &Packet) -
     } else {
         packet.src
     };
-    Some(maps.lookup(ep, dir, peer, packet.proto, packet.port))
+    Some(maps.judge(ep, dir, peer, packet.proto, packet.port))
 }
 
-fn side_json(s: &SideExplanation) -> Value {
+/// Whether the datapath's drop reason names the tier the model says decided.
+fn reason_agrees(reason: Reason, by: DecidedBy) -> bool {
+    match reason {
+        Reason::AdminDeny => by == DecidedBy::Admin,
+        Reason::BaselineDeny => by == DecidedBy::Baseline,
+        Reason::NoPolicyAllows => by == DecidedBy::NetworkPolicy,
+        _ => true,
+    }
+}
+
+fn side_json(s: &SideExplanation, reason: Option<Reason>) -> Value {
     let v: &Verdict = &s.verdict;
     let mut m = json!({
         "pod": s.pod.to_string(),
@@ -131,6 +147,9 @@ fn side_json(s: &SideExplanation) -> Value {
         "tier": v.tier(),
         "explanation": v.to_string(),
     });
+    if let Some(r) = reason {
+        m["reason"] = json!(r.as_str());
+    }
     if v.decided_by == DecidedBy::NetworkPolicy {
         m["policies"] = json!(v.policies);
         m["allowed_by"] = json!(v.allowed_by);
@@ -144,9 +163,12 @@ fn side_json(s: &SideExplanation) -> Value {
     m
 }
 
-fn side_text(s: &SideExplanation) -> String {
+fn side_text(s: &SideExplanation, reason: Option<Reason>) -> String {
     let v = &s.verdict;
     let mut line = format!("  {s}");
+    if let Some(r) = reason {
+        line.push_str(&format!(" [{}]", r.as_str()));
+    }
     if v.decided_by == DecidedBy::NetworkPolicy && v.allowed {
         line.push_str(&format!(
             " (a rule of {} allows it)",
@@ -190,23 +212,37 @@ pub fn run(a: &Args) -> Result<ExitCode> {
     let walk = explain(&index, &|_| Vec::new(), &packet);
     // The datapath's verdict for every side the walk judged.
     let mut disagree = Vec::new();
+    // Per side, the datapath's drop reason (`None`: allowed or not judged).
+    let mut reasons: Vec<Vec<Option<Reason>>> = Vec::new();
     for (sides, dir) in [(&walk.egress, DIR_EGRESS), (&walk.ingress, DIR_INGRESS)] {
+        let mut rs = Vec::new();
         for s in sides {
-            if let Some(d) = datapath_side(&index, &s.pod, dir, &packet) {
-                if d != s.verdict.allowed {
+            let d = datapath_side(&index, &s.pod, dir, &packet);
+            rs.push(d.and_then(Result::err));
+            let Some(d) = d else { continue };
+            if d.is_ok() != s.verdict.allowed {
+                disagree.push(format!(
+                    "{}: the compiled maps say {}, the model {}",
+                    s,
+                    if d.is_ok() { "allowed" } else { "denied" },
+                    if s.verdict.allowed {
+                        "allowed"
+                    } else {
+                        "denied"
+                    }
+                ));
+            } else if let Err(r) = d {
+                if !reason_agrees(r, s.verdict.decided_by) {
                     disagree.push(format!(
-                        "{}: the compiled maps say {}, the model {}",
+                        "{}: the compiled maps drop it as {}, the model says {} decided",
                         s,
-                        if d { "allowed" } else { "denied" },
-                        if s.verdict.allowed {
-                            "allowed"
-                        } else {
-                            "denied"
-                        }
+                        r.as_str(),
+                        s.verdict.tier()
                     ));
                 }
             }
         }
+        reasons.push(rs);
     }
     let name = |e: &End, ip: IpAddr| match &e.pod {
         Some(p) => format!("{p} ({ip})"),
@@ -215,10 +251,10 @@ pub fn run(a: &Args) -> Result<ExitCode> {
     let verdict = if walk.allowed { "allowed" } else { "denied" };
     match a.output {
         Output::Json => {
-            let one = |s: &Vec<SideExplanation>| match s.as_slice() {
+            let one = |s: &Vec<SideExplanation>, r: &Vec<Option<Reason>>| match s.as_slice() {
                 [] => Value::Null,
-                [x] => side_json(x),
-                many => Value::Array(many.iter().map(side_json).collect()),
+                [x] => side_json(x, r[0]),
+                many => Value::Array(many.iter().zip(r).map(|(x, r)| side_json(x, *r)).collect()),
             };
             let out = json!({
                 "from": a.from,
@@ -228,8 +264,8 @@ pub fn run(a: &Args) -> Result<ExitCode> {
                 "protocol": a.protocol.to_ascii_uppercase(),
                 "port": port,
                 "allowed": walk.allowed,
-                "egress": one(&walk.egress),
-                "ingress": one(&walk.ingress),
+                "egress": one(&walk.egress, &reasons[0]),
+                "ingress": one(&walk.ingress, &reasons[1]),
                 "disagreements": disagree,
             });
             println!("{out:#}");
@@ -245,14 +281,14 @@ pub fn run(a: &Args) -> Result<ExitCode> {
             if walk.egress.is_empty() {
                 println!("  egress: {src} is no pod: nothing judges it there");
             }
-            for s in &walk.egress {
-                println!("{}", side_text(s));
+            for (s, r) in walk.egress.iter().zip(&reasons[0]) {
+                println!("{}", side_text(s, *r));
             }
             if walk.ingress.is_empty() {
                 println!("  ingress: {dst} is no pod: nothing judges it there");
             }
-            for s in &walk.ingress {
-                println!("{}", side_text(s));
+            for (s, r) in walk.ingress.iter().zip(&reasons[1]) {
+                println!("{}", side_text(s, *r));
             }
         }
     }

@@ -67,6 +67,7 @@ fn explain_names_the_rule_that_decided_each_side() {
     assert_eq!(v["allowed"], false);
     assert_eq!(v["ingress"]["allowed"], false);
     assert_eq!(v["ingress"]["policies"], serde_json::json!(["shop/api"]));
+    assert_eq!(v["ingress"]["reason"], "no-policy-allows");
     // Denied by an Admin ClusterNetworkPolicy rule, named.
     let (code, v) = explain_json(&dir, "dev/tool", "shop/db", "5432");
     assert_eq!(code, 1, "{v:#}");
@@ -74,6 +75,9 @@ fn explain_names_the_rule_that_decided_each_side() {
     assert_eq!(v["ingress"]["cluster_policy"], "no-dev-to-db");
     assert_eq!(v["ingress"]["rule_name"], "keep-dev-out");
     assert_eq!(v["ingress"]["action"], "Deny");
+    // The reason the datapath (and so the deny line) gives for the drop.
+    assert_eq!(v["ingress"]["reason"], "admin-deny");
+    assert!(v["egress"].get("reason").is_none(), "{v:#}");
     // By address, to something that is no pod: only the egress side judges.
     let (code, v) = explain_json(&dir, "10.0.0.1", "192.0.2.9", "53");
     assert_eq!(code, 0, "{v:#}");

@@ -23,9 +23,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use palisade_common::{
     entry_verdict, Endpoint, EntryVerdict, PolicyKeyV4, PolicyKeyV6, PolicyScope, PolicyValue,
-    PortRange, ServiceKey, DIR_EGRESS, DIR_INGRESS, EP_AUDIT, EP_EGRESS_ISOLATED, EP_FAIL_CLOSED,
-    EP_HAS_V4, EP_HAS_V6, EP_INGRESS_ISOLATED, FAMILY_V4, FAMILY_V6, MAX_PORT_RANGES, PV_ALL,
-    SCOPE_BITS,
+    PortRange, Reason, ServiceKey, DIR_EGRESS, DIR_INGRESS, EP_AUDIT, EP_EGRESS_ISOLATED,
+    EP_FAIL_CLOSED, EP_HAS_V4, EP_HAS_V6, EP_INGRESS_ISOLATED, FAMILY_V4, FAMILY_V6,
+    MAX_PORT_RANGES, PV_ALL, SCOPE_BITS,
 };
 
 use crate::desired::{Desired, DesiredEndpoint, Grant, ServiceFrontend};
@@ -91,16 +91,28 @@ impl MapSet {
         proto: u8,
         port: Option<u16>,
     ) -> bool {
+        self.judge(endpoint, dir, peer, proto, port).is_ok()
+    }
+
+    /// As [`MapSet::lookup`], with the reason the datapath reports for a drop.
+    pub fn judge(
+        &self,
+        endpoint: &Endpoint,
+        dir: u8,
+        peer: IpAddr,
+        proto: u8,
+        port: Option<u16>,
+    ) -> Result<(), Reason> {
         let iso = if dir == DIR_INGRESS {
             EP_INGRESS_ISOLATED
         } else {
             EP_EGRESS_ISOLATED
         };
         if endpoint.flags & iso == 0 {
-            return true;
+            return Ok(());
         }
         if endpoint.flags & EP_FAIL_CLOSED != 0 {
-            return false;
+            return Err(Reason::FailClosed);
         }
         let scope = PolicyScope::new(endpoint.id, dir);
         let value = match peer {
@@ -135,7 +147,12 @@ impl MapSet {
                 })
             }
         };
-        value.is_some_and(|v| value_allows(v, proto, port))
+        match value.map(|v| entry_verdict(v, proto, port)) {
+            None => Err(Reason::NoPolicyAllows),
+            Some(EntryVerdict::Allow) => Ok(()),
+            Some(EntryVerdict::Deny(r)) => Err(r),
+            Some(EntryVerdict::DenyFragment) => Err(Reason::Fragment),
+        }
     }
 }
 
@@ -261,20 +278,29 @@ pub fn to_value(p: &PortSet) -> Result<PolicyValue, usize> {
         return Ok(v);
     }
     v.all_ports = p.all_ports;
-    if p.ranges.len() > MAX_PORT_RANGES {
-        return Err(p.ranges.len());
+    v.deny_reason = p.deny.default;
+    v.other_reason = p.deny.other;
+    // Allowed ranges first: the first range containing a port decides.
+    let n = p.ranges.len() + p.deny.ranges.len();
+    if n > MAX_PORT_RANGES {
+        return Err(n);
     }
-    for (slot, &(proto, first, last)) in v.ranges.iter_mut().zip(&p.ranges) {
+    let ranges = p
+        .ranges
+        .iter()
+        .map(|&(proto, first, last)| (proto, first, last, 0))
+        .chain(p.deny.ranges.iter().copied());
+    for (slot, (proto, first, last, reason)) in v.ranges.iter_mut().zip(ranges) {
         *slot = PortRange {
             proto,
-            _pad0: 0,
+            reason,
             first,
             last,
             _pad1: 0,
         };
     }
     // Fits: checked against MAX_PORT_RANGES (24) above.
-    v.count = p.ranges.len() as u8;
+    v.count = n as u8;
     Ok(v)
 }
 
@@ -368,6 +394,15 @@ fn value_text(v: &PolicyValue) -> String {
     if v.flags & PV_ALL != 0 {
         return "all".to_string();
     }
+    let ports = |r: &PortRange| {
+        let name = crate::model::Protocol::from_number(r.proto).map_or("?", |p| p.as_str());
+        if r.first == r.last {
+            format!("{name}/{}", r.first)
+        } else {
+            format!("{name}/{}-{}", r.first, r.last)
+        }
+    };
+    let ranges = &v.ranges[..usize::from(v.count).min(MAX_PORT_RANGES)];
     let mut parts = Vec::new();
     for (bit, name) in [
         (palisade_common::PBIT_TCP, "TCP"),
@@ -381,23 +416,28 @@ fn value_text(v: &PolicyValue) -> String {
     if v.all_ports & palisade_common::PBIT_OTHER != 0 {
         parts.push("other".to_string());
     }
-    for r in v
-        .ranges
-        .iter()
-        .take(usize::from(v.count).min(MAX_PORT_RANGES))
-    {
-        let name = crate::model::Protocol::from_number(r.proto).map_or("?", |p| p.as_str());
-        if r.first == r.last {
-            parts.push(format!("{name}/{}", r.first));
-        } else {
-            parts.push(format!("{name}/{}-{}", r.first, r.last));
-        }
-    }
-    if parts.is_empty() {
+    parts.extend(ranges.iter().filter(|r| r.reason == 0).map(ports));
+    let mut text = if parts.is_empty() {
         "none".to_string()
     } else {
         parts.join(",")
+    };
+    // Why the rest is denied, when a ClusterNetworkPolicy tier says so.
+    let reason = |c: u8| palisade_common::deny_reason_of(c).as_str();
+    let mut denied: Vec<String> = ranges
+        .iter()
+        .filter(|r| r.reason != 0)
+        .map(|r| format!("{}={}", ports(r), reason(r.reason)))
+        .collect();
+    if v.other_reason != 0 {
+        denied.push(format!("other={}", reason(v.other_reason)));
     }
+    if v.deny_reason != 0 || !denied.is_empty() {
+        denied.push(format!("rest={}", reason(v.deny_reason)));
+        text.push_str(" | denied ");
+        text.push_str(&denied.join(","));
+    }
+    text
 }
 
 impl MapSet {

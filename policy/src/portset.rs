@@ -2,7 +2,8 @@
 //! equal sets compare equal, with the datapath's test ([`PortSet::allows`]).
 
 use palisade_common::{
-    entry_verdict, proto_bit, EntryVerdict, PortRanges, PBIT_OTHER, PBIT_SCTP, PBIT_TCP, PBIT_UDP,
+    entry_verdict, proto_bit, EntryVerdict, PortRanges, Reason, PBIT_OTHER, PBIT_SCTP, PBIT_TCP,
+    PBIT_UDP,
 };
 
 use crate::model::Protocol;
@@ -16,10 +17,66 @@ impl PortRanges for PortSet {
         self.all_ports
     }
     fn range_count(&self) -> usize {
-        self.ranges.len()
+        self.ranges.len() + self.deny.ranges.len()
     }
-    fn range(&self, i: usize) -> Option<(u8, u16, u16)> {
-        self.ranges.get(i).copied()
+    fn range(&self, i: usize) -> Option<(u8, u16, u16, u8)> {
+        match self.ranges.get(i) {
+            Some(&(p, f, l)) => Some((p, f, l, 0)),
+            None => self.deny.ranges.get(i - self.ranges.len()).copied(),
+        }
+    }
+    fn deny_reason(&self) -> u8 {
+        self.deny.default
+    }
+    fn other_reason(&self) -> u8 {
+        self.deny.other
+    }
+}
+
+/// Why the packets a set does not allow are denied, as the datapath reports it:
+/// `Reason` codes, 0 meaning `NoPolicyAllows`. NetworkPolicy alone leaves it
+/// empty; ClusterNetworkPolicy resolution names the tier that denies.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DenyReasons {
+    /// Every denied packet not covered below.
+    pub default: u8,
+    /// Denied protocols without ports (0: as `default`).
+    pub other: u8,
+    /// `(protocol number, first, last, reason)`: ports denied for a reason other
+    /// than `default`. They may overlap allowed ranges, which take precedence.
+    pub ranges: Vec<(u8, u16, u16, u8)>,
+}
+
+impl DenyReasons {
+    /// The code a set uses for `r` (`NoPolicyAllows` is 0).
+    pub fn code(r: Reason) -> u8 {
+        match r {
+            Reason::NoPolicyAllows => 0,
+            r => r as u8,
+        }
+    }
+
+    /// The code as a set stores it: `NoPolicyAllows`'s own code is 0.
+    pub fn code_of(code: u8) -> u8 {
+        if code == Reason::NoPolicyAllows as u8 {
+            0
+        } else {
+            code
+        }
+    }
+
+    fn normalize(&mut self) {
+        if self.default == Reason::NoPolicyAllows as u8 {
+            self.default = 0;
+        }
+        let default = self.default;
+        let same = |c: u8| c == default || (default == 0 && c == Reason::NoPolicyAllows as u8);
+        if same(self.other) {
+            self.other = 0;
+        }
+        self.ranges.retain(|&(_, _, _, r)| !same(r));
+        self.ranges.sort_unstable();
+        self.ranges.dedup();
     }
 }
 
@@ -37,14 +94,15 @@ pub struct PortSet {
     pub all_ports: u8,
     /// Inclusive `(protocol number, first, last)` ranges, sorted, merged.
     pub ranges: Vec<(u8, u16, u16)>,
+    /// Why the rest is denied (empty when NetworkPolicy alone decides).
+    pub deny: DenyReasons,
 }
 
 impl PortSet {
     pub fn everything() -> Self {
         Self {
             all: true,
-            all_ports: 0,
-            ranges: Vec::new(),
+            ..Self::default()
         }
     }
 
@@ -74,10 +132,25 @@ impl PortSet {
         self.normalize();
     }
 
+    /// The union of what both allow; a denied packet keeps the reason either
+    /// gives (allowed ranges precede denied ones in the datapath's scan).
     pub fn union_with(&mut self, other: &PortSet) {
         self.all |= other.all;
         self.all_ports |= other.all_ports;
         self.ranges.extend_from_slice(&other.ranges);
+        self.deny.ranges.extend_from_slice(&other.deny.ranges);
+        if self.deny.default == 0 {
+            self.deny.default = other.deny.default;
+        }
+        if self.deny.other == 0 {
+            self.deny.other = other.deny.other;
+        }
+        self.normalize();
+    }
+
+    /// Set why the packets this set does not allow are denied.
+    pub(crate) fn set_deny(&mut self, deny: DenyReasons) {
+        self.deny = deny;
         self.normalize();
     }
 
@@ -94,8 +167,10 @@ impl PortSet {
         if self.all {
             self.all_ports = 0;
             self.ranges.clear();
+            self.deny = DenyReasons::default();
             return;
         }
+        self.deny.normalize();
         let bits = self.all_ports;
         self.ranges.retain(|&(p, _, _)| proto_bit(p) & bits == 0);
         self.ranges.sort_unstable();

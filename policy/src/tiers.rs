@@ -33,7 +33,7 @@ use std::net::IpAddr;
 use std::rc::Rc;
 
 use ipnet::IpNet;
-use palisade_common::{PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+use palisade_common::{Reason, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 use crate::desired::{DesiredEndpoint, Grant};
 use crate::encode::net_order;
@@ -43,7 +43,7 @@ use crate::model::{
 };
 use crate::object::PodKey;
 use crate::peers::{pod_peer_matches, PeerCache};
-use crate::portset::PortSet;
+use crate::portset::{DenyReasons, PortSet};
 use crate::selector::LabelSelector;
 
 /// One applicable rule, reduced to what resolution needs.
@@ -372,10 +372,12 @@ fn host_addr(net: &IpNet) -> Option<IpAddr> {
 }
 
 /// The tiers for one prefix, piece by piece: what is allowed at addresses whose
-/// longest match it is.
+/// longest match it is, and why the rest is denied (the datapath's reason).
 fn final_set(rules: &[&TierRule], np: Option<&PortSet>, target: Option<&PodSpec>) -> PortSet {
     let mut out = PortSet::default();
     let mut ranges = Vec::new();
+    // Denied pieces in port order, `(protocol, first, last, reason)`.
+    let mut denied: Vec<(u8, u16, u16, Reason)> = Vec::new();
     for proto in [PROTO_TCP, PROTO_UDP, PROTO_SCTP] {
         // Every port where some rule or grant can start or stop applying.
         let mut cuts: Vec<u32> = vec![0];
@@ -411,32 +413,72 @@ fn final_set(rules: &[&TierRule], np: Option<&PortSet>, target: Option<&PodSpec>
         for w in cuts.windows(2) {
             // Pieces lie within 0..=65535 (the last cut is 65536).
             let (lo, hi) = (w[0] as u16, (w[1] - 1) as u16);
-            if decide(rules, np, target, proto, Some(lo)) {
-                ranges.push((proto, lo, hi));
+            match decide(rules, np, target, proto, Some(lo)) {
+                None => ranges.push((proto, lo, hi)),
+                Some(r) => denied.push((proto, lo, hi, r)),
             }
         }
     }
-    if decide(rules, np, target, PROTO_ICMP, None) {
+    let other = decide(rules, np, target, PROTO_ICMP, None);
+    if other.is_none() {
         out.add_other();
     }
     out.add_ranges(ranges);
+    if !out.all {
+        out.set_deny(deny_reasons(&denied, other));
+    }
     out
+}
+
+/// The denied pieces as the datapath holds them: the reason of the most runs as
+/// the default, the others as ranges (a run may span allowed ports, which the
+/// datapath tests first).
+fn deny_reasons(denied: &[(u8, u16, u16, Reason)], other: Option<Reason>) -> DenyReasons {
+    let mut runs: Vec<(u8, u16, u16, Reason)> = Vec::new();
+    for &(p, f, l, r) in denied {
+        match runs.last_mut() {
+            Some(last) if last.0 == p && last.3 == r => last.2 = l,
+            _ => runs.push((p, f, l, r)),
+        }
+    }
+    let mut counts: BTreeMap<u8, usize> = BTreeMap::new();
+    for &(_, _, _, r) in &runs {
+        *counts.entry(DenyReasons::code(r)).or_default() += 1;
+    }
+    if let Some(r) = other {
+        *counts.entry(DenyReasons::code(r)).or_default() += 1;
+    }
+    // Most runs first, then the lowest code.
+    let default = counts
+        .iter()
+        .max_by_key(|&(code, n)| (*n, std::cmp::Reverse(*code)))
+        .map_or(0, |(code, _)| *code);
+    DenyReasons {
+        default,
+        other: other.map_or(0, DenyReasons::code),
+        ranges: runs
+            .into_iter()
+            .map(|(p, f, l, r)| (p, f, l, r as u8))
+            .filter(|&(_, _, _, code)| DenyReasons::code_of(code) != default)
+            .collect(),
+    }
 }
 
 /// One packet against the tiers (API): Admin in precedence order, the first
 /// matching rule decides and `Pass` leaves the tier; NetworkPolicy decides when it
-/// isolates; then Baseline the same way; then allowed.
+/// isolates; then Baseline the same way; then allowed. `None`: allowed;
+/// otherwise the reason of the drop.
 fn decide(
     rules: &[&TierRule],
     np: Option<&PortSet>,
     target: Option<&PodSpec>,
     proto: u8,
     port: Option<u16>,
-) -> bool {
+) -> Option<Reason> {
     for tier in [Tier::Admin, Tier::Baseline] {
         if tier == Tier::Baseline {
             if let Some(s) = np {
-                return s.allows(proto, port);
+                return (!s.allows(proto, port)).then_some(Reason::NoPolicyAllows);
             }
         }
         for r in rules.iter().filter(|r| r.tier == tier) {
@@ -444,11 +486,16 @@ fn decide(
                 continue;
             }
             match r.action {
-                Action::Accept => return true,
-                Action::Deny => return false,
+                Action::Accept => return None,
+                Action::Deny => {
+                    return Some(match tier {
+                        Tier::Admin => Reason::AdminDeny,
+                        Tier::Baseline => Reason::BaselineDeny,
+                    })
+                }
                 Action::Pass => break,
             }
         }
     }
-    true
+    None
 }

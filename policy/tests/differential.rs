@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::api::networking::v1 as netv1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as metav1;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use palisade_common::{PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+use palisade_common::{Reason, PROTO_ICMP, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use palisade_policy::{
     compile, diff, encode, object_from_k8s, Compiler, Kind, MapSet, NodeInfo, Object, ObjectRef,
     Packet, PodKey,
@@ -607,6 +607,21 @@ fn check_probes(w: &World, plan: &Plan) -> Result<(), TestCaseError> {
         let a = w.datapath(src, dst, proto, port);
         let b = w.reference(src, dst, proto, port);
         prop_assert_eq!(a, b, "{} -> {} proto {} port {:?}", src, dst, proto, port);
+        // The drop's reason names the tier that decided (a fragment's and a
+        // fail-closed endpoint's reason is their own).
+        let ra = w.datapath_reason(src, dst, proto, port);
+        let rb = w.reference_reason(src, dst, proto, port);
+        if !matches!(ra, Some(Reason::Fragment | Reason::FailClosed)) {
+            prop_assert_eq!(
+                ra,
+                rb,
+                "reason of {} -> {} proto {} port {:?}",
+                src,
+                dst,
+                proto,
+                port
+            );
+        }
     }
     Ok(())
 }
@@ -775,6 +790,7 @@ fn generated_cases_mix_allowed_denied_invalid_and_cluster_decided() {
     let mut runner = proptest::test_runner::TestRunner::default();
     let (mut allowed, mut total, mut invalid, mut pols, mut entries) = (0, 0, 0, 0, 0);
     let (mut cnps, mut cluster_decided, mut overflow) = (0, 0, 0);
+    let mut reasons: BTreeMap<&'static str, usize> = BTreeMap::new();
     for _ in 0..200 {
         let plan = plan_strategy().new_tree(&mut runner).unwrap().current();
         let w = World::with(initial_objects(&plan));
@@ -794,6 +810,9 @@ fn generated_cases_mix_allowed_denied_invalid_and_cluster_decided() {
             let (src, dst) = (pick(&w, v6, s), pick(&w, v6, d));
             if w.reference(src, dst, protos[pr], port) {
                 allowed += 1;
+            }
+            if let Some(r) = w.datapath_reason(src, dst, protos[pr], port) {
+                *reasons.entry(r.as_str()).or_default() += 1;
             }
             let e = palisade_policy::explain::explain(
                 &w.index,
@@ -818,6 +837,13 @@ fn generated_cases_mix_allowed_denied_invalid_and_cluster_decided() {
     }
     println!("allowed {allowed}/{total}, invalid policies {invalid}/{pols}, entries {entries}");
     println!("cluster policies {cnps}, sides decided by a cluster policy {cluster_decided}/{total}, overflowed endpoints {overflow}");
+    println!("datapath drop reasons {reasons:?}");
+    for r in ["no-policy-allows", "admin-deny", "baseline-deny"] {
+        assert!(
+            reasons.get(r).is_some_and(|n| *n > 0),
+            "no drop for {r} in 200 plans: {reasons:?}"
+        );
+    }
     // About two thirds allowed, a twentieth of the policies invalid, a sixth
     // of the sides decided by a cluster policy; the bounds leave room for the
     // random seed.

@@ -79,6 +79,29 @@ pub fn allowed_port(
     egress_allowed(index, &packet) && ingress_allowed(index, node_addrs, &packet)
 }
 
+/// When `packet` is denied: the side that denies first as the datapath judges
+/// (egress at the source, then ingress at the destination) and what decided.
+pub fn denial(
+    index: &ClusterIndex,
+    node_addrs: &dyn Fn(&str) -> Vec<IpAddr>,
+    packet: &Packet,
+) -> Option<(Direction, DecidedBy)> {
+    let egress = index
+        .pods()
+        .filter(|p| owns(p, packet.src))
+        .map(|p| verdict(index, p, Direction::Egress, packet))
+        .find(|v| !v.allowed)
+        .map(|v| (Direction::Egress, v.decided_by));
+    egress.or_else(|| {
+        index
+            .pods()
+            .filter(|p| owns(p, packet.dst))
+            .map(|p| ingress_verdict(index, node_addrs, p, packet))
+            .find(|v| !v.allowed)
+            .map(|v| (Direction::Ingress, v.decided_by))
+    })
+}
+
 /// The egress half: judged at every policy pod owning `src`.
 pub fn egress_allowed(index: &ClusterIndex, packet: &Packet) -> bool {
     index

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use palisade_common::{DIR_EGRESS, DIR_INGRESS};
+use palisade_common::{Reason, DIR_EGRESS, DIR_INGRESS};
 use palisade_policy::model::{NamedPort, PodSpec};
 use palisade_policy::{
     compile, encode, parse_yaml_documents, reference, ClusterIndex, MapSet, NamespaceSpec,
@@ -178,6 +178,49 @@ impl World {
             }
         }
         true
+    }
+
+    /// The datapath's reason for dropping the packet (`None`: allowed).
+    pub fn datapath_reason(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        proto: u8,
+        port: Option<u16>,
+    ) -> Option<Reason> {
+        if let Some((m, ep, _)) = self.endpoint_of(src) {
+            if let Err(r) = m.judge(&ep, DIR_EGRESS, dst, proto, port) {
+                return Some(r);
+            }
+        }
+        let (m, ep, node) = self.endpoint_of(dst)?;
+        if node_addrs(&node).contains(&src) {
+            return None;
+        }
+        m.judge(&ep, DIR_INGRESS, src, proto, port).err()
+    }
+
+    /// The reason the datapath must give for the reference's denial: the tier
+    /// that decided (`None`: allowed).
+    pub fn reference_reason(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        proto: u8,
+        port: Option<u16>,
+    ) -> Option<Reason> {
+        let packet = reference::Packet {
+            src,
+            dst,
+            proto,
+            port,
+        };
+        let (_, by) = reference::denial(&self.index, &node_addrs, &packet)?;
+        Some(match by {
+            reference::DecidedBy::Admin => Reason::AdminDeny,
+            reference::DecidedBy::Baseline => Reason::BaselineDeny,
+            _ => Reason::NoPolicyAllows,
+        })
     }
 
     pub fn reference(&self, src: IpAddr, dst: IpAddr, proto: u8, port: Option<u16>) -> bool {
