@@ -14,11 +14,10 @@
 //!   on the destination pod);
 //! - a namespace: endpoints selected by a policy with a namespaceSelector peer;
 //! - a service: only the frontend table;
-//! - ClusterNetworkPolicy: any change of one, and any change of a Node, pod or
-//!   namespace while one is in force, recompiles every local endpoint. This is the
-//!   simplest choice that is obviously correct (a cluster policy's subject and
-//!   peers range over every namespace, pod and node); a finer one would track which
-//!   subjects and peers a change can touch.
+//! - ClusterNetworkPolicy: a change of one, and a change of a Node, pod or
+//!   namespace while one is in force, also marks the endpoints whose tiers it can
+//!   touch ([`crate::tier_deps`]: the subjects of the changed policy, or of the
+//!   policies whose peers may match the changed object).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -34,6 +33,7 @@ use crate::model::{
 };
 use crate::object::PodKey;
 use crate::peers::PeerCache;
+use crate::tier_deps;
 
 /// Incremental compile + encode + diff for one node.
 #[derive(Debug)]
@@ -80,7 +80,6 @@ impl Compiler {
     pub fn update(&mut self, index: &ClusterIndex, ids: &BTreeMap<PodKey, u32>) -> Vec<MapWrite> {
         let mut dirty: BTreeSet<PodKey> = BTreeSet::new();
         let mut services_dirty = false;
-        let mut every_endpoint = false;
         let cluster_policies = index.has_cluster_policies();
         let full = match self.generation.and_then(|g| index.changes_since(g)) {
             None => true,
@@ -88,14 +87,15 @@ impl Compiler {
                 for c in changes {
                     match c {
                         Change::Service => services_dirty = true,
-                        Change::ClusterPolicy { .. } => every_endpoint = true,
-                        Change::Node { .. } | Change::Pod { .. } | Change::Namespace { .. }
-                            if cluster_policies =>
-                        {
-                            every_endpoint = true
+                        Change::ClusterPolicy { .. } => {
+                            tier_deps::mark(index, &self.node, c, &mut dirty)
                         }
-                        Change::Node { .. } => {}
-                        other => self.affected(index, other, &mut dirty),
+                        other => {
+                            self.affected(index, other, &mut dirty);
+                            if cluster_policies {
+                                tier_deps::mark(index, &self.node, other, &mut dirty);
+                            }
+                        }
                     }
                 }
                 false
@@ -121,7 +121,7 @@ impl Compiler {
             ws.svc_del.extend(self.services.difference(&new).copied());
             self.services = new;
         }
-        let targets: Vec<PodKey> = if full || every_endpoint {
+        let targets: Vec<PodKey> = if full {
             self.entries
                 .keys()
                 .cloned()

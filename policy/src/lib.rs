@@ -87,6 +87,7 @@ mod peers;
 pub mod portset;
 pub mod reference;
 pub mod selector;
+mod tier_deps;
 pub mod tiers;
 
 pub use compile::{compile, NodeInfo};
