@@ -3,7 +3,8 @@
 //! whose subject selects it and on what their rules' peers match, so:
 //! - a cluster policy: the endpoints its old or new version selects;
 //! - a pod: the pod itself (its subjects), and the endpoints selected by a policy
-//!   with a peer that may match the old or new pod (namespace and pod selectors
+//!   with a peer that may match the old or new pod (when only its labels changed,
+//!   pod selectors alone can tell; otherwise namespace and pod selectors
 //!   by labels, networks by address: egress named ports resolve on the pod there;
 //!   an empty peer, which can stand for every address, always);
 //! - a namespace: its local pods (their subjects), and the endpoints selected by
@@ -47,8 +48,20 @@ pub(crate) fn mark(
                 }
             }
             let pods: Vec<&PodSpec> = old.iter().chain(new.iter()).collect();
+            // Only its labels changed: only pod selectors can see that.
+            let labels_only = match (old, new) {
+                (Some(o), Some(n)) => {
+                    PodSpec {
+                        labels: n.labels.clone(),
+                        ..o.clone()
+                    } == *n
+                }
+                _ => false,
+            };
             let seeing = policies_where(index, |peer| {
-                pods.iter().any(|p| peer_may_match_pod(index, peer, p))
+                let by_labels = matches!(peer, ClusterPeer::Pods { .. });
+                (by_labels || !labels_only)
+                    && pods.iter().any(|p| peer_may_match_pod(index, peer, p))
             });
             mark_subjects(index, node, &seeing, dirty);
         }
