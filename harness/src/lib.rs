@@ -29,7 +29,7 @@ pub use agent::{default_agent_path, AgentConfig, Uplinks};
 pub use cluster::{Cluster, ClusterError, ClusterOptions, Topology};
 pub use conformance::{
     run_conformance, run_conformance_to, run_scenarios, Built, CaseCluster, CaseReport, CaseStatus,
-    ConformanceOptions, RunSettings, Summary,
+    ConformanceOptions, Judge, OfflineCluster, OfflineConnection, RunSettings, Summary,
 };
 pub use matrix::{Cell, Matrix, Peer, Probe, Via};
 pub use model::{

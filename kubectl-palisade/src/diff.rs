@@ -12,7 +12,9 @@ use palisade_policy::{
 };
 use serde_json::{json, Value};
 
-use crate::{manifests, Source};
+use kubectl_palisade::manifests;
+
+use crate::Source;
 
 /// `kubectl palisade diff`. Exit status: 0 no connection changes, 1 some do,
 /// 2 an error.

@@ -1,20 +1,15 @@
-//! `explain`: the verdict of one connection, each side's from the map entries
-//! the agent would write for that pod (compiled and looked up as the datapath
-//! does), and the rules that decided from the engine's model (the reference
-//! evaluator). The two are compared; a disagreement is reported and fails.
-use std::{collections::BTreeMap, net::IpAddr, process::ExitCode};
+//! `explain`: the verdict of one connection and what decided each side, judged
+//! both from the compiled maps and from the model ([`kubectl_palisade::judge`]);
+//! a disagreement is reported and fails.
+use std::{net::IpAddr, process::ExitCode};
 
 use anyhow::{anyhow, bail, Result};
-use palisade_common::{
-    Reason, DIR_EGRESS, DIR_INGRESS, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
-};
-use palisade_policy::{
-    compile, encode, explain, ClusterIndex, DecidedBy, NodeInfo, Packet, PodKey, SideExplanation,
-    Verdict,
-};
+use kubectl_palisade::{judge::Evaluator, manifests};
+use palisade_common::{Reason, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+use palisade_policy::{ClusterIndex, DecidedBy, Packet, PodKey, SideExplanation, Verdict};
 use serde_json::{json, Value};
 
-use crate::{manifests, Source};
+use crate::Source;
 
 /// `kubectl palisade explain`. Exit status: 0 allowed, 1 denied, 2 an error,
 /// 3 the compiled maps and the model disagree (a bug: please report it).
@@ -102,43 +97,6 @@ fn protocol(s: &str, v6: bool) -> Result<u8> {
     })
 }
 
-/// The datapath's decision for one side: the pod's endpoint record and
-/// policy entries as the agent on its node would write them, looked up; a drop
-/// with the reason its deny line would carry.
-fn datapath_side(
-    index: &ClusterIndex,
-    pod: &PodKey,
-    dir: u8,
-    packet: &Packet,
-) -> Option<Result<(), Reason>> {
-    let node = index.pod(pod)?.node_name.clone()?;
-    let desired = compile(index, &NodeInfo { name: node });
-    let ids: BTreeMap<PodKey, u32> = desired
-        .endpoints
-        .keys()
-        .enumerate()
-        .map(|(i, k)| (k.clone(), i as u32 + 1))
-        .collect();
-    let maps = encode(&desired, &ids, false);
-    let ep = maps.endpoints.get(pod)?;
-    let peer = if dir == DIR_EGRESS {
-        packet.dst
-    } else {
-        packet.src
-    };
-    Some(maps.judge(ep, dir, peer, packet.proto, packet.port))
-}
-
-/// Whether the datapath's drop reason names the tier the model says decided.
-fn reason_agrees(reason: Reason, by: DecidedBy) -> bool {
-    match reason {
-        Reason::AdminDeny => by == DecidedBy::Admin,
-        Reason::BaselineDeny => by == DecidedBy::Baseline,
-        Reason::NoPolicyAllows => by == DecidedBy::NetworkPolicy,
-        _ => true,
-    }
-}
-
 fn side_json(s: &SideExplanation, reason: Option<Reason>) -> Value {
     let v: &Verdict = &s.verdict;
     let mut m = json!({
@@ -209,41 +167,9 @@ pub fn run(a: &Args) -> Result<ExitCode> {
         proto,
         port,
     };
-    let walk = explain(&index, &|_| Vec::new(), &packet);
-    // The datapath's verdict for every side the walk judged.
-    let mut disagree = Vec::new();
-    // Per side, the datapath's drop reason (`None`: allowed or not judged).
-    let mut reasons: Vec<Vec<Option<Reason>>> = Vec::new();
-    for (sides, dir) in [(&walk.egress, DIR_EGRESS), (&walk.ingress, DIR_INGRESS)] {
-        let mut rs = Vec::new();
-        for s in sides {
-            let d = datapath_side(&index, &s.pod, dir, &packet);
-            rs.push(d.and_then(Result::err));
-            let Some(d) = d else { continue };
-            if d.is_ok() != s.verdict.allowed {
-                disagree.push(format!(
-                    "{}: the compiled maps say {}, the model {}",
-                    s,
-                    if d.is_ok() { "allowed" } else { "denied" },
-                    if s.verdict.allowed {
-                        "allowed"
-                    } else {
-                        "denied"
-                    }
-                ));
-            } else if let Err(r) = d {
-                if !reason_agrees(r, s.verdict.decided_by) {
-                    disagree.push(format!(
-                        "{}: the compiled maps drop it as {}, the model says {} decided",
-                        s,
-                        r.as_str(),
-                        s.verdict.tier()
-                    ));
-                }
-            }
-        }
-        reasons.push(rs);
-    }
+    let j = Evaluator::new(&index).judge(&packet);
+    let (walk, disagree) = (&j.walk, &j.disagreements);
+    let reasons = [&j.egress_reasons, &j.ingress_reasons];
     let name = |e: &End, ip: IpAddr| match &e.pod {
         Some(p) => format!("{p} ({ip})"),
         None => ip.to_string(),
@@ -264,8 +190,8 @@ pub fn run(a: &Args) -> Result<ExitCode> {
                 "protocol": a.protocol.to_ascii_uppercase(),
                 "port": port,
                 "allowed": walk.allowed,
-                "egress": one(&walk.egress, &reasons[0]),
-                "ingress": one(&walk.ingress, &reasons[1]),
+                "egress": one(&walk.egress, reasons[0]),
+                "ingress": one(&walk.ingress, reasons[1]),
                 "disagreements": disagree,
             });
             println!("{out:#}");
@@ -281,19 +207,19 @@ pub fn run(a: &Args) -> Result<ExitCode> {
             if walk.egress.is_empty() {
                 println!("  egress: {src} is no pod: nothing judges it there");
             }
-            for (s, r) in walk.egress.iter().zip(&reasons[0]) {
+            for (s, r) in walk.egress.iter().zip(reasons[0]) {
                 println!("{}", side_text(s, *r));
             }
             if walk.ingress.is_empty() {
                 println!("  ingress: {dst} is no pod: nothing judges it there");
             }
-            for (s, r) in walk.ingress.iter().zip(&reasons[1]) {
+            for (s, r) in walk.ingress.iter().zip(reasons[1]) {
                 println!("{}", side_text(s, *r));
             }
         }
     }
     if !disagree.is_empty() {
-        for d in &disagree {
+        for d in disagree {
             eprintln!("error: {d}");
         }
         return Ok(ExitCode::from(3));

@@ -6,7 +6,6 @@
 //! applied. kubectl runs the binary as a plugin (`kubectl-palisade` on PATH).
 mod diff;
 mod explain;
-mod manifests;
 mod observe;
 
 use std::path::PathBuf;
