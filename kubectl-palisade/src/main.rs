@@ -3,7 +3,8 @@
 //! manifests (what the agent's file source reads); `observe` shows the
 //! agents' events (an agent's `/events` stream, or JSON lines from a file),
 //! filtered; `diff` what a change would do to reachability before it is
-//! applied. kubectl runs the binary as a plugin (`kubectl-palisade` on PATH).
+//! applied; `advise` least-privilege policies from the observed connections. kubectl runs the binary as a plugin (`kubectl-palisade` on PATH).
+mod advise;
 mod diff;
 mod explain;
 mod observe;
@@ -40,6 +41,9 @@ enum Cmd {
     /// before it is applied; with --flows, which observed connections it
     /// would block.
     Diff(diff::Args),
+    /// Least-privilege NetworkPolicies for a namespace from its observed
+    /// allowed connections (the agents' --flow-events).
+    Advise(advise::Args),
 }
 
 /// Where manifests come from.
@@ -58,6 +62,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Explain(a) => explain::run(&a),
         Cmd::Observe(a) => observe::run(&a),
         Cmd::Diff(a) => diff::run(&a),
+        Cmd::Advise(a) => advise::run(&a),
     };
     match r {
         Ok(code) => code,

@@ -237,7 +237,7 @@ fn table_row(v: &Value) -> [String; 8] {
 }
 
 /// A line that is an event of the agent (not its own logs).
-fn event(line: &str) -> Option<Value> {
+pub(crate) fn event(line: &str) -> Option<Value> {
     let v: Value = serde_json::from_str(line.trim()).ok()?;
     matches!(s(&v, "event"), "palisade-deny" | "palisade-allow").then_some(v)
 }
