@@ -57,10 +57,24 @@ pub struct Source {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let (args, not) = match observe::split_not(std::env::args_os().collect()) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("kubectl palisade: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
+    if !not.is_empty() && !matches!(cli.cmd, Cmd::Observe(_)) {
+        eprintln!("kubectl palisade: --not is a filter of observe");
+        return std::process::ExitCode::from(2);
+    }
     let r = match cli.cmd {
         Cmd::Explain(a) => explain::run(&a),
-        Cmd::Observe(a) => observe::run(&a),
+        Cmd::Observe(mut a) => {
+            a.not = not;
+            observe::run(&a)
+        }
         Cmd::Diff(a) => diff::run(&a),
         Cmd::Advise(a) => advise::run(&a),
     };

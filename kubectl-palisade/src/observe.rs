@@ -12,8 +12,11 @@ use serde_json::Value;
 
 /// `kubectl palisade observe`.
 #[derive(clap::Args)]
-#[command(after_help = "Examples:\n  \
+#[command(after_help = "--not before a filter negates it (Hubble's --not): \
+    `--not --namespace kube-system` keeps the events of every other namespace; repeat it per filter.\n\n\
+    Examples:\n  \
     kubectl palisade observe --agent 127.0.0.1:9464 --verdict denied -n prod --follow\n  \
+    kubectl palisade observe --file events.jsonl --not --verdict allowed --not --reason fragment\n  \
     kubectl -n kube-system logs ds/palisade-agent | kubectl palisade observe --file - --to-pod prod/db")]
 pub struct Args {
     /// An agent's HTTP address (`host:port`, as `--ready-addr`): read its
@@ -36,6 +39,10 @@ pub struct Args {
     last: Option<usize>,
     #[command(flatten)]
     filter: Filter,
+    /// Filters given after `--not` (see [`split_not`]): an event must match
+    /// none of them.
+    #[arg(skip)]
+    pub not: Vec<Filter>,
     /// `compact` (one line: time, node, src -> dst:port/proto, direction,
     /// verdict, reason, deciding policy), `table`, or `json` (the events as
     /// the agent wrote them).
@@ -93,6 +100,47 @@ pub struct Filter {
     /// The node whose agent reported it.
     #[arg(long)]
     node: Option<String>,
+}
+
+/// One negated filter, parsed with the filters' own flags.
+#[derive(clap::Parser)]
+#[command(name = "--not")]
+struct NotFilter {
+    #[command(flatten)]
+    filter: Filter,
+}
+
+/// Takes every `--not FILTER` out of `args` (the filter as `--flag value`,
+/// `--flag=value` or `-n value`), parsed: clap has no notion of one flag
+/// modifying the next.
+pub fn split_not(args: Vec<std::ffi::OsString>) -> Result<(Vec<std::ffi::OsString>, Vec<Filter>)> {
+    let mut rest = Vec::new();
+    let mut not = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        if a != "--not" {
+            rest.push(a);
+            continue;
+        }
+        let Some(flag) = it.next() else {
+            bail!("--not must come before a filter, e.g. --not --namespace kube-system");
+        };
+        let mut words = vec![std::ffi::OsString::from("--not"), flag.clone()];
+        let text = flag.to_string_lossy();
+        if !text.starts_with('-') {
+            bail!("--not {text}: expected a filter flag after --not");
+        }
+        if !text.contains('=') {
+            match it.next() {
+                Some(v) => words.push(v),
+                None => bail!("--not {text}: the filter needs a value"),
+            }
+        }
+        let parsed = <NotFilter as clap::Parser>::try_parse_from(&words)
+            .map_err(|e| anyhow::anyhow!("--not {}: {}", text, e.kind()))?;
+        not.push(parsed.filter);
+    }
+    Ok((rest, not))
 }
 
 /// A CIDR, or one address (as its host prefix).
@@ -290,7 +338,7 @@ pub fn run(a: &Args) -> Result<ExitCode> {
     for line in input.lines() {
         let line = line?;
         let Some(v) = event(&line) else { continue };
-        if !a.filter.matches(&v) {
+        if !a.filter.matches(&v) || a.not.iter().any(|n| n.matches(&v)) {
             continue;
         }
         if a.last.is_some() || a.output == Output::Table {

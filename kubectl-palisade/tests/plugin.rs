@@ -82,6 +82,35 @@ fn explain_names_the_rule_that_decided_each_side() {
     let (code, v) = explain_json(&dir, "10.0.0.1", "192.0.2.9", "53");
     assert_eq!(code, 0, "{v:#}");
     assert!(v["ingress"].is_null());
+    // Through a Service: judged on the backend at the port it serves (80 ->
+    // the EndpointSlice's 8080, the pod's named port `http`).
+    let (code, v) = explain_json(&dir, "shop/web", "svc/shop/api", "80");
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["backends_allowed"], 1, "{v:#}");
+    assert_eq!(v["backends"][0]["port"], 8080, "{v:#}");
+    assert_eq!(
+        v["backends"][0]["ingress"]["allowed_by"],
+        serde_json::json!(["shop/api"])
+    );
+    let (code, v) = explain_json(&dir, "shop/db", "svc/shop/api", "80");
+    assert_eq!((code, &v["allowed"]), (1, &Value::Bool(false)), "{v:#}");
+    let o = run(&[
+        "explain",
+        "--source-dir",
+        &dir.to_string_lossy(),
+        "--from",
+        "shop/web",
+        "--to",
+        "svc/shop/api",
+        "--port",
+        "81",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("Service shop/api has no TCP port 81 (it has 80/TCP)"),
+        "{o:?}"
+    );
     // The text form says the same.
     let o = run(&[
         "explain",
@@ -228,6 +257,21 @@ fn observe_filters_select_exactly_their_events() {
     assert_eq!(count(&["--node", "node-1"]), 1);
     assert_eq!(count(&["--verdict", "denied", "--node", "node-2"]), 1);
     assert_eq!(count(&["--last", "1"]), 1);
+    // --not negates the filter after it; each is its own.
+    assert_eq!(count(&["--not", "--verdict", "denied"]), 2);
+    assert_eq!(count(&["--not", "--verdict=denied"]), 2);
+    assert_eq!(count(&["--not", "-n", "dev"]), 3);
+    assert_eq!(count(&["-n", "shop", "--not", "--to-pod", "api"]), 2);
+    assert_eq!(
+        count(&["--not", "--verdict", "denied", "--not", "--node", "node-1"]),
+        2
+    );
+    let o = run(&["observe", "--file", "x", "--not"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--not must come before a filter"),
+        "{o:?}"
+    );
     let json = observe(&["-o", "json", "--verdict", "audit"]);
     let v: Value = serde_json::from_str(&json[0]).expect("json");
     assert_eq!(v["src_pod"], "tool-7d9f");

@@ -689,6 +689,7 @@ fn services_are_frontends_only() {
         name: "web".into(),
         cluster_ips: vec![ip("10.96.0.10"), ip("fd00:96::a")],
         ports: vec![(Protocol::Tcp, 80), (Protocol::Udp, 53)],
+        port_names: Vec::new(),
     };
     let mut idx = palisade_policy::ClusterIndex::new();
     idx.apply(Object::Service(svc));

@@ -173,6 +173,7 @@ impl K8sObject for corev1::Service {
         require_name(&r)?;
         let mut cluster_ips = Vec::new();
         let mut ports = Vec::new();
+        let mut port_names = Vec::new();
         if let Some(spec) = &self.spec {
             let listed = spec.cluster_ips.iter().flatten().map(|s| s.as_str());
             for s in listed.chain(spec.cluster_ip.as_deref()) {
@@ -199,6 +200,9 @@ impl K8sObject for corev1::Service {
                 if !ports.contains(&(proto, port)) {
                     ports.push((proto, port));
                 }
+                if let Some(n) = p.name.as_ref().filter(|n| !n.is_empty()) {
+                    port_names.push((proto, port, n.clone()));
+                }
             }
         }
         Ok(Object::Service(ServiceSpec {
@@ -206,6 +210,7 @@ impl K8sObject for corev1::Service {
             name: r.name,
             cluster_ips,
             ports,
+            port_names,
         }))
     }
 }
@@ -232,11 +237,23 @@ impl K8sObject for discoveryv1::EndpointSlice {
             .flat_map(|e| e.addresses.iter())
             .filter_map(|a| parse_ip(a))
             .collect();
+        // A port entry without a valid number carries no target to explain.
+        let ports = self
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                let number = u16::try_from(p.port?).ok().filter(|n| *n > 0)?;
+                let proto = Protocol::parse(p.protocol.as_deref(), "ports[].protocol").ok()?;
+                Some((p.name.clone().unwrap_or_default(), proto, number))
+            })
+            .collect();
         Ok(Object::EndpointSlice(EndpointSliceSpec {
             namespace: r.namespace,
             name: r.name,
             service,
             addresses,
+            ports,
         }))
     }
 }

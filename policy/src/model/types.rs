@@ -185,6 +185,9 @@ pub struct ServiceSpec {
     pub name: String,
     pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<(Protocol, u16)>,
+    /// The name of each named port (API: it matches the EndpointSlice port
+    /// that carries its target); for explanations only.
+    pub port_names: Vec<(Protocol, u16, String)>,
 }
 
 /// An EndpointSlice, kept for explanations only: the datapath decides service
@@ -195,4 +198,6 @@ pub struct EndpointSliceSpec {
     pub name: String,
     pub service: Option<String>,
     pub addresses: Vec<IpAddr>,
+    /// `ports[]`: name (empty when unnamed), protocol, the backends' port.
+    pub ports: Vec<(String, Protocol, u16)>,
 }
