@@ -22,7 +22,9 @@ use clap::{Parser, Subcommand};
     long_about = "Ask Palisade why a connection is allowed or denied, and watch what it drops.\n\n\
         `explain` runs the engine the agent runs (the same compilation into map entries and the \
         same lookup the datapath makes) on a directory of manifests, and shows the rules that \
-        decided. `observe` prints the agents' deny (and, with --flow-events, allowed) events."
+        decided. `observe` prints the agents' deny (and, with --flow-events, allowed) events. \
+        `diff` shows what a change would do to reachability before it is applied; `advise` writes \
+        least-privilege NetworkPolicies from the observed connections."
 )]
 struct Cli {
     #[command(subcommand)]
