@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use kubectl_palisade::manifests;
 use palisade_policy::{ClusterIndex, Labels, PodKey, PodSpec};
 use serde_json::{json, Value};
 
@@ -449,7 +448,7 @@ fn advice_yaml(a: &Advice) -> String {
 }
 
 pub fn run(a: &Args) -> Result<ExitCode> {
-    let (index, errors) = manifests::load(&a.source.source_dir)?;
+    let (index, errors) = a.source.load()?;
     for e in &errors {
         eprintln!("warning: {e}");
     }

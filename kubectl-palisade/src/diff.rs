@@ -12,8 +12,6 @@ use palisade_policy::{
 };
 use serde_json::{json, Value};
 
-use kubectl_palisade::manifests;
-
 use crate::Source;
 
 /// `kubectl palisade diff`. Exit status: 0 no connection changes, 1 some do,
@@ -182,7 +180,7 @@ fn blocked_flows(
 }
 
 pub fn run(a: &Args) -> Result<ExitCode> {
-    let (before, errors) = manifests::load(&a.source.source_dir)?;
+    let (before, errors) = a.source.load()?;
     for e in &errors {
         eprintln!("warning: {e}");
     }

@@ -4,7 +4,7 @@
 use std::{net::IpAddr, process::ExitCode};
 
 use anyhow::{anyhow, bail, Result};
-use kubectl_palisade::{judge::Evaluator, manifests};
+use kubectl_palisade::judge::Evaluator;
 use palisade_common::{Reason, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use palisade_policy::{
     ClusterIndex, DecidedBy, Packet, PodKey, Protocol, SideExplanation, Verdict,
@@ -306,7 +306,7 @@ fn service_backends(
 }
 
 pub fn run(a: &Args) -> Result<ExitCode> {
-    let (index, errors) = manifests::load(&a.source.source_dir)?;
+    let (index, errors) = a.source.load()?;
     for e in &errors {
         eprintln!("warning: {e}");
     }

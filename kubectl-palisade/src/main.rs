@@ -48,14 +48,28 @@ enum Cmd {
     Advise(advise::Args),
 }
 
-/// Where manifests come from.
+/// Where the objects come from: a directory of manifests, else the cluster
+/// of the kubeconfig.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Source {
     /// A directory of YAML/JSON manifests, as the agent's file source reads it
     /// (Namespaces, Pods with spec.nodeName and status.podIPs, Services,
     /// EndpointSlices, NetworkPolicies, ClusterNetworkPolicies, Nodes).
+    /// Without it: the cluster of the kubeconfig, listed now.
     #[arg(long, value_name = "DIR")]
-    pub source_dir: PathBuf,
+    pub source_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub kube: kubectl_palisade::cluster::KubeArgs,
+}
+
+impl Source {
+    /// The index of the objects, and those that could not be read.
+    pub fn load(&self) -> anyhow::Result<(palisade_policy::ClusterIndex, Vec<String>)> {
+        match &self.source_dir {
+            Some(d) => kubectl_palisade::manifests::load(d),
+            None => kubectl_palisade::cluster::load(&self.kube),
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {

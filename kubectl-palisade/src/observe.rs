@@ -15,6 +15,8 @@ use serde_json::Value;
 #[command(after_help = "--not before a filter negates it (Hubble's --not): \
     `--not --namespace kube-system` keeps the events of every other namespace; repeat it per filter.\n\n\
     Examples:\n  \
+    kubectl palisade observe --verdict denied -n prod --follow       (every agent's log, live)\n  \
+    kubectl palisade observe --node node-1 --last 20                 (one node's agent)\n  \
     kubectl palisade observe --agent 127.0.0.1:9464 --verdict denied -n prod --follow\n  \
     kubectl palisade observe --file events.jsonl --not --verdict allowed --not --reason fragment\n  \
     kubectl -n kube-system logs ds/palisade-agent | kubectl palisade observe --file - --to-pod prod/db")]
@@ -27,6 +29,19 @@ pub struct Args {
     /// lines that are not events are skipped.
     #[arg(long, value_name = "FILE")]
     file: Option<String>,
+    /// Without --agent and --file: the namespace of the agent pods, whose logs
+    /// are read through the API server (every node's, or --node's).
+    #[arg(long, value_name = "NS", default_value = "kube-system")]
+    agent_namespace: String,
+    /// The label selector of the agent pods.
+    #[arg(
+        long,
+        value_name = "SELECTOR",
+        default_value = "app.kubernetes.io/name=palisade-agent"
+    )]
+    agent_selector: String,
+    #[command(flatten)]
+    kube: kubectl_palisade::cluster::KubeArgs,
     /// With --agent: keep printing new events.
     #[arg(short, long)]
     follow: bool,
@@ -99,7 +114,7 @@ pub struct Filter {
     policy: Option<String>,
     /// The node whose agent reported it.
     #[arg(long)]
-    node: Option<String>,
+    pub(crate) node: Option<String>,
 }
 
 /// One negated filter, parsed with the filters' own flags.
@@ -324,7 +339,17 @@ fn open(a: &Args) -> Result<Box<dyn BufRead>> {
         Some(f) => Ok(Box::new(BufReader::new(
             std::fs::File::open(f).with_context(|| format!("--file {f}"))?,
         ))),
-        None => bail!("give --agent ADDR or --file FILE (- for stdin)"),
+        None => {
+            if a.since.is_some() {
+                bail!("--since needs --agent (the agents' logs are read whole)");
+            }
+            let agents = kubectl_palisade::cluster::Agents {
+                namespace: a.agent_namespace.clone(),
+                selector: a.agent_selector.clone(),
+                node: a.filter.node.clone(),
+            };
+            kubectl_palisade::cluster::agent_logs(&a.kube, &agents, a.follow)
+        }
     }
 }
 
