@@ -12,6 +12,8 @@ use palisade_policy::{
 };
 use serde_json::{json, Value};
 
+use kubectl_palisade::judge::node_addrs;
+
 use crate::Source;
 
 /// `kubectl palisade diff`. Exit status: 0 no connection changes, 1 some do,
@@ -164,8 +166,8 @@ fn blocked_flows(
             proto,
             port,
         };
-        let e = explain(after, &|_| Vec::new(), &packet);
-        if !e.allowed && explain(before, &|_| Vec::new(), &packet).allowed {
+        let e = explain(after, &|n| node_addrs(after, n), &packet);
+        if !e.allowed && explain(before, &|n| node_addrs(before, n), &packet).allowed {
             out.push(json!({
                 "src_ip": src.to_string(),
                 "dst_ip": dst.to_string(),
@@ -208,8 +210,8 @@ pub fn run(a: &Args) -> Result<ExitCode> {
                     proto,
                     port: Some(port),
                 };
-                let was = explain(&before, &|_| Vec::new(), &packet);
-                let now = explain(&after, &|_| Vec::new(), &packet);
+                let was = explain(&before, &|n| node_addrs(&before, n), &packet);
+                let now = explain(&after, &|n| node_addrs(&after, n), &packet);
                 if was.allowed != now.allowed {
                     changed.push(Changed {
                         from: src.key().to_string(),
