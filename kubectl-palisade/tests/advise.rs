@@ -3,6 +3,7 @@
 //! checked offline (explain and diff on the manifests plus the advice) and on a
 //! namespace cluster with the real agent (by probing).
 use std::{
+    collections::BTreeSet,
     path::{Path, PathBuf},
     process::{Command, Output},
     time::Duration,
@@ -270,5 +271,121 @@ fn advice_applied_to_a_cluster_keeps_observed_traffic_and_blocks_the_rest() {
         got.iter().all(|o| *o == Outcome::Blocked),
         "never observed, after the advice: {got:?}"
     );
+    observe_on_the_cluster(&c);
     c.teardown().expect("teardown");
+}
+
+/// `observe --agent` run where the agent listens (node 2's namespace): each
+/// filter (and its `--not`) selects exactly the agent's own log lines it
+/// should, and `--follow` sees a drop made after it started.
+fn observe_on_the_cluster(c: &Cluster) {
+    let ns = c.node_netns(2).expect("node 2").to_string();
+    let observe = |args: &[&str]| -> Vec<Value> {
+        let mut a = vec![
+            "netns",
+            "exec",
+            ns.as_str(),
+            bin(),
+            "observe",
+            "--agent",
+            palisade_harness::agent::READY_ADDR,
+            "-o",
+            "json",
+        ];
+        a.extend_from_slice(args);
+        let o = Command::new("ip").args(&a).output().expect("ip netns exec");
+        assert!(
+            o.status.success(),
+            "{a:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("event json"))
+            .collect()
+    };
+    let key = |v: &Value| {
+        (
+            v["time"].to_string(),
+            v["src_ip"].to_string(),
+            v["dst_ip"].to_string(),
+            v["dst_port"].to_string(),
+            v["verdict"].to_string(),
+        )
+    };
+    let log: Vec<Value> = c
+        .deny_log_lines(2)
+        .expect("agent log")
+        .into_iter()
+        .filter(|v| {
+            matches!(
+                v["event"].as_str(),
+                Some("palisade-deny" | "palisade-allow")
+            )
+        })
+        .collect();
+    assert!(
+        log.iter().any(|v| v["verdict"] == "denied"),
+        "no drop on node 2: {log:#?}"
+    );
+    type Pred = fn(&Value) -> bool;
+    let cases: [(&[&str], Pred); 6] = [
+        (&[], |_| true),
+        (&["--verdict", "denied"], |v| v["verdict"] == "denied"),
+        (&["--not", "--verdict", "denied"], |v| {
+            v["verdict"] != "denied"
+        }),
+        (&["--to-pod", "x/b"], |v| {
+            v["dst_namespace"] == "x" && v["dst_pod"].as_str().is_some_and(|p| p.starts_with('b'))
+        }),
+        (
+            &["--from-namespace", "z", "--not", "--verdict", "allowed"],
+            |v| v["src_namespace"] == "z" && v["verdict"] != "allowed",
+        ),
+        (&["--port", "81"], |v| {
+            v["dst_port"] == 81 || v["src_port"] == 81
+        }),
+    ];
+    for (args, want) in cases {
+        let got: BTreeSet<_> = observe(args).iter().map(key).collect();
+        let expected: BTreeSet<_> = log.iter().filter(|v| want(v)).map(key).collect();
+        assert_eq!(got, expected, "observe {args:?}");
+    }
+    // --follow: a drop made once it runs arrives.
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            bin(),
+            "observe",
+            "--agent",
+            palisade_harness::agent::READY_ADDR,
+            "--follow",
+            "--from-pod",
+            "z/c",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("observe --follow");
+    let out = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut l = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut l);
+        l
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let got = c.probe(&[tcp("z/c", "x/b", 80)]).expect("probe");
+    assert_eq!(got, [Outcome::Blocked]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !reader.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = reader.join().expect("reader");
+    assert!(
+        line.contains("z/c -> x/b:80/TCP ingress denied"),
+        "{line:?}"
+    );
 }
