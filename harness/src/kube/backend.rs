@@ -12,11 +12,11 @@ use serde_json::Value;
 
 use super::kubectl::{parse_nodes, pod_ip, Kubectl, Node};
 use super::manifests::{
-    endpointslice_manifest, list, namespace_manifest, pod_manifest, service_manifest,
-    sync_policy_manifest, unfit_names, OWNED,
+    endpointslice_manifest, list, namespace_manifest, node_server_manifest, pod_manifest,
+    service_manifest, sync_policy_manifest, unfit_names, NODE_SERVERS_NS, OWNED,
 };
 use crate::conformance::Built;
-use crate::model::{pod_service_name, ClusterSpec, Family, LabelMap, PodPlan};
+use crate::model::{pod_service_name, ClusterSpec, Family, LabelMap, PodPlan, PortPlan};
 
 /// Where and how to run.
 #[derive(Clone, Debug)]
@@ -75,6 +75,9 @@ pub struct KubeCluster {
     pub(super) cluster_policies: BTreeSet<String>,
     /// Node labels the case added, by node name (removed when the case ends).
     pub(super) node_labels: BTreeMap<String, Vec<String>>,
+    /// Ports the nodes serve themselves (hostNetwork servers), for `node/N`
+    /// destinations.
+    pub(super) node_ports: Vec<PortPlan>,
     pub(super) sync_seq: u64,
 }
 
@@ -90,11 +93,6 @@ impl KubeCluster {
         }
         if let Some(why) = unfit_names(spec) {
             return Ok(Built::Skip(why));
-        }
-        if !spec.node_ports.is_empty() {
-            return Ok(Built::Skip(
-                "node_ports (servers on the nodes themselves) are not run by the real-cluster backend yet".into(),
-            ));
         }
         let k = Kubectl::new(opts.context.clone());
         let nodes = parse_nodes(&k.json(&["get", "nodes"])?)?;
@@ -125,6 +123,7 @@ impl KubeCluster {
             policies: Default::default(),
             cluster_policies: Default::default(),
             node_labels: BTreeMap::new(),
+            node_ports: Vec::new(),
             sync_seq: 0,
         };
         for (n, labels) in &spec.node_labels {
@@ -213,7 +212,55 @@ impl KubeCluster {
             c.k.run(&["create", "-f", "-"], Some(&list(slices).to_string()))
                 .context("creating the EndpointSlices")?;
         }
+        if !spec.node_ports.is_empty() {
+            c.start_node_servers(spec, &timeout)?;
+        }
         Ok(Built::Ready(c))
+    }
+
+    /// Servers on the nodes themselves (`node_ports`): one hostNetwork pod per
+    /// node of the case, in a namespace of their own deleted with the case.
+    fn start_node_servers(&mut self, spec: &ClusterSpec, timeout: &str) -> Result<()> {
+        let ns = NODE_SERVERS_NS;
+        self.claim_namespace(ns)?;
+        self.namespaces.insert(ns.to_string(), LabelMap::new());
+        self.k
+            .run(
+                &["create", "-f", "-"],
+                Some(&namespace_manifest(ns, &LabelMap::new()).to_string()),
+            )
+            .context("creating the node servers' namespace")?;
+        self.wait_for_default_service_account(ns)?;
+        let mut items = Vec::new();
+        for n in 1..=spec.nodes {
+            let node = self.node_name(n)?;
+            items.push(node_server_manifest(
+                n,
+                &node,
+                &spec.node_ports,
+                &self.opts.image,
+                spec.family,
+            ));
+        }
+        self.k
+            .run(&["create", "-f", "-"], Some(&list(items).to_string()))
+            .context("creating the node servers")?;
+        self.k
+            .run(
+                &[
+                    "wait",
+                    "-n",
+                    ns,
+                    "--for=condition=Ready",
+                    "pod",
+                    "--all",
+                    timeout,
+                ],
+                None,
+            )
+            .context("waiting for the node servers")?;
+        self.node_ports = spec.node_ports.clone();
+        Ok(())
     }
 
     /// A namespace an earlier run left is deleted (and waited for) first.

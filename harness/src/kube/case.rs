@@ -11,7 +11,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
 use super::backend::KubeCluster;
-use super::manifests::{labels_patch, CONTAINER, POD_TOOL, SYNC_MARK, SYNC_POLICY};
+use super::manifests::{
+    labels_patch, sync_cluster_policy_manifest, CONTAINER, POD_TOOL, SYNC_CLUSTER_POLICY,
+    SYNC_MARK, SYNC_POLICY,
+};
 use crate::agent::Readiness;
 use crate::conformance::CaseCluster;
 use crate::matrix::{Peer, Probe, Via};
@@ -104,8 +107,27 @@ impl KubeCluster {
 
     /// Where a probe goes (FORMAT.md: ClusterIP and service port, or the pod IP).
     fn target(&self, p: &Probe) -> Result<SocketAddr> {
+        if let Peer::Node(i) = &p.to {
+            // A node serves the case's node_ports itself (hostNetwork servers).
+            if !self
+                .node_ports
+                .iter()
+                .any(|np| np.port == p.port && np.protocol == p.protocol)
+            {
+                bail!(
+                    "{}: the case's node_ports have no {}/{}",
+                    p.to,
+                    p.protocol,
+                    p.port
+                );
+            }
+            return Ok(SocketAddr::new(self.node_addr(*i)?, p.port));
+        }
         let Peer::Pod(key) = &p.to else {
-            bail!("{}: only pods serve ports on a real cluster", p.to);
+            bail!(
+                "{}: only pods and nodes serve ports on a real cluster",
+                p.to
+            );
         };
         let st = self
             .pods
@@ -269,6 +291,17 @@ impl CaseCluster for KubeCluster {
 
     fn apply_policy(&mut self, manifest: &Value) -> Result<()> {
         if let PolicyRef::Cluster(_) = policy_key(manifest)? {
+            // The marker of the cluster policies' stream, for `sync`.
+            if !self.cluster_policies.contains(SYNC_CLUSTER_POLICY) {
+                self.k
+                    .run(
+                        &["create", "-f", "-"],
+                        Some(&sync_cluster_policy_manifest().to_string()),
+                    )
+                    .context("the sync marker ClusterNetworkPolicy")?;
+                self.cluster_policies
+                    .insert(SYNC_CLUSTER_POLICY.to_string());
+            }
             let (name, m) = cluster_policy_manifest(manifest)?;
             let verb = if self.cluster_policies.contains(&name) {
                 "replace"
@@ -326,6 +359,12 @@ impl CaseCluster for KubeCluster {
         );
         if let Some(p) = self.pods.values().next().map(|p| p.spec.clone()) {
             want.insert("pods", self.mark("pod", &p.name, Some(&p.namespace))?);
+        }
+        if self.cluster_policies.contains(SYNC_CLUSTER_POLICY) {
+            want.insert(
+                "clusternetworkpolicies",
+                self.mark("clusternetworkpolicy", SYNC_CLUSTER_POLICY, None)?,
+            );
         }
         let reached = |r: &Readiness| -> bool {
             if r.revisions.is_empty() {

@@ -74,6 +74,56 @@ pub fn pod_manifest(p: &PodPlan, node: &str, image: &str, family: Family) -> Val
     })
 }
 
+/// The namespace of the servers on the nodes themselves (`node_ports`).
+pub(super) const NODE_SERVERS_NS: &str = "palisade-e2e-nodes";
+
+/// A server on node `n` itself for the case's `node_ports`: a hostNetwork pod
+/// (never selected by any policy, as a node is not) running `palisade-pod
+/// serve` on those ports of the node's addresses.
+pub fn node_server_manifest(
+    n: usize,
+    node: &str,
+    ports: &[PortPlan],
+    image: &str,
+    family: Family,
+) -> Value {
+    let mut command = vec![
+        POD_TOOL.to_string(),
+        "serve".into(),
+        "--family".into(),
+        family.as_str().into(),
+        "--identity".into(),
+        format!("node/{n}"),
+    ];
+    command.extend(
+        ports
+            .iter()
+            .map(|port| format!("{}/{}", port.port, port.protocol)),
+    );
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "namespace": NODE_SERVERS_NS,
+            "name": format!("node-{n}"),
+            "annotations": {OWNED: "true"},
+        },
+        "spec": {
+            "nodeName": node,
+            "hostNetwork": true,
+            "tolerations": [{"operator": "Exists"}],
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{
+                "name": CONTAINER,
+                "image": image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": command,
+            }],
+        },
+    })
+}
+
 /// The ports of a pod's Service: one per service port and protocol.
 fn service_ports(p: &PodPlan) -> impl Iterator<Item = &PortPlan> {
     let mut seen = BTreeSet::new();
@@ -172,6 +222,23 @@ pub fn sync_policy_manifest(ns: &str) -> Value {
     })
 }
 
+/// The ClusterNetworkPolicy whose annotation marks the cluster policies'
+/// watch stream: its subject selects no namespace, it has no rules.
+pub(super) const SYNC_CLUSTER_POLICY: &str = "palisade-e2e-sync";
+
+pub fn sync_cluster_policy_manifest() -> Value {
+    json!({
+        "apiVersion": crate::objects::CLUSTER_POLICY_API_VERSION,
+        "kind": crate::objects::CLUSTER_POLICY_KIND,
+        "metadata": {"name": SYNC_CLUSTER_POLICY, "annotations": {OWNED: "true"}},
+        "spec": {
+            "tier": "Baseline",
+            "priority": 1000,
+            "subject": {"namespaces": {"matchLabels": {"palisade.dev/e2e-sync-marker": "selects-no-namespace"}}},
+        },
+    })
+}
+
 /// Why the API server would refuse the case's names, if it would: namespace
 /// names are RFC 1123 labels and Service names (`s-<ns>-<pod>`) RFC 1035 labels,
 /// 63 characters at most. (The scenario format allows more.)
@@ -239,6 +306,33 @@ mod tests {
             &json!({"kind": "Pod", "metadata": {"namespace": "x", "name": "p"}})
         )
         .is_err());
+    }
+
+    /// A node's own server: hostNetwork on that node, serving the node_ports
+    /// under the identity `node/N` that probes check.
+    #[test]
+    fn node_servers_run_on_the_node_network() {
+        let ports = [
+            PortPlan::new(80, Transport::Tcp),
+            PortPlan::new(53, Transport::Udp),
+        ];
+        let pod = node_server_manifest(2, "w2", &ports, "img:1", Family::Ipv6);
+        assert_eq!(pod["metadata"]["namespace"], NODE_SERVERS_NS);
+        assert_eq!(pod["spec"]["hostNetwork"], true);
+        assert_eq!(pod["spec"]["nodeName"], "w2");
+        assert_eq!(
+            pod["spec"]["containers"][0]["command"],
+            json!([
+                "/palisade-pod",
+                "serve",
+                "--family",
+                "ipv6",
+                "--identity",
+                "node/2",
+                "80/TCP",
+                "53/UDP"
+            ])
+        );
     }
 
     /// The pod runs `palisade-pod serve` with every port; the Service maps service
