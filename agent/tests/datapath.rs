@@ -846,6 +846,36 @@ fn service_egress_is_decided_after_dnat() {
     // Unmarked traffic on other interfaces is not ours.
     let (r, _) = fx.run_mark(SVC, &tcp(OTHER, PEER, 1, 2), 2, 0);
     assert_eq!(r, OK);
+    let _ = fx.events();
+
+    // Flow events name the backend, never the ClusterIP: a new connection to
+    // the Service is marked new and reported once allowed after DNAT.
+    fx.maps
+        .set_config(Config {
+            flags: CFG_FLOW_NEW,
+            ..Default::default()
+        })
+        .unwrap();
+    let (r, mark) = fx.run_mark(FROM, &tcp(POD, vip, 40001, 80), IF, 0);
+    assert_eq!(r, OK);
+    assert_eq!(
+        mark & (MARK_SVC_PENDING | MARK_SVC_NEW),
+        MARK_SVC_PENDING | MARK_SVC_NEW
+    );
+    assert!(fx.events().is_empty(), "no event for the deferred decision");
+    let (r, mark) = fx.run_mark(SVC, &tcp(POD, PEER, 40001, 8080), 2, mark);
+    assert_eq!(r, OK);
+    assert_eq!(mark & (MARK_SVC_PENDING | MARK_SVC_NEW), 0);
+    let ev = one_event(&mut fx);
+    assert_eq!(ev.verdict, VERDICT_ALLOWED);
+    assert_eq!(&ev.dst[..4], &PEER.octets(), "the backend");
+    assert_eq!(AllowReason::from_u8(ev.reason), Some(AllowReason::Policy));
+    // The same connection's next packet is no new flow: no event.
+    let (_, mark) = fx.run_mark(FROM, &tcp(POD, vip, 40001, 80), IF, 0);
+    assert_eq!(mark & MARK_SVC_NEW, 0);
+    let (r, _) = fx.run_mark(SVC, &tcp(POD, PEER, 40001, 8080), 2, mark);
+    assert_eq!(r, OK);
+    assert!(fx.events().is_empty());
 }
 
 #[test]

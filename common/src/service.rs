@@ -6,6 +6,11 @@
 /// kube-proxy's 0x4000/0x8000 bits.
 pub const MARK_SVC_PENDING: u32 = 0x0100_0000;
 
+/// With `MARK_SVC_PENDING`: the packet opened a new connection (`from_pod`
+/// created its conntrack entry), so the decision after DNAT reports it as a new
+/// allowed flow (flow events name the backend, never the ClusterIP).
+pub const MARK_SVC_NEW: u32 = 0x0200_0000;
+
 /// Key of `SERVICES`: a frontend (ClusterIP, protocol and port) whose egress
 /// decision waits for the DNAT.
 #[repr(C)]

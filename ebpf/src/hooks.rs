@@ -6,7 +6,7 @@
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use palisade_common::{
     AllowReason, IpKey, Reason, DIR_EGRESS, DIR_INGRESS, EP_EGRESS_ISOLATED, FAMILY_V6,
-    MARK_SVC_PENDING,
+    MARK_SVC_NEW, MARK_SVC_PENDING,
 };
 
 use crate::{
@@ -60,7 +60,7 @@ fn pending_service_egress(ctx: &TcContext, f: &Flow) -> Option<i32> {
     if mark & MARK_SVC_PENDING == 0 {
         return None;
     }
-    ctx.set_mark(mark & !MARK_SVC_PENDING);
+    ctx.set_mark(mark & !(MARK_SVC_PENDING | MARK_SVC_NEW));
     let ipk = IpKey {
         family: f.family,
         _pad0: [0; 3],
@@ -84,7 +84,12 @@ fn pending_service_egress(ctx: &TcContext, f: &Flow) -> Option<i32> {
     };
     let v = judge(ep, DIR_EGRESS, f);
     match v {
-        Verdict::Allow(_) => None,
+        Verdict::Allow(r) => {
+            if mark & MARK_SVC_NEW != 0 {
+                new_flow(src_if, ep.id, DIR_EGRESS, r, f);
+            }
+            None
+        }
         v => {
             let act = finish(ctx, src_if, ep, DIR_EGRESS, f, v);
             if act == TC_ACT_OK {
@@ -193,7 +198,12 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, Internal> {
     };
     if let Verdict::Allow(r) = v {
         if ct_record(ifindex, flow, DIR_EGRESS) {
-            new_flow(ifindex, ep.id, DIR_EGRESS, r, flow);
+            if matches!(r, AllowReason::ServiceDeferred) {
+                // Reported once decided, against the backend.
+                ctx.set_mark(mark_of(ctx) | MARK_SVC_NEW);
+            } else {
+                new_flow(ifindex, ep.id, DIR_EGRESS, r, flow);
+            }
         }
     }
     Ok(finish(ctx, ifindex, ep, DIR_EGRESS, flow, v))

@@ -110,6 +110,18 @@ fn read_flows(index: &ClusterIndex, path: &PathBuf) -> Result<BTreeMap<Flow, usi
         if !matches!(v["verdict"].as_str(), Some("allowed" | "audit")) {
             continue;
         }
+        // A Service packet before DNAT: its decision (and event) is the
+        // backend's; a ClusterIP is no peer a NetworkPolicy names.
+        if v["reason"] == "service-deferred" {
+            continue;
+        }
+        let to_service = v["dst_ip"]
+            .as_str()
+            .and_then(|d| d.parse::<IpAddr>().ok())
+            .is_some_and(|d| index.services().any(|s| s.cluster_ips.contains(&d)));
+        if to_service {
+            continue;
+        }
         let protocol = v["protocol"].as_str().unwrap_or("").to_string();
         let Some(port) = v["dst_port"].as_u64().and_then(|p| u16::try_from(p).ok()) else {
             continue;

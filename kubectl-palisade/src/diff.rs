@@ -61,6 +61,41 @@ struct Changed {
     allowed_after: bool,
     /// What decides after the change (the side that drops it, or both).
     why: String,
+    /// The namespace of the pod whose side decides, and the policy that does
+    /// (the grouping of the output).
+    namespace: String,
+    policy: String,
+}
+
+/// Who decides after the change: for a drop the side that drops it, for an
+/// opening the policies that now allow it (the destination's first).
+fn decider(e: &Explanation) -> (String, String) {
+    let name = |s: &palisade_policy::SideExplanation| {
+        let v = &s.verdict;
+        match (&v.rule, v.decided_by) {
+            (Some(r), by) => format!("{} clusternetworkpolicy {}", by.as_str(), r.policy),
+            (None, palisade_policy::DecidedBy::NetworkPolicy) if !v.allowed => {
+                format!("networkpolicy {}", v.policies.join(", "))
+            }
+            (None, palisade_policy::DecidedBy::NetworkPolicy) => {
+                format!("networkpolicy {}", v.allowed_by.join(", "))
+            }
+            (None, by) => by.as_str().to_string(),
+        }
+    };
+    let side = e
+        .denied_by()
+        .or_else(|| {
+            e.ingress
+                .iter()
+                .chain(&e.egress)
+                .find(|s| s.verdict.decided_by != palisade_policy::DecidedBy::Default)
+        })
+        .or_else(|| e.sides().next());
+    match side {
+        Some(s) => (s.pod.namespace().to_string(), name(s)),
+        None => (String::new(), "default".to_string()),
+    }
 }
 
 fn proto_name(p: u8) -> &'static str {
@@ -150,6 +185,12 @@ fn blocked_flows(
         ) else {
             continue;
         };
+        // A Service packet before DNAT is judged on its backend, whose own
+        // event is the one to check.
+        let to_service = before.services().any(|s| s.cluster_ips.contains(&dst));
+        if v["reason"] == "service-deferred" || to_service {
+            continue;
+        }
         let proto = match v["protocol"].as_str() {
             Some("UDP") => PROTO_UDP,
             Some("SCTP") => PROTO_SCTP,
@@ -213,7 +254,10 @@ pub fn run(a: &Args) -> Result<ExitCode> {
                 let was = explain(&before, &|n| node_addrs(&before, n), &packet);
                 let now = explain(&after, &|n| node_addrs(&after, n), &packet);
                 if was.allowed != now.allowed {
+                    let (namespace, policy) = decider(&now);
                     changed.push(Changed {
+                        namespace,
+                        policy,
                         from: src.key().to_string(),
                         to: dst.key().to_string(),
                         proto: proto_name(proto),
@@ -229,7 +273,10 @@ pub fn run(a: &Args) -> Result<ExitCode> {
         Some(f) => Some(blocked_flows(&before, &after, f)?),
         None => None,
     };
-    let entry = |c: &Changed| json!({"from": c.from, "to": c.to, "protocol": c.proto, "port": c.port, "why": c.why});
+    changed.sort_by(|x, y| {
+        (&x.namespace, &x.policy, &x.from, &x.to).cmp(&(&y.namespace, &y.policy, &y.from, &y.to))
+    });
+    let entry = |c: &Changed| json!({"from": c.from, "to": c.to, "protocol": c.proto, "port": c.port, "why": c.why, "namespace": c.namespace, "policy": c.policy});
     match a.output {
         Output::Json => {
             let out = json!({
@@ -246,8 +293,17 @@ pub fn run(a: &Args) -> Result<ExitCode> {
                     .filter(|c| c.allowed_after == after)
                     .collect();
                 println!("{title}: {}", rows.len());
+                let mut group = None;
                 for c in rows {
-                    println!("  {} -> {} {}/{}: {}", c.from, c.to, c.port, c.proto, c.why);
+                    // Grouped by namespace and deciding policy.
+                    if group != Some((&c.namespace, &c.policy)) {
+                        group = Some((&c.namespace, &c.policy));
+                        println!("  namespace {}, {}:", c.namespace, c.policy);
+                    }
+                    println!(
+                        "    {} -> {} {}/{}: {}",
+                        c.from, c.to, c.port, c.proto, c.why
+                    );
                 }
             }
             if let Some(f) = &flows {

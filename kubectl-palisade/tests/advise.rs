@@ -99,8 +99,10 @@ fn advice_keeps_the_observed_connections_and_nothing_else() {
     ] {
         assert!(yaml.contains(want), "missing {want:?} in\n{yaml}");
     }
-    // The denied event is no evidence of a needed connection.
+    // The denied event is no evidence of a needed connection, and a Service
+    // packet before DNAT (its ClusterIP) is no peer.
     assert!(!yaml.contains("shop/db -> shop/api"), "{yaml}");
+    assert!(!yaml.contains("10.96.0.20"), "{yaml}");
     // JSON says the same policies.
     let json: Value =
         serde_json::from_str(&ok_stdout(&[&args[..], &["-o", "json"]].concat())).expect("json");
