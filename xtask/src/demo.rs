@@ -276,7 +276,12 @@ fn show_denies(c: &Cluster, seen: &mut [usize]) -> Result<()> {
     for node in 1..=c.node_count() {
         let lines = c.deny_log_lines(node)?;
         let start = seen[node - 1].min(lines.len());
-        for v in &lines[start..] {
+        // The agents also report allowed connections (--flow-events=new, for
+        // `kubectl palisade advise` at the end); the steps show the drops.
+        for v in lines[start..]
+            .iter()
+            .filter(|v| v["event"] != "palisade-allow")
+        {
             if !any {
                 println!("  deny log (agent stdout, one JSON object per line; abridged):");
                 any = true;
@@ -377,7 +382,9 @@ fn hand_over(c: &Cluster, plugin: &Path) -> Result<()> {
         "
 Ask the engine why (kubectl palisade, on the demo's manifests and events):"
     );
-    let runs: [Vec<&str>; 3] = [
+    let advice = out.join("shop-advice.yaml");
+    let a = advice.display().to_string();
+    let runs: [Vec<&str>; 5] = [
         vec![
             "explain",
             "--source-dir",
@@ -399,6 +406,11 @@ Ask the engine why (kubectl palisade, on the demo's manifests and events):"
             "3",
         ],
         vec!["diff", "--source-dir", &m, "--delete", "shop/db"],
+        // Least-privilege policies from the connections the agents saw
+        // allowed (--flow-events=new), and the check that they block nothing
+        // that was observed.
+        vec!["advise", "--source-dir", &m, "-n", "shop", "--flows", &e],
+        vec!["diff", "--source-dir", &m, "-f", &a, "--flows", &e],
     ];
     for args in runs {
         println!("  $ kubectl palisade {}", args.join(" "));
@@ -406,6 +418,9 @@ Ask the engine why (kubectl palisade, on the demo's manifests and events):"
             .args(&args)
             .output()
             .with_context(|| format!("running {p}"))?;
+        if args[0] == "advise" && o.status.success() {
+            std::fs::write(&advice, &o.stdout).context("writing the advice")?;
+        }
         if o.status.code() == Some(2) || o.status.code().is_none() {
             bail!(
                 "kubectl palisade {}: {}",
@@ -420,8 +435,17 @@ Ask the engine why (kubectl palisade, on the demo's manifests and events):"
     println!(
         "
 Try more: put {} on PATH (kubectl then runs it as `kubectl palisade`), and see
-`kubectl palisade --help`; against a running agent: `kubectl palisade observe --agent 127.0.0.1:9464 --follow`.",
-        plugin.parent().map(|d| d.display().to_string()).unwrap_or_default()
+`kubectl palisade --help`. On what the demo left in {}:
+  kubectl palisade explain --source-dir {m} --from shop/web --to svc/shop/s-shop-api --port 8080
+  kubectl palisade observe --file {e} --not --verdict allowed -o table
+  kubectl palisade advise --source-dir {m} -n shop --flows {e}
+Against a running agent, `kubectl palisade observe --agent 127.0.0.1:9464 --follow`; on a
+cluster, the same commands without --source-dir/--file use your kubeconfig.",
+        plugin
+            .parent()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default(),
+        out.display()
     );
     Ok(())
 }
@@ -432,7 +456,11 @@ pub fn run(agent: &Path, plugin: &Path) -> Result<()> {
     let mut c = Cluster::build(
         &spec(),
         ClusterOptions {
-            agent: Some(AgentConfig::new(agent)),
+            agent: Some({
+                let mut a = AgentConfig::new(agent);
+                a.extra_args = vec!["--flow-events=new".into()];
+                a
+            }),
             keep_temp: false,
             ..Default::default()
         },
