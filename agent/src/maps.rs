@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
-    Array, HashMap, MapData, MapError, PerCpuHashMap, PerCpuValues,
+    Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues,
 };
 use palisade_common::*;
 use thiserror::Error;
@@ -36,7 +36,7 @@ pub struct Maps {
     pub node_addrs: HashMap<MapData, IpKey, u32>,
     pub services: HashMap<MapData, ServiceKey, u32>,
     pub conntrack: HashMap<MapData, CtKey, CtValue>,
-    pub counters: PerCpuHashMap<MapData, u32, Counters>,
+    pub counters: PerCpuArray<MapData, Counters>,
     pub config: Array<MapData, Config>,
 }
 
@@ -93,34 +93,15 @@ impl Maps {
             .map_err(map_err(maps::CONFIG, "set", "0".into()))
     }
 
-    /// Write an endpoint record and its address index; creates its counters.
+    /// Write an endpoint record and its address index; its counters start
+    /// from zero unless the interface already holds this endpoint.
     pub fn upsert_endpoint(&mut self, ifindex: u32, ep: &Endpoint) -> Result<(), WriteError> {
-        if self.counters.get(&ep.id, 0).is_err() {
-            let n = aya::util::nr_cpus().map_err(|(_, e)| WriteError::Map {
-                map: maps::COUNTERS,
-                op: "nr_cpus",
-                key: ep.id.to_string(),
-                source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
-                    call: "nr_cpus",
-                    io_error: e,
-                })),
-            })?;
-            let zero = PerCpuValues::try_from(vec![Counters::default(); n]).map_err(|e| {
-                WriteError::Map {
-                    map: maps::COUNTERS,
-                    op: "init",
-                    key: ep.id.to_string(),
-                    source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
-                        call: "percpu",
-                        io_error: e,
-                    })),
-                }
-            })?;
-            self.counters.insert(ep.id, zero, 0).map_err(map_err(
-                maps::COUNTERS,
-                "insert",
-                ep.id.to_string(),
-            ))?;
+        let same = self
+            .endpoints
+            .get(&ifindex, 0)
+            .is_ok_and(|old| old.id == ep.id);
+        if !same {
+            self.zero_counters(ep.id)?;
         }
         if ep.flags & EP_HAS_V4 != 0 {
             self.ep_by_ip
@@ -160,9 +141,31 @@ impl Maps {
                     let _ = self.ep_by_ip.remove(&k);
                 }
             }
-            let _ = self.counters.remove(&ep.id);
+            self.zero_counters(ep.id)?;
         }
         Ok(())
+    }
+
+    /// Reset endpoint `id`'s counters (ids past the array are not counted).
+    fn zero_counters(&mut self, id: u32) -> Result<(), WriteError> {
+        if id == 0 || id >= self.counters.len() {
+            return Ok(());
+        }
+        let err = |op: &'static str, e: std::io::Error| WriteError::Map {
+            map: maps::COUNTERS,
+            op,
+            key: id.to_string(),
+            source: Box::new(MapError::SyscallError(aya::sys::SyscallError {
+                call: op,
+                io_error: e,
+            })),
+        };
+        let n = aya::util::nr_cpus().map_err(|(_, e)| err("nr_cpus", e))?;
+        let zero =
+            PerCpuValues::try_from(vec![Counters::default(); n]).map_err(|e| err("percpu", e))?;
+        self.counters
+            .set(id, zero, 0)
+            .map_err(map_err(maps::COUNTERS, "set", id.to_string()))
     }
 
     pub fn endpoints(&self) -> Vec<(u32, Endpoint)> {

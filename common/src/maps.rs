@@ -22,7 +22,9 @@ pub const SERVICES: &str = "PAL_SERVICES";
 pub const CONNTRACK: &str = "PAL_CONNTRACK";
 pub const EVENTS: &str = "PAL_EVENTS";
 pub const EVENT_RATE: &str = "PAL_EVENT_RATE";
-pub const COUNTERS: &str = "PAL_COUNTERS";
+/// Per-endpoint counters, indexed by endpoint id (an array: one lookup without
+/// hashing per packet).
+pub const COUNTERS: &str = "PAL_EP_COUNTERS";
 pub const CONFIG: &str = "PAL_CONFIG";
 pub const EVENT_BUDGET: &str = "PAL_EVENT_BUDGET";
 /// Named for its layout: an agent of another layout pins its own.
@@ -34,6 +36,9 @@ pub const SCRATCH_KEY: &str = "PAL_SCRATCH_KEY";
 /// Map capacities. The writer refuses (fail closed for that endpoint) instead of
 /// truncating when any of these would be exceeded.
 pub const MAX_ENDPOINTS: u32 = 1024;
+/// Slots of the counters array: endpoint ids 1..=MAX_ENDPOINTS (the agent
+/// gives out the smallest free id); slot 0 (no endpoint) is never counted.
+pub const COUNTER_SLOTS: u32 = MAX_ENDPOINTS + 1;
 /// Addresses of local pods: two per endpoint (IPv4 and IPv6).
 pub const MAX_ENDPOINT_ADDRS: u32 = MAX_ENDPOINTS * 2;
 /// The default; the agent may load the policy maps with another capacity.
@@ -125,7 +130,7 @@ pub const SPECS: [MapSpec; 15] = [
         pinned: true,
     },
     spec::<CtKey, RateValue>(EVENT_RATE, MapKind::LruHash, MAX_EVENT_RATE, 0),
-    spec::<u32, Counters>(COUNTERS, MapKind::PerCpuHash, MAX_ENDPOINTS, 0),
+    spec::<u32, Counters>(COUNTERS, MapKind::PerCpuArray, COUNTER_SLOTS, 0),
     spec::<u32, EventBudget>(
         EVENT_BUDGET,
         MapKind::PerCpuHash,

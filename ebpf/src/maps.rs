@@ -39,8 +39,8 @@ pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 #[map(name = "PAL_EVENT_RATE")]
 pub static EVENT_RATE: LruHashMap<CtKey, RateValue> = LruHashMap::pinned(MAX_EVENT_RATE, 0);
 
-#[map(name = "PAL_COUNTERS")]
-pub static COUNTERS: PerCpuHashMap<u32, Counters> = PerCpuHashMap::pinned(MAX_ENDPOINTS, 0);
+#[map(name = "PAL_EP_COUNTERS")]
+pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 
 #[map(name = "PAL_EVENT_BUDGET")]
 pub static EVENT_BUDGET: PerCpuHashMap<u32, EventBudget> =

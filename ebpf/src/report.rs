@@ -34,7 +34,11 @@ fn stat(dir: u8, verdict: u32, reason: u8, bytes: u64) {
 
 #[inline(always)]
 fn count(ep_id: u32, allowed: bool, audit: bool, bytes: u64, lost: bool) {
-    if let Some(c) = COUNTERS.get_ptr_mut(&ep_id) {
+    // Slot 0 is no endpoint: not counted.
+    if ep_id == 0 {
+        return;
+    }
+    if let Some(c) = COUNTERS.get_ptr_mut(ep_id) {
         let c = unsafe { &mut *c };
         if lost {
             c.events_lost += 1;

@@ -2,8 +2,13 @@
 //! with a large repeat count, against an empty program (the floor) measured in the
 //! same run. Policy sizes of 10 to 100,000 peer prefixes, IPv4 and IPv6.
 //!
-//! `cargo xtask bench datapath [--quick]` runs it (root, bpffs). Prints a table and
+//! Before the timings, each program's instruction and stack budget from the
+//! kernel's program info ([`budget`]).
+//!
+//! `cargo xtask bench datapath [--quick]` runs it (root, bpffs). Prints tables and
 //! writes `results/bench-datapath.json` and `.svg`.
+mod budget;
+
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
@@ -109,6 +114,39 @@ fn main() -> Result<()> {
     dp.program("bench_floor")?
         .load()
         .context("loading bench_floor")?;
+    // Instruction and stack budget of every program, from the kernel.
+    let mut budgets = Vec::new();
+    for prog in [
+        palisade_common::progs::TO_POD,
+        palisade_common::progs::FROM_POD,
+        palisade_common::progs::SVC_EGRESS,
+        "bench_floor",
+    ] {
+        let b = budget::budget(dp.program(prog)?).with_context(|| format!("budget of {prog}"))?;
+        budgets.push((prog, b));
+    }
+    println!("programs (kernel program info: verifier-processed and translated instructions, JITed size, deepest stack frame)");
+    report::print_table(
+        &[
+            "program",
+            "verified insns",
+            "translated insns",
+            "JITed bytes",
+            "stack bytes",
+        ],
+        &budgets
+            .iter()
+            .map(|(p, b)| {
+                vec![
+                    p.to_string(),
+                    b.verified.map_or("-".to_string(), |v| v.to_string()),
+                    b.translated.to_string(),
+                    b.jited_bytes.to_string(),
+                    b.stack_bytes.to_string(),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
     let mut maps = Maps::take(&mut dp)?;
     let pod4 = Ipv4Addr::new(10, 100, 1, 10);
     let pod6 = Ipv6Addr::new(0xfd00, 0x100, 1, 0, 0, 0, 0, 0x10);
@@ -287,6 +325,13 @@ fn main() -> Result<()> {
             "repeat": repeat,
             "floor_ns": floor,
             "rows": json,
+            "programs": budgets.iter().map(|(p, b)| serde_json::json!({
+                "program": p,
+                "verified_instructions": b.verified,
+                "translated_instructions": b.translated,
+                "jited_bytes": b.jited_bytes,
+                "stack_bytes": b.stack_bytes,
+            })).collect::<Vec<_>>(),
         }),
     )?;
     // One panel per family, so each scale shows its own spread across sizes.

@@ -8,7 +8,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use aya::maps::{HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray};
 use palisade_common::{
     maps as names, stat_reason_name, stat_slot, Counters, CtKey, CtValue, Endpoint, PolicyKeyV4,
     PolicyKeyV6, PolicyValue, Stat, DIR_EGRESS, DIR_INGRESS, MAX_CONNTRACK, MAX_ENDPOINTS,
@@ -26,7 +26,7 @@ use crate::datapath::open_pinned_map;
 /// The pinned maps a scrape reads, opened once.
 struct Opened {
     stats: PerCpuArray<MapData, Stat>,
-    counters: PerCpuHashMap<MapData, u32, Counters>,
+    counters: PerCpuArray<MapData, Counters>,
     endpoints: BpfHashMap<MapData, u32, Endpoint>,
     policy_v4: LpmTrie<MapData, PolicyKeyV4, PolicyValue>,
     policy_v6: LpmTrie<MapData, PolicyKeyV6, PolicyValue>,
@@ -167,7 +167,9 @@ impl Collector for KernelCounters {
             ConstCounter::new(s.bytes).encode(family.encode_family(labels)?)?;
         }
         let mut per_endpoint: BTreeMap<u32, Counters> = BTreeMap::new();
-        for (id, per_cpu) in m.counters.iter().flatten() {
+        for (id, per_cpu) in m.counters.iter().enumerate() {
+            let Ok(per_cpu) = per_cpu else { continue };
+            let Ok(id) = u32::try_from(id) else { break };
             let c = per_endpoint.entry(id).or_default();
             for one in per_cpu.iter() {
                 c.add(one);
