@@ -1,5 +1,7 @@
 //! Protocol/port sets: what one grant or one LPM entry allows, normalised so that
-//! equal sets compare equal, with the datapath's test ([`PortSet::allows`]).
+//! equal sets compare equal, with the datapath's test ([`PortSet::allows`]), and
+//! the reasons of what a set denies when a ClusterNetworkPolicy tier decides
+//! ([`DenyReasons`]).
 
 use palisade_common::{
     entry_verdict, proto_bit, EntryVerdict, PortRanges, Reason, PBIT_OTHER, PBIT_SCTP, PBIT_TCP,

@@ -23,7 +23,9 @@
 //! whose F differs from its nearest kept ancestor's, a grant `P` minus its kept
 //! children with ports F(P): under the union semantics of
 //! [`crate::encode::lpm_entries`] every address then gets exactly F of its longest
-//! match.
+//! match. F also carries, for what it does not allow, the tier that denies it
+//! (`admin-deny`, `no-policy-allows` when NetworkPolicy decides, `baseline-deny`),
+//! so the datapath reports the tier of a drop without walking tiers.
 //!
 //! Named ports resolve on the destination pod (API): for ingress the endpoint
 //! itself, for egress the pod owning P (P a host prefix; no pod, no named port).

@@ -60,7 +60,9 @@ enum Cmd {
     /// Benchmarks that print numbers, ratios against a baseline of the same run,
     /// and write results/bench-<part>.json and a bar chart, results/bench-<part>.svg.
     /// `datapath`: ns/packet of the TC programs (BPF_PROG_TEST_RUN) with 10 to
-    /// 100,000 prefixes against an empty program. `policy`: the engine on a
+    /// 100,000 prefixes against an empty program, and each program's instruction
+    /// and stack budget. `conntrack`: whether a pod flooding new flows breaks
+    /// other pods' established connections. `policy`: the engine on a
     /// generated cluster of 10,000 pods / 2,000 policies. `e2e`: iperf3 and
     /// connections/s between pods of a namespace cluster, no program vs
     /// iptables, nftables and Palisade with 10 to 10,000 rules. `control`: the
@@ -131,6 +133,7 @@ enum FamilyArg {
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum BenchPart {
     Datapath,
+    Conntrack,
     Policy,
     E2e,
     Control,
@@ -540,6 +543,7 @@ fn test(no_lint: bool) -> Result<()> {
 fn bench(part: &str, quick: bool) -> Result<()> {
     const PARTS: &[(&str, &str, &str)] = &[
         ("datapath", "palisade-agent", "bench_datapath"),
+        ("conntrack", "palisade-agent", "bench_conntrack"),
         ("policy", "palisade-policy", "bench"),
         ("e2e", "palisade-harness", "bench_e2e"),
         ("control", "palisade-harness", "bench_control"),
@@ -551,7 +555,7 @@ fn bench(part: &str, quick: bool) -> Result<()> {
         match PARTS.iter().find(|(name, _, _)| *name == part) {
             Some(p) => vec![p],
             None => bail!(
-                "unknown benchmark part {part:?}; available: datapath, policy, e2e, control, events, all"
+                "unknown benchmark part {part:?}; available: datapath, conntrack, policy, e2e, control, events, all"
             ),
         }
     };

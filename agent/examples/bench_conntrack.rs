@@ -1,0 +1,157 @@
+//! Conntrack under a flood: whether a pod opening new flows at full speed
+//! evicts the conntrack entries of established connections. Through
+//! BPF_PROG_TEST_RUN on the real programs: 1,000 established connections (their
+//! first packet allowed by `from_pod`, so tracked), then N new flows from
+//! another pod, then the reply of every established connection on `to_pod`,
+//! whose ingress is isolated with no rule: a reply passes only while its
+//! conntrack entry lives. Prints, per flood size, the established connections
+//! whose replies were dropped.
+//!
+//! `cargo xtask bench conntrack [--quick]` (root, bpffs). Writes
+//! `results/bench-conntrack.json`.
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use aya::programs::{TestRun, TestRunOptions};
+use palisade_agent::{
+    datapath::Datapath,
+    maps::Maps,
+    packet::{self, L4},
+};
+use palisade_bench_report as report;
+use palisade_common::*;
+
+struct PinDir(PathBuf);
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The two pods' interfaces (any device indexes; nothing is sent).
+const VICTIM_IF: u32 = 1;
+const FLOODER_IF: u32 = 2;
+const VICTIM: Ipv4Addr = Ipv4Addr::new(10, 100, 1, 10);
+const FLOODER: Ipv4Addr = Ipv4Addr::new(10, 100, 1, 11);
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 100, 2, 20);
+const ESTABLISHED: u16 = 1000;
+
+fn run(dp: &mut Datapath, prog: &'static str, ifindex: u32, frame: &[u8]) -> Result<u32> {
+    let ctx = packet::skb_ctx(ifindex, 0);
+    let mut out = vec![0u8; frame.len() + 64];
+    let mut ctx_out = vec![0u8; 256];
+    let r = dp
+        .program(prog)?
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ctx_out: Some(&mut ctx_out),
+            repeat: 1,
+            ..Default::default()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    Ok(r.return_value)
+}
+
+fn endpoint(id: u32, ip: Ipv4Addr) -> Endpoint {
+    Endpoint {
+        id,
+        // Ingress isolated, no ingress rule: only replies of tracked flows pass.
+        flags: EP_INGRESS_ISOLATED | EP_HAS_V4,
+        ipv4: ip.octets(),
+        _pad0: [0; 4],
+        ipv6: [0; 16],
+    }
+}
+
+/// Established connections whose reply is dropped after `flood` new flows.
+fn broken_after(flood: u32, round: u32) -> Result<(u32, u32)> {
+    let dir = PathBuf::from(format!(
+        "/sys/fs/bpf/palisade-bench-ct-{}-{round}",
+        std::process::id()
+    ));
+    let _guard = PinDir(dir.clone());
+    let mut dp = Datapath::load_with(&dir, None)?;
+    let mut maps = Maps::take(&mut dp)?;
+    maps.upsert_endpoint(VICTIM_IF, &endpoint(1, VICTIM))?;
+    maps.upsert_endpoint(FLOODER_IF, &endpoint(2, FLOODER))?;
+    let tcp = |src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16| {
+        packet::frame(src.into(), dst.into(), &L4::Tcp { sport, dport })
+    };
+    for i in 0..ESTABLISHED {
+        run(
+            &mut dp,
+            "from_pod",
+            VICTIM_IF,
+            &tcp(VICTIM, SERVER, 20000 + i, 443),
+        )?;
+    }
+    // The flood: every packet a new flow (destination address and port vary).
+    for i in 0..flood {
+        let dst = Ipv4Addr::from(0x0a80_0000u32 + (i >> 16));
+        run(
+            &mut dp,
+            "from_pod",
+            FLOODER_IF,
+            &tcp(FLOODER, dst, 1024 + (i % 60000) as u16, 80),
+        )?;
+    }
+    let mut broken = 0;
+    for i in 0..ESTABLISHED {
+        let act = run(
+            &mut dp,
+            "to_pod",
+            VICTIM_IF,
+            &tcp(SERVER, VICTIM, 443, 20000 + i),
+        )?;
+        if act != 0 {
+            broken += 1;
+        }
+    }
+    let entries = maps.conntrack.keys().count() as u32;
+    Ok((broken, entries))
+}
+
+fn main() -> Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let floods: &[u32] = if quick {
+        &[0, 10_000]
+    } else {
+        &[0, 100_000, 250_000, MAX_CONNTRACK, 2 * MAX_CONNTRACK]
+    };
+    let mut rows = Vec::new();
+    let mut json = Vec::new();
+    for (round, &n) in floods.iter().enumerate() {
+        let (broken, entries) = broken_after(n, round as u32)?;
+        rows.push(vec![
+            n.to_string(),
+            format!("{broken} of {ESTABLISHED}"),
+            entries.to_string(),
+        ]);
+        json.push(serde_json::json!({
+            "flood_new_flows": n,
+            "established": ESTABLISHED,
+            "established_broken": broken,
+            "conntrack_entries_after": entries,
+        }));
+    }
+    println!(
+        "conntrack under a flood (one LRU of {MAX_CONNTRACK} entries; {ESTABLISHED} established connections, then N new flows from another pod)"
+    );
+    report::print_table(
+        &[
+            "new flows in the flood",
+            "established connections broken",
+            "conntrack entries",
+        ],
+        &rows,
+    );
+    let p = report::write_json(
+        "conntrack",
+        &serde_json::json!({"machine": report::machine(), "capacity": MAX_CONNTRACK, "rows": json}),
+    )?;
+    println!("wrote {}", p.display());
+    Ok(())
+}
