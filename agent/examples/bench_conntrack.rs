@@ -1,11 +1,11 @@
 //! Conntrack under a flood: whether a pod opening new flows at full speed
 //! evicts the conntrack entries of established connections. Through
 //! BPF_PROG_TEST_RUN on the real programs: 1,000 established connections (their
-//! first packet allowed by `from_pod`, so tracked), then N new flows from
-//! another pod, then the reply of every established connection on `to_pod`,
-//! whose ingress is isolated with no rule: a reply passes only while its
-//! conntrack entry lives. Prints, per flood size, the established connections
-//! whose replies were dropped.
+//! first packet allowed by `from_pod`, so tracked, and answered once), then N
+//! new flows from another pod that nobody answers, then the reply of every
+//! established connection on `to_pod`, whose ingress is isolated with no rule: a
+//! reply passes only while its conntrack entry lives. Prints, per flood size,
+//! the established connections whose replies were dropped.
 //!
 //! `cargo xtask bench conntrack [--quick]` (root, bpffs). Writes
 //! `results/bench-conntrack.json`.
@@ -67,19 +67,23 @@ fn endpoint(id: u32, ip: Ipv4Addr) -> Endpoint {
 }
 
 /// Established connections whose reply is dropped after `flood` new flows.
-fn broken_after(flood: u32, round: u32) -> Result<(u32, u32)> {
+/// Also the confirmed and unanswered entries left.
+fn broken_after(flood: u32, round: u32) -> Result<(u32, u32, u32)> {
     let dir = PathBuf::from(format!(
         "/sys/fs/bpf/palisade-bench-ct-{}-{round}",
         std::process::id()
     ));
     let _guard = PinDir(dir.clone());
     let mut dp = Datapath::load_with(&dir, None)?;
+    let ct_new: aya::maps::HashMap<aya::maps::MapData, CtKey, CtValue> =
+        dp.take_map(maps::CT_NEW)?.try_into()?;
     let mut maps = Maps::take(&mut dp)?;
     maps.upsert_endpoint(VICTIM_IF, &endpoint(1, VICTIM))?;
     maps.upsert_endpoint(FLOODER_IF, &endpoint(2, FLOODER))?;
     let tcp = |src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16| {
         packet::frame(src.into(), dst.into(), &L4::Tcp { sport, dport })
     };
+    // Established: opened, and answered once (a real connection's handshake).
     for i in 0..ESTABLISHED {
         run(
             &mut dp,
@@ -87,6 +91,13 @@ fn broken_after(flood: u32, round: u32) -> Result<(u32, u32)> {
             VICTIM_IF,
             &tcp(VICTIM, SERVER, 20000 + i, 443),
         )?;
+        let act = run(
+            &mut dp,
+            "to_pod",
+            VICTIM_IF,
+            &tcp(SERVER, VICTIM, 443, 20000 + i),
+        )?;
+        anyhow::ensure!(act == 0, "the first reply of connection {i} was dropped");
     }
     // The flood: every packet a new flow (destination address and port vary).
     for i in 0..flood {
@@ -110,8 +121,11 @@ fn broken_after(flood: u32, round: u32) -> Result<(u32, u32)> {
             broken += 1;
         }
     }
-    let entries = maps.conntrack.keys().count() as u32;
-    Ok((broken, entries))
+    Ok((
+        broken,
+        maps.conntrack.keys().count() as u32,
+        ct_new.keys().count() as u32,
+    ))
 }
 
 fn main() -> Result<()> {
@@ -124,33 +138,36 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     let mut json = Vec::new();
     for (round, &n) in floods.iter().enumerate() {
-        let (broken, entries) = broken_after(n, round as u32)?;
+        let (broken, confirmed, unanswered) = broken_after(n, round as u32)?;
         rows.push(vec![
             n.to_string(),
             format!("{broken} of {ESTABLISHED}"),
-            entries.to_string(),
+            confirmed.to_string(),
+            unanswered.to_string(),
         ]);
         json.push(serde_json::json!({
             "flood_new_flows": n,
             "established": ESTABLISHED,
             "established_broken": broken,
-            "conntrack_entries_after": entries,
+            "confirmed_entries_after": confirmed,
+            "unanswered_entries_after": unanswered,
         }));
     }
     println!(
-        "conntrack under a flood (one LRU of {MAX_CONNTRACK} entries; {ESTABLISHED} established connections, then N new flows from another pod)"
+        "conntrack under a flood (confirmed connections: an LRU of {MAX_CONNTRACK}; unanswered: an LRU of {MAX_CT_NEW}; {ESTABLISHED} established connections, then N new flows from another pod)"
     );
     report::print_table(
         &[
             "new flows in the flood",
             "established connections broken",
-            "conntrack entries",
+            "confirmed entries",
+            "unanswered entries",
         ],
         &rows,
     );
     let p = report::write_json(
         "conntrack",
-        &serde_json::json!({"machine": report::machine(), "capacity": MAX_CONNTRACK, "rows": json}),
+        &serde_json::json!({"machine": report::machine(), "confirmed_capacity": MAX_CONNTRACK, "unanswered_capacity": MAX_CT_NEW, "rows": json}),
     )?;
     println!("wrote {}", p.display());
     Ok(())

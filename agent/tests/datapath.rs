@@ -735,6 +735,34 @@ fn replies_pass_through_conntrack_and_withdrawn_allows_apply_at_once() {
     assert_eq!(r, SHOT);
 }
 
+/// Conntrack keeps unanswered flows in a table of their own: a flood of new
+/// flows larger than that table evicts the flows nobody answered, never the
+/// connections a reply confirmed.
+#[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
+fn confirmed_connections_survive_a_flood_of_new_flows() {
+    common::require_root();
+    let mut fx = fixture_for(EP_INGRESS_ISOLATED);
+    // Confirmed: opened and answered once. Unanswered: opened only.
+    assert_eq!(fx.run(FROM, &tcp(POD, PEER, 30000, 443)), OK);
+    assert_eq!(fx.run(TO, &tcp(PEER, POD, 443, 30000)), OK);
+    assert_eq!(fx.run(FROM, &tcp(POD, PEER, 30001, 443)), OK);
+    for i in 0..2 * MAX_CT_NEW {
+        let dst = Ipv4Addr::from(0x0a80_0000u32 + (i >> 16));
+        fx.run(FROM, &tcp(POD, dst, 1024 + (i % 60000) as u16, 80));
+    }
+    assert_eq!(
+        fx.run(TO, &tcp(PEER, POD, 443, 30000)),
+        OK,
+        "the confirmed connection's reply"
+    );
+    assert_eq!(
+        fx.run(TO, &tcp(PEER, POD, 443, 30001)),
+        SHOT,
+        "the unanswered flow was evicted by the flood"
+    );
+}
+
 #[test]
 #[ignore = "needs root and BPF: run through cargo xtask test"]
 fn icmp_errors_of_tracked_flows_pass() {

@@ -19,7 +19,11 @@ pub const POLICY_V4: &str = "PAL_POLICY_V4";
 pub const POLICY_V6: &str = "PAL_POLICY_V6";
 pub const NODE_ADDRS: &str = "PAL_NODE_ADDRS";
 pub const SERVICES: &str = "PAL_SERVICES";
+/// Connections a reply has confirmed.
 pub const CONNTRACK: &str = "PAL_CONNTRACK";
+/// Connections not answered yet: a flood of new flows churns this table only,
+/// never the confirmed one.
+pub const CT_NEW: &str = "PAL_CT_NEW";
 pub const EVENTS: &str = "PAL_EVENTS";
 pub const EVENT_RATE: &str = "PAL_EVENT_RATE";
 /// Per-endpoint counters, indexed by endpoint id (an array: one lookup without
@@ -46,6 +50,9 @@ pub const MAX_POLICY_ENTRIES: u32 = 262_144;
 pub const MAX_NODE_ADDRS: u32 = 256;
 pub const MAX_SERVICES: u32 = 65_536;
 pub const MAX_CONNTRACK: u32 = 262_144;
+/// Unanswered connections (an LRU of its own; a connection moves to
+/// `CONNTRACK` with its first reply).
+pub const MAX_CT_NEW: u32 = 65_536;
 pub const MAX_EVENT_RATE: u32 = 65_536;
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 /// Slots of each scratch map: 0 for the packet being judged, 1 for the flow an
@@ -102,7 +109,7 @@ const fn spec<K, V>(name: &'static str, kind: MapKind, max_entries: u32, flags: 
 }
 
 /// Every map of the TC programs.
-pub const SPECS: [MapSpec; 15] = [
+pub const SPECS: [MapSpec; 16] = [
     spec::<u32, Endpoint>(ENDPOINTS, MapKind::Hash, MAX_ENDPOINTS, 0),
     spec::<IpKey, u32>(ENDPOINT_BY_IP, MapKind::Hash, MAX_ENDPOINT_ADDRS, 0),
     spec::<PolicyKeyV4, PolicyValue>(
@@ -120,6 +127,7 @@ pub const SPECS: [MapSpec; 15] = [
     spec::<IpKey, u32>(NODE_ADDRS, MapKind::Hash, MAX_NODE_ADDRS, 0),
     spec::<ServiceKey, u32>(SERVICES, MapKind::Hash, MAX_SERVICES, 0),
     spec::<CtKey, CtValue>(CONNTRACK, MapKind::LruHash, MAX_CONNTRACK, 0),
+    spec::<CtKey, CtValue>(CT_NEW, MapKind::LruHash, MAX_CT_NEW, 0),
     MapSpec {
         name: EVENTS,
         kind: MapKind::RingBuf,

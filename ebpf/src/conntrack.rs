@@ -1,12 +1,16 @@
 //! Connection tracking: flows a hook allowed are recorded per interface, so
 //! their replies and ICMP errors quoting them pass the other hook. Conntrack only
 //! admits replies; every new packet is judged by policy.
+//!
+//! Two LRU tables: a new flow is recorded in `CT_NEW`, and its first reply moves
+//! it to `CONNTRACK` (confirmed). A pod flooding new flows that nobody answers
+//! churns `CT_NEW` only; confirmed connections are never evicted by it.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use palisade_common::{CtKey, CtValue, FAMILY_V4};
 
 use crate::{
-    maps::{scratch, scratch_key, CONNTRACK},
+    maps::{scratch, scratch_key, CONNTRACK, CT_NEW},
     parse::{parse_v4, parse_v6, reset, Flow},
 };
 
@@ -43,10 +47,26 @@ pub fn is_reply(ifindex: u32, f: &Flow, dir: u8) -> bool {
     let Some(key) = ct_key(0, ifindex, f, true) else {
         return false;
     };
-    match unsafe { CONNTRACK.get(key) } {
-        Some(v) => v.direction != dir,
-        None => false,
+    if let Some(v) = unsafe { CONNTRACK.get(key) } {
+        return v.direction != dir;
     }
+    match unsafe { CT_NEW.get(key) } {
+        Some(v) if v.direction != dir => {
+            // The first reply confirms the connection. Should the move fail,
+            // the entry stays unconfirmed: its replies pass while it lives.
+            let v = *v;
+            let _ = CONNTRACK.insert(key, &v, 0);
+            let _ = CT_NEW.remove(key);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Is `key` tracked, confirmed or not?
+#[inline(always)]
+fn tracked(key: &CtKey) -> bool {
+    unsafe { CONNTRACK.get(key) }.is_some() || unsafe { CT_NEW.get(key) }.is_some()
 }
 
 /// An ICMP error quoting a flow tracked on this interface (either way round).
@@ -66,11 +86,11 @@ pub fn icmp_error_of_tracked(ctx: &TcContext, ifindex: u32, f: &Flow) -> bool {
         return false;
     }
     match ct_key(0, ifindex, inner, false) {
-        Some(fwd) if unsafe { CONNTRACK.get(fwd) }.is_some() => return true,
+        Some(fwd) if tracked(fwd) => return true,
         _ => {}
     }
     match ct_key(0, ifindex, inner, true) {
-        Some(rev) => unsafe { CONNTRACK.get(rev) }.is_some(),
+        Some(rev) => tracked(rev),
         None => false,
     }
 }
@@ -83,7 +103,7 @@ pub fn ct_record(ifindex: u32, f: &Flow, dir: u8) -> bool {
     let Some(key) = ct_key(0, ifindex, f, false) else {
         return false;
     };
-    if unsafe { CONNTRACK.get(key) }.is_some() {
+    if tracked(key) {
         return false;
     }
     let v = CtValue {
@@ -93,5 +113,5 @@ pub fn ct_record(ifindex: u32, f: &Flow, dir: u8) -> bool {
     };
     // LRU: never fails for lack of room; a racing insert by another CPU is
     // fine (that CPU's packet is the new connection's first).
-    CONNTRACK.insert(key, &v, BPF_NOEXIST).is_ok()
+    CT_NEW.insert(key, &v, BPF_NOEXIST).is_ok()
 }

@@ -33,6 +33,9 @@ pub static SERVICES: HashMap<ServiceKey, u32> = HashMap::pinned(MAX_SERVICES, 0)
 #[map(name = "PAL_CONNTRACK")]
 pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(MAX_CONNTRACK, 0);
 
+#[map(name = "PAL_CT_NEW")]
+pub static CT_NEW: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(MAX_CT_NEW, 0);
+
 #[map(name = "PAL_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 

@@ -11,8 +11,8 @@ use std::{
 use aya::maps::{HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray};
 use palisade_common::{
     maps as names, stat_reason_name, stat_slot, Counters, CtKey, CtValue, Endpoint, PolicyKeyV4,
-    PolicyKeyV6, PolicyValue, Stat, DIR_EGRESS, DIR_INGRESS, MAX_CONNTRACK, MAX_ENDPOINTS,
-    MAX_POLICY_ENTRIES, STAT_ALLOWED, STAT_AUDIT, STAT_DENIED, STAT_REASONS,
+    PolicyKeyV6, PolicyValue, Stat, DIR_EGRESS, DIR_INGRESS, MAX_CONNTRACK, MAX_CT_NEW,
+    MAX_ENDPOINTS, MAX_POLICY_ENTRIES, STAT_ALLOWED, STAT_AUDIT, STAT_DENIED, STAT_REASONS,
 };
 use palisade_policy::PodKey;
 use prometheus_client::{
@@ -32,6 +32,7 @@ struct Opened {
     policy_v6: LpmTrie<MapData, PolicyKeyV6, PolicyValue>,
     /// An LRU hash; aya reads it through its HashMap type.
     conntrack: BpfHashMap<MapData, CtKey, CtValue>,
+    ct_new: BpfHashMap<MapData, CtKey, CtValue>,
 }
 
 impl Opened {
@@ -48,6 +49,7 @@ impl Opened {
             policy_v4: map(names::POLICY_V4)?.try_into().ok()?,
             policy_v6: map(names::POLICY_V6)?.try_into().ok()?,
             conntrack: map(names::CONNTRACK)?.try_into().ok()?,
+            ct_new: map(names::CT_NEW)?.try_into().ok()?,
         })
     }
 
@@ -232,6 +234,7 @@ impl Collector for KernelCounters {
             ("policy_v4", m.policy_v4.keys().count(), MAX_POLICY_ENTRIES),
             ("policy_v6", m.policy_v6.keys().count(), MAX_POLICY_ENTRIES),
             ("conntrack", m.conntrack.keys().count(), MAX_CONNTRACK),
+            ("conntrack_new", m.ct_new.keys().count(), MAX_CT_NEW),
         ];
         let mut family = encoder.encode_descriptor(
             "palisade_map_entries",
