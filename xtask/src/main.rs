@@ -112,9 +112,14 @@ enum Cmd {
         #[arg(long = "kernel")]
         kernels: Vec<String>,
         /// Conformance cases to run in the guest: `subset` (both SCTP cases and
-        /// four others), `all`, or `none`.
+        /// four others), `all`, or `none`. Ignored when PATHs are given.
         #[arg(long, value_enum, default_value_t = VmConformance::Subset)]
         conformance: VmConformance,
+        /// Scenario files or directories (every `*.yaml` below) to run in the
+        /// guest instead of the suite's own cases: your own cases on other
+        /// kernels.
+        #[arg(value_name = "PATH")]
+        paths: Vec<std::path::PathBuf>,
         /// Seconds a guest may run before it counts as hung.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
@@ -218,6 +223,7 @@ fn main() -> Result<()> {
         Cmd::VmTest {
             kernels,
             conformance,
+            paths,
             timeout,
             verbose,
         } => {
@@ -225,6 +231,7 @@ fn main() -> Result<()> {
             vm::vm_test(vm::Options {
                 kernels,
                 conformance: choice(conformance),
+                paths,
                 timeout: std::time::Duration::from_secs(timeout),
                 verbose,
             })
@@ -528,6 +535,7 @@ fn test(no_lint: bool) -> Result<()> {
     vm::vm_test(vm::Options {
         kernels: vec!["6.1".into()],
         conformance: "subset".into(),
+        paths: Vec::new(),
         timeout: std::time::Duration::from_secs(1200),
         verbose: false,
     })?;

@@ -117,6 +117,8 @@ pub struct Options {
     pub kernels: Vec<String>,
     /// `subset`, `all` or `none`.
     pub conformance: String,
+    /// Scenario files and directories to run instead of `conformance`.
+    pub paths: Vec<PathBuf>,
     pub timeout: Duration,
     pub verbose: bool,
 }
@@ -145,7 +147,15 @@ pub fn vm_test(opts: Options) -> Result<()> {
     let init = build_init()?;
     let mut suites = build_suites()?;
     let mut extra = Vec::new();
-    let cases = conformance_cases(&opts.conformance)?;
+    let cases = if opts.paths.is_empty() {
+        conformance_cases(&opts.conformance)?
+    } else {
+        let found = palisade_harness::scenario::collect_files(&opts.paths)?;
+        if found.is_empty() {
+            bail!("no scenario files (*.yaml) in {:?}", opts.paths);
+        }
+        found
+    };
     // The init exports PALISADE_AGENT=/palisade/bin/palisade-agent for the
     // cluster tests and the conformance runner.
     let agent = super::build_agent()?;
@@ -158,12 +168,13 @@ pub fn vm_test(opts: Options) -> Result<()> {
             "/palisade/bin/palisade-agent".to_string(),
             "--require-sctp".to_string(),
         ];
-        for case in &cases {
+        for (i, case) in cases.iter().enumerate() {
             let name = case
                 .file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or("case.yaml");
-            let guest = format!("palisade/conformance/{name}");
+            // Numbered: files of one name from two directories stay apart.
+            let guest = format!("palisade/conformance/{i:04}-{name}");
             args.push(format!("/{guest}"));
             extra.push((guest, case.clone()));
         }
