@@ -8,7 +8,7 @@ use palisade_common::{
     proto_bit, AllowReason, Event, Reason, DIR_INGRESS, EVF_FRAGMENT, PROTO_ICMP, PROTO_ICMPV6,
     PROTO_SCTP, PROTO_TCP, PROTO_UDP, VERDICT_ALLOWED, VERDICT_AUDIT,
 };
-use palisade_policy::{explain_direction, reference::DecidedBy, Direction, Packet, PodKey};
+use palisade_policy::{explain_direction, Direction, Packet, PodKey};
 use serde_json::{json, Map, Value};
 
 use crate::{events::event_addrs, status::Names};
@@ -103,13 +103,8 @@ fn decided_by(
     };
     let v = explain_direction(&index, &node_addrs, spec, dir, &packet);
     let allowed_event = ev.verdict == VERDICT_ALLOWED;
-    let tier_agrees = match Reason::from_u8(ev.reason) {
-        _ if allowed_event => true,
-        Some(Reason::AdminDeny) => v.decided_by == DecidedBy::Admin,
-        Some(Reason::BaselineDeny) => v.decided_by == DecidedBy::Baseline,
-        Some(Reason::NoPolicyAllows) => v.decided_by == DecidedBy::NetworkPolicy,
-        _ => true,
-    };
+    let tier_agrees = allowed_event
+        || Reason::from_u8(ev.reason).is_none_or(|r| v.decided_by.agrees_with_drop(r));
     if v.allowed != allowed_event || !tier_agrees {
         // The engine judges otherwise: the maps are ahead of or behind this
         // event's state; say nothing rather than something wrong.

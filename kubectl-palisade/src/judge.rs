@@ -42,16 +42,6 @@ pub fn node_addrs(index: &ClusterIndex, name: &str) -> Vec<IpAddr> {
         .collect()
 }
 
-/// Whether the datapath's drop reason names the tier the model says decided.
-fn reason_agrees(reason: Reason, by: DecidedBy) -> bool {
-    match reason {
-        Reason::AdminDeny => by == DecidedBy::Admin,
-        Reason::BaselineDeny => by == DecidedBy::Baseline,
-        Reason::NoPolicyAllows => by == DecidedBy::NetworkPolicy,
-        _ => true,
-    }
-}
-
 impl<'a> Evaluator<'a> {
     pub fn new(index: &'a ClusterIndex) -> Self {
         Self {
@@ -112,7 +102,7 @@ impl<'a> Evaluator<'a> {
                         word(s.verdict.allowed)
                     ));
                 } else if let Err(r) = d {
-                    if !reason_agrees(r, s.verdict.decided_by) {
+                    if !s.verdict.decided_by.agrees_with_drop(r) {
                         disagreements.push(format!(
                             "{s}: the compiled maps drop it as {}, the model says {} decided",
                             r.as_str(),

@@ -32,21 +32,27 @@ pub fn namespace_manifest(name: &str, labels: &LabelMap) -> Value {
     })
 }
 
-/// The Pod of a scenario pod: `palisade-pod serve` on its ports, pinned to `node`.
-pub fn pod_manifest(p: &PodPlan, node: &str, image: &str, family: Family) -> Value {
+/// `palisade-pod serve` answering as `identity` on `ports`.
+fn serve_command(family: Family, identity: String, ports: &[PortPlan]) -> Vec<String> {
     let mut command = vec![
         POD_TOOL.to_string(),
         "serve".into(),
         "--family".into(),
         family.as_str().into(),
         "--identity".into(),
-        p.key(),
+        identity,
     ];
     command.extend(
-        p.ports
+        ports
             .iter()
             .map(|port| format!("{}/{}", port.port, port.protocol)),
     );
+    command
+}
+
+/// The Pod of a scenario pod: `palisade-pod serve` on its ports, pinned to `node`.
+pub fn pod_manifest(p: &PodPlan, node: &str, image: &str, family: Family) -> Value {
+    let command = serve_command(family, p.key(), &p.ports);
     let ports = crate::objects::container_ports(p);
     json!({
         "apiVersion": "v1",
@@ -87,19 +93,7 @@ pub fn node_server_manifest(
     image: &str,
     family: Family,
 ) -> Value {
-    let mut command = vec![
-        POD_TOOL.to_string(),
-        "serve".into(),
-        "--family".into(),
-        family.as_str().into(),
-        "--identity".into(),
-        format!("node/{n}"),
-    ];
-    command.extend(
-        ports
-            .iter()
-            .map(|port| format!("{}/{}", port.port, port.protocol)),
-    );
+    let command = serve_command(family, format!("node/{n}"), ports);
     json!({
         "apiVersion": "v1",
         "kind": "Pod",

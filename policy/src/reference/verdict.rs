@@ -55,6 +55,19 @@ pub enum DecidedBy {
 }
 
 impl DecidedBy {
+    /// Whether a drop the datapath reports as `reason` is this tier's: the tier
+    /// reasons (`admin-deny`, `baseline-deny`, `no-policy-allows`) name one;
+    /// any other reason (fail-closed, fragment, ...) agrees with every tier.
+    pub fn agrees_with_drop(self, reason: palisade_common::Reason) -> bool {
+        use palisade_common::Reason;
+        match reason {
+            Reason::AdminDeny => self == DecidedBy::Admin,
+            Reason::BaselineDeny => self == DecidedBy::Baseline,
+            Reason::NoPolicyAllows => self == DecidedBy::NetworkPolicy,
+            _ => true,
+        }
+    }
+
     /// The name used in logs (`tier` field).
     pub fn as_str(self) -> &'static str {
         match self {
