@@ -75,8 +75,10 @@ fn broken_after(flood: u32, round: u32) -> Result<(u32, u32, u32)> {
     ));
     let _guard = PinDir(dir.clone());
     let mut dp = Datapath::load_with(&dir, None)?;
-    let ct_new: aya::maps::HashMap<aya::maps::MapData, CtKey, CtValue> =
-        dp.take_map(maps::CT_NEW)?.try_into()?;
+    let ct_new: aya::maps::HashMap<aya::maps::MapData, CtKeyV4, CtValue> =
+        dp.take_map(maps::CT_NEW_V4)?.try_into()?;
+    let confirmed: aya::maps::HashMap<aya::maps::MapData, CtKeyV4, CtValue> =
+        dp.take_map(maps::CONNTRACK_V4)?.try_into()?;
     let mut maps = Maps::take(&mut dp)?;
     maps.upsert_endpoint(VICTIM_IF, &endpoint(1, VICTIM))?;
     maps.upsert_endpoint(FLOODER_IF, &endpoint(2, FLOODER))?;
@@ -123,7 +125,7 @@ fn broken_after(flood: u32, round: u32) -> Result<(u32, u32, u32)> {
     }
     Ok((
         broken,
-        maps.conntrack.keys().count() as u32,
+        confirmed.keys().count() as u32,
         ct_new.keys().count() as u32,
     ))
 }

@@ -4,7 +4,7 @@
 //! removes, the endpoint record as the per-endpoint switch). A write that the kernel
 //! refuses is an error that names the map and the key; the caller keeps the
 //! endpoint fail-closed.
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
@@ -33,9 +33,11 @@ pub struct Maps {
     pub ep_by_ip: HashMap<MapData, IpKey, u32>,
     pub policy_v4: LpmTrie<MapData, PolicyKeyV4, PolicyValue>,
     pub policy_v6: LpmTrie<MapData, PolicyKeyV6, PolicyValue>,
+    /// Full-length entries (`/32`, `/128`): probed before the tries.
+    pub policy_host_v4: HashMap<MapData, PolicyKeyV4, PolicyValue>,
+    pub policy_host_v6: HashMap<MapData, PolicyKeyV6, PolicyValue>,
     pub node_addrs: HashMap<MapData, IpKey, u32>,
     pub services: HashMap<MapData, ServiceKey, u32>,
-    pub conntrack: HashMap<MapData, CtKey, CtValue>,
     pub counters: PerCpuArray<MapData, Counters>,
     pub config: Array<MapData, Config>,
 }
@@ -79,9 +81,10 @@ impl Maps {
             ep_by_ip: typed!(dp, maps::ENDPOINT_BY_IP),
             policy_v4: typed!(dp, maps::POLICY_V4),
             policy_v6: typed!(dp, maps::POLICY_V6),
+            policy_host_v4: typed!(dp, maps::POLICY_HOST_V4),
+            policy_host_v6: typed!(dp, maps::POLICY_HOST_V6),
             node_addrs: typed!(dp, maps::NODE_ADDRS),
             services: typed!(dp, maps::SERVICES),
-            conntrack: typed!(dp, maps::CONNTRACK),
             counters: typed!(dp, maps::COUNTERS),
             config: typed!(dp, maps::CONFIG),
         })
@@ -172,12 +175,21 @@ impl Maps {
         self.endpoints.iter().flatten().collect()
     }
 
+    /// Write an IPv4 policy entry: a full-length one into the host hash, any
+    /// other into the trie.
     pub fn upsert_v4(
         &mut self,
         plen: u32,
         key: PolicyKeyV4,
         v: &PolicyValue,
     ) -> Result<(), WriteError> {
+        if plen == SCOPE_BITS + 32 {
+            return self.policy_host_v4.insert(key, *v, 0).map_err(map_err(
+                maps::POLICY_HOST_V4,
+                "insert",
+                format!("{key:?}/{plen}"),
+            ));
+        }
         self.policy_v4
             .insert(&Key::new(plen, key), *v, 0)
             .map_err(map_err(
@@ -186,19 +198,38 @@ impl Maps {
                 format!("{key:?}/{plen}"),
             ))
     }
+
+    /// Remove an IPv4 policy entry. A full-length one goes from the trie too,
+    /// where maps of a layout without host hashes keep it.
     pub fn delete_v4(&mut self, plen: u32, key: PolicyKeyV4) -> Result<(), WriteError> {
+        if plen == SCOPE_BITS + 32 {
+            ignore_missing(self.policy_host_v4.remove(&key)).map_err(map_err(
+                maps::POLICY_HOST_V4,
+                "remove",
+                format!("{key:?}/{plen}"),
+            ))?;
+        }
         ignore_missing(self.policy_v4.remove(&Key::new(plen, key))).map_err(map_err(
             maps::POLICY_V4,
             "remove",
             format!("{key:?}/{plen}"),
         ))
     }
+
+    /// As [`Maps::upsert_v4`], for IPv6 (`/128` entries into the host hash).
     pub fn upsert_v6(
         &mut self,
         plen: u32,
         key: PolicyKeyV6,
         v: &PolicyValue,
     ) -> Result<(), WriteError> {
+        if plen == SCOPE_BITS + 128 {
+            return self.policy_host_v6.insert(key, *v, 0).map_err(map_err(
+                maps::POLICY_HOST_V6,
+                "insert",
+                format!("{key:?}/{plen}"),
+            ));
+        }
         self.policy_v6
             .insert(&Key::new(plen, key), *v, 0)
             .map_err(map_err(
@@ -207,24 +238,53 @@ impl Maps {
                 format!("{key:?}/{plen}"),
             ))
     }
+
+    /// As [`Maps::delete_v4`], for IPv6.
     pub fn delete_v6(&mut self, plen: u32, key: PolicyKeyV6) -> Result<(), WriteError> {
+        if plen == SCOPE_BITS + 128 {
+            ignore_missing(self.policy_host_v6.remove(&key)).map_err(map_err(
+                maps::POLICY_HOST_V6,
+                "remove",
+                format!("{key:?}/{plen}"),
+            ))?;
+        }
         ignore_missing(self.policy_v6.remove(&Key::new(plen, key))).map_err(map_err(
             maps::POLICY_V6,
             "remove",
             format!("{key:?}/{plen}"),
         ))
     }
+
+    /// Every IPv4 entry in effect: the trie's, with the host hash's taking
+    /// the place of a trie entry of the same key (the programs probe the hash
+    /// first).
     pub fn policy_v4_entries(&self) -> Vec<(u32, PolicyKeyV4, PolicyValue)> {
+        let mut all: BTreeMap<(u32, PolicyKeyV4), PolicyValue> = BTreeMap::new();
         let keys: Vec<_> = self.policy_v4.keys().flatten().collect();
-        keys.into_iter()
-            .filter_map(|k| Some((k.prefix_len(), k.data(), self.policy_v4.get(&k, 0).ok()?)))
-            .collect()
+        for k in keys {
+            if let Ok(v) = self.policy_v4.get(&k, 0) {
+                all.insert((k.prefix_len(), k.data()), v);
+            }
+        }
+        for (k, v) in self.policy_host_v4.iter().flatten() {
+            all.insert((SCOPE_BITS + 32, k), v);
+        }
+        all.into_iter().map(|((p, k), v)| (p, k, v)).collect()
     }
+
+    /// As [`Maps::policy_v4_entries`], for IPv6.
     pub fn policy_v6_entries(&self) -> Vec<(u32, PolicyKeyV6, PolicyValue)> {
+        let mut all: BTreeMap<(u32, PolicyKeyV6), PolicyValue> = BTreeMap::new();
         let keys: Vec<_> = self.policy_v6.keys().flatten().collect();
-        keys.into_iter()
-            .filter_map(|k| Some((k.prefix_len(), k.data(), self.policy_v6.get(&k, 0).ok()?)))
-            .collect()
+        for k in keys {
+            if let Ok(v) = self.policy_v6.get(&k, 0) {
+                all.insert((k.prefix_len(), k.data()), v);
+            }
+        }
+        for (k, v) in self.policy_host_v6.iter().flatten() {
+            all.insert((SCOPE_BITS + 128, k), v);
+        }
+        all.into_iter().map(|((p, k), v)| (p, k, v)).collect()
     }
 
     pub fn upsert_service(&mut self, k: ServiceKey) -> Result<(), WriteError> {

@@ -53,6 +53,12 @@ impl Drop for PinDir {
 }
 
 fn fixture_with(policy_entries: Option<u32>) -> Fx {
+    fixture_prepared(policy_entries, |_| {})
+}
+
+/// A fixture whose pin directory `prepare` sees (as `<dir>/maps`) before the
+/// object is loaded.
+fn fixture_prepared(policy_entries: Option<u32>, prepare: impl FnOnce(&std::path::Path)) -> Fx {
     common::require_root();
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -62,6 +68,8 @@ fn fixture_with(policy_entries: Option<u32>) -> Fx {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     let guard = PinDir(dir.clone());
+    std::fs::create_dir_all(dir.join("maps")).expect("pin directory");
+    prepare(&dir.join("maps"));
     let mut dp = Datapath::load_with(&dir, policy_entries).expect("load eBPF object");
     let maps = Maps::take(&mut dp).expect("maps");
     let events = EventReader::new(&mut dp).expect("ring buffer");
@@ -355,6 +363,112 @@ fn longest_prefix_wins_for_nested_blocks() {
         // ICMP needs a rule without ports.
         ("ICMP in the /24", FROM, &echo(POD, in_24, 1), SHOT),
         ("ICMP in the /8", FROM, &echo(POD, other_in_8, 1), OK),
+    ]);
+}
+
+/// Full-length entries live in a hash the programs probe before the trie; a
+/// host entry an agent of the trie-only layout left in the trie still
+/// decides until the entry is deleted, which removes it from both.
+#[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
+fn host_entries_answer_before_the_trie() {
+    common::require_root();
+    let mut fx = fixture_for(EP_EGRESS_ISOLATED);
+    allow_v4(
+        &mut fx,
+        DIR_EGRESS,
+        Ipv4Addr::new(10, 100, 2, 0),
+        24,
+        every_port(),
+    );
+    allow_v4(&mut fx, DIR_EGRESS, PEER, 32, ports(&[(PROTO_TCP, 80, 80)]));
+    allow_v6(
+        &mut fx,
+        DIR_EGRESS,
+        PEER6,
+        128,
+        ports(&[(PROTO_UDP, 53, 53)]),
+    );
+    assert_eq!(fx.maps.policy_host_v4.keys().count(), 1);
+    assert_eq!(fx.maps.policy_host_v6.keys().count(), 1);
+    assert_eq!(
+        fx.maps.policy_v4.keys().count(),
+        1,
+        "only the /24 in the trie"
+    );
+    fx.check(&[
+        ("the host entry's port", FROM, &tcp(POD, PEER, 1000, 80), OK),
+        (
+            "not the /24's every port",
+            FROM,
+            &udp(POD, PEER, 1000, 53),
+            SHOT,
+        ),
+        (
+            "another host in the /24",
+            FROM,
+            &udp(POD, Ipv4Addr::new(10, 100, 2, 9), 1000, 53),
+            OK,
+        ),
+        (
+            "the IPv6 host entry",
+            FROM,
+            &udp6(POD6, PEER6, 1000, 53),
+            OK,
+        ),
+        ("its other ports", FROM, &udp6(POD6, PEER6, 1000, 54), SHOT),
+    ]);
+    // A /32 in the trie, as the trie-only layout wrote it: found through the trie,
+    // read back as an entry, and removed from the trie by delete_v4.
+    let stale = Ipv4Addr::new(192, 0, 2, 99);
+    let key = PolicyKeyV4 {
+        scope: PolicyScope::new(7, DIR_EGRESS),
+        addr: stale.octets(),
+    };
+    fx.maps
+        .policy_v4
+        .insert(
+            &aya::maps::lpm_trie::Key::new(SCOPE_BITS + 32, key),
+            every_port(),
+            0,
+        )
+        .expect("insert into the trie");
+    assert_eq!(fx.run(FROM, &tcp(POD, stale, 1000, 80)), OK);
+    assert!(fx
+        .maps
+        .policy_v4_entries()
+        .iter()
+        .any(|(p, k, _)| *p == SCOPE_BITS + 32 && *k == key));
+    // The agent's write of the same key shadows the trie's; its delete removes both.
+    allow_v4(
+        &mut fx,
+        DIR_EGRESS,
+        stale,
+        32,
+        ports(&[(PROTO_TCP, 443, 443)]),
+    );
+    assert_eq!(fx.run(FROM, &tcp(POD, stale, 1000, 80)), SHOT);
+    fx.maps.delete_v4(SCOPE_BITS + 32, key).expect("delete");
+    assert_eq!(fx.run(FROM, &tcp(POD, stale, 1000, 443)), SHOT);
+    assert_eq!(fx.maps.policy_v4.keys().count(), 1, "only the /24 left");
+    // IPv6 replies are tracked in their own table.
+    let mut fx = fixture_for(EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED);
+    allow_v6(
+        &mut fx,
+        DIR_EGRESS,
+        PEER6,
+        128,
+        ports(&[(PROTO_UDP, 53, 53)]),
+    );
+    fx.check(&[
+        (
+            "IPv6 allowed egress",
+            FROM,
+            &udp6(POD6, PEER6, 1000, 53),
+            OK,
+        ),
+        ("its reply", TO, &udp6(PEER6, POD6, 53, 1000), OK),
+        ("not its reply", TO, &udp6(PEER6, POD6, 53, 1001), SHOT),
     ]);
 }
 
@@ -733,6 +847,134 @@ fn replies_pass_through_conntrack_and_withdrawn_allows_apply_at_once() {
     // Conntrack is scoped by interface: another interface has no such state.
     let (r, _) = fx.run_mark(TO, &tcp(PEER, POD, 80, 40000), 2, 0);
     assert_eq!(r, SHOT);
+}
+
+/// Create and pin an LRU hash of the conntrack layout before per-family keys
+/// (44-byte key of the flow as first seen, 16-byte value) holding `entries`.
+fn pin_legacy_conntrack(path: &std::path::Path, entries: &[(FlowKey, CtValue)]) {
+    #[repr(C)]
+    struct Create {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+    }
+    #[repr(C)]
+    struct Pin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let attr = Create {
+        map_type: palisade_common::MapKind::LruHash as u32,
+        key_size: 44,
+        value_size: 16,
+        max_entries: 64,
+        map_flags: 0,
+    };
+    // SAFETY: BPF_MAP_CREATE (0) reads `attr`, of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            &attr as *const Create,
+            std::mem::size_of::<Create>(),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    let pin = Pin {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: fd as u32,
+        file_flags: 0,
+    };
+    // SAFETY: BPF_OBJ_PIN (6) reads `pin` and the path it points to.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            6,
+            &pin as *const Pin,
+            std::mem::size_of::<Pin>(),
+        )
+    };
+    assert_eq!(r, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    // SAFETY: our own descriptor, pinned now.
+    unsafe { libc::close(fd as i32) };
+    let data = aya::maps::MapData::from_pin(path).expect("open the legacy pin");
+    let mut m: aya::maps::HashMap<_, FlowKey, CtValue> = aya::maps::Map::from_map_data(data)
+        .expect("map")
+        .try_into()
+        .expect("hash");
+    for (k, v) in entries {
+        m.insert(k, v, 0).expect("legacy entry");
+    }
+}
+
+/// An agent finding the conntrack pins of the previous layout copies their
+/// entries into the per-family tables before its programs run, and removes
+/// them: replies of connections opened before the upgrade still pass.
+#[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
+fn conntrack_of_the_previous_layout_is_carried_over() {
+    common::require_root();
+    let legacy = |src: IpAddr, dst: IpAddr, sport, dport| {
+        let (family, a, b) = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+                a[..4].copy_from_slice(&s.octets());
+                b[..4].copy_from_slice(&d.octets());
+                (FAMILY_V4, a, b)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => (FAMILY_V6, s.octets(), d.octets()),
+            _ => unreachable!("one family"),
+        };
+        let key = FlowKey {
+            ifindex: IF,
+            family,
+            proto: if family == FAMILY_V4 {
+                PROTO_TCP
+            } else {
+                PROTO_UDP
+            },
+            _pad0: [0; 2],
+            src: a,
+            dst: b,
+            sport,
+            dport,
+        };
+        let v = CtValue {
+            direction: DIR_EGRESS,
+            ..Default::default()
+        };
+        (key, v)
+    };
+    let confirmed = [legacy(POD.into(), PEER.into(), 40000, 80)];
+    let unanswered = [legacy(POD6.into(), PEER6.into(), 1000, 53)];
+    let mut seen = None;
+    let mut fx = fixture_prepared(None, |maps| {
+        pin_legacy_conntrack(&maps.join("PAL_CONNTRACK"), &confirmed);
+        pin_legacy_conntrack(&maps.join("PAL_CT_NEW"), &unanswered);
+        seen = Some(maps.to_path_buf());
+    });
+    let maps_dir = seen.expect("prepared");
+    for old in palisade_common::maps::LEGACY_CONNTRACK {
+        assert!(!maps_dir.join(old).exists(), "{old} removed");
+    }
+    // Nothing is allowed in: only replies of tracked flows pass.
+    fx.maps
+        .upsert_endpoint(IF, &endpoint(EP_INGRESS_ISOLATED))
+        .expect("setup");
+    fx.check(&[
+        ("carried IPv4 reply", TO, &tcp(PEER, POD, 80, 40000), OK),
+        ("not its reply", TO, &tcp(PEER, POD, 80, 40001), SHOT),
+        ("carried IPv6 reply", TO, &udp6(PEER6, POD6, 53, 1000), OK),
+        ("not its reply", TO, &udp6(PEER6, POD6, 54, 1000), SHOT),
+    ]);
 }
 
 /// Conntrack keeps unanswered flows in a table of their own: a flood of new

@@ -189,7 +189,7 @@ fn a_real_prometheus_scrapes_exact_counters_latency_and_map_sizes() {
         |v| v > 0.0,
     );
     assert_eq!(endpoints, 4.0);
-    let cap = query(&ns, "palisade_map_capacity{map=\"conntrack\"}").unwrap_or(0.0);
+    let cap = query(&ns, "palisade_map_capacity{map=\"conntrack_v4\"}").unwrap_or(0.0);
     assert_eq!(cap, f64::from(palisade_common::MAX_CONNTRACK));
 
     // promtool accepts a scrape as it is.

@@ -1,11 +1,164 @@
 //! Connection tracking records: which flows a hook allowed, so that their
-//! replies (and ICMP errors about them) pass the other hook.
+//! replies (and ICMP errors about them) pass the other hook; and the flow key
+//! of the event rate limit.
+//!
+//! A conntrack key holds a connection's two ends in canonical order, the lower
+//! (address, port) first, so a packet and its reply find the same entry with
+//! one lookup; the value says which end opened it. One key type per family:
+//! an IPv4 key hashes 20 bytes, not the 44 an IPv6 address pair needs.
 
-/// Connection tracking key: the 5-tuple as first seen, scoped to the interface that
-/// created it so one pod cannot open state for another.
+/// IPv4 conntrack key, scoped to the interface that created it so one pod
+/// cannot open state for another.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct CtKey {
+pub struct CtKeyV4 {
+    pub ifindex: u32,
+    /// The lower (address, port) end.
+    pub addr_lo: [u8; 4],
+    pub addr_hi: [u8; 4],
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub proto: u8,
+    pub _pad0: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<CtKeyV4>() == 20);
+
+/// IPv6 conntrack key, as [`CtKeyV4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKeyV6 {
+    pub ifindex: u32,
+    pub proto: u8,
+    pub _pad0: [u8; 3],
+    pub addr_lo: [u8; 16],
+    pub addr_hi: [u8; 16],
+    pub port_lo: u16,
+    pub port_hi: u16,
+}
+const _: () = assert!(core::mem::size_of::<CtKeyV6>() == 44);
+
+/// Is (`a`, `ap`) the lower end of a connection to (`b`, `bp`)? Addresses
+/// compare as big-endian numbers, then ports; equal ends count as lower.
+/// Compared as words, not bytes: fewer branches for the verifier to walk.
+#[inline(always)]
+pub fn lower_end_v4(a: &[u8; 4], ap: u16, b: &[u8; 4], bp: u16) -> bool {
+    let (x, y) = (u32::from_be_bytes(*a), u32::from_be_bytes(*b));
+    x < y || (x == y && ap <= bp)
+}
+
+/// [`lower_end_v4`] for IPv6 addresses.
+#[inline(always)]
+pub fn lower_end_v6(a: &[u8; 16], ap: u16, b: &[u8; 16], bp: u16) -> bool {
+    let word = |v: &[u8; 16], i: usize| {
+        u64::from_be_bytes([
+            v[i],
+            v[i + 1],
+            v[i + 2],
+            v[i + 3],
+            v[i + 4],
+            v[i + 5],
+            v[i + 6],
+            v[i + 7],
+        ])
+    };
+    let (x, y) = ((word(a, 0), word(a, 8), ap), (word(b, 0), word(b, 8), bp));
+    x <= y
+}
+
+impl CtKeyV4 {
+    /// The key of a packet from (`src`, `sport`) to (`dst`, `dport`), and
+    /// whether its source is the lower end.
+    #[inline(always)]
+    pub fn of(
+        ifindex: u32,
+        proto: u8,
+        src: [u8; 4],
+        sport: u16,
+        dst: [u8; 4],
+        dport: u16,
+    ) -> (Self, bool) {
+        let lo = lower_end_v4(&src, sport, &dst, dport);
+        let (addr_lo, port_lo, addr_hi, port_hi) = if lo {
+            (src, sport, dst, dport)
+        } else {
+            (dst, dport, src, sport)
+        };
+        let k = Self {
+            ifindex,
+            addr_lo,
+            addr_hi,
+            port_lo,
+            port_hi,
+            proto,
+            _pad0: [0; 3],
+        };
+        (k, lo)
+    }
+}
+
+impl CtKeyV6 {
+    /// Write the key of a packet from (`src`, `sport`) to (`dst`, `dport`)
+    /// into `self`; returns whether its source is the lower end.
+    #[inline(always)]
+    pub fn set(
+        &mut self,
+        ifindex: u32,
+        proto: u8,
+        src: &[u8; 16],
+        sport: u16,
+        dst: &[u8; 16],
+        dport: u16,
+    ) -> bool {
+        let lo = lower_end_v6(src, sport, dst, dport);
+        self.ifindex = ifindex;
+        self.proto = proto;
+        self._pad0 = [0; 3];
+        if lo {
+            self.addr_lo = *src;
+            self.port_lo = sport;
+            self.addr_hi = *dst;
+            self.port_hi = dport;
+        } else {
+            self.addr_lo = *dst;
+            self.port_lo = dport;
+            self.addr_hi = *src;
+            self.port_hi = sport;
+        }
+        lo
+    }
+}
+
+/// `CtValue::origin`: the opening packet came from the key's lower end.
+pub const CT_ORIGIN_LO: u8 = 1;
+
+/// Connection tracking value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtValue {
+    /// `DIR_*` of the hook that created the entry.
+    pub direction: u8,
+    /// `CT_ORIGIN_LO` when the opening packet's source is the key's lower end.
+    pub origin: u8,
+    pub _pad0: [u8; 6],
+    pub created_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<CtValue>() == 16);
+
+impl CtValue {
+    /// Is a packet seen on hook `dir`, whose source is the lower end iff
+    /// `lo`, a reply of this entry's connection? It must come from the other
+    /// end, on the other hook.
+    #[inline(always)]
+    pub fn is_reply(&self, lo: bool, dir: u8) -> bool {
+        self.direction != dir && (self.origin == CT_ORIGIN_LO) != lo
+    }
+}
+
+/// A packet's 5-tuple as seen, scoped to its interface: the key of the event
+/// rate limit (one event per flow and interval).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
     pub ifindex: u32,
     pub family: u8,
     pub proto: u8,
@@ -15,15 +168,37 @@ pub struct CtKey {
     pub sport: u16,
     pub dport: u16,
 }
-const _: () = assert!(core::mem::size_of::<CtKey>() == 44);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
 
-/// Connection tracking value.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct CtValue {
-    /// `DIR_*` of the hook that created the entry.
-    pub direction: u8,
-    pub _pad0: [u8; 7],
-    pub created_ns: u64,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_packet_and_its_reply_share_one_key() {
+        let (a, b) = ([10, 0, 0, 9], [10, 0, 0, 1]);
+        let (k, lo) = CtKeyV4::of(3, 6, a, 40000, b, 80);
+        let (r, rlo) = CtKeyV4::of(3, 6, b, 80, a, 40000);
+        assert_eq!(k, r);
+        assert!(!lo && rlo, "10.0.0.1 is the lower end");
+        let v = CtValue {
+            direction: 1,
+            origin: if lo { CT_ORIGIN_LO } else { 0 },
+            ..Default::default()
+        };
+        assert!(v.is_reply(rlo, 0), "the other end, on the other hook");
+        assert!(!v.is_reply(lo, 0), "the same end is not a reply");
+        assert!(!v.is_reply(rlo, 1), "the same hook is not a reply");
+        // Equal addresses: ports decide.
+        let (_, lo) = CtKeyV4::of(3, 17, a, 5, a, 6);
+        assert!(lo);
+        let (mut k6, mut r6) = (CtKeyV6::default(), CtKeyV6::default());
+        let x = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        let mut y = x;
+        y[8] = 1;
+        let lo6 = k6.set(4, 17, &y, 53, &x, 1000);
+        let rlo6 = r6.set(4, 17, &x, 1000, &y, 53);
+        assert_eq!(k6, r6);
+        assert!(!lo6 && rlo6, "the second word decides");
+    }
 }
-const _: () = assert!(core::mem::size_of::<CtValue>() == 16);

@@ -56,7 +56,9 @@ mod pod_impls {
     unsafe impl aya::Pod for PortRange {}
     unsafe impl aya::Pod for PolicyValue {}
     unsafe impl aya::Pod for ServiceKey {}
-    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtKeyV4 {}
+    unsafe impl aya::Pod for CtKeyV6 {}
+    unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for RateValue {}
     unsafe impl aya::Pod for Counters {}

@@ -7,8 +7,8 @@
 use core::mem::size_of;
 
 use crate::{
-    Config, Counters, CtKey, CtValue, Endpoint, EventBudget, IpKey, PolicyKeyV4, PolicyKeyV6,
-    PolicyValue, RateValue, ServiceKey, Stat, STAT_SLOTS,
+    Config, Counters, CtKeyV4, CtKeyV6, CtValue, Endpoint, EventBudget, FlowKey, IpKey,
+    PolicyKeyV4, PolicyKeyV6, PolicyValue, RateValue, ServiceKey, Stat, STAT_SLOTS,
 };
 
 /// Map names: the names of their pins. The kernel keeps only the first 15
@@ -17,13 +17,24 @@ pub const ENDPOINTS: &str = "PAL_ENDPOINTS";
 pub const ENDPOINT_BY_IP: &str = "PAL_EP_BY_IP";
 pub const POLICY_V4: &str = "PAL_POLICY_V4";
 pub const POLICY_V6: &str = "PAL_POLICY_V6";
+/// Full-length (host) policy entries: a hash the programs probe before the
+/// trie. A host entry is the longest prefix there is, so it is the trie's
+/// answer too; one probe instead of a walk as deep as the trie.
+pub const POLICY_HOST_V4: &str = "PAL_POLICY_H4";
+pub const POLICY_HOST_V6: &str = "PAL_POLICY_H6";
 pub const NODE_ADDRS: &str = "PAL_NODE_ADDRS";
 pub const SERVICES: &str = "PAL_SERVICES";
-/// Connections a reply has confirmed.
-pub const CONNTRACK: &str = "PAL_CONNTRACK";
-/// Connections not answered yet: a flood of new flows churns this table only,
-/// never the confirmed one.
-pub const CT_NEW: &str = "PAL_CT_NEW";
+/// IPv4 connections a reply has confirmed.
+pub const CONNTRACK_V4: &str = "PAL_CT4";
+/// IPv4 connections not answered yet: a flood of new flows churns this table
+/// only, never the confirmed one.
+pub const CT_NEW_V4: &str = "PAL_CT4_NEW";
+/// The same two tables for IPv6.
+pub const CONNTRACK_V6: &str = "PAL_CT6";
+pub const CT_NEW_V6: &str = "PAL_CT6_NEW";
+/// Conntrack pins of the one-table-per-direction layout with 44-byte keys for
+/// both families; an agent finding them copies their entries and removes them.
+pub const LEGACY_CONNTRACK: [&str; 2] = ["PAL_CONNTRACK", "PAL_CT_NEW"];
 pub const EVENTS: &str = "PAL_EVENTS";
 pub const EVENT_RATE: &str = "PAL_EVENT_RATE";
 /// Per-endpoint counters, indexed by endpoint id (an array: one lookup without
@@ -36,6 +47,7 @@ pub const STATS: &str = "PAL_STATS_R10";
 /// Per-CPU scratch space of the programs; never pinned or read by user space.
 pub const SCRATCH: &str = "PAL_SCRATCH";
 pub const SCRATCH_KEY: &str = "PAL_SCRATCH_KEY";
+pub const SCRATCH_CT6: &str = "PAL_SCRATCH_CT6";
 
 /// Map capacities. The writer refuses (fail closed for that endpoint) instead of
 /// truncating when any of these would be exceeded.
@@ -49,20 +61,23 @@ pub const MAX_ENDPOINT_ADDRS: u32 = MAX_ENDPOINTS * 2;
 pub const MAX_POLICY_ENTRIES: u32 = 262_144;
 pub const MAX_NODE_ADDRS: u32 = 256;
 pub const MAX_SERVICES: u32 = 65_536;
+/// Confirmed connections, per family.
 pub const MAX_CONNTRACK: u32 = 262_144;
-/// Unanswered connections (an LRU of its own; a connection moves to
-/// `CONNTRACK` with its first reply).
+/// Unanswered connections, per family (an LRU of its own; a connection moves
+/// to the confirmed table with its first reply).
 pub const MAX_CT_NEW: u32 = 65_536;
 pub const MAX_EVENT_RATE: u32 = 65_536;
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 /// Slots of each scratch map: 0 for the packet being judged, 1 for the flow an
-/// ICMP error quotes (`SCRATCH`) or the event rate key (`SCRATCH_KEY`).
+/// ICMP error quotes (`SCRATCH`); slot 0 of `SCRATCH_KEY` is the event rate
+/// key, of `SCRATCH_CT6` the IPv6 conntrack key.
 pub const SCRATCH_SLOTS: u32 = 2;
 /// Size of the programs' parsed-packet record kept in `SCRATCH` (private to the
 /// programs, which assert it at compile time).
 pub const SCRATCH_FLOW_SIZE: u32 = 56;
 
-/// `BPF_F_NO_PREALLOC`: entries allocated on insert (required by LPM tries).
+/// `BPF_F_NO_PREALLOC`: entries allocated on insert (required by LPM tries;
+/// the host-entry hashes use it too, so their capacity costs nothing unused).
 pub const F_NO_PREALLOC: u32 = 1;
 
 /// The BPF map types Palisade uses (`enum bpf_map_type`).
@@ -109,7 +124,7 @@ const fn spec<K, V>(name: &'static str, kind: MapKind, max_entries: u32, flags: 
 }
 
 /// Every map of the TC programs.
-pub const SPECS: [MapSpec; 16] = [
+pub const SPECS: [MapSpec; 21] = [
     spec::<u32, Endpoint>(ENDPOINTS, MapKind::Hash, MAX_ENDPOINTS, 0),
     spec::<IpKey, u32>(ENDPOINT_BY_IP, MapKind::Hash, MAX_ENDPOINT_ADDRS, 0),
     spec::<PolicyKeyV4, PolicyValue>(
@@ -124,10 +139,24 @@ pub const SPECS: [MapSpec; 16] = [
         MAX_POLICY_ENTRIES,
         F_NO_PREALLOC,
     ),
+    spec::<PolicyKeyV4, PolicyValue>(
+        POLICY_HOST_V4,
+        MapKind::Hash,
+        MAX_POLICY_ENTRIES,
+        F_NO_PREALLOC,
+    ),
+    spec::<PolicyKeyV6, PolicyValue>(
+        POLICY_HOST_V6,
+        MapKind::Hash,
+        MAX_POLICY_ENTRIES,
+        F_NO_PREALLOC,
+    ),
     spec::<IpKey, u32>(NODE_ADDRS, MapKind::Hash, MAX_NODE_ADDRS, 0),
     spec::<ServiceKey, u32>(SERVICES, MapKind::Hash, MAX_SERVICES, 0),
-    spec::<CtKey, CtValue>(CONNTRACK, MapKind::LruHash, MAX_CONNTRACK, 0),
-    spec::<CtKey, CtValue>(CT_NEW, MapKind::LruHash, MAX_CT_NEW, 0),
+    spec::<CtKeyV4, CtValue>(CONNTRACK_V4, MapKind::LruHash, MAX_CONNTRACK, 0),
+    spec::<CtKeyV4, CtValue>(CT_NEW_V4, MapKind::LruHash, MAX_CT_NEW, 0),
+    spec::<CtKeyV6, CtValue>(CONNTRACK_V6, MapKind::LruHash, MAX_CONNTRACK, 0),
+    spec::<CtKeyV6, CtValue>(CT_NEW_V6, MapKind::LruHash, MAX_CT_NEW, 0),
     MapSpec {
         name: EVENTS,
         kind: MapKind::RingBuf,
@@ -137,7 +166,7 @@ pub const SPECS: [MapSpec; 16] = [
         flags: 0,
         pinned: true,
     },
-    spec::<CtKey, RateValue>(EVENT_RATE, MapKind::LruHash, MAX_EVENT_RATE, 0),
+    spec::<FlowKey, RateValue>(EVENT_RATE, MapKind::LruHash, MAX_EVENT_RATE, 0),
     spec::<u32, Counters>(COUNTERS, MapKind::PerCpuArray, COUNTER_SLOTS, 0),
     spec::<u32, EventBudget>(
         EVENT_BUDGET,
@@ -154,7 +183,11 @@ pub const SPECS: [MapSpec; 16] = [
     },
     MapSpec {
         pinned: false,
-        ..spec::<u32, CtKey>(SCRATCH_KEY, MapKind::PerCpuArray, SCRATCH_SLOTS, 0)
+        ..spec::<u32, FlowKey>(SCRATCH_KEY, MapKind::PerCpuArray, SCRATCH_SLOTS, 0)
+    },
+    MapSpec {
+        pinned: false,
+        ..spec::<u32, CtKeyV6>(SCRATCH_CT6, MapKind::PerCpuArray, SCRATCH_SLOTS, 0)
     },
 ];
 

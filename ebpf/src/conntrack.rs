@@ -2,74 +2,107 @@
 //! their replies and ICMP errors quoting them pass the other hook. Conntrack only
 //! admits replies; every new packet is judged by policy.
 //!
-//! Two LRU tables: a new flow is recorded in `CT_NEW`, and its first reply moves
-//! it to `CONNTRACK` (confirmed). A pod flooding new flows that nobody answers
-//! churns `CT_NEW` only; confirmed connections are never evicted by it.
+//! One key per connection in canonical order (`palisade_common::conntrack`),
+//! so a packet's one lookup tells a reply from a tracked flow's own packet and
+//! from a new flow. Two LRU tables per family: a new flow is recorded in the
+//! unanswered table, and its first reply moves it to the confirmed one. A pod
+//! flooding new flows that nobody answers churns the unanswered table only.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
-use palisade_common::{CtKey, CtValue, FAMILY_V4};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::LruHashMap, programs::TcContext};
+use palisade_common::{CtKeyV4, CtKeyV6, CtValue, CT_ORIGIN_LO, FAMILY_V4};
 
 use crate::{
-    maps::{scratch, scratch_key, CONNTRACK, CT_NEW},
+    maps::{scratch, scratch_ct6, CT4, CT4_NEW, CT6, CT6_NEW},
     parse::{parse_v4, parse_v6, reset, Flow},
 };
 
 /// `BPF_NOEXIST`: insert only if the key is absent.
 const BPF_NOEXIST: u64 = 1;
 
-/// Build a conntrack key (of `f`, or of its reverse) in per-CPU scratch slot
-/// `slot` (0: conntrack lookups, 1: `report`'s rate key); keys on the stack cost
-/// 48 bytes each of the 512.
-#[inline(always)]
-pub fn ct_key(slot: u32, ifindex: u32, f: &Flow, reverse: bool) -> Option<&'static CtKey> {
-    let k = scratch_key(slot)?;
-    k.ifindex = ifindex;
-    k.family = f.family;
-    k.proto = f.proto;
-    k._pad0 = [0; 2];
-    if reverse {
-        k.src = f.dst;
-        k.dst = f.src;
-        k.sport = f.dport;
-        k.dport = f.sport;
-    } else {
-        k.src = f.src;
-        k.dst = f.dst;
-        k.sport = f.sport;
-        k.dport = f.dport;
-    }
-    Some(k)
+/// What conntrack knows of a packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Ct {
+    /// A reply of a connection the other hook allowed.
+    Reply,
+    /// A packet of a tracked connection that is not its reply (judged by policy).
+    Tracked,
+    /// Not tracked.
+    New,
 }
 
-/// Is this packet a reply of a flow the other hook of this interface allowed?
 #[inline(always)]
-pub fn is_reply(ifindex: u32, f: &Flow, dir: u8) -> bool {
-    let Some(key) = ct_key(0, ifindex, f, true) else {
-        return false;
-    };
-    if let Some(v) = unsafe { CONNTRACK.get(key) } {
-        return v.direction != dir;
+fn v4_key(ifindex: u32, f: &Flow) -> (CtKeyV4, bool) {
+    let mut src = [0u8; 4];
+    let mut dst = [0u8; 4];
+    src.copy_from_slice(&f.src[..4]);
+    dst.copy_from_slice(&f.dst[..4]);
+    CtKeyV4::of(ifindex, f.proto, src, f.sport, dst, f.dport)
+}
+
+#[inline(always)]
+fn v6_key(ifindex: u32, f: &Flow) -> Option<(&'static CtKeyV6, bool)> {
+    let k = scratch_ct6()?;
+    let lo = k.set(ifindex, f.proto, &f.src, f.sport, &f.dst, f.dport);
+    Some((k, lo))
+}
+
+/// Look `key` up in the confirmed table, then the unanswered one; a reply
+/// found in the unanswered table confirms its connection.
+#[inline(always)]
+fn classify_in<K>(
+    confirmed: &LruHashMap<K, CtValue>,
+    unanswered: &LruHashMap<K, CtValue>,
+    key: &K,
+    lo: bool,
+    dir: u8,
+) -> Ct {
+    if let Some(v) = unsafe { confirmed.get(key) } {
+        return if v.is_reply(lo, dir) {
+            Ct::Reply
+        } else {
+            Ct::Tracked
+        };
     }
-    match unsafe { CT_NEW.get(key) } {
-        Some(v) if v.direction != dir => {
-            // The first reply confirms the connection. Should the move fail,
-            // the entry stays unconfirmed: its replies pass while it lives.
+    match unsafe { unanswered.get(key) } {
+        Some(v) if v.is_reply(lo, dir) => {
+            // Should the move fail, the entry stays unconfirmed: its replies
+            // pass while it lives.
             let v = *v;
-            let _ = CONNTRACK.insert(key, &v, 0);
-            let _ = CT_NEW.remove(key);
-            true
+            let _ = confirmed.insert(key, &v, 0);
+            let _ = unanswered.remove(key);
+            Ct::Reply
         }
-        _ => false,
+        Some(_) => Ct::Tracked,
+        None => Ct::New,
+    }
+}
+
+/// What conntrack knows of packet `f` seen by hook `dir` on `ifindex`.
+#[inline(always)]
+pub fn classify(ifindex: u32, f: &Flow, dir: u8) -> Ct {
+    if f.family == FAMILY_V4 {
+        let (k, lo) = v4_key(ifindex, f);
+        classify_in(&CT4, &CT4_NEW, &k, lo, dir)
+    } else {
+        match v6_key(ifindex, f) {
+            Some((k, lo)) => classify_in(&CT6, &CT6_NEW, k, lo, dir),
+            None => Ct::New,
+        }
     }
 }
 
 /// Is `key` tracked, confirmed or not?
 #[inline(always)]
-fn tracked(key: &CtKey) -> bool {
-    unsafe { CONNTRACK.get(key) }.is_some() || unsafe { CT_NEW.get(key) }.is_some()
+fn tracked_in<K>(
+    confirmed: &LruHashMap<K, CtValue>,
+    unanswered: &LruHashMap<K, CtValue>,
+    key: &K,
+) -> bool {
+    unsafe { confirmed.get(key) }.is_some() || unsafe { unanswered.get(key) }.is_some()
 }
 
-/// An ICMP error quoting a flow tracked on this interface (either way round).
+/// An ICMP error quoting a flow tracked on this interface (either way round:
+/// both are the same key).
 #[inline(always)]
 pub fn icmp_error_of_tracked(ctx: &TcContext, ifindex: u32, f: &Flow) -> bool {
     let Some(inner) = scratch(1) else {
@@ -85,33 +118,39 @@ pub fn icmp_error_of_tracked(ctx: &TcContext, ifindex: u32, f: &Flow) -> bool {
     if ok.is_err() {
         return false;
     }
-    match ct_key(0, ifindex, inner, false) {
-        Some(fwd) if tracked(fwd) => return true,
-        _ => {}
-    }
-    match ct_key(0, ifindex, inner, true) {
-        Some(rev) => tracked(rev),
-        None => false,
+    if inner.family == FAMILY_V4 {
+        let (k, _) = v4_key(ifindex, inner);
+        tracked_in(&CT4, &CT4_NEW, &k)
+    } else {
+        match v6_key(ifindex, inner) {
+            Some((k, _)) => tracked_in(&CT6, &CT6_NEW, k),
+            None => false,
+        }
     }
 }
 
+/// Record a new allowed flow in the unanswered table. Returns whether this
+/// packet created the entry (a racing insert by another CPU is fine: that
+/// CPU's packet is the new connection's first).
 #[inline(always)]
 pub fn ct_record(ifindex: u32, f: &Flow, dir: u8) -> bool {
     if f.fragment {
         return false;
     }
-    let Some(key) = ct_key(0, ifindex, f, false) else {
-        return false;
-    };
-    if tracked(key) {
-        return false;
-    }
-    let v = CtValue {
+    let value = |lo: bool| CtValue {
         direction: dir,
-        _pad0: [0; 7],
+        origin: if lo { CT_ORIGIN_LO } else { 0 },
+        _pad0: [0; 6],
         created_ns: unsafe { bpf_ktime_get_ns() },
     };
-    // LRU: never fails for lack of room; a racing insert by another CPU is
-    // fine (that CPU's packet is the new connection's first).
-    CT_NEW.insert(key, &v, BPF_NOEXIST).is_ok()
+    // LRU: never fails for lack of room.
+    if f.family == FAMILY_V4 {
+        let (k, lo) = v4_key(ifindex, f);
+        CT4_NEW.insert(&k, &value(lo), BPF_NOEXIST).is_ok()
+    } else {
+        match v6_key(ifindex, f) {
+            Some((k, lo)) => CT6_NEW.insert(k, &value(lo), BPF_NOEXIST).is_ok(),
+            None => false,
+        }
+    }
 }

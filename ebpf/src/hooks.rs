@@ -10,7 +10,7 @@ use palisade_common::{
 };
 
 use crate::{
-    conntrack::{ct_record, icmp_error_of_tracked, is_reply},
+    conntrack::{classify, ct_record, icmp_error_of_tracked, Ct},
     maps::{scratch, ENDPOINTS, EP_BY_IP},
     parse::{parse, Flow},
     report::{drop_early, finish, new_flow},
@@ -128,9 +128,8 @@ pub fn try_to_pod(ctx: &TcContext) -> Result<i32, Internal> {
     if let Some(act) = pending_service_egress(ctx, flow) {
         return Ok(act);
     }
-    if is_reply(ifindex, flow, DIR_INGRESS)
-        || (flow.icmp_error && icmp_error_of_tracked(ctx, ifindex, flow))
-    {
+    let ct = classify(ifindex, flow, DIR_INGRESS);
+    if ct == Ct::Reply || (flow.icmp_error && icmp_error_of_tracked(ctx, ifindex, flow)) {
         let reply = Verdict::Allow(AllowReason::Reply);
         return Ok(finish(ctx, ifindex, ep, DIR_INGRESS, flow, reply));
     }
@@ -140,7 +139,7 @@ pub fn try_to_pod(ctx: &TcContext) -> Result<i32, Internal> {
         judge(ep, DIR_INGRESS, flow)
     };
     if let Verdict::Allow(r) = v {
-        if ct_record(ifindex, flow, DIR_INGRESS) {
+        if ct == Ct::New && ct_record(ifindex, flow, DIR_INGRESS) {
             new_flow(ifindex, ep.id, DIR_INGRESS, r, flow);
         }
     }
@@ -182,9 +181,8 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, Internal> {
         let spoofed = Verdict::Deny(Reason::SpoofedSource);
         return Ok(finish(ctx, ifindex, ep, DIR_EGRESS, flow, spoofed));
     }
-    if is_reply(ifindex, flow, DIR_EGRESS)
-        || (flow.icmp_error && icmp_error_of_tracked(ctx, ifindex, flow))
-    {
+    let ct = classify(ifindex, flow, DIR_EGRESS);
+    if ct == Ct::Reply || (flow.icmp_error && icmp_error_of_tracked(ctx, ifindex, flow)) {
         let reply = Verdict::Allow(AllowReason::Reply);
         return Ok(finish(ctx, ifindex, ep, DIR_EGRESS, flow, reply));
     }
@@ -197,7 +195,7 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, Internal> {
         judge(ep, DIR_EGRESS, flow)
     };
     if let Verdict::Allow(r) = v {
-        if ct_record(ifindex, flow, DIR_EGRESS) {
+        if ct == Ct::New && ct_record(ifindex, flow, DIR_EGRESS) {
             if matches!(r, AllowReason::ServiceDeferred) {
                 // Reported once decided, against the backend.
                 ctx.set_mark(mark_of(ctx) | MARK_SVC_NEW);

@@ -24,23 +24,37 @@ pub static POLICY_V4: LpmTrie<PolicyKeyV4, PolicyValue> =
 pub static POLICY_V6: LpmTrie<PolicyKeyV6, PolicyValue> =
     LpmTrie::pinned(MAX_POLICY_ENTRIES, F_NO_PREALLOC);
 
+#[map(name = "PAL_POLICY_H4")]
+pub static POLICY_HOST_V4: HashMap<PolicyKeyV4, PolicyValue> =
+    HashMap::pinned(MAX_POLICY_ENTRIES, F_NO_PREALLOC);
+
+#[map(name = "PAL_POLICY_H6")]
+pub static POLICY_HOST_V6: HashMap<PolicyKeyV6, PolicyValue> =
+    HashMap::pinned(MAX_POLICY_ENTRIES, F_NO_PREALLOC);
+
 #[map(name = "PAL_NODE_ADDRS")]
 pub static NODE_ADDRS: HashMap<IpKey, u32> = HashMap::pinned(MAX_NODE_ADDRS, 0);
 
 #[map(name = "PAL_SERVICES")]
 pub static SERVICES: HashMap<ServiceKey, u32> = HashMap::pinned(MAX_SERVICES, 0);
 
-#[map(name = "PAL_CONNTRACK")]
-pub static CONNTRACK: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(MAX_CONNTRACK, 0);
+#[map(name = "PAL_CT4")]
+pub static CT4: LruHashMap<CtKeyV4, CtValue> = LruHashMap::pinned(MAX_CONNTRACK, 0);
 
-#[map(name = "PAL_CT_NEW")]
-pub static CT_NEW: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(MAX_CT_NEW, 0);
+#[map(name = "PAL_CT4_NEW")]
+pub static CT4_NEW: LruHashMap<CtKeyV4, CtValue> = LruHashMap::pinned(MAX_CT_NEW, 0);
+
+#[map(name = "PAL_CT6")]
+pub static CT6: LruHashMap<CtKeyV6, CtValue> = LruHashMap::pinned(MAX_CONNTRACK, 0);
+
+#[map(name = "PAL_CT6_NEW")]
+pub static CT6_NEW: LruHashMap<CtKeyV6, CtValue> = LruHashMap::pinned(MAX_CT_NEW, 0);
 
 #[map(name = "PAL_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
 #[map(name = "PAL_EVENT_RATE")]
-pub static EVENT_RATE: LruHashMap<CtKey, RateValue> = LruHashMap::pinned(MAX_EVENT_RATE, 0);
+pub static EVENT_RATE: LruHashMap<FlowKey, RateValue> = LruHashMap::pinned(MAX_EVENT_RATE, 0);
 
 #[map(name = "PAL_EP_COUNTERS")]
 pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
@@ -63,9 +77,13 @@ pub static STATS: PerCpuArray<Stat> = PerCpuArray::pinned(STAT_SLOTS, 0);
 #[map(name = "PAL_SCRATCH")]
 static SCRATCH: PerCpuArray<Flow> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
 
-/// Per-CPU scratch conntrack keys, see [`scratch_key`].
+/// Per-CPU scratch event rate key, see [`scratch_key`].
 #[map(name = "PAL_SCRATCH_KEY")]
-static SCRATCH_KEY: PerCpuArray<CtKey> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
+static SCRATCH_KEY: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
+
+/// Per-CPU scratch IPv6 conntrack key, see [`scratch_ct6`].
+#[map(name = "PAL_SCRATCH_CT6")]
+static SCRATCH_CT6: PerCpuArray<CtKeyV6> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
 
 /// Scratch flow `slot` of this CPU.
 #[inline(always)]
@@ -74,10 +92,18 @@ pub fn scratch(slot: u32) -> Option<&'static mut Flow> {
     SCRATCH.get_ptr_mut(slot).map(|p| unsafe { &mut *p })
 }
 
-/// Scratch conntrack key `slot` of this CPU (0: conntrack lookups, 1: the
-/// event rate key); keys on the stack cost 48 bytes each of the 512.
+/// This CPU's scratch event rate key: a key on the stack costs 48 bytes of
+/// the 512.
 #[inline(always)]
-pub fn scratch_key(slot: u32) -> Option<&'static mut CtKey> {
+pub fn scratch_key() -> Option<&'static mut FlowKey> {
     // SAFETY: as for `scratch`.
-    SCRATCH_KEY.get_ptr_mut(slot).map(|p| unsafe { &mut *p })
+    SCRATCH_KEY.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// This CPU's scratch IPv6 conntrack key (an IPv4 key, 20 bytes, lives on
+/// the stack).
+#[inline(always)]
+pub fn scratch_ct6() -> Option<&'static mut CtKeyV6> {
+    // SAFETY: as for `scratch`.
+    SCRATCH_CT6.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }

@@ -9,14 +9,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use palisade_common::{
-    stat_slot, AllowReason, Endpoint, Event, EventBudget, RateValue, Reason, CFG_FLOW_ALL,
+    stat_slot, AllowReason, Endpoint, Event, EventBudget, FlowKey, RateValue, Reason, CFG_FLOW_ALL,
     CFG_FLOW_NEW, ENDPOINT_EVENTS_PER_SEC, EP_AUDIT, EVENT_INTERVAL_NS, EVF_FRAGMENT, STAT_ALLOWED,
     STAT_AUDIT, STAT_DENIED, VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DENIED,
 };
 
 use crate::{
-    conntrack::ct_key,
-    maps::{CONFIG, COUNTERS, EVENTS, EVENT_BUDGET, EVENT_RATE, STATS},
+    maps::{scratch_key, CONFIG, COUNTERS, EVENTS, EVENT_BUDGET, EVENT_RATE, STATS},
     parse::Flow,
     verdict::Verdict,
 };
@@ -114,9 +113,18 @@ fn report(ifindex: u32, ep_id: u32, f: &Flow, what: u32) {
     let audit = what & REPORT_AUDIT != 0;
     let allowed = what & REPORT_ALLOWED != 0;
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(key) = ct_key(1, ifindex, f, false) else {
+    let Some(key) = scratch_key() else {
         return;
     };
+    key.ifindex = ifindex;
+    key.family = f.family;
+    key.proto = f.proto;
+    key._pad0 = [0; 2];
+    key.src = f.src;
+    key.dst = f.dst;
+    key.sport = f.sport;
+    key.dport = f.dport;
+    let key: &FlowKey = key;
     let mut suppressed = 0;
     if let Some(r) = EVENT_RATE.get_ptr_mut(key) {
         let r = unsafe { &mut *r };

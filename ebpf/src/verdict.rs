@@ -11,7 +11,7 @@ use palisade_common::{
 };
 
 use crate::{
-    maps::{NODE_ADDRS, POLICY_V4, POLICY_V6, SERVICES},
+    maps::{NODE_ADDRS, POLICY_HOST_V4, POLICY_HOST_V6, POLICY_V4, POLICY_V6, SERVICES},
     parse::Flow,
 };
 
@@ -20,7 +20,9 @@ pub enum Verdict {
     Deny(Reason),
 }
 
-/// The peer-prefix lookup and the entry's port/protocol set.
+/// The peer-prefix lookup and the entry's port/protocol set. The host-entry
+/// hash first: a full-length entry is the longest prefix, so the trie would
+/// answer the same; only peers without one walk the trie.
 #[inline(always)]
 fn policy_allows(ep: &Endpoint, dir: u8, f: &Flow) -> Verdict {
     let peer = if dir == DIR_INGRESS { &f.src } else { &f.dst };
@@ -28,11 +30,17 @@ fn policy_allows(ep: &Endpoint, dir: u8, f: &Flow) -> Verdict {
     let value = if f.family == FAMILY_V4 {
         let mut addr = [0u8; 4];
         addr.copy_from_slice(&peer[..4]);
-        let key = LpmKey::new(SCOPE_BITS + 32, PolicyKeyV4 { scope, addr });
-        POLICY_V4.get(&key)
+        let key = PolicyKeyV4 { scope, addr };
+        match unsafe { POLICY_HOST_V4.get(&key) } {
+            Some(v) => Some(v),
+            None => POLICY_V4.get(&LpmKey::new(SCOPE_BITS + 32, key)),
+        }
     } else {
-        let key = LpmKey::new(SCOPE_BITS + 128, PolicyKeyV6 { scope, addr: *peer });
-        POLICY_V6.get(&key)
+        let key = PolicyKeyV6 { scope, addr: *peer };
+        match unsafe { POLICY_HOST_V6.get(&key) } {
+            Some(v) => Some(v),
+            None => POLICY_V6.get(&LpmKey::new(SCOPE_BITS + 128, key)),
+        }
     };
     let Some(v) = value else {
         return Verdict::Deny(Reason::NoPolicyAllows);

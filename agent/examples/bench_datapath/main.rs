@@ -74,7 +74,8 @@ fn value(ranges: usize) -> PolicyValue {
 }
 
 /// Peer i of n: spread over 10.0.0.0/8 (v4) / fd00:1::/32 (v6), prefix lengths
-/// mixed between /16 and /32 so the trie has depth.
+/// mixed: a third host entries (/32, /128: the host hash), the rest /28 and
+/// /24 (/60 and /56), so the trie has depth.
 fn peer_v4(i: u32) -> (Ipv4Addr, u32) {
     let a = 0x0a00_0000u32 | ((i.wrapping_mul(2_654_435_761)) & 0x00ff_ffff);
     let plen = [32u32, 28, 24][(i % 3) as usize];
@@ -94,7 +95,8 @@ fn peer_v6(i: u32) -> (Ipv6Addr, u32) {
         0,
         0,
     );
-    (a, plen + 32)
+    // A pod address is a /128 entry, as an IPv4 one is a /32.
+    (a, if plen == 32 { 128 } else { plen + 32 })
 }
 
 fn main() -> Result<()> {
@@ -195,9 +197,13 @@ fn main() -> Result<()> {
             )?;
             inserted += 1;
         }
-        // The allowed flow matches the last port range of the last inserted peer.
+        // The allowed flow matches the last port range of the last inserted
+        // peer, a host entry (the hash); the CIDR rows a /24 (the trie).
         let (a4, _) = peer_v4(n - 1);
         let (a6, _) = peer_v6(n - 1);
+        let (c4, c4len) = peer_v4(n - 2);
+        let (c6, _) = peer_v6(n - 2);
+        debug_assert_eq!(c4len, 24);
         let port = 1000 + (ranges as u16 - 1) * 10 + 3;
         for (fam, src, dst) in [
             ("IPv4", IpAddr::from(pod4), IpAddr::from(a4)),
@@ -234,6 +240,24 @@ fn main() -> Result<()> {
             );
             let t = run(&mut dp, "to_pod", &reply, repeat)?;
             rows.push((format!("{fam} conntrack hit (reply), {n} prefixes"), t));
+        }
+        for (fam, src, dst) in [
+            ("IPv4", IpAddr::from(pod4), IpAddr::from(c4)),
+            ("IPv6", IpAddr::from(pod6), IpAddr::from(c6)),
+        ] {
+            let allowed = packet::frame(
+                src,
+                dst,
+                &L4::Tcp {
+                    sport: 40000,
+                    dport: port,
+                },
+            );
+            let t = run(&mut dp, "from_pod", &allowed, repeat)?;
+            rows.push((
+                format!("{fam} allowed flow to a CIDR peer (trie), {n} prefixes"),
+                t,
+            ));
         }
     }
 

@@ -30,6 +30,8 @@ impl Datapath {
         if let Some(n) = policy_entries {
             loader.map_max_entries(palisade_common::maps::POLICY_V4, n);
             loader.map_max_entries(palisade_common::maps::POLICY_V6, n);
+            loader.map_max_entries(palisade_common::maps::POLICY_HOST_V4, n);
+            loader.map_max_entries(palisade_common::maps::POLICY_HOST_V6, n);
         }
         let mut ebpf = loader
             .load(EBPF_OBJECT)
@@ -44,6 +46,20 @@ impl Datapath {
                     name,
                     source: Box::new(source),
                 })?;
+        }
+        // Before the programs are attached: the old ones go on filling the
+        // legacy tables until then.
+        match super::migrate::carry_legacy_conntrack(&maps_dir) {
+            Ok(None) => {}
+            Ok(Some(c)) => tracing::info!(
+                found = c.found,
+                carried = c.carried,
+                "conntrack entries of the previous map layout carried over"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "conntrack entries of the previous map layout not carried over: replies of connections opened before the upgrade are judged as new packets until the flow's next packet"
+            ),
         }
         let mut pinned_maps = Vec::new();
         for e in fs::read_dir(&maps_dir)

@@ -1,6 +1,7 @@
 //! The datapath: the loaded eBPF object, its programs' attachments and pins.
-//! Loading and adoption are in `load`, attaching in `attach`, removal in
-//! `uninstall`, restoring what went missing in `crate::repair`.
+//! Loading and adoption are in `load` (with `migrate` for conntrack tables
+//! of an earlier layout), attaching in `attach`, removal in `uninstall`,
+//! restoring what went missing in `crate::repair`.
 //!
 //! Maps are pinned by name under `<pin_dir>/maps`, so a restarted agent loads its new
 //! programs against the very maps (policy, endpoints, conntrack) the old one wrote.
@@ -28,6 +29,7 @@ use crate::pins::PinLock;
 
 mod attach;
 mod load;
+pub mod migrate;
 mod uninstall;
 
 pub use attach::{AttachReport, Role};

@@ -10,9 +10,10 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray};
 use palisade_common::{
-    maps as names, stat_reason_name, stat_slot, Counters, CtKey, CtValue, Endpoint, PolicyKeyV4,
-    PolicyKeyV6, PolicyValue, Stat, DIR_EGRESS, DIR_INGRESS, MAX_CONNTRACK, MAX_CT_NEW,
-    MAX_ENDPOINTS, MAX_POLICY_ENTRIES, STAT_ALLOWED, STAT_AUDIT, STAT_DENIED, STAT_REASONS,
+    maps as names, stat_reason_name, stat_slot, Counters, CtKeyV4, CtKeyV6, CtValue, Endpoint,
+    PolicyKeyV4, PolicyKeyV6, PolicyValue, Stat, DIR_EGRESS, DIR_INGRESS, MAX_CONNTRACK,
+    MAX_CT_NEW, MAX_ENDPOINTS, MAX_POLICY_ENTRIES, STAT_ALLOWED, STAT_AUDIT, STAT_DENIED,
+    STAT_REASONS,
 };
 use palisade_policy::PodKey;
 use prometheus_client::{
@@ -30,9 +31,13 @@ struct Opened {
     endpoints: BpfHashMap<MapData, u32, Endpoint>,
     policy_v4: LpmTrie<MapData, PolicyKeyV4, PolicyValue>,
     policy_v6: LpmTrie<MapData, PolicyKeyV6, PolicyValue>,
-    /// An LRU hash; aya reads it through its HashMap type.
-    conntrack: BpfHashMap<MapData, CtKey, CtValue>,
-    ct_new: BpfHashMap<MapData, CtKey, CtValue>,
+    policy_host_v4: BpfHashMap<MapData, PolicyKeyV4, PolicyValue>,
+    policy_host_v6: BpfHashMap<MapData, PolicyKeyV6, PolicyValue>,
+    /// LRU hashes; aya reads them through its HashMap type.
+    ct4: BpfHashMap<MapData, CtKeyV4, CtValue>,
+    ct4_new: BpfHashMap<MapData, CtKeyV4, CtValue>,
+    ct6: BpfHashMap<MapData, CtKeyV6, CtValue>,
+    ct6_new: BpfHashMap<MapData, CtKeyV6, CtValue>,
 }
 
 impl Opened {
@@ -48,8 +53,12 @@ impl Opened {
             endpoints: map(names::ENDPOINTS)?.try_into().ok()?,
             policy_v4: map(names::POLICY_V4)?.try_into().ok()?,
             policy_v6: map(names::POLICY_V6)?.try_into().ok()?,
-            conntrack: map(names::CONNTRACK)?.try_into().ok()?,
-            ct_new: map(names::CT_NEW)?.try_into().ok()?,
+            policy_host_v4: map(names::POLICY_HOST_V4)?.try_into().ok()?,
+            policy_host_v6: map(names::POLICY_HOST_V6)?.try_into().ok()?,
+            ct4: map(names::CONNTRACK_V4)?.try_into().ok()?,
+            ct4_new: map(names::CT_NEW_V4)?.try_into().ok()?,
+            ct6: map(names::CONNTRACK_V6)?.try_into().ok()?,
+            ct6_new: map(names::CT_NEW_V6)?.try_into().ok()?,
         })
     }
 
@@ -233,8 +242,20 @@ impl Collector for KernelCounters {
             ("endpoints", m.endpoints.keys().count(), MAX_ENDPOINTS),
             ("policy_v4", m.policy_v4.keys().count(), MAX_POLICY_ENTRIES),
             ("policy_v6", m.policy_v6.keys().count(), MAX_POLICY_ENTRIES),
-            ("conntrack", m.conntrack.keys().count(), MAX_CONNTRACK),
-            ("conntrack_new", m.ct_new.keys().count(), MAX_CT_NEW),
+            (
+                "policy_host_v4",
+                m.policy_host_v4.keys().count(),
+                MAX_POLICY_ENTRIES,
+            ),
+            (
+                "policy_host_v6",
+                m.policy_host_v6.keys().count(),
+                MAX_POLICY_ENTRIES,
+            ),
+            ("conntrack_v4", m.ct4.keys().count(), MAX_CONNTRACK),
+            ("conntrack_new_v4", m.ct4_new.keys().count(), MAX_CT_NEW),
+            ("conntrack_v6", m.ct6.keys().count(), MAX_CONNTRACK),
+            ("conntrack_new_v6", m.ct6_new.keys().count(), MAX_CT_NEW),
         ];
         let mut family = encoder.encode_descriptor(
             "palisade_map_entries",
