@@ -941,7 +941,7 @@ fn conntrack_of_the_previous_layout_is_carried_over() {
             } else {
                 PROTO_UDP
             },
-            _pad0: [0; 2],
+            _pad0: 0,
             src: a,
             dst: b,
             sport,

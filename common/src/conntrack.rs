@@ -19,7 +19,9 @@ pub struct CtKeyV4 {
     pub port_lo: u16,
     pub port_hi: u16,
     pub proto: u8,
-    pub _pad0: [u8; 3],
+    /// Padding as integers (see `IpKey`).
+    pub _pad0: u8,
+    pub _pad1: u16,
 }
 const _: () = assert!(core::mem::size_of::<CtKeyV4>() == 20);
 
@@ -29,7 +31,8 @@ const _: () = assert!(core::mem::size_of::<CtKeyV4>() == 20);
 pub struct CtKeyV6 {
     pub ifindex: u32,
     pub proto: u8,
-    pub _pad0: [u8; 3],
+    pub _pad0: u8,
+    pub _pad1: u16,
     pub addr_lo: [u8; 16],
     pub addr_hi: [u8; 16],
     pub port_lo: u16,
@@ -90,41 +93,41 @@ impl CtKeyV4 {
             port_lo,
             port_hi,
             proto,
-            _pad0: [0; 3],
+            _pad0: 0,
+            _pad1: 0,
         };
         (k, lo)
     }
 }
 
 impl CtKeyV6 {
-    /// Write the key of a packet from (`src`, `sport`) to (`dst`, `dport`)
-    /// into `self`; returns whether its source is the lower end.
+    /// As [`CtKeyV4::of`], for IPv6.
     #[inline(always)]
-    pub fn set(
-        &mut self,
+    pub fn of(
         ifindex: u32,
         proto: u8,
         src: &[u8; 16],
         sport: u16,
         dst: &[u8; 16],
         dport: u16,
-    ) -> bool {
+    ) -> (Self, bool) {
         let lo = lower_end_v6(src, sport, dst, dport);
-        self.ifindex = ifindex;
-        self.proto = proto;
-        self._pad0 = [0; 3];
-        if lo {
-            self.addr_lo = *src;
-            self.port_lo = sport;
-            self.addr_hi = *dst;
-            self.port_hi = dport;
+        let (addr_lo, port_lo, addr_hi, port_hi) = if lo {
+            (*src, sport, *dst, dport)
         } else {
-            self.addr_lo = *dst;
-            self.port_lo = dport;
-            self.addr_hi = *src;
-            self.port_hi = sport;
-        }
-        lo
+            (*dst, dport, *src, sport)
+        };
+        let k = Self {
+            ifindex,
+            proto,
+            _pad0: 0,
+            _pad1: 0,
+            addr_lo,
+            addr_hi,
+            port_lo,
+            port_hi,
+        };
+        (k, lo)
     }
 }
 
@@ -139,7 +142,8 @@ pub struct CtValue {
     pub direction: u8,
     /// `CT_ORIGIN_LO` when the opening packet's source is the key's lower end.
     pub origin: u8,
-    pub _pad0: [u8; 6],
+    pub _pad0: u16,
+    pub _pad1: u32,
     pub created_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<CtValue>() == 16);
@@ -162,7 +166,7 @@ pub struct FlowKey {
     pub ifindex: u32,
     pub family: u8,
     pub proto: u8,
-    pub _pad0: [u8; 2],
+    pub _pad0: u16,
     pub src: [u8; 16],
     pub dst: [u8; 16],
     pub sport: u16,
@@ -192,12 +196,11 @@ mod tests {
         // Equal addresses: ports decide.
         let (_, lo) = CtKeyV4::of(3, 17, a, 5, a, 6);
         assert!(lo);
-        let (mut k6, mut r6) = (CtKeyV6::default(), CtKeyV6::default());
         let x = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
         let mut y = x;
         y[8] = 1;
-        let lo6 = k6.set(4, 17, &y, 53, &x, 1000);
-        let rlo6 = r6.set(4, 17, &x, 1000, &y, 53);
+        let (k6, lo6) = CtKeyV6::of(4, 17, &y, 53, &x, 1000);
+        let (r6, rlo6) = CtKeyV6::of(4, 17, &x, 1000, &y, 53);
         assert_eq!(k6, r6);
         assert!(!lo6 && rlo6, "the second word decides");
     }

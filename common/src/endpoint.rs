@@ -31,7 +31,10 @@ const _: () = assert!(core::mem::size_of::<Endpoint>() == 32);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IpKey {
     pub family: u8,
-    pub _pad0: [u8; 3],
+    /// Padding as integers: zeroing a byte array compiles to a call of the
+    /// programs' byte-wise `memset` subprogram.
+    pub _pad0: u8,
+    pub _pad1: u16,
     /// IPv4 in the first 4 bytes, rest zero.
     pub addr: [u8; 16],
 }
@@ -46,14 +49,16 @@ impl IpKey {
         a[3] = addr[3];
         Self {
             family: FAMILY_V4,
-            _pad0: [0; 3],
+            _pad0: 0,
+            _pad1: 0,
             addr: a,
         }
     }
     pub const fn v6(addr: [u8; 16]) -> Self {
         Self {
             family: FAMILY_V6,
-            _pad0: [0; 3],
+            _pad0: 0,
+            _pad1: 0,
             addr,
         }
     }

@@ -47,7 +47,6 @@ pub const STATS: &str = "PAL_STATS_R10";
 /// Per-CPU scratch space of the programs; never pinned or read by user space.
 pub const SCRATCH: &str = "PAL_SCRATCH";
 pub const SCRATCH_KEY: &str = "PAL_SCRATCH_KEY";
-pub const SCRATCH_CT6: &str = "PAL_SCRATCH_CT6";
 
 /// Map capacities. The writer refuses (fail closed for that endpoint) instead of
 /// truncating when any of these would be exceeded.
@@ -70,7 +69,7 @@ pub const MAX_EVENT_RATE: u32 = 65_536;
 pub const EVENTS_RING_BYTES: u32 = 1 << 20;
 /// Slots of each scratch map: 0 for the packet being judged, 1 for the flow an
 /// ICMP error quotes (`SCRATCH`); slot 0 of `SCRATCH_KEY` is the event rate
-/// key, of `SCRATCH_CT6` the IPv6 conntrack key.
+/// key.
 pub const SCRATCH_SLOTS: u32 = 2;
 /// Size of the programs' parsed-packet record kept in `SCRATCH` (private to the
 /// programs, which assert it at compile time).
@@ -124,7 +123,7 @@ const fn spec<K, V>(name: &'static str, kind: MapKind, max_entries: u32, flags: 
 }
 
 /// Every map of the TC programs.
-pub const SPECS: [MapSpec; 21] = [
+pub const SPECS: [MapSpec; 20] = [
     spec::<u32, Endpoint>(ENDPOINTS, MapKind::Hash, MAX_ENDPOINTS, 0),
     spec::<IpKey, u32>(ENDPOINT_BY_IP, MapKind::Hash, MAX_ENDPOINT_ADDRS, 0),
     spec::<PolicyKeyV4, PolicyValue>(
@@ -184,10 +183,6 @@ pub const SPECS: [MapSpec; 21] = [
     MapSpec {
         pinned: false,
         ..spec::<u32, FlowKey>(SCRATCH_KEY, MapKind::PerCpuArray, SCRATCH_SLOTS, 0)
-    },
-    MapSpec {
-        pinned: false,
-        ..spec::<u32, CtKeyV6>(SCRATCH_CT6, MapKind::PerCpuArray, SCRATCH_SLOTS, 0)
     },
 ];
 

@@ -16,7 +16,9 @@ pub struct PolicyScope {
     /// Endpoint id, big-endian so the trie's byte order matches numeric order.
     pub endpoint_be: [u8; 4],
     pub direction: u8,
-    pub _pad0: [u8; 3],
+    /// Padding as integers (see `IpKey`).
+    pub _pad0: u8,
+    pub _pad1: u16,
 }
 const _: () = assert!(core::mem::size_of::<PolicyScope>() == 8);
 
@@ -25,7 +27,8 @@ impl PolicyScope {
         Self {
             endpoint_be: endpoint_id.to_be_bytes(),
             direction,
-            _pad0: [0; 3],
+            _pad0: 0,
+            _pad1: 0,
         }
     }
 }

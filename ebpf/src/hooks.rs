@@ -63,7 +63,8 @@ fn pending_service_egress(ctx: &TcContext, f: &Flow) -> Option<i32> {
     ctx.set_mark(mark & !(MARK_SVC_PENDING | MARK_SVC_NEW));
     let ipk = IpKey {
         family: f.family,
-        _pad0: [0; 3],
+        _pad0: 0,
+        _pad1: 0,
         addr: f.src,
     };
     let src_if = match unsafe { EP_BY_IP.get(&ipk) } {

@@ -81,10 +81,6 @@ static SCRATCH: PerCpuArray<Flow> = PerCpuArray::with_max_entries(SCRATCH_SLOTS,
 #[map(name = "PAL_SCRATCH_KEY")]
 static SCRATCH_KEY: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
 
-/// Per-CPU scratch IPv6 conntrack key, see [`scratch_ct6`].
-#[map(name = "PAL_SCRATCH_CT6")]
-static SCRATCH_CT6: PerCpuArray<CtKeyV6> = PerCpuArray::with_max_entries(SCRATCH_SLOTS, 0);
-
 /// Scratch flow `slot` of this CPU.
 #[inline(always)]
 pub fn scratch(slot: u32) -> Option<&'static mut Flow> {
@@ -98,12 +94,4 @@ pub fn scratch(slot: u32) -> Option<&'static mut Flow> {
 pub fn scratch_key() -> Option<&'static mut FlowKey> {
     // SAFETY: as for `scratch`.
     SCRATCH_KEY.get_ptr_mut(0).map(|p| unsafe { &mut *p })
-}
-
-/// This CPU's scratch IPv6 conntrack key (an IPv4 key, 20 bytes, lives on
-/// the stack).
-#[inline(always)]
-pub fn scratch_ct6() -> Option<&'static mut CtKeyV6> {
-    // SAFETY: as for `scratch`.
-    SCRATCH_CT6.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }

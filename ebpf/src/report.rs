@@ -119,7 +119,7 @@ fn report(ifindex: u32, ep_id: u32, f: &Flow, what: u32) {
     key.ifindex = ifindex;
     key.family = f.family;
     key.proto = f.proto;
-    key._pad0 = [0; 2];
+    key._pad0 = 0;
     key.src = f.src;
     key.dst = f.dst;
     key.sport = f.sport;

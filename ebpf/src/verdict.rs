@@ -75,7 +75,8 @@ pub fn judge(ep: &Endpoint, dir: u8, f: &Flow) -> Verdict {
 pub fn from_own_node(f: &Flow) -> bool {
     let k = IpKey {
         family: f.family,
-        _pad0: [0; 3],
+        _pad0: 0,
+        _pad1: 0,
         addr: f.src,
     };
     unsafe { NODE_ADDRS.get(&k) }.is_some()

@@ -56,8 +56,7 @@ pub fn carry_legacy_conntrack(maps_dir: &Path) -> Result<Option<Carried>, String
                 let (key, lo) = CtKeyV4::of(k.ifindex, k.proto, src, k.sport, dst, k.dport);
                 v4.insert(key, value(v, lo), 0).is_ok()
             } else {
-                let mut key = CtKeyV6::default();
-                let lo = key.set(k.ifindex, k.proto, &k.src, k.sport, &k.dst, k.dport);
+                let (key, lo) = CtKeyV6::of(k.ifindex, k.proto, &k.src, k.sport, &k.dst, k.dport);
                 v6.insert(key, value(v, lo), 0).is_ok()
             };
             if ok {
