@@ -291,6 +291,18 @@ fn unknown_endpoint_fails_closed_and_reports() {
         ("RA of its own", FROM, &icmp6(LL, ALL_NODES, 134), SHOT),
     ]);
     assert_eq!(one_event(&mut fx).reason, Reason::UnknownEndpoint as u8);
+    // ICMPv6's protocol number in IPv4 is not neighbour discovery.
+    let nd_in_v4 = packet::ether(&packet::ipv4(
+        PEER,
+        POD,
+        &L4::Raw {
+            proto: PROTO_ICMPV6,
+            bytes: vec![135, 0, 0, 0, 0, 0, 0, 0],
+        },
+        &IpOpts::default(),
+    ));
+    assert_eq!(fx.run(TO, &nd_in_v4), SHOT);
+    assert_eq!(one_event(&mut fx).reason, Reason::UnknownEndpoint as u8);
 }
 
 #[test]

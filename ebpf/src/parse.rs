@@ -118,11 +118,14 @@ fn parse_l4(ctx: &TcContext, flow: &mut Flow, off: usize) -> Result<(), Reason> 
             flow.sport = u16::from_be_bytes([p[0], p[1]]);
             flow.dport = u16::from_be_bytes([p[2], p[3]]);
         }
-        PROTO_ICMP | PROTO_ICMPV6 => {
+        // ICMP of the packet's own family only: protocol 58 in IPv4 (or 1 in
+        // IPv6) is a protocol without ports like any other, never neighbour
+        // discovery that would pass without policy.
+        PROTO_ICMP | PROTO_ICMPV6 if (flow.proto == PROTO_ICMPV6) == (flow.family == FAMILY_V6) => {
             header!(h = ctx, off, 8);
             let ty = h[0];
             let id = u16::from_be_bytes([h[4], h[5]]);
-            let v6 = flow.proto == PROTO_ICMPV6;
+            let v6 = flow.family == FAMILY_V6;
             let (echo_req, echo_rep) = if v6 { (128, 129) } else { (8, 0) };
             if ty == echo_req {
                 flow.sport = id;
@@ -251,8 +254,9 @@ pub fn parse_v6(ctx: &TcContext, flow: &mut Flow, off: usize, l4: bool) -> Resul
             }
         }
     }
-    if !done {
-        // More extension headers than we walk: refuse rather than guess.
+    // Eight headers walked and a ninth follows: more than we walk, refused
+    // rather than guessed.
+    if !done && matches!(next, 0 | 43 | 44 | 51 | 60) {
         return Err(Reason::Malformed);
     }
     flow.proto = next;

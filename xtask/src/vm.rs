@@ -84,6 +84,8 @@ const CONFORMANCE_SUBSET: &[&str] = &[
 /// own attach mode and in netlink mode.
 const SUITES: &[(&str, &[&str])] = &[
     ("datapath", &[]),
+    // The packet fuzz against the model, on this kernel's verifier and helpers.
+    ("fuzz", &["--nocapture"]),
     ("attach", &["--nocapture"]),
     ("cluster", &["--test-threads", "2"]),
     // Repairs in this kernel's attach mode (netlink TC before 6.6).
