@@ -48,6 +48,13 @@ pub struct Cli {
     #[arg(long, default_value = "/sys/fs/bpf/palisade", value_name = "DIR")]
     pub pin_dir: PathBuf,
 
+    /// Serve the palisade-cni plugin on this Unix socket (the DaemonSet uses
+    /// /run/palisade/agent.sock, mounted from the node): a pod's CNI ADD then
+    /// returns only once its interface is enforced, so its first packet is.
+    /// Without it, pods are found through netlink alone.
+    #[arg(long, value_name = "PATH")]
+    pub cni_socket: Option<PathBuf>,
+
     /// Address of the HTTP endpoint serving /ready, /healthz and /metrics.
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub ready_addr: SocketAddr,

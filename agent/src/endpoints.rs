@@ -22,6 +22,10 @@ pub struct Endpoints {
     /// Records found in the maps at start (an earlier agent's), by ifindex;
     /// used by the first pass only.
     adopted: Option<BTreeMap<u32, Endpoint>>,
+    /// Host interfaces a CNI ADD named for a pod: found there before any
+    /// route or neighbour entry shows it (a bridge-style node learns a pod
+    /// only when it sends).
+    cni: BTreeMap<PodKey, Vec<String>>,
 }
 
 impl Endpoints {
@@ -63,6 +67,7 @@ impl Endpoints {
             // address must not move the pod's record to that pod's interface.
             match self
                 .known_interface(&pod.key(), ip, links)
+                .or_else(|| self.cni_interface(&pod.key(), links))
                 .or_else(|| links.pod_interface(ip))
             {
                 Some(found) => {
@@ -72,6 +77,25 @@ impl Endpoints {
             }
         }
         (ifaces, missing)
+    }
+
+    /// Record the host interfaces a CNI ADD named for `pod`.
+    pub fn cni_add(&mut self, pod: PodKey, interfaces: Vec<String>) {
+        self.cni.insert(pod, interfaces);
+    }
+
+    /// CNI DEL: the pod's interfaces are gone.
+    pub fn cni_forget(&mut self, pod: &PodKey) {
+        self.cni.remove(pod);
+    }
+
+    /// The first interface the pod's CNI ADD named that exists and is a veth
+    /// (a bridge the result lists too is not the pod's).
+    fn cni_interface(&self, pod: &PodKey, links: &Links) -> Option<(String, u32)> {
+        self.cni
+            .get(pod)?
+            .iter()
+            .find_map(|name| links.veths.get(name).map(|i| (name.clone(), *i)))
     }
 
     /// The interface a pod was found on before, while it still exists. On a

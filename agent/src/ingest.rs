@@ -1,9 +1,9 @@
 //! Source events into the cluster index: objects applied and deleted, each
 //! invalid object and unusable input logged once and kept for `/ready`, and
 //! the revision the source last declared consistent.
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
-use palisade_policy::{ClusterIndex, ErrorKind, Kind};
+use palisade_policy::{ClusterIndex, ErrorKind, Kind, Object, PodKey, PodSpec};
 use tracing::{error, info};
 
 use crate::source::SourceEvent;
@@ -21,13 +21,20 @@ pub struct Ingest {
     pub synced: bool,
     pub revision: String,
     pub revisions: BTreeMap<String, String>,
+    /// Addresses the CNI plugin reported for local pods, used while the API
+    /// server has none for them yet (the kubelet reports them after the
+    /// sandbox is up): the pod is enforced, and a peer, from its first packet.
+    cni_ips: BTreeMap<PodKey, Vec<IpAddr>>,
 }
 
 impl Ingest {
     /// Applies one event; whether it changed what is to be programmed.
     pub fn handle(&mut self, ev: SourceEvent) -> bool {
         match ev {
-            SourceEvent::Apply { obj, origin } => {
+            SourceEvent::Apply { mut obj, origin } => {
+                if let Object::Pod(p) = &mut obj {
+                    self.fill_in(p);
+                }
                 let r = obj.object_ref();
                 let key = format!("{r}");
                 let out = Arc::make_mut(&mut self.index).apply(obj);
@@ -63,6 +70,9 @@ impl Ingest {
             }
             SourceEvent::Delete(r) => {
                 self.errors.remove(&format!("{r}"));
+                if r.kind == Kind::Pod {
+                    self.cni_ips.remove(&PodKey::new(&r.namespace, &r.name));
+                }
                 let changed = Arc::make_mut(&mut self.index).delete(&r);
                 if changed {
                     info!(object = %r, "deleted");
@@ -104,6 +114,47 @@ impl Ingest {
                 changed
             }
         }
+    }
+
+    /// A pod without addresses gets the ones its CNI ADD reported; once the
+    /// API server reports its own, those are used and the CNI's forgotten.
+    fn fill_in(&mut self, p: &mut PodSpec) {
+        if !p.ips.is_empty() {
+            self.cni_ips.remove(&p.key());
+        } else if !p.host_network {
+            if let Some(ips) = self.cni_ips.get(&p.key()) {
+                p.ips = ips.clone();
+            }
+        }
+    }
+
+    /// Record the addresses a CNI ADD reported for `pod` and give them to it
+    /// if the index has it without any. Whether the index changed.
+    pub fn cni_addresses(&mut self, pod: PodKey, ips: &[IpAddr]) -> bool {
+        if ips.is_empty() {
+            return false;
+        }
+        // At most one per family, as the API's podIPs.
+        let mut one_each: Vec<IpAddr> = Vec::new();
+        for ip in ips {
+            if !one_each.iter().any(|o| o.is_ipv4() == ip.is_ipv4()) {
+                one_each.push(*ip);
+            }
+        }
+        self.cni_ips.insert(pod.clone(), one_each);
+        let Some(mut p) = self.index.pod(&pod).cloned() else {
+            return false;
+        };
+        if !p.ips.is_empty() || p.host_network {
+            return false;
+        }
+        self.fill_in(&mut p);
+        Arc::make_mut(&mut self.index).apply(Object::Pod(p)).changed
+    }
+
+    /// CNI DEL: the sandbox and its addresses are gone.
+    pub fn cni_forget(&mut self, pod: &PodKey) {
+        self.cni_ips.remove(pod);
     }
 
     /// What `/ready` lists as errors: invalid objects, unusable inputs.

@@ -2,9 +2,10 @@
 //! the API server) -> `sync` (the loop: `node` interfaces and roles,
 //! `endpoints`, the engine's incremental compiler, `writer` into `maps`,
 //! `datapath` attachments, `repair`) -> `events` -> `denylog`, `metrics`,
-//! `status` served by `http`. `run` wires them together; `cli` is the command
-//! line.
+//! `status` served by `http`; `cni` serves the CNI plugin's requests to the
+//! sync loop. `run` wires them together; `cli` is the command line.
 pub mod cli;
+pub mod cni;
 pub mod datapath;
 pub mod denylog;
 pub mod endpoints;

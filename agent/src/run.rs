@@ -229,6 +229,17 @@ pub async fn main() -> Result<()> {
         }
     }
 
+    // CNI requests, when the plugin is in use. A socket that cannot be bound
+    // is an error: the plugin's ADD would fail for every new pod.
+    let (cni_tx, cni_rx) = mpsc::unbounded_channel();
+    if let Some(path) = &cli.cni_socket {
+        let listener = palisade_agent::cni::bind(path)?;
+        info!(socket = %path.display(), "serving the CNI plugin");
+        tokio::spawn(palisade_agent::cni::serve(listener, cni_tx));
+    } else {
+        drop(cni_tx);
+    }
+
     let sync = SyncLoop::new(
         Options {
             node: node_name.clone(),
@@ -242,7 +253,7 @@ pub async fn main() -> Result<()> {
         shared,
     );
     tokio::select! {
-        _ = sync.run(src_rx, wake_rx) => {}
+        _ = sync.run(src_rx, wake_rx, cni_rx) => {}
         _ = tokio::signal::ctrl_c() => {
             info!("interrupted; leaving programs and maps pinned so enforcement continues");
         }

@@ -324,6 +324,48 @@ fn daemonset_command_line_parses_with_the_agent_cli() {
         Some("/sys/fs/bpf")
     );
 
+    // The CNI plugin's socket is on the node, where the runtime runs the plugin.
+    let sock = cli.cni_socket.as_ref().expect("--cni-socket");
+    let m = mounts
+        .iter()
+        .find(|m| sock.starts_with(&m.mount_path))
+        .expect("CNI socket under a mount");
+    let vol = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == m.name)
+        .expect("volume");
+    assert_eq!(
+        vol.host_path.as_ref().map(|h| h.path.as_str()),
+        Some(m.mount_path.as_str()),
+        "the socket directory is the node's own"
+    );
+    // The init container installs the plugin into the node's CNI directory.
+    let init = pod.init_containers.as_ref().expect("init containers");
+    let install = init
+        .iter()
+        .find(|c| c.name == "install-cni")
+        .expect("install-cni");
+    let cmd = install.command.clone().expect("command");
+    assert_eq!(cmd[..2], ["/palisade-cni", "install"]);
+    let dir = install
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == cmd[2])
+        .expect("install dir mounted");
+    let vol = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == dir.name)
+        .expect("volume");
+    assert_eq!(
+        vol.host_path.as_ref().map(|h| h.path.as_str()),
+        Some("/opt/cni/bin")
+    );
+
     // Capabilities: exactly the three, nothing privileged.
     let sc = c.security_context.as_ref().expect("securityContext");
     assert_ne!(sc.privileged, Some(true));

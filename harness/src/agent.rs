@@ -45,6 +45,9 @@ pub struct AgentConfig {
     pub kube: bool,
     /// How the agent is told the node's own links from pods' veths.
     pub uplinks: Uplinks,
+    /// Serve the CNI plugin (`--cni-socket`, one socket per node, see
+    /// [`crate::Cluster::cni_socket`]).
+    pub cni: bool,
 }
 
 /// How the agent tells the node's own links (`eth0`, the external hosts'
@@ -69,6 +72,7 @@ impl AgentConfig {
             ready_timeout: Duration::from_secs(30),
             kube: false,
             uplinks: Uplinks::default(),
+            cni: false,
         }
     }
 }
@@ -112,6 +116,12 @@ pub(crate) struct NodeAgent {
 }
 
 impl NodeAgent {
+    /// Where this node's agent serves the CNI plugin, beside its source
+    /// directory (not in it: the file source reads every file there).
+    pub fn cni_socket(&self) -> PathBuf {
+        self.source_dir.with_file_name("cni.sock")
+    }
+
     /// Starts the agent; `node_ip` is the node's uplink address.
     pub fn start(&mut self, cfg: &AgentConfig, node_ip: IpAddr) -> Result<u32> {
         if self.child.is_some() {
@@ -156,6 +166,9 @@ impl NodeAgent {
             Uplinks::Named => cmd.args(["--uplink", "eth0", "--uplink", "pale*"]),
             Uplinks::ByNodeIp => cmd.arg("--node-ip").arg(node_ip.to_string()),
         };
+        if cfg.cni {
+            cmd.arg("--cni-socket").arg(self.cni_socket());
+        }
         cmd.args(&cfg.extra_args)
             .envs(cfg.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -211,6 +224,15 @@ impl NodeAgent {
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             }
         }
+        Some(pid)
+    }
+
+    /// SIGKILL: no clean-up, as a crash or an OOM kill ends it.
+    pub fn kill(&mut self) -> Option<u32> {
+        let mut child = self.child.take()?;
+        let pid = child.id();
+        let _ = child.kill();
+        let _ = child.wait();
         Some(pid)
     }
 

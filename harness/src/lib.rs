@@ -26,7 +26,7 @@ pub mod servers;
 pub mod services;
 
 pub use agent::{default_agent_path, AgentConfig, Uplinks};
-pub use cluster::{Cluster, ClusterError, ClusterOptions, Topology};
+pub use cluster::{Cluster, ClusterError, ClusterOptions, CniRun, Topology};
 pub use conformance::{
     run_conformance, run_conformance_to, run_scenarios, Built, CaseCluster, CaseReport, CaseStatus,
     ConformanceOptions, Judge, OfflineCluster, OfflineConnection, RunSettings, Summary,

@@ -1,7 +1,8 @@
 //! `cargo xtask image`: the agent's container image, built from host files only.
 //!
-//! Owns the image build context: [`stage`] copies the release agent, `palisade-pod`
-//! (what the pods of `cargo xtask kind e2e` run) and the shared libraries both link
+//! Owns the image build context: [`stage`] copies the release agent, `palisade-cni`
+//! (the CNI plugin the init container installs), `palisade-pod` (what the pods of
+//! `cargo xtask kind e2e` run) and the shared libraries they link
 //! (as `ldd` names them) into a directory that `deploy/Dockerfile` (`FROM scratch`)
 //! packages, so the build pulls nothing.
 use std::{
@@ -28,7 +29,7 @@ pub fn context_dir() -> PathBuf {
 pub const AGENT_TOOLS: &[&str] = &["bridge", "ip", "tc"];
 
 /// Stage the build context for `agent` and `pod_tool` in `ctx` (emptied first).
-pub fn stage(agent: &Path, pod_tool: &Path, ctx: &Path) -> Result<()> {
+pub fn stage(agent: &Path, cni: &Path, pod_tool: &Path, ctx: &Path) -> Result<()> {
     if ctx.exists() {
         std::fs::remove_dir_all(ctx).with_context(|| format!("emptying {}", ctx.display()))?;
     }
@@ -38,7 +39,10 @@ pub fn stage(agent: &Path, pod_tool: &Path, ctx: &Path) -> Result<()> {
         .with_context(|| format!("copying {}", agent.display()))?;
     std::fs::copy(pod_tool, ctx.join("palisade-pod"))
         .with_context(|| format!("copying {}", pod_tool.display()))?;
+    std::fs::copy(cni, ctx.join("palisade-cni"))
+        .with_context(|| format!("copying {}", cni.display()))?;
     let mut libs = shared_libraries(agent)?;
+    libs.extend(shared_libraries(cni)?);
     libs.extend(shared_libraries(pod_tool)?);
     let sbin = rootfs.join("usr/sbin");
     std::fs::create_dir_all(&sbin).with_context(|| format!("creating {}", sbin.display()))?;
@@ -116,9 +120,10 @@ fn copy_sources(dockerfile: &str) -> Vec<String> {
 pub fn image() -> Result<()> {
     let agent = crate::build_agent()?;
     let pod_tool = crate::build_pod_tool()?;
+    let cni = crate::build_cni()?;
     let ctx = context_dir();
     crate::step("image: staging the build context");
-    stage(&agent, &pod_tool, &ctx)?;
+    stage(&agent, &cni, &pod_tool, &ctx)?;
     let text = std::fs::read_to_string(dockerfile()).context("reading deploy/Dockerfile")?;
     for src in copy_sources(&text) {
         if !ctx.join(&src).exists() {
@@ -209,7 +214,13 @@ mod tests {
         // exercises the same ldd path.
         let ctx = std::env::temp_dir().join(format!("palisade-image-test-{}", std::process::id()));
         let stand_in = Path::new("/bin/true");
-        stage(stand_in, Path::new("/bin/false"), &ctx).expect("stage");
+        stage(
+            stand_in,
+            Path::new("/bin/true"),
+            Path::new("/bin/false"),
+            &ctx,
+        )
+        .expect("stage");
         let sources = copy_sources(&text);
         assert!(!sources.is_empty());
         for s in &sources {
@@ -230,6 +241,10 @@ mod tests {
             .expect("ENTRYPOINT");
         assert!(entry.contains("\"/palisade-agent\""));
         assert!(sources.iter().any(|s| s == "palisade-agent"));
+        assert!(
+            sources.iter().any(|s| s == "palisade-cni"),
+            "the init container runs /palisade-cni install"
+        );
         assert!(
             sources.iter().any(|s| s == "palisade-pod"),
             "kind e2e pods run /palisade-pod from this image"

@@ -116,9 +116,12 @@ fn routed_nodes(list: &Value) -> Result<Vec<(String, String, String)>> {
 
 /// The CNI configuration of one node: ptp veths (one host route per pod, which
 /// is what the agent discovers pods by) with addresses from the node's pod CIDR,
-/// no masquerade (pod addresses stay visible to policy across nodes).
-fn cni_config(pod_cidr: &str) -> Value {
-    json!({
+/// no masquerade (pod addresses stay visible to policy across nodes). With
+/// `palisade`, `palisade-cni` last: a pod starts only once the node's agent
+/// enforces its interface (the DaemonSet installs the plugin; while no agent
+/// runs, new pods wait).
+fn cni_config(pod_cidr: &str, palisade: bool) -> Value {
+    let mut c = json!({
         "cniVersion": "0.4.0",
         "name": "palisade-ptp",
         "plugins": [
@@ -134,7 +137,29 @@ fn cni_config(pod_cidr: &str) -> Value {
             },
             {"type": "portmap", "capabilities": {"portMappings": true}},
         ],
-    })
+    });
+    if let (true, Some(plugins)) = (palisade, c["plugins"].as_array_mut()) {
+        plugins.push(json!({"type": "palisade-cni"}));
+    }
+    c
+}
+
+/// Writes every node's conflist: `palisade` says whether `palisade-cni` ends
+/// the chain.
+fn write_cni_configs(nodes: &[(String, String, String)], palisade: bool) -> Result<()> {
+    for (name, cidr, _) in nodes {
+        let conf = serde_json::to_string_pretty(&cni_config(cidr, palisade))?;
+        docker_exec(
+            name,
+            &[
+                "sh",
+                "-c",
+                "mkdir -p /etc/cni/net.d && cat > /etc/cni/net.d/10-palisade-ptp.conflist.tmp && mv /etc/cni/net.d/10-palisade-ptp.conflist.tmp /etc/cni/net.d/10-palisade-ptp.conflist",
+            ],
+            Some(&conf),
+        )?;
+    }
+    Ok(())
 }
 
 fn docker_exec(node: &str, args: &[&str], stdin: Option<&str>) -> Result<()> {
@@ -180,7 +205,7 @@ fn pod_network() -> Result<()> {
             Err(e) => return Err(e),
         }
     };
-    for (name, cidr, _) in &nodes {
+    for (name, _, _) in &nodes {
         // systemd does not mount bpffs inside a container, and the agent pins
         // its programs and maps there. Shared, so that the DaemonSet's
         // HostToContainer mount sees it.
@@ -193,16 +218,6 @@ fn pod_network() -> Result<()> {
             ],
             None,
         )?;
-        let conf = serde_json::to_string_pretty(&cni_config(cidr))?;
-        docker_exec(
-            name,
-            &[
-                "sh",
-                "-c",
-                "mkdir -p /etc/cni/net.d && cat > /etc/cni/net.d/10-palisade-ptp.conflist",
-            ],
-            Some(&conf),
-        )?;
         for (_, other_cidr, other_ip) in nodes.iter().filter(|o| &o.0 != name) {
             docker_exec(
                 name,
@@ -211,7 +226,10 @@ fn pod_network() -> Result<()> {
             )?;
         }
     }
-    Ok(())
+    // Without palisade-cni until the agent is deployed: the check that the
+    // cluster alone enforces nothing needs pods before Palisade runs.
+    let palisade = deployed(&k)?;
+    write_cni_configs(&nodes, palisade)
 }
 
 fn deployed(k: &Kubectl) -> Result<bool> {
@@ -293,7 +311,12 @@ pub fn deploy() -> Result<()> {
             "--timeout=300s",
         ],
         "kubectl rollout status",
-    )
+    )?;
+    // The agents run and the plugin is installed: from now on a pod starts
+    // only once its node's agent enforces it.
+    crate::step("kind: palisade-cni at the end of every node's CNI chain");
+    let nodes = routed_nodes(&k.json(&["get", "nodes"])?)?;
+    write_cni_configs(&nodes, true)
 }
 
 /// The conformance scenarios on the kind cluster (deployed first by the caller).
@@ -354,8 +377,12 @@ mod tests {
     /// The pod subnet of the kind config is what the CNI hands out from, per node.
     #[test]
     fn cni_config_is_ptp_with_host_local_ranges_and_no_masquerade() {
-        let c = cni_config("10.244.2.0/24");
+        let c = cni_config("10.244.2.0/24", true);
         assert_eq!(c["plugins"][0]["type"], "ptp");
+        let last = c["plugins"].as_array().and_then(|p| p.last()).cloned();
+        assert_eq!(last.map(|p| p["type"].clone()), Some("palisade-cni".into()));
+        let before = cni_config("10.244.2.0/24", false);
+        assert!(!before.to_string().contains("palisade-cni"));
         assert_eq!(c["plugins"][0]["ipMasq"], false);
         assert_eq!(c["plugins"][0]["ipam"]["type"], "host-local");
         assert_eq!(

@@ -75,6 +75,20 @@ enum Cmd {
         /// Tiny sizes, seconds per part (CI runs this so the code cannot rot).
         #[arg(long)]
         quick: bool,
+        /// `e2e`: rounds of the whole sequence; figures are medians over them
+        /// (default 2, 1 with --quick).
+        #[arg(long)]
+        rounds: Option<u32>,
+    },
+    /// Reliability figures (root): the agent killed (SIGKILL) and restarted 100
+    /// times under traffic (connections broken, datagrams that reached a denied
+    /// port, time to ready), 10,000 policy and label changes under traffic
+    /// (false drops, leaks, change to enforced), then the packet fuzz with
+    /// 1,000,000 frames. Table and results/bench-soak.json.
+    Soak {
+        /// 3 restarts, 200 changes, 20,000 frames (CI runs this).
+        #[arg(long)]
+        quick: bool,
     },
     /// Build the release agent and its container image (deploy/Dockerfile, FROM
     /// scratch, host files only); without a Docker engine, stage the context and
@@ -188,9 +202,17 @@ fn main() -> Result<()> {
             let plugin = build_plugin()?;
             demo::run(&agent, &plugin)
         }
-        Cmd::Bench { part, quick } => {
+        Cmd::Soak { quick } => {
             setup()?;
-            bench(&choice(part), quick)
+            soak(quick)
+        }
+        Cmd::Bench {
+            part,
+            quick,
+            rounds,
+        } => {
+            setup()?;
+            bench(&choice(part), quick, rounds)
         }
         Cmd::Image => {
             setup()?;
@@ -447,6 +469,17 @@ fn build_plugin() -> Result<PathBuf> {
     Ok(target_dir().join("release/kubectl-palisade"))
 }
 
+/// `palisade-cni`, the chained CNI plugin the image carries.
+fn build_cni() -> Result<PathBuf> {
+    step("build: palisade-cni");
+    run(
+        cargo().args(["build", "--release", "-p", "palisade-cni"]),
+        "cargo build -p palisade-cni",
+        "See the compiler output above.",
+    )?;
+    Ok(target_dir().join("release/palisade-cni"))
+}
+
 /// `palisade-pod`, which the image carries for the pods of `kind e2e`.
 fn build_pod_tool() -> Result<PathBuf> {
     step("build: palisade-pod");
@@ -509,7 +542,9 @@ fn test(no_lint: bool) -> Result<()> {
         "See the failing test above.",
     )?;
     step("test: benchmarks in --quick mode (numbers are not judged)");
-    bench("all", true)?;
+    bench("all", true, None)?;
+    step("test: soak in --quick mode");
+    soak(true)?;
     step("test: conformance suite");
     conformance(
         &agent,
@@ -548,7 +583,47 @@ fn test(no_lint: bool) -> Result<()> {
     Ok(())
 }
 
-fn bench(part: &str, quick: bool) -> Result<()> {
+/// `cargo xtask soak`: the soak on a namespace cluster, then the packet fuzz.
+fn soak(quick: bool) -> Result<()> {
+    let agent = build_agent()?;
+    step("soak: restarts and changes under traffic");
+    let mut cmd = cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "palisade-harness",
+        "--example",
+        "soak",
+        "--",
+    ]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    cmd.env("PALISADE_AGENT", &agent);
+    run(&mut cmd, "soak", "See the table above.")?;
+    let frames = if quick { 20_000 } else { 1_000_000 };
+    step(&format!("soak: packet fuzz, {frames} frames"));
+    run(
+        cargo()
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "palisade-agent",
+                "--test",
+                "fuzz",
+                "--",
+                "--include-ignored",
+                "--nocapture",
+            ])
+            .env("PALISADE_FUZZ_FRAMES", frames.to_string()),
+        "packet fuzz",
+        "See the mismatches above (PALISADE_FUZZ_SEED reproduces a run).",
+    )
+}
+
+fn bench(part: &str, quick: bool, rounds: Option<u32>) -> Result<()> {
     const PARTS: &[(&str, &str, &str)] = &[
         ("datapath", "palisade-agent", "bench_datapath"),
         ("conntrack", "palisade-agent", "bench_conntrack"),
@@ -575,6 +650,9 @@ fn bench(part: &str, quick: bool) -> Result<()> {
         cmd.args(["run", "--release", "-p", pkg, "--example", example, "--"]);
         if quick {
             cmd.arg("--quick");
+        }
+        if let (Some(n), "e2e") = (rounds, *name) {
+            cmd.args(["--rounds", &n.to_string()]);
         }
         if *pkg == "palisade-harness" {
             if agent.is_none() {

@@ -119,6 +119,11 @@ impl Interfaces {
         Some((links, found))
     }
 
+    /// The ifindex of interface `name` as the last pass found it.
+    pub fn ifindex(&self, name: &str) -> Option<u32> {
+        self.links.as_ref()?.by_name.get(name).copied()
+    }
+
     /// Keeps the pass's interfaces for the next one. After a failed scan
     /// `stale` stays set: the next pass scans again.
     pub fn keep(&mut self, links: Links) {

@@ -90,6 +90,15 @@ impl Cluster {
         Ok(())
     }
 
+    /// Kills the agent on one node (SIGKILL, as a crash does). Its pins stay.
+    pub fn kill_agent(&mut self, node: usize) -> Result<()> {
+        let a = self.agent_mut(node)?;
+        if let Some(pid) = a.kill() {
+            lock(&self.res).agent_pids.remove(&(pid as i32));
+        }
+        Ok(())
+    }
+
     /// Whether the agent on `node` is running.
     pub fn agent_running(&mut self, node: usize) -> bool {
         match self.agent_mut(node) {

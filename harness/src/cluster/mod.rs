@@ -48,6 +48,7 @@ use crate::servers::ServerSet;
 use crate::services::Service;
 
 mod agents;
+mod cni;
 mod error;
 mod lookup;
 mod network;
@@ -56,6 +57,7 @@ mod probes;
 mod publish;
 mod services;
 
+pub use cni::CniRun;
 pub use error::ClusterError;
 
 /// How a node connects its pods.

@@ -33,7 +33,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn write_all_nodes(&self, file: &str, contents: &str) -> Result<()> {
+    pub(super) fn write_all_nodes(&self, file: &str, contents: &str) -> Result<()> {
         for a in &self.agents {
             objects::write_atomic(&a.source_dir, file, contents)?;
         }

@@ -8,7 +8,8 @@
 //! resync and the pass after a failed write compile everything and diff against
 //! what the maps actually hold (an earlier agent's pins, or drift); the passes in
 //! between go through the engine's `Compiler`, whose cost follows the change, not
-//! the cluster.
+//! the cluster. CNI requests (`cni`) are answered between passes, each with a
+//! pass of its own.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
@@ -20,7 +21,10 @@ use palisade_policy::{compile::is_local, diff, Compiler, MapWrite, NodeInfo, Pod
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+mod cni;
+
 use crate::{
+    cni::CniCall,
     datapath::{AttachReport, Datapath},
     endpoints::{Endpoints, PodInterfaces},
     ingest::Ingest,
@@ -129,6 +133,7 @@ impl SyncLoop {
         mut self,
         mut src: mpsc::UnboundedReceiver<SourceEvent>,
         mut wake: mpsc::UnboundedReceiver<Wake>,
+        mut cni: mpsc::UnboundedReceiver<CniCall>,
     ) {
         let mut resync = tokio::time::interval(self.opts.resync);
         // A pass slower than the period must not be followed by a burst of
@@ -145,6 +150,7 @@ impl SyncLoop {
         // The netlink watch may end (it then says `Unwatched`); a closed channel
         // must not be polled again, or the loop would spin.
         let mut wake_open = true;
+        let mut cni_open = true;
         loop {
             let mut boundary = false;
             let mut full = false;
@@ -177,6 +183,13 @@ impl SyncLoop {
                     boundary = true;
                     full = true;
                     true
+                }
+                c = cni.recv(), if cni_open => {
+                    match c {
+                        Some(call) => self.on_cni(call),
+                        None => cni_open = false,
+                    }
+                    false
                 }
             };
             // Coalesce whatever else is already queued.
