@@ -152,9 +152,20 @@ impl Ingest {
         Arc::make_mut(&mut self.index).apply(Object::Pod(p)).changed
     }
 
-    /// CNI DEL: the sandbox and its addresses are gone.
-    pub fn cni_forget(&mut self, pod: &PodKey) {
-        self.cni_ips.remove(pod);
+    /// CNI DEL: the sandbox and its addresses are gone. A pod whose addresses
+    /// came from its ADD alone loses them again (they may go to another pod
+    /// next). Whether the index changed.
+    pub fn cni_forget(&mut self, pod: &PodKey) -> bool {
+        let Some(ips) = self.cni_ips.remove(pod) else {
+            return false;
+        };
+        match self.index.pod(pod).cloned() {
+            Some(mut p) if p.ips == ips => {
+                p.ips.clear();
+                Arc::make_mut(&mut self.index).apply(Object::Pod(p)).changed
+            }
+            _ => false,
+        }
     }
 
     /// What `/ready` lists as errors: invalid objects, unusable inputs.

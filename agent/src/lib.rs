@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod node;
 pub mod packet;
 pub mod pins;
+pub mod pressure;
 pub mod repair;
 pub mod source;
 pub mod status;

@@ -110,6 +110,28 @@ fn a_pod_added_through_the_plugin_is_enforced_from_its_first_packet() {
     let del = c.cni("DEL", "x/n", plugin).expect("DEL");
     assert!(del.success, "DEL: {} {}", del.stdout, del.stderr);
 
+    // DEL before the API server ever reported the pod's address: the address
+    // the ADD gave it goes (it may be another pod's next), and so does its
+    // record.
+    let add = c.add_pod_via_cni(pod("k"), plugin).expect("ADD");
+    assert!(add.success, "ADD failed: {} {}", add.stdout, add.stderr);
+    c.apply_policy(&json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "k", "namespace": "x"},
+        "spec": {
+            "podSelector": {"matchLabels": {"pod": "k"}},
+            "policyTypes": ["Egress"],
+            "egress": [{"to": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]
+        }
+    }))
+    .expect("policy");
+    c.sync().expect("sync");
+    assert_eq!(tcp80(&c, "x/k", "x/b"), Outcome::Reachable, "before DEL");
+    let del = c.cni("DEL", "x/k", plugin).expect("DEL");
+    assert!(del.success, "DEL: {} {}", del.stdout, del.stderr);
+    assert_eq!(tcp80(&c, "x/k", "x/b"), Outcome::Blocked, "after DEL");
+
     // A pod the agent knows nothing of: ADD still waits for the programs, and
     // the interface is closed until the pod is known.
     let p = pod("m");

@@ -84,6 +84,8 @@ const CONFORMANCE_SUBSET: &[&str] = &[
 /// own attach mode and in netlink mode.
 const SUITES: &[(&str, &[&str])] = &[
     ("datapath", &[]),
+    ("parse", &[]),
+    ("conntrack", &[]),
     // The packet fuzz against the model, on this kernel's verifier and helpers.
     ("fuzz", &["--nocapture"]),
     ("attach", &["--nocapture"]),

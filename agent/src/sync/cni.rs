@@ -24,12 +24,17 @@ impl SyncLoop {
             Command::Add => self.cni_add(req),
             Command::Check => self.cni_state(req),
             Command::Del => {
+                let mut changed = false;
                 if let Some(pod) = pod_key(req) {
-                    self.ingest.cni_forget(&pod);
+                    changed = self.ingest.cni_forget(&pod);
                     self.endpoints.cni_forget(&pod);
                 }
-                // The interface is going: rediscover on the next pass.
+                // The interface is going: rediscover on the next pass, at once
+                // if the pod lost the addresses its ADD gave it.
                 self.interfaces.on_wake(Wake::Links);
+                if changed && self.ingest.synced {
+                    self.program();
+                }
                 Reply {
                     ok: true,
                     interface: None,

@@ -31,6 +31,7 @@ use crate::{
     maps::Maps,
     metrics::PassStats,
     node::{roles, Interfaces, Links, Wake},
+    pressure::Pressure,
     source::SourceEvent,
     status::{names_for_pass, Readiness, Shared},
     writer,
@@ -66,6 +67,8 @@ pub struct SyncLoop {
     /// The errors the last pass found (fail-closed pods, attach and write
     /// failures), for `/ready` between passes.
     pass_errors: Vec<String>,
+    /// Conntrack tables reported as nearly full (checked on full passes).
+    pressure: Pressure,
 }
 
 /// What one pass compiled.
@@ -100,6 +103,7 @@ impl SyncLoop {
             fail_closed: Vec::new(),
             duplicates: Vec::new(),
             pass_errors: Vec::new(),
+            pressure: Pressure::default(),
         }
     }
 
@@ -247,6 +251,9 @@ impl SyncLoop {
         self.generation += 1;
         let node_addrs = links.node_addrs.clone();
         self.interfaces.keep(links);
+        if compiled.full {
+            self.pressure.check(&self.dp.pin_dir);
+        }
         let stats = PassStats {
             full: compiled.full,
             writes: n_writes,
