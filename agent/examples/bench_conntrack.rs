@@ -12,8 +12,7 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use aya::programs::{TestRun, TestRunOptions};
+use anyhow::Result;
 use palisade_agent::{
     datapath::Datapath,
     maps::Maps,
@@ -38,21 +37,7 @@ const SERVER: Ipv4Addr = Ipv4Addr::new(10, 100, 2, 20);
 const ESTABLISHED: u16 = 1000;
 
 fn run(dp: &mut Datapath, prog: &'static str, ifindex: u32, frame: &[u8]) -> Result<u32> {
-    let ctx = packet::skb_ctx(ifindex, 0);
-    let mut out = vec![0u8; frame.len() + 64];
-    let mut ctx_out = vec![0u8; 256];
-    let r = dp
-        .program(prog)?
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ctx_out: Some(&mut ctx_out),
-            repeat: 1,
-            ..Default::default()
-        })
-        .context("BPF_PROG_TEST_RUN")?;
-    Ok(r.return_value)
+    Ok(packet::test_run(dp, prog, frame, ifindex, 0, 1)?.action)
 }
 
 fn endpoint(id: u32, ip: Ipv4Addr) -> Endpoint {

@@ -1,5 +1,13 @@
-//! Crafting Ethernet frames for `BPF_PROG_TEST_RUN` (datapath tests and benchmarks).
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+//! Crafting Ethernet frames for `BPF_PROG_TEST_RUN` (datapath tests and
+//! benchmarks), and running a program of the datapath on one ([`test_run`]).
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
+
+use aya::programs::{TestRun, TestRunOptions};
+
+use crate::datapath::{Datapath, DatapathError};
 
 /// What to put after the IP header.
 #[derive(Clone, Debug)]
@@ -210,6 +218,51 @@ pub fn arp() -> Vec<u8> {
     f.extend_from_slice(&[0x02, 0, 0, 0, 0, 2, 0x08, 0x06]);
     f.extend_from_slice(&[0u8; 28]);
     f
+}
+
+/// What one `BPF_PROG_TEST_RUN` returned.
+#[derive(Clone, Copy, Debug)]
+pub struct TestRunOutcome {
+    /// The program's TC action.
+    pub action: u32,
+    /// The skb mark as the program left it.
+    pub mark: u32,
+    /// The kernel's time per run, averaged over the repeats.
+    pub duration: Duration,
+}
+
+/// Runs program `prog` of `dp` `repeat` times on `frame`, as if it came
+/// through interface `ifindex` with skb mark `mark`.
+pub fn test_run(
+    dp: &mut Datapath,
+    prog: &'static str,
+    frame: &[u8],
+    ifindex: u32,
+    mark: u32,
+    repeat: u32,
+) -> Result<TestRunOutcome, DatapathError> {
+    let ctx_in = skb_ctx(ifindex, mark);
+    let mut ctx_out = vec![0u8; 256];
+    let mut data_out = vec![0u8; frame.len() + 256];
+    let r = dp
+        .program(prog)?
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut data_out),
+            ctx_in: Some(&ctx_in),
+            ctx_out: Some(&mut ctx_out),
+            repeat,
+            ..Default::default()
+        })
+        .map_err(|source| DatapathError::Program {
+            name: prog,
+            source: Box::new(source),
+        })?;
+    Ok(TestRunOutcome {
+        action: r.return_value,
+        mark: u32::from_ne_bytes([ctx_out[8], ctx_out[9], ctx_out[10], ctx_out[11]]),
+        duration: r.duration,
+    })
 }
 
 /// The leading part of `struct __sk_buff` that BPF_PROG_TEST_RUN accepts as input

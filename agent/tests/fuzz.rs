@@ -16,10 +16,7 @@ mod model;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use aya::{
-    maps::{MapData, PerCpuArray},
-    programs::{TestRun, TestRunOptions},
-};
+use aya::maps::{MapData, PerCpuArray};
 use palisade_agent::{datapath::Datapath, events::EventReader, maps::Maps, packet};
 use palisade_common::*;
 
@@ -255,23 +252,9 @@ impl Kernel {
             Hook::ToPod => progs::TO_POD,
             Hook::FromPod => progs::FROM_POD,
         };
-        let ctx = packet::skb_ctx(IF, 0);
-        let mut ctx_out = vec![0u8; 256];
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = self
-            .dp
-            .program(prog)
-            .expect("program")
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ctx_out: Some(&mut ctx_out),
-                repeat: 1,
-                ..Default::default()
-            });
+        let r = packet::test_run(&mut self.dp, prog, frame, IF, 0, 1);
         match r {
-            Ok(r) => Some((r.return_value, self.events.drain())),
+            Ok(r) => Some((r.action, self.events.drain())),
             Err(_) if short_ip(frame) => None,
             Err(e) => panic!("BPF_PROG_TEST_RUN of {}: {e}", hex(frame)),
         }

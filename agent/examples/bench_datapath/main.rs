@@ -15,7 +15,6 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::programs::{TestRun, TestRunOptions};
 use palisade_agent::{
     datapath::Datapath,
     maps::Maps,
@@ -35,23 +34,10 @@ const IF: u32 = 1;
 const EP: u32 = 7;
 
 fn run(dp: &mut Datapath, prog: &'static str, frame: &[u8], repeat: u32) -> Result<f64> {
-    let ctx = packet::skb_ctx(IF, 0);
-    let mut out = vec![0u8; frame.len() + 64];
-    let mut ctx_out = vec![0u8; 256];
-    let p = dp.program(prog)?;
     // Median of 5 runs: the machine is shared and noisy.
     let mut samples = Vec::new();
     for _ in 0..5 {
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ctx_out: Some(&mut ctx_out),
-                repeat,
-                ..Default::default()
-            })
-            .context("BPF_PROG_TEST_RUN")?;
+        let r = packet::test_run(dp, prog, frame, IF, 0, repeat)?;
         samples.push(r.duration.as_nanos() as f64);
     }
     samples.sort_by(f64::total_cmp);

@@ -4,7 +4,6 @@
 //! index but send nothing anywhere), frame builders and table checks.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use aya::programs::{TestRun, TestRunOptions};
 use palisade_agent::{
     datapath::Datapath,
     events::EventReader,
@@ -163,22 +162,9 @@ impl Fx {
         ifindex: u32,
         mark: u32,
     ) -> (u32, u32) {
-        let ctx_in = packet::skb_ctx(ifindex, mark);
-        let mut ctx_out = vec![0u8; 256];
-        let mut data_out = vec![0u8; frame.len() + 64];
-        let p = self.dp.program(prog).expect("program");
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut data_out),
-                ctx_in: Some(&ctx_in),
-                ctx_out: Some(&mut ctx_out),
-                repeat: 1,
-                ..Default::default()
-            })
+        let r = packet::test_run(&mut self.dp, prog, frame, ifindex, mark, 1)
             .expect("BPF_PROG_TEST_RUN");
-        let mark_out = u32::from_ne_bytes([ctx_out[8], ctx_out[9], ctx_out[10], ctx_out[11]]);
-        (r.return_value, mark_out)
+        (r.action, r.mark)
     }
     pub fn run(&mut self, prog: &'static str, frame: &[u8]) -> u32 {
         self.run_mark(prog, frame, IF, 0).0
