@@ -12,12 +12,12 @@ use std::{
     process::{Command, Stdio},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use super::{error::ClusterError, Cluster, PodState};
 use crate::model::{node_addr, PodPlan};
-use crate::netns::{ip_batch, netns_path};
+use crate::netns::netns_path;
 use crate::objects;
 use crate::servers::ServerSet;
 
@@ -48,12 +48,7 @@ impl Cluster {
     /// [`Cluster::publish_pod`] and [`Cluster::sync`] for the kubelet's status
     /// update.
     pub fn add_pod_via_cni(&mut self, spec: PodPlan, plugin: &Path) -> Result<CniRun> {
-        if self.pods.iter().any(|p| p.spec.key() == spec.key()) {
-            return Err(ClusterError::PodExists(spec.key()).into());
-        }
-        if spec.node == 0 || spec.node > self.nodes {
-            bail!("pod {}: node {} out of range", spec.key(), spec.node);
-        }
+        self.check_new_pod(&spec)?;
         let key = spec.key();
         let i = self.alloc_pod(spec);
         let p = &self.pods[i];
@@ -67,10 +62,8 @@ impl Cluster {
             &objects::to_yaml(&pod)?,
         )?;
         self.sync()?;
-        let (ns, node) = (self.pods[i].netns.clone(), self.pods[i].spec.node);
-        self.create_netns(std::slice::from_ref(&ns))?;
-        ip_batch(&self.node_ns[node - 1], &self.pod_veth_lines(&self.pods[i]))?;
-        ip_batch(&ns, &self.pod_guest_script(&self.pods[i]))?;
+        self.create_pod_network(i)?;
+        let ns = self.pods[i].netns.clone();
         let run = self.run_cni("ADD", &self.pods[i], plugin)?;
         if run.success {
             self.pods[i].servers = Some(ServerSet::start(

@@ -94,11 +94,9 @@ impl Cluster {
         Ok(())
     }
 
-    /// Adds a pod's network (namespace, veth, routes, servers) and its Service
-    /// rules, without publishing any object: the agent sees only a new veth.
-    /// Follow with [`Cluster::publish_pod`] and [`Cluster::sync`]. Returns the
-    /// pod's IP.
-    pub fn add_pod_network(&mut self, spec: PodPlan) -> Result<IpAddr> {
+    /// A pod that can be added: its namespace exists, its node is in range,
+    /// no pod of its name exists.
+    pub(super) fn check_new_pod(&self, spec: &PodPlan) -> Result<()> {
         if !self.namespaces.contains_key(&spec.namespace) {
             bail!(
                 "pod {}: namespace {} does not exist",
@@ -112,12 +110,28 @@ impl Cluster {
         if self.pods.iter().any(|p| p.spec.key() == spec.key()) {
             return Err(ClusterError::PodExists(spec.key()).into());
         }
-        let key = spec.key();
-        let i = self.alloc_pod(spec);
+        Ok(())
+    }
+
+    /// Pod `i`'s network namespace, veth, addresses and routes (what a pod
+    /// network's CNI plugin makes).
+    pub(super) fn create_pod_network(&mut self, i: usize) -> Result<()> {
         let (ns, node) = (self.pods[i].netns.clone(), self.pods[i].spec.node);
         self.create_netns(std::slice::from_ref(&ns))?;
         ip_batch(&self.node_ns[node - 1], &self.pod_veth_lines(&self.pods[i]))?;
-        ip_batch(&ns, &self.pod_guest_script(&self.pods[i]))?;
+        ip_batch(&ns, &self.pod_guest_script(&self.pods[i]))
+    }
+
+    /// Adds a pod's network (namespace, veth, routes, servers) and its Service
+    /// rules, without publishing any object: the agent sees only a new veth.
+    /// Follow with [`Cluster::publish_pod`] and [`Cluster::sync`]. Returns the
+    /// pod's IP.
+    pub fn add_pod_network(&mut self, spec: PodPlan) -> Result<IpAddr> {
+        self.check_new_pod(&spec)?;
+        let key = spec.key();
+        let i = self.alloc_pod(spec);
+        self.create_pod_network(i)?;
+        let ns = self.pods[i].netns.clone();
         self.pods[i].servers = Some(ServerSet::start(
             &ns,
             self.family,
