@@ -7,10 +7,16 @@ use std::{sync::Arc, time::Duration};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::broadcast::error::RecvError,
+    sync::broadcast::{
+        self,
+        error::{RecvError, TryRecvError},
+    },
 };
 
-use crate::{status::Shared, stream::Filter};
+use crate::{
+    status::Shared,
+    stream::{Filter, Rendered},
+};
 
 /// How long one write to an `/events` reader may take before the reader is
 /// disconnected (it stopped reading).
@@ -138,17 +144,53 @@ async fn stream_events(mut sock: TcpStream, shared: &Shared, query: &str) {
         }
         r = write_line(&mut sock, &e.line).await;
     }
+    let mut batch = Vec::new();
     while r.is_ok() && filter.follow {
-        r = match live.recv().await {
-            Ok(e) if filter.matches(&e) => write_line(&mut sock, &e.line).await,
-            Ok(_) => Ok(()),
-            Err(RecvError::Lagged(_)) => Err(Stop::Slow),
-            Err(RecvError::Closed) => Err(Stop::Gone),
+        r = match next_batch(&mut live, &filter, &mut batch).await {
+            Ok(()) if batch.is_empty() => Ok(()),
+            Ok(()) => write_timed(&mut sock, &batch).await,
+            Err(stop) => Err(stop),
         };
     }
     if let (Err(Stop::Slow), Some(m)) = (r, &shared.metrics) {
         m.event_readers_dropped.inc();
     }
+}
+
+/// Bytes of queued events one write to an `/events` reader carries at most.
+const STREAM_BATCH_BYTES: usize = 64 * 1024;
+
+/// Waits for the next live event, then takes every one already queued (up to
+/// `STREAM_BATCH_BYTES`) into `batch` as JSON lines, the ones `filter`
+/// selects. One write per burst, not per event, keeps a reader that reads
+/// within the backlog during a burst of thousands of events.
+async fn next_batch(
+    live: &mut broadcast::Receiver<Arc<Rendered>>,
+    filter: &Filter,
+    batch: &mut Vec<u8>,
+) -> Result<(), Stop> {
+    batch.clear();
+    let mut next = match live.recv().await {
+        Ok(e) => Some(e),
+        Err(RecvError::Lagged(_)) => return Err(Stop::Slow),
+        Err(RecvError::Closed) => return Err(Stop::Gone),
+    };
+    while let Some(e) = next.take() {
+        if filter.matches(&e) {
+            batch.extend_from_slice(e.line.as_bytes());
+            batch.push(b'\n');
+        }
+        if batch.len() >= STREAM_BATCH_BYTES {
+            break;
+        }
+        next = match live.try_recv() {
+            Ok(e) => Some(e),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Lagged(_)) => return Err(Stop::Slow),
+            Err(TryRecvError::Closed) => return Err(Stop::Gone),
+        };
+    }
+    Ok(())
 }
 
 /// Bytes the kernel may hold for one `/events` reader: without a limit it
