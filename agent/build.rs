@@ -7,6 +7,8 @@ fn main() -> anyhow::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../ebpf");
     println!("cargo:rerun-if-changed={root}/src");
     println!("cargo:rerun-if-changed=../common/src");
+    // The ABI of the test layout (common/build.rs): the object must match it.
+    println!("cargo:rerun-if-env-changed=PALISADE_TEST_LAYOUT");
     let path = env::var_os("PATH").unwrap_or_default();
     let on_path = env::split_paths(&path).any(|d| d.join("bpf-linker").is_file());
     if !on_path {

@@ -46,7 +46,7 @@ fn endpoint(id: u32, ip: Ipv4Addr) -> Endpoint {
         // Ingress isolated, no ingress rule: only replies of tracked flows pass.
         flags: EP_INGRESS_ISOLATED | EP_HAS_V4,
         ipv4: ip.octets(),
-        _pad0: [0; 4],
+        _pad0: [0; ENDPOINT_PAD],
         ipv6: [0; 16],
     }
 }

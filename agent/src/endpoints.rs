@@ -172,6 +172,8 @@ fn endpoint_has(ep: &Endpoint, ip: IpAddr) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use palisade_common::ENDPOINT_PAD;
+
     use super::*;
 
     #[test]
@@ -180,7 +182,7 @@ mod tests {
             id: 1,
             flags: EP_HAS_V4,
             ipv4: [10, 0, 0, 5],
-            _pad0: [0; 4],
+            _pad0: [0; ENDPOINT_PAD],
             ipv6: [0; 16],
         };
         assert!(endpoint_has(&ep, "10.0.0.5".parse().expect("ip")));

@@ -234,7 +234,7 @@ impl Kernel {
                         id: EP,
                         flags,
                         ipv4: POD.octets(),
-                        _pad0: [0; 4],
+                        _pad0: [0; ENDPOINT_PAD],
                         ipv6: POD6.octets(),
                     },
                 )

@@ -13,18 +13,34 @@ pub const EP_HAS_V6: u32 = 1 << 4;
 /// policy would judge (fail closed), and report it.
 pub const EP_FAIL_CLOSED: u32 = 1 << 5;
 
+/// Padding after `Endpoint::ipv4`; 8 bytes longer in the test layout (see
+/// `build.rs`), a record of another size as a version of another layout has.
+pub const ENDPOINT_PAD: usize = if cfg!(palisade_test_layout) { 12 } else { 4 };
+
 /// One local pod, keyed by the ifindex of its host-side veth.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     /// Agent-assigned id that scopes this pod's policy entries.
     pub id: u32,
     pub flags: u32,
     pub ipv4: [u8; 4],
-    pub _pad0: [u8; 4],
+    pub _pad0: [u8; ENDPOINT_PAD],
     pub ipv6: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<Endpoint>() == 32);
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 28 + ENDPOINT_PAD);
+
+impl Default for Endpoint {
+    fn default() -> Self {
+        Self {
+            id: 0,
+            flags: 0,
+            ipv4: [0; 4],
+            _pad0: [0; ENDPOINT_PAD],
+            ipv6: [0; 16],
+        }
+    }
+}
 
 /// Key of `ENDPOINT_BY_IP` and `NODE_ADDRS`: an address of either family.
 #[repr(C)]

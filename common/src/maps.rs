@@ -60,8 +60,13 @@ pub const MAX_ENDPOINT_ADDRS: u32 = MAX_ENDPOINTS * 2;
 pub const MAX_POLICY_ENTRIES: u32 = 262_144;
 pub const MAX_NODE_ADDRS: u32 = 256;
 pub const MAX_SERVICES: u32 = 65_536;
-/// Confirmed connections, per family.
-pub const MAX_CONNTRACK: u32 = 262_144;
+/// Confirmed connections, per family (half in the test layout, see
+/// `build.rs`: a table of another capacity, whose entries an upgrade copies).
+pub const MAX_CONNTRACK: u32 = if cfg!(palisade_test_layout) {
+    131_072
+} else {
+    262_144
+};
 /// Unanswered connections, per family (an LRU of its own; a connection moves
 /// to the confirmed table with its first reply).
 pub const MAX_CT_NEW: u32 = 65_536;

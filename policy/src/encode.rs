@@ -23,9 +23,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use palisade_common::{
     entry_verdict, Endpoint, EntryVerdict, PolicyKeyV4, PolicyKeyV6, PolicyScope, PolicyValue,
-    PortRange, Reason, ServiceKey, DIR_EGRESS, DIR_INGRESS, EP_AUDIT, EP_EGRESS_ISOLATED,
-    EP_FAIL_CLOSED, EP_HAS_V4, EP_HAS_V6, EP_INGRESS_ISOLATED, FAMILY_V4, FAMILY_V6,
-    MAX_PORT_RANGES, PV_ALL, SCOPE_BITS,
+    PortRange, Reason, ServiceKey, DIR_EGRESS, DIR_INGRESS, ENDPOINT_PAD, EP_AUDIT,
+    EP_EGRESS_ISOLATED, EP_FAIL_CLOSED, EP_HAS_V4, EP_HAS_V6, EP_INGRESS_ISOLATED, FAMILY_V4,
+    FAMILY_V6, MAX_PORT_RANGES, PV_ALL, SCOPE_BITS,
 };
 
 use crate::desired::{Desired, DesiredEndpoint, Grant, ServiceFrontend};
@@ -206,7 +206,7 @@ pub fn encode_endpoint(ep: &DesiredEndpoint, id: u32, audit: bool) -> EndpointEn
             id,
             flags,
             ipv4: ep.ipv4.map(|a| a.octets()).unwrap_or_default(),
-            _pad0: [0; 4],
+            _pad0: [0; ENDPOINT_PAD],
             ipv6: ep.ipv6.map(|a| a.octets()).unwrap_or_default(),
         },
         ..Default::default()

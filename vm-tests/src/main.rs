@@ -150,6 +150,12 @@ fn run() -> bool {
     if fs::metadata("/palisade/bin/palisade-agent").is_ok() {
         std::env::set_var("PALISADE_AGENT", "/palisade/bin/palisade-agent");
     }
+    if fs::metadata("/palisade/bin/palisade-agent-test-layout").is_ok() {
+        std::env::set_var(
+            "PALISADE_AGENT_TEST_LAYOUT",
+            "/palisade/bin/palisade-agent-test-layout",
+        );
+    }
     mount("proc", "/proc", "proc");
     mount("sysfs", "/sys", "sysfs");
     mount("devtmpfs", "/dev", "devtmpfs");

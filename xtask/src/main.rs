@@ -3,7 +3,7 @@
 //! Every task that needs the toolchain runs `setup` first; setup is idempotent and
 //! quick when everything is present, and names the failing step otherwise.
 use std::{
-    env,
+    env, fs,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -459,6 +459,36 @@ fn build_agent() -> Result<PathBuf> {
     Ok(target_dir().join("release/palisade-agent"))
 }
 
+/// The agent built with another map layout (`PALISADE_TEST_LAYOUT=1`, see
+/// `common/build.rs`), copied to `<target>/test-layout/`: the agent the
+/// upgrade test replaces. Built in the shared target directory, so only the
+/// workspace's crates are compiled again (twice: `build_agent` after this
+/// builds the normal layout back).
+fn build_test_layout_agent() -> Result<PathBuf> {
+    step("build: palisade-agent with another map layout (for the upgrade test)");
+    run(
+        cargo()
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "palisade-agent",
+                "--bin",
+                "palisade-agent",
+            ])
+            .env("PALISADE_TEST_LAYOUT", "1"),
+        "cargo build -p palisade-agent (test layout)",
+        "See the compiler output above.",
+    )?;
+    let dir = target_dir().join("test-layout");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let to = dir.join("palisade-agent");
+    let from = target_dir().join("release/palisade-agent");
+    fs::copy(&from, &to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    Ok(to)
+}
+
 /// `kubectl-palisade`, the kubectl plugin.
 fn build_plugin() -> Result<PathBuf> {
     step("build: kubectl-palisade");
@@ -523,6 +553,7 @@ fn test(no_lint: bool) -> Result<()> {
             "Fix the warnings above.",
         )?;
     }
+    let other_layout = build_test_layout_agent()?;
     let agent = build_agent()?;
     step("test: unit, property, datapath and harness tests");
     // The tests that need root (BPF, network namespaces) are `#[ignore]`d, so
@@ -538,7 +569,8 @@ fn test(no_lint: bool) -> Result<()> {
                 "--",
                 "--include-ignored",
             ])
-            .env("PALISADE_AGENT", &agent),
+            .env("PALISADE_AGENT", &agent)
+            .env("PALISADE_AGENT_TEST_LAYOUT", &other_layout),
         "cargo test",
         "See the failing test above.",
     )?;

@@ -101,6 +101,8 @@ const SUITES: &[(&str, &[&str])] = &[
             "second_agent",
         ],
     ),
+    // An upgrade across a change of map layout, in this kernel's attach mode.
+    ("upgrade", &[]),
 ];
 
 /// Host binaries copied into the guest's /bin (with their libraries).
@@ -149,6 +151,9 @@ pub fn vm_test(opts: Options) -> Result<()> {
 
     step("vm-test: building the guest init and the test binaries");
     let init = build_init()?;
+    // First: it builds the workspace's crates with the other layout, and the
+    // test binaries and the agent below build them back.
+    let other_layout = super::build_test_layout_agent()?;
     let mut suites = build_suites()?;
     let mut extra = Vec::new();
     let cases = if opts.paths.is_empty() {
@@ -161,9 +166,14 @@ pub fn vm_test(opts: Options) -> Result<()> {
         found
     };
     // The init exports PALISADE_AGENT=/palisade/bin/palisade-agent for the
-    // cluster tests and the conformance runner.
+    // cluster tests and the conformance runner, and
+    // PALISADE_AGENT_TEST_LAYOUT for the upgrade test.
     let agent = super::build_agent()?;
     extra.push(("palisade/bin/palisade-agent".to_string(), agent));
+    extra.push((
+        "palisade/bin/palisade-agent-test-layout".to_string(),
+        other_layout,
+    ));
     if !cases.is_empty() {
         let runner = super::build_harness_bin("palisade-conformance")?;
         extra.push(("palisade/bin/palisade-conformance".to_string(), runner));
@@ -251,14 +261,16 @@ fn ensure_host_packages() -> Result<()> {
         return Ok(());
     }
     let hint = "Run as root on Debian with the package archive reachable.";
-    // qemu-system-x86 must come from the suite the installed qemu packages came
-    // from: with qemu-utils from backports, the plain suite's qemu-system-x86
-    // conflicts with it (apt: "pkgProblemResolver::Resolve generated breaks").
+    // qemu-system-x86 should come from the suite the installed qemu packages
+    // came from: with qemu-utils from backports, the plain suite's
+    // qemu-system-x86 may conflict with it (apt: "pkgProblemResolver::Resolve
+    // generated breaks"). Where that suite is not among apt's sources, the
+    // plain suite's is tried.
     let suite = qemu_backports_suite();
-    let install = || {
+    let install_from = |suite: Option<&str>| {
         let mut cmd = Command::new("apt-get");
         cmd.args(["install", "-y", "-qq", "--no-install-recommends"]);
-        if let Some(s) = &suite {
+        if let Some(s) = suite {
             cmd.args(["-t", s]);
         }
         cmd.args(&missing)
@@ -266,6 +278,7 @@ fn ensure_host_packages() -> Result<()> {
             .status()
             .is_ok_and(|s| s.success())
     };
+    let install = || suite.as_deref().is_some_and(|s| install_from(Some(s))) || install_from(None);
     if !install() {
         run(
             Command::new("apt-get").args(["update", "-qq"]),

@@ -144,7 +144,7 @@ fn main() -> Result<()> {
             id: EP,
             flags: EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED | EP_HAS_V4 | EP_HAS_V6,
             ipv4: pod4.octets(),
-            _pad0: [0; 4],
+            _pad0: [0; ENDPOINT_PAD],
             ipv6: pod6.octets(),
         },
     )?;

@@ -1,12 +1,24 @@
 //! Loading the eBPF object against the maps pinned under the pin directory
-//! (an earlier agent's, adopted) or pinning new ones.
+//! (an earlier agent's, adopted, where their layout is this build's) or
+//! pinning new ones.
 use std::{collections::BTreeMap, fs, path::Path};
 
 use aya::{maps::MapData, EbpfLoader};
-use palisade_common::progs;
+use palisade_common::{
+    maps::{self as names, MapSpec},
+    progs,
+};
 
-use super::{classifier, AttachMode, Datapath, DatapathError, EBPF_OBJECT};
+use super::{classifier, layout, AttachMode, Datapath, DatapathError, EBPF_OBJECT};
 use crate::pins::PinLock;
+
+/// The maps `load_with` may give a smaller capacity.
+const POLICY_MAPS: [&str; 4] = [
+    names::POLICY_V4,
+    names::POLICY_V6,
+    names::POLICY_HOST_V4,
+    names::POLICY_HOST_V6,
+];
 
 impl Datapath {
     /// Load the object, reusing maps already pinned under `pin_dir` (adoption) or
@@ -25,13 +37,26 @@ impl Datapath {
             })?;
         }
         let lock = PinLock::take(pin_dir).map_err(DatapathError::Lock)?;
+        let capacity = |s: &MapSpec| match policy_entries {
+            Some(n) if POLICY_MAPS.contains(&s.name) => n,
+            _ => s.max_entries,
+        };
+        let stale = layout::set_aside(pin_dir, &maps_dir, capacity)?;
+        for s in &stale {
+            let want = s.want.map_or_else(|| "none".to_string(), |w| w.to_string());
+            tracing::warn!(
+                map = %s.name,
+                found = %s.found,
+                want = %want,
+                "pinned map of another layout: created anew; the programs attached go on using the old one until the first pass has filled the new one"
+            );
+        }
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(&maps_dir);
         if let Some(n) = policy_entries {
-            loader.map_max_entries(palisade_common::maps::POLICY_V4, n);
-            loader.map_max_entries(palisade_common::maps::POLICY_V6, n);
-            loader.map_max_entries(palisade_common::maps::POLICY_HOST_V4, n);
-            loader.map_max_entries(palisade_common::maps::POLICY_HOST_V6, n);
+            for name in POLICY_MAPS {
+                loader.map_max_entries(name, n);
+            }
         }
         let mut ebpf = loader
             .load(EBPF_OBJECT)
@@ -61,6 +86,21 @@ impl Datapath {
                 "conntrack entries of the previous map layout not carried over: replies of connections opened before the upgrade are judged as new packets until the flow's next packet"
             ),
         }
+        for (name, copied) in layout::carry_conntrack(pin_dir, &maps_dir, &stale) {
+            match copied {
+                Ok((found, carried)) => tracing::info!(
+                    map = %name,
+                    found,
+                    carried,
+                    "conntrack entries of the table of another capacity carried over"
+                ),
+                Err(e) => tracing::warn!(
+                    map = %name,
+                    error = %e,
+                    "conntrack entries not carried over: replies of connections opened before the upgrade are judged as new packets until the flow's next packet"
+                ),
+            }
+        }
         let mut pinned_maps = Vec::new();
         for e in fs::read_dir(&maps_dir)
             .map_err(|source| DatapathError::PinDir {
@@ -82,6 +122,7 @@ impl Datapath {
             mode: AttachMode::detect(),
             attached: BTreeMap::new(),
             pinned_maps,
+            stale,
             lock,
         })
     }

@@ -1,6 +1,6 @@
 //! The datapath: the loaded eBPF object, its programs' attachments and pins.
-//! Loading and adoption are in `load` (with `migrate` for conntrack tables
-//! of an earlier layout), attaching in `attach`, removal in `uninstall`,
+//! Loading and adoption are in `load` (with `layout` for pins of another
+//! layout and `migrate` for conntrack tables of the earlier one), attaching in `attach`, removal in `uninstall`,
 //! restoring what went missing in `crate::repair`.
 //!
 //! Maps are pinned by name under `<pin_dir>/maps`, so a restarted agent loads its new
@@ -28,6 +28,7 @@ use thiserror::Error;
 use crate::pins::PinLock;
 
 mod attach;
+pub mod layout;
 mod load;
 pub mod migrate;
 mod uninstall;
@@ -165,6 +166,9 @@ pub struct Datapath {
     /// A handle on every pinned map: a map whose pin is removed stays alive
     /// and is pinned again ([`Datapath::repair_pins`]).
     pub(crate) pinned_maps: Vec<(String, MapData)>,
+    /// Pins of another layout set aside by the load, until the new maps are
+    /// filled and every hook runs this build's programs.
+    pub(crate) stale: Vec<layout::Stale>,
     pub(crate) lock: PinLock,
 }
 
@@ -209,6 +213,25 @@ impl Datapath {
 
     pub fn is_attached(&self, ifindex: u32, hook: Hook) -> bool {
         self.attached.contains_key(&(ifindex, hook))
+    }
+
+    /// Whether the load set pins of another layout aside: the new maps must
+    /// be filled before any hook is pointed at this build's programs.
+    pub fn upgrading(&self) -> bool {
+        !self.stale.is_empty()
+    }
+
+    /// The maps set aside by the load, for the log and `/ready`.
+    pub fn stale_maps(&self) -> &[layout::Stale] {
+        &self.stale
+    }
+
+    /// Every hook runs this build's programs on its new maps: removes the
+    /// pins of the other layout. Returns how many went.
+    pub fn finish_upgrade(&mut self) -> Result<usize, DatapathError> {
+        let n = layout::remove_stale(&self.pin_dir)?;
+        self.stale.clear();
+        Ok(n)
     }
 }
 

@@ -74,6 +74,11 @@ impl SyncLoop {
         self.interfaces.on_wake(Wake::Links);
         if self.ingest.synced {
             self.program();
+        } else if self.dp.upgrading() {
+            // Attaching now would point every hook at maps not filled yet.
+            return Reply::refused(
+                "the agent is moving to a new map layout and has not read the cluster yet; the runtime retries",
+            );
         } else {
             // No consistent view of the cluster yet: nothing is written, the
             // programs drop everything on the interface until it is.

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 mod cni;
+mod upgrade;
 
 use crate::{
     cni::CniCall,
@@ -239,7 +240,12 @@ impl SyncLoop {
         if self.endpoints.assign(&ifaces) {
             self.compiler = None;
         }
-        let attached = self.attach(&links, &ifaces);
+        // After a change of map layout the new maps start empty, and the
+        // programs attached still enforce from the old ones: fill the new
+        // maps first, then point the hooks at them. Otherwise attach first,
+        // so a new interface drops everything until its record is written.
+        let upgrading = self.dp.upgrading();
+        let early = (!upgrading).then(|| self.attach(&links, &ifaces));
         let t = Instant::now();
         let compiled = self.compile(&node, &ifaces);
         let compile_ms = t.elapsed().as_millis() as u64;
@@ -248,6 +254,14 @@ impl SyncLoop {
         let t = Instant::now();
         let write_errors = self.write(compiled.writes, &ifaces, &links);
         let write_ms = t.elapsed().as_millis() as u64;
+        let attached = match early {
+            Some(a) => a,
+            None => {
+                let a = self.attach(&links, &ifaces);
+                self.finish_upgrade(&a);
+                a
+            }
+        };
         self.generation += 1;
         let node_addrs = links.node_addrs.clone();
         self.interfaces.keep(links);

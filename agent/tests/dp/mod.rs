@@ -106,7 +106,7 @@ pub fn endpoint(flags: u32) -> Endpoint {
         id: 7,
         flags: flags | EP_HAS_V4 | EP_HAS_V6,
         ipv4: POD.octets(),
-        _pad0: [0; 4],
+        _pad0: [0; ENDPOINT_PAD],
         ipv6: POD6.octets(),
     }
 }

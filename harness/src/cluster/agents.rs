@@ -64,6 +64,14 @@ impl Cluster {
         Ok(())
     }
 
+    /// Replaces the binary agents started from now on run (an upgrade to
+    /// another build).
+    pub fn set_agent_binary(&mut self, binary: &Path) -> Result<()> {
+        let cfg = self.agent_cfg.as_mut().ok_or(ClusterError::NoAgent)?;
+        cfg.binary = binary.to_path_buf();
+        Ok(())
+    }
+
     /// Starts the agent on one node without waiting for it (an agent that reads
     /// an API server, [`AgentConfig::kube`](crate::agent::AgentConfig::kube),
     /// knows nothing of this cluster's revisions).
