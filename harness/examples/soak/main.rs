@@ -14,30 +14,31 @@
 //!   (false drops, leaks), and so is the pod the changes toggle (a change not
 //!   enforced). Change to enforced: from publishing a batch to every agent
 //!   having programmed it.
+//! - **API server outages** (`outage`): the agent in kube mode under the same
+//!   traffic while the API server goes down and comes back, with changes
+//!   made while it is down.
 //!
-//! `cargo xtask soak [--quick]` (root) runs it (100 restarts and 10,000
-//! changes; `--quick`: 3 and 200), then the packet fuzz. Prints a table and
+//! `cargo xtask soak [--quick]` (root) runs it (100 restarts, 10,000
+//! changes and 20 outages of 5 s; `--quick`: 3, 200 and 3 of 2 s), then the
+//! packet fuzz. Prints a table and
 //! writes `results/bench-soak.json`.
 use std::{
-    net::{SocketAddr, UdpSocket},
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use palisade_bench_report as report;
 use palisade_harness::{
-    default_agent_path, in_netns, AgentConfig, Cluster, ClusterOptions, ClusterSpec, Connection,
-    Family, LabelMap, Outcome, Peer, Probe, Transport, Via,
+    default_agent_path, AgentConfig, Cluster, ClusterOptions, ClusterSpec, Family, LabelMap,
+    Outcome, Peer, Probe, Transport, Via,
 };
 use serde_json::json;
 
-/// Long-lived connections x/a -> x/b.
-const CONNECTIONS: usize = 4;
+mod outage;
+mod traffic;
+
+use traffic::{Traffic, CONNECTIONS};
 
 /// TCP 80 probes, run in parallel.
 fn probe_all(c: &Cluster, pairs: &[(&str, &str)]) -> Result<Vec<Outcome>> {
@@ -64,87 +65,6 @@ fn percentile(xs: &mut [f64], p: f64) -> f64 {
     xs.sort_by(f64::total_cmp);
     let i = ((p / 100.0) * (xs.len() - 1) as f64).round() as usize;
     xs[i.min(xs.len() - 1)]
-}
-
-/// Traffic that runs through both parts: echoes on the allowed connections,
-/// datagrams to the denied port.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    /// Connections that failed a round trip at least once.
-    broken: Arc<AtomicU64>,
-    roundtrips: Arc<AtomicU64>,
-    sent: Arc<AtomicU64>,
-    /// Echoes of datagrams sent to the denied port: each one reached it.
-    leaked: Arc<AtomicU64>,
-    threads: Vec<thread::JoinHandle<()>>,
-}
-
-impl Traffic {
-    fn start(c: &Cluster) -> Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let broken = Arc::new(AtomicU64::new(0));
-        let roundtrips = Arc::new(AtomicU64::new(0));
-        let sent = Arc::new(AtomicU64::new(0));
-        let leaked = Arc::new(AtomicU64::new(0));
-        let mut threads = Vec::new();
-        let (a, b) = (Peer::parse("x/a")?, Peer::parse("x/b")?);
-        for _ in 0..CONNECTIONS {
-            let mut conn: Connection = c.connect(&a, &b, 80, Transport::Tcp, Via::Pod)?;
-            let (stop, broken, roundtrips) = (stop.clone(), broken.clone(), roundtrips.clone());
-            threads.push(thread::spawn(move || {
-                let mut failed = false;
-                while !stop.load(Ordering::Relaxed) {
-                    if conn.roundtrip(Duration::from_secs(3)) {
-                        roundtrips.fetch_add(1, Ordering::Relaxed);
-                    } else if !failed {
-                        failed = true;
-                        broken.fetch_add(1, Ordering::Relaxed);
-                    }
-                    thread::sleep(Duration::from_millis(50));
-                }
-            }));
-        }
-        // y/a -> x/b UDP 81: no rule allows it.
-        let to = SocketAddr::new(c.pod_ip("x/b")?, 81);
-        let ns = c.pod_netns("y/a")?.to_string();
-        let sock = in_netns(&ns, || UdpSocket::bind("0.0.0.0:0"))?.context("UDP socket in y/a")?;
-        sock.set_nonblocking(true)?;
-        let (stop2, sent2, leaked2) = (stop.clone(), sent.clone(), leaked.clone());
-        threads.push(thread::spawn(move || {
-            let mut buf = [0u8; 64];
-            while !stop2.load(Ordering::Relaxed) {
-                if sock.send_to(b"must-not-arrive", to).is_ok() {
-                    sent2.fetch_add(1, Ordering::Relaxed);
-                }
-                while sock.recv_from(&mut buf).is_ok() {
-                    leaked2.fetch_add(1, Ordering::Relaxed);
-                }
-                thread::sleep(Duration::from_millis(5));
-            }
-        }));
-        Ok(Self {
-            stop,
-            broken,
-            roundtrips,
-            sent,
-            leaked,
-            threads,
-        })
-    }
-
-    /// (broken connections, round trips, datagrams sent, datagrams leaked).
-    fn finish(self) -> (u64, u64, u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            let _ = t.join();
-        }
-        (
-            self.broken.load(Ordering::Relaxed),
-            self.roundtrips.load(Ordering::Relaxed),
-            self.sent.load(Ordering::Relaxed),
-            self.leaked.load(Ordering::Relaxed),
-        )
-    }
 }
 
 fn base_policy() -> serde_json::Value {
@@ -187,10 +107,10 @@ fn churn_policy(k: usize) -> serde_json::Value {
 
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
-    let (restarts, changes, batch) = if quick {
-        (3, 200, 20)
+    let (restarts, changes, batch, outages, down_for) = if quick {
+        (3, 200, 20, 3, Duration::from_secs(2))
     } else {
-        (100, 10_000, 50)
+        (100, 10_000, 50, 20, Duration::from_secs(5))
     };
     let started = Instant::now();
     let mut agent = AgentConfig::new(default_agent_path());
@@ -297,6 +217,14 @@ fn main() -> Result<()> {
     let (c_broken, c_trips, c_sent, c_leaked) = traffic.finish();
     c.teardown()?;
 
+    eprintln!(
+        "==> soak: {outages} API server outages of {} s in kube mode under traffic",
+        down_for.as_secs()
+    );
+    let o = outage::run(&default_agent_path(), outages, down_for)?;
+    let o50 = percentile(&mut o.caught_up_ms.clone(), 50.0);
+    let o99 = percentile(&mut o.caught_up_ms.clone(), 99.0);
+
     let p50 = percentile(&mut ready_ms.clone(), 50.0);
     let p99 = percentile(&mut ready_ms.clone(), 99.0);
     let e50 = percentile(&mut enforced_ms.clone(), 50.0);
@@ -353,6 +281,49 @@ fn main() -> Result<()> {
             format!("{e50:.0} / {e99:.0} ms"),
             "".into(),
         ],
+        vec![
+            "API server outages (kube mode)".into(),
+            format!(
+                "{} of {} s, {} changes while down",
+                o.outages,
+                down_for.as_secs(),
+                o.changes
+            ),
+            "".into(),
+        ],
+        vec![
+            "  probes while down not as before it".into(),
+            o.lost.to_string(),
+            "0".into(),
+        ],
+        vec![
+            "  changes made while down not enforced after".into(),
+            o.not_enforced.to_string(),
+            "0".into(),
+        ],
+        vec![
+            "  false drops / leaks after".into(),
+            format!("{} / {}", o.false_drops, o.leaks),
+            "0 / 0".into(),
+        ],
+        vec![
+            "  long-lived connections broken".into(),
+            format!(
+                "{} of {CONNECTIONS} ({} round trips)",
+                o.broken, o.roundtrips
+            ),
+            "0".into(),
+        ],
+        vec![
+            "  datagrams that reached a denied port".into(),
+            format!("{} of {}", o.denied_arrived, o.denied_sent),
+            "0".into(),
+        ],
+        vec![
+            "  back up to every change programmed p50 / p99".into(),
+            format!("{o50:.0} / {o99:.0} ms"),
+            "".into(),
+        ],
     ];
     println!("soak ({:.0} s)", started.elapsed().as_secs_f64());
     report::print_table(&["figure", "value", "target"], &rows);
@@ -383,11 +354,38 @@ fn main() -> Result<()> {
                 "enforced_ms_p50": e50,
                 "enforced_ms_p99": e99,
             },
+            "outages": {
+                "count": o.outages,
+                "down_seconds": down_for.as_secs(),
+                "changes_while_down": o.changes,
+                "probes_not_as_before": o.lost,
+                "not_enforced_after": o.not_enforced,
+                "false_drops": o.false_drops,
+                "leaks": o.leaks,
+                "connections_broken": o.broken,
+                "roundtrips": o.roundtrips,
+                "denied_datagrams_sent": o.denied_sent,
+                "denied_datagrams_arrived": o.denied_arrived,
+                "caught_up_ms_p50": o50,
+                "caught_up_ms_p99": o99,
+            },
             "took_seconds": started.elapsed().as_secs_f64(),
         }),
     )?;
     println!("wrote {}", path.display());
-    let bad = r_broken + r_leaked + false_drops + leaks + not_enforced + c_broken + c_leaked;
+    let bad = r_broken
+        + r_leaked
+        + false_drops
+        + leaks
+        + not_enforced
+        + c_broken
+        + c_leaked
+        + o.lost
+        + o.not_enforced
+        + o.false_drops
+        + o.leaks
+        + o.broken
+        + o.denied_arrived;
     anyhow::ensure!(bad == 0, "the soak found {bad} failures (see the table)");
     Ok(())
 }
