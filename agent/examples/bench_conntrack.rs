@@ -2,10 +2,12 @@
 //! evicts the conntrack entries of established connections. Through
 //! BPF_PROG_TEST_RUN on the real programs: 1,000 established connections (their
 //! first packet allowed by `from_pod`, so tracked, and answered once), then N
-//! new flows from another pod that nobody answers, then the reply of every
-//! established connection on `to_pod`, whose ingress is isolated with no rule: a
-//! reply passes only while its conntrack entry lives. Prints, per flood size,
-//! the established connections whose replies were dropped.
+//! new flows from another pod, nobody answering them or a cooperating server
+//! answering each once, then the reply of every established connection on
+//! `to_pod`, whose ingress is isolated with no rule: a reply passes only while
+//! its conntrack entry lives. Prints, per flood, the established connections
+//! whose replies were dropped, and the flooder's replies dropped (an answered
+//! flood's replies must pass too).
 //!
 //! `cargo xtask bench conntrack [--quick]` (root, bpffs). Writes
 //! `results/bench-conntrack.json`.
@@ -51,9 +53,18 @@ fn endpoint(id: u32, ip: Ipv4Addr) -> Endpoint {
     }
 }
 
-/// Established connections whose reply is dropped after `flood` new flows.
-/// Also the confirmed and unanswered entries left.
-fn broken_after(flood: u32, round: u32) -> Result<(u32, u32, u32)> {
+/// What one flood left.
+struct After {
+    broken: u32,
+    flood_replies_dropped: u32,
+    confirmed: u32,
+    unanswered: u32,
+}
+
+/// Established connections whose reply is dropped after `flood` new flows,
+/// each answered once if `answered`. Also the confirmed and unanswered
+/// entries left.
+fn broken_after(flood: u32, answered: bool, round: u32) -> Result<After> {
     let dir = PathBuf::from(format!(
         "/sys/fs/bpf/palisade-bench-ct-{}-{round}",
         std::process::id()
@@ -87,14 +98,20 @@ fn broken_after(flood: u32, round: u32) -> Result<(u32, u32, u32)> {
         anyhow::ensure!(act == 0, "the first reply of connection {i} was dropped");
     }
     // The flood: every packet a new flow (destination address and port vary).
+    let mut flood_replies_dropped = 0;
     for i in 0..flood {
         let dst = Ipv4Addr::from(0x0a80_0000u32 + (i >> 16));
+        let sport = 1024 + (i % 60000) as u16;
         run(
             &mut dp,
             "from_pod",
             FLOODER_IF,
-            &tcp(FLOODER, dst, 1024 + (i % 60000) as u16, 80),
+            &tcp(FLOODER, dst, sport, 80),
         )?;
+        if answered {
+            let act = run(&mut dp, "to_pod", FLOODER_IF, &tcp(dst, FLOODER, 80, sport))?;
+            flood_replies_dropped += u32::from(act != 0);
+        }
     }
     let mut broken = 0;
     for i in 0..ESTABLISHED {
@@ -108,45 +125,65 @@ fn broken_after(flood: u32, round: u32) -> Result<(u32, u32, u32)> {
             broken += 1;
         }
     }
-    Ok((
+    Ok(After {
         broken,
-        confirmed.keys().count() as u32,
-        ct_new.keys().count() as u32,
-    ))
+        flood_replies_dropped,
+        confirmed: confirmed.keys().count() as u32,
+        unanswered: ct_new.keys().count() as u32,
+    })
 }
 
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
-    let floods: &[u32] = if quick {
-        &[0, 10_000]
+    let floods: &[(u32, bool)] = if quick {
+        &[(0, false), (10_000, false), (10_000, true)]
     } else {
-        &[0, 100_000, 250_000, MAX_CONNTRACK, 2 * MAX_CONNTRACK]
+        &[
+            (0, false),
+            (100_000, false),
+            (250_000, false),
+            (MAX_CONNTRACK, false),
+            (2 * MAX_CONNTRACK, false),
+            (100_000, true),
+            (250_000, true),
+            (MAX_CONNTRACK, true),
+            (2 * MAX_CONNTRACK, true),
+        ]
     };
     let mut rows = Vec::new();
     let mut json = Vec::new();
-    for (round, &n) in floods.iter().enumerate() {
-        let (broken, confirmed, unanswered) = broken_after(n, round as u32)?;
+    for (round, &(n, answered)) in floods.iter().enumerate() {
+        let a = broken_after(n, answered, round as u32)?;
+        let kind = if answered { "answered" } else { "unanswered" };
         rows.push(vec![
-            n.to_string(),
-            format!("{broken} of {ESTABLISHED}"),
-            confirmed.to_string(),
-            unanswered.to_string(),
+            format!("{n} {kind}"),
+            format!("{} of {ESTABLISHED}", a.broken),
+            if answered {
+                format!("{} of {n}", a.flood_replies_dropped)
+            } else {
+                "-".into()
+            },
+            a.confirmed.to_string(),
+            a.unanswered.to_string(),
         ]);
         json.push(serde_json::json!({
             "flood_new_flows": n,
+            "answered": answered,
             "established": ESTABLISHED,
-            "established_broken": broken,
-            "confirmed_entries_after": confirmed,
-            "unanswered_entries_after": unanswered,
+            "established_broken": a.broken,
+            "flood_replies_dropped": a.flood_replies_dropped,
+            "confirmed_entries_after": a.confirmed,
+            "unanswered_entries_after": a.unanswered,
         }));
     }
     println!(
-        "conntrack under a flood (confirmed connections: an LRU of {MAX_CONNTRACK}; unanswered: an LRU of {MAX_CT_NEW}; {ESTABLISHED} established connections, then N new flows from another pod)"
+        "conntrack under a flood (confirmed connections: an LRU of {MAX_CONNTRACK}; unanswered: an LRU of {MAX_CT_NEW}; confirmations per endpoint and CPU: {CT_CONFIRM_PER_SEC}/s, burst {CT_CONFIRM_BURST}; {ESTABLISHED} established connections, then N new flows from another pod)"
     );
     report::print_table(
         &[
             "new flows in the flood",
             "established connections broken",
+            "flood replies dropped",
             "confirmed entries",
             "unanswered entries",
         ],
@@ -154,7 +191,7 @@ fn main() -> Result<()> {
     );
     let p = report::write_json(
         "conntrack",
-        &serde_json::json!({"machine": report::machine(), "confirmed_capacity": MAX_CONNTRACK, "unanswered_capacity": MAX_CT_NEW, "rows": json}),
+        &serde_json::json!({"machine": report::machine(), "confirmed_capacity": MAX_CONNTRACK, "unanswered_capacity": MAX_CT_NEW, "confirm_per_sec": CT_CONFIRM_PER_SEC, "confirm_burst": CT_CONFIRM_BURST, "rows": json}),
     )?;
     println!("wrote {}", p.display());
     Ok(())

@@ -235,3 +235,30 @@ fn icmp_errors_of_tracked_flows_pass() {
         ("error about an unknown flow", TO, &frag_needed(40001), SHOT),
     ]);
 }
+
+/// A pod whose flows are all answered (a cooperating server) moves them into
+/// the confirmed table within its budget only (`CT_CONFIRM_PER_SEC`); the
+/// rest stay unanswered, their replies passing. So twice the confirmed
+/// table's size of answered flows does not evict an established connection
+/// (without the budget it does: `cargo xtask bench conntrack`).
+#[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
+fn confirmed_connections_survive_a_flood_of_answered_flows() {
+    common::require_root();
+    let mut fx = fixture_for(EP_INGRESS_ISOLATED);
+    assert_eq!(fx.run(FROM, &tcp(POD, PEER, 30000, 443)), OK);
+    assert_eq!(fx.run(TO, &tcp(PEER, POD, 443, 30000)), OK);
+    let mut dropped = 0u32;
+    for i in 0..2 * MAX_CONNTRACK {
+        let dst = Ipv4Addr::from(0x0a80_0000u32 + (i >> 16));
+        let sport = 1024 + (i % 60000) as u16;
+        fx.run(FROM, &tcp(POD, dst, sport, 80));
+        dropped += u32::from(fx.run(TO, &tcp(dst, POD, 80, sport)) != OK);
+    }
+    assert_eq!(dropped, 0, "replies of the flood's own flows dropped");
+    assert_eq!(
+        fx.run(TO, &tcp(PEER, POD, 443, 30000)),
+        OK,
+        "the established connection's reply after the flood"
+    );
+}

@@ -158,6 +158,50 @@ impl CtValue {
     }
 }
 
+/// Connections one endpoint's replies may move into the confirmed table, per
+/// second and CPU (`PAL_CT_QUOTA`, a token bucket per endpoint id). Beyond
+/// it a connection stays in the unanswered table, where its replies still
+/// pass while it lives: a pod opening answered connections at full speed
+/// churns the unanswered table, and turns the confirmed one over at this
+/// rate at most, so the established connections of other pods keep their
+/// entries.
+pub const CT_CONFIRM_PER_SEC: u64 = 2_000;
+/// The bucket's depth: a burst of this many confirmations passes at once.
+pub const CT_CONFIRM_BURST: u64 = 8_000;
+
+/// One endpoint's confirmation budget on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtQuota {
+    /// Confirmations left.
+    pub tokens: u64,
+    /// When tokens were last added.
+    pub refilled_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<CtQuota>() == 16);
+
+impl CtQuota {
+    /// Takes one confirmation at `now_ns` if the budget has one. A slot never
+    /// used (or of an id given to another pod) starts with a full bucket.
+    #[inline(always)]
+    pub fn take(&mut self, now_ns: u64) -> bool {
+        // Capped before the multiplication: a slot never used has
+        // `refilled_ns` 0.
+        let full_ns = CT_CONFIRM_BURST * 1_000_000_000 / CT_CONFIRM_PER_SEC;
+        let elapsed = now_ns.saturating_sub(self.refilled_ns).min(full_ns);
+        let add = elapsed * CT_CONFIRM_PER_SEC / 1_000_000_000;
+        if add > 0 {
+            self.tokens = (self.tokens + add).min(CT_CONFIRM_BURST);
+            self.refilled_ns = now_ns;
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
 /// A packet's 5-tuple as seen, scoped to its interface: the key of the event
 /// rate limit (one event per flow and interval).
 #[repr(C)]

@@ -7,7 +7,7 @@
 use core::mem::size_of;
 
 use crate::{
-    Config, Counters, CtKeyV4, CtKeyV6, CtValue, Endpoint, EventBudget, FlowKey, IpKey,
+    Config, Counters, CtKeyV4, CtKeyV6, CtQuota, CtValue, Endpoint, EventBudget, FlowKey, IpKey,
     PolicyKeyV4, PolicyKeyV6, PolicyValue, RateValue, ServiceKey, Stat, STAT_SLOTS,
 };
 
@@ -32,6 +32,8 @@ pub const CT_NEW_V4: &str = "PAL_CT4_NEW";
 /// The same two tables for IPv6.
 pub const CONNTRACK_V6: &str = "PAL_CT6";
 pub const CT_NEW_V6: &str = "PAL_CT6_NEW";
+/// Per-endpoint budget of confirmations (`CtQuota`), indexed by endpoint id.
+pub const CT_QUOTA: &str = "PAL_CT_QUOTA";
 /// Conntrack pins of the one-table-per-direction layout with 44-byte keys for
 /// both families; an agent finding them copies their entries and removes them.
 pub const LEGACY_CONNTRACK: [&str; 2] = ["PAL_CONNTRACK", "PAL_CT_NEW"];
@@ -128,7 +130,7 @@ const fn spec<K, V>(name: &'static str, kind: MapKind, max_entries: u32, flags: 
 }
 
 /// Every map of the TC programs.
-pub const SPECS: [MapSpec; 20] = [
+pub const SPECS: [MapSpec; 21] = [
     spec::<u32, Endpoint>(ENDPOINTS, MapKind::Hash, MAX_ENDPOINTS, 0),
     spec::<IpKey, u32>(ENDPOINT_BY_IP, MapKind::Hash, MAX_ENDPOINT_ADDRS, 0),
     spec::<PolicyKeyV4, PolicyValue>(
@@ -161,6 +163,7 @@ pub const SPECS: [MapSpec; 20] = [
     spec::<CtKeyV4, CtValue>(CT_NEW_V4, MapKind::LruHash, MAX_CT_NEW, 0),
     spec::<CtKeyV6, CtValue>(CONNTRACK_V6, MapKind::LruHash, MAX_CONNTRACK, 0),
     spec::<CtKeyV6, CtValue>(CT_NEW_V6, MapKind::LruHash, MAX_CT_NEW, 0),
+    spec::<u32, CtQuota>(CT_QUOTA, MapKind::PerCpuArray, COUNTER_SLOTS, 0),
     MapSpec {
         name: EVENTS,
         kind: MapKind::RingBuf,

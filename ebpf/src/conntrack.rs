@@ -5,14 +5,16 @@
 //! One key per connection in canonical order (`palisade_common::conntrack`),
 //! so a packet's one lookup tells a reply from a tracked flow's own packet and
 //! from a new flow. Two LRU tables per family: a new flow is recorded in the
-//! unanswered table, and its first reply moves it to the confirmed one. A pod
-//! flooding new flows that nobody answers churns the unanswered table only.
+//! unanswered table, and its first reply moves it to the confirmed one, within
+//! the endpoint's confirmation budget (`CtQuota`). A pod flooding new flows,
+//! answered or not, churns the unanswered table; the confirmed one turns over
+//! at the budget's rate at most.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::LruHashMap, programs::TcContext};
 use palisade_common::{CtKeyV4, CtKeyV6, CtValue, CT_ORIGIN_LO, FAMILY_V4};
 
 use crate::{
-    maps::{scratch, CT4, CT4_NEW, CT6, CT6_NEW},
+    maps::{scratch, CT4, CT4_NEW, CT6, CT6_NEW, CT_QUOTA},
     parse::{parse_v4, parse_v6, reset, Flow},
 };
 
@@ -46,8 +48,19 @@ fn v6_key(ifindex: u32, f: &Flow) -> (CtKeyV6, bool) {
     CtKeyV6::of(ifindex, f.proto, &f.src, f.sport, &f.dst, f.dport)
 }
 
+/// Whether endpoint `ep_id` may confirm one more connection now.
+#[inline(always)]
+fn may_confirm(ep_id: u32) -> bool {
+    match CT_QUOTA.get_ptr_mut(ep_id) {
+        // SAFETY: per-CPU, and a TC program runs to completion on its CPU.
+        Some(q) => unsafe { &mut *q }.take(unsafe { bpf_ktime_get_ns() }),
+        None => true,
+    }
+}
+
 /// Look `key` up in the confirmed table, then the unanswered one; a reply
-/// found in the unanswered table confirms its connection.
+/// found in the unanswered table confirms its connection if endpoint
+/// `ep_id`'s budget allows (else it stays unanswered, its replies passing).
 #[inline(always)]
 fn classify_in<K>(
     confirmed: &LruHashMap<K, CtValue>,
@@ -55,6 +68,7 @@ fn classify_in<K>(
     key: &K,
     lo: bool,
     dir: u8,
+    ep_id: u32,
 ) -> Ct {
     if let Some(v) = unsafe { confirmed.get(key) } {
         return if v.is_reply(lo, dir) {
@@ -67,9 +81,11 @@ fn classify_in<K>(
         Some(v) if v.is_reply(lo, dir) => {
             // Should the move fail, the entry stays unconfirmed: its replies
             // pass while it lives.
-            let v = *v;
-            let _ = confirmed.insert(key, &v, 0);
-            let _ = unanswered.remove(key);
+            if may_confirm(ep_id) {
+                let v = *v;
+                let _ = confirmed.insert(key, &v, 0);
+                let _ = unanswered.remove(key);
+            }
             Ct::Reply
         }
         Some(_) => Ct::Tracked,
@@ -77,15 +93,16 @@ fn classify_in<K>(
     }
 }
 
-/// What conntrack knows of packet `f` seen by hook `dir` on `ifindex`.
+/// What conntrack knows of packet `f` seen by hook `dir` on `ifindex`, the
+/// interface of endpoint `ep_id`.
 #[inline(always)]
-pub fn classify(ifindex: u32, f: &Flow, dir: u8) -> Ct {
+pub fn classify(ifindex: u32, ep_id: u32, f: &Flow, dir: u8) -> Ct {
     if f.family == FAMILY_V4 {
         let (k, lo) = v4_key(ifindex, f);
-        classify_in(&CT4, &CT4_NEW, &k, lo, dir)
+        classify_in(&CT4, &CT4_NEW, &k, lo, dir, ep_id)
     } else {
         let (k, lo) = v6_key(ifindex, f);
-        classify_in(&CT6, &CT6_NEW, &k, lo, dir)
+        classify_in(&CT6, &CT6_NEW, &k, lo, dir, ep_id)
     }
 }
 

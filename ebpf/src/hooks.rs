@@ -129,7 +129,7 @@ pub fn try_to_pod(ctx: &TcContext) -> Result<i32, Internal> {
     if let Some(act) = pending_service_egress(ctx, flow) {
         return Ok(act);
     }
-    let ct = classify(ifindex, flow, DIR_INGRESS);
+    let ct = classify(ifindex, ep.id, flow, DIR_INGRESS);
     if ct == Ct::Reply || (flow.icmp_error && icmp_error_of_tracked(ctx, ifindex, flow)) {
         let reply = Verdict::Allow(AllowReason::Reply);
         return Ok(finish(ctx, ifindex, ep, DIR_INGRESS, flow, reply));
@@ -182,7 +182,7 @@ pub fn try_from_pod(ctx: &TcContext) -> Result<i32, Internal> {
         let spoofed = Verdict::Deny(Reason::SpoofedSource);
         return Ok(finish(ctx, ifindex, ep, DIR_EGRESS, flow, spoofed));
     }
-    let ct = classify(ifindex, flow, DIR_EGRESS);
+    let ct = classify(ifindex, ep.id, flow, DIR_EGRESS);
     if ct == Ct::Reply || (flow.icmp_error && icmp_error_of_tracked(ctx, ifindex, flow)) {
         let reply = Verdict::Allow(AllowReason::Reply);
         return Ok(finish(ctx, ifindex, ep, DIR_EGRESS, flow, reply));

@@ -50,6 +50,9 @@ pub static CT6: LruHashMap<CtKeyV6, CtValue> = LruHashMap::pinned(MAX_CONNTRACK,
 #[map(name = "PAL_CT6_NEW")]
 pub static CT6_NEW: LruHashMap<CtKeyV6, CtValue> = LruHashMap::pinned(MAX_CT_NEW, 0);
 
+#[map(name = "PAL_CT_QUOTA")]
+pub static CT_QUOTA: PerCpuArray<CtQuota> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+
 #[map(name = "PAL_EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::pinned(EVENTS_RING_BYTES, 0);
 
