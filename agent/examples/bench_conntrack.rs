@@ -177,7 +177,7 @@ fn main() -> Result<()> {
         }));
     }
     println!(
-        "conntrack under a flood (confirmed connections: an LRU of {MAX_CONNTRACK}; unanswered: an LRU of {MAX_CT_NEW}; confirmations per endpoint and CPU: {CT_CONFIRM_PER_SEC}/s, burst {CT_CONFIRM_BURST}; {ESTABLISHED} established connections, then N new flows from another pod)"
+        "conntrack under a flood (confirmed connections: an LRU of {MAX_CONNTRACK}; unanswered: an LRU of {MAX_CT_NEW}; confirmations per endpoint and CPU: {CT_CONFIRM_PER_SEC}/s, bursts of {CT_CONFIRM_BURST_SECS} s; {ESTABLISHED} established connections, then N new flows from another pod)"
     );
     report::print_table(
         &[
@@ -191,7 +191,7 @@ fn main() -> Result<()> {
     );
     let p = report::write_json(
         "conntrack",
-        &serde_json::json!({"machine": report::machine(), "confirmed_capacity": MAX_CONNTRACK, "unanswered_capacity": MAX_CT_NEW, "confirm_per_sec": CT_CONFIRM_PER_SEC, "confirm_burst": CT_CONFIRM_BURST, "rows": json}),
+        &serde_json::json!({"machine": report::machine(), "confirmed_capacity": MAX_CONNTRACK, "unanswered_capacity": MAX_CT_NEW, "confirm_per_sec": CT_CONFIRM_PER_SEC, "confirm_burst_seconds": CT_CONFIRM_BURST_SECS, "rows": json}),
     )?;
     println!("wrote {}", p.display());
     Ok(())

@@ -119,6 +119,16 @@ pub struct Cli {
     #[arg(long, default_value_t = palisade_common::ENDPOINT_EVENTS_PER_SEC)]
     pub endpoint_events_per_second: u32,
 
+    /// Connections one pod's replies may confirm per second on each CPU
+    /// (bursts of 4 s worth). A confirmed connection lives in the large
+    /// conntrack table; beyond the budget it stays in the table of
+    /// unanswered flows, where its replies still pass, so a pod opening
+    /// answered connections at full speed cannot evict the established
+    /// connections of others. Raise it for pods that open more than this
+    /// many long-lived connections a second (proxies, load generators).
+    #[arg(long, default_value_t = palisade_common::CT_CONFIRM_PER_SEC, value_parser = clap::value_parser!(u32).range(1..))]
+    pub conntrack_confirms_per_second: u32,
+
     /// Report allowed connections too: `new` prints (and streams on
     /// `/events`) the first packet of every new connection a policy or the
     /// pod's node allowed, `all-new` also those of pods no policy isolates

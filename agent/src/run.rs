@@ -144,6 +144,8 @@ pub async fn main() -> Result<()> {
         event_interval_ns: cli.event_interval_ms.max(1) * 1_000_000,
         endpoint_events_per_sec: cli.endpoint_events_per_second.max(1),
         flags: cli.flow_events.config_flags(),
+        ct_confirm_per_sec: cli.conntrack_confirms_per_second,
+        _pad0: 0,
     })?;
     let mut events = EventReader::new(&mut dp)?;
     info!(node = %node_name, attach_mode = dp.mode.as_str(), pin_dir = %cli.pin_dir.display(), "datapath loaded");

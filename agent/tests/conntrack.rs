@@ -262,3 +262,50 @@ fn confirmed_connections_survive_a_flood_of_answered_flows() {
         "the established connection's reply after the flood"
     );
 }
+
+/// `--conntrack-confirms-per-second` reaches the programs: at 1 a second (a
+/// burst of 4), of six answered connections four are confirmed and two stay
+/// unanswered, and the replies of all six pass.
+#[test]
+#[ignore = "needs root and BPF: run through cargo xtask test"]
+fn the_confirmation_budget_comes_from_the_config() {
+    common::require_root();
+    // One CPU: the budget is per CPU.
+    // SAFETY: a zeroed cpu_set_t with CPU 0 set; affects this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let mut fx = fixture_for(EP_INGRESS_ISOLATED);
+    fx.maps
+        .set_config(Config {
+            ct_confirm_per_sec: 1,
+            ..Default::default()
+        })
+        .expect("config");
+    for i in 0..6 {
+        assert_eq!(fx.run(FROM, &tcp(POD, PEER, 31000 + i, 443)), OK);
+        assert_eq!(fx.run(TO, &tcp(PEER, POD, 443, 31000 + i)), OK, "reply {i}");
+    }
+    for i in 0..6 {
+        assert_eq!(
+            fx.run(TO, &tcp(PEER, POD, 443, 31000 + i)),
+            OK,
+            "second reply {i}"
+        );
+    }
+    let count = |name: &str| {
+        let map = palisade_agent::datapath::open_pinned_map(&fx.dp.pin_dir, name).expect(name);
+        let t: aya::maps::HashMap<_, CtKeyV4, CtValue> =
+            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(map)).expect(name);
+        t.keys().count()
+    };
+    assert_eq!(count(maps::CONNTRACK_V4), 4, "confirmed within the burst");
+    assert_eq!(count(maps::CT_NEW_V4), 2, "left unanswered beyond it");
+}

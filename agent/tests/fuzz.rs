@@ -184,6 +184,7 @@ impl Kernel {
             event_interval_ns: 1,
             flags: 0,
             endpoint_events_per_sec: u32::MAX,
+            ..Default::default()
         })
         .expect("config");
         for e in &model.entries {

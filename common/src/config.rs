@@ -25,5 +25,9 @@ pub struct Config {
     pub flags: u32,
     /// Per-endpoint, per-CPU event budget (0 = `ENDPOINT_EVENTS_PER_SEC`).
     pub endpoint_events_per_sec: u32,
+    /// Per-endpoint, per-CPU conntrack confirmations a second (0 =
+    /// `CT_CONFIRM_PER_SEC`); the burst is `CT_CONFIRM_BURST_SECS` of them.
+    pub ct_confirm_per_sec: u32,
+    pub _pad0: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 24);

@@ -159,15 +159,16 @@ impl CtValue {
 }
 
 /// Connections one endpoint's replies may move into the confirmed table, per
-/// second and CPU (`PAL_CT_QUOTA`, a token bucket per endpoint id). Beyond
-/// it a connection stays in the unanswered table, where its replies still
-/// pass while it lives: a pod opening answered connections at full speed
-/// churns the unanswered table, and turns the confirmed one over at this
-/// rate at most, so the established connections of other pods keep their
-/// entries.
-pub const CT_CONFIRM_PER_SEC: u64 = 2_000;
-/// The bucket's depth: a burst of this many confirmations passes at once.
-pub const CT_CONFIRM_BURST: u64 = 8_000;
+/// second and CPU, unless `Config::ct_confirm_per_sec` says otherwise
+/// (`PAL_CT_QUOTA`, a token bucket per endpoint id). Beyond it a connection
+/// stays in the unanswered table, where its replies still pass while it
+/// lives: a pod opening answered connections at full speed churns the
+/// unanswered table, and turns the confirmed one over at this rate at most,
+/// so the established connections of other pods keep their entries.
+pub const CT_CONFIRM_PER_SEC: u32 = 2_000;
+/// The bucket's depth, in seconds of the rate: a burst of that many
+/// confirmations passes at once.
+pub const CT_CONFIRM_BURST_SECS: u64 = 4;
 
 /// One endpoint's confirmation budget on one CPU.
 #[repr(C)]
@@ -181,17 +182,21 @@ pub struct CtQuota {
 const _: () = assert!(core::mem::size_of::<CtQuota>() == 16);
 
 impl CtQuota {
-    /// Takes one confirmation at `now_ns` if the budget has one. A slot never
-    /// used (or of an id given to another pod) starts with a full bucket.
+    /// Takes one confirmation at `now_ns`, `per_sec` a second, if the budget
+    /// has one. A slot never used (or of an id given to another pod) starts
+    /// with a full bucket.
     #[inline(always)]
-    pub fn take(&mut self, now_ns: u64) -> bool {
-        // Capped before the multiplication: a slot never used has
-        // `refilled_ns` 0.
-        let full_ns = CT_CONFIRM_BURST * 1_000_000_000 / CT_CONFIRM_PER_SEC;
-        let elapsed = now_ns.saturating_sub(self.refilled_ns).min(full_ns);
-        let add = elapsed * CT_CONFIRM_PER_SEC / 1_000_000_000;
+    pub fn take(&mut self, now_ns: u64, per_sec: u32) -> bool {
+        let rate = per_sec as u64;
+        let burst = rate * CT_CONFIRM_BURST_SECS;
+        // At most the time that fills the bucket (a slot never used has
+        // `refilled_ns` 0): 4e9 ns times a u32 rate fits in a u64.
+        let elapsed = now_ns
+            .saturating_sub(self.refilled_ns)
+            .min(CT_CONFIRM_BURST_SECS * 1_000_000_000);
+        let add = elapsed * rate / 1_000_000_000;
         if add > 0 {
-            self.tokens = (self.tokens + add).min(CT_CONFIRM_BURST);
+            self.tokens = (self.tokens + add).min(burst);
             self.refilled_ns = now_ns;
         }
         if self.tokens == 0 {

@@ -11,10 +11,10 @@
 //! at the budget's rate at most.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::LruHashMap, programs::TcContext};
-use palisade_common::{CtKeyV4, CtKeyV6, CtValue, CT_ORIGIN_LO, FAMILY_V4};
+use palisade_common::{CtKeyV4, CtKeyV6, CtValue, CT_CONFIRM_PER_SEC, CT_ORIGIN_LO, FAMILY_V4};
 
 use crate::{
-    maps::{scratch, CT4, CT4_NEW, CT6, CT6_NEW, CT_QUOTA},
+    maps::{scratch, CONFIG, CT4, CT4_NEW, CT6, CT6_NEW, CT_QUOTA},
     parse::{parse_v4, parse_v6, reset, Flow},
 };
 
@@ -51,9 +51,13 @@ fn v6_key(ifindex: u32, f: &Flow) -> (CtKeyV6, bool) {
 /// Whether endpoint `ep_id` may confirm one more connection now.
 #[inline(always)]
 fn may_confirm(ep_id: u32) -> bool {
+    let rate = match CONFIG.get(0) {
+        Some(c) if c.ct_confirm_per_sec != 0 => c.ct_confirm_per_sec,
+        _ => CT_CONFIRM_PER_SEC,
+    };
     match CT_QUOTA.get_ptr_mut(ep_id) {
         // SAFETY: per-CPU, and a TC program runs to completion on its CPU.
-        Some(q) => unsafe { &mut *q }.take(unsafe { bpf_ktime_get_ns() }),
+        Some(q) => unsafe { &mut *q }.take(unsafe { bpf_ktime_get_ns() }, rate),
         None => true,
     }
 }
