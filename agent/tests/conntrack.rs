@@ -308,4 +308,18 @@ fn the_confirmation_budget_comes_from_the_config() {
     };
     assert_eq!(count(maps::CONNTRACK_V4), 4, "confirmed within the burst");
     assert_eq!(count(maps::CT_NEW_V4), 2, "left unanswered beyond it");
+    // Refused: the first and the second reply of each of the two.
+    let quota: aya::maps::PerCpuArray<_, CtQuota> =
+        aya::maps::PerCpuArray::try_from(aya::maps::Map::PerCpuArray(
+            palisade_agent::datapath::open_pinned_map(&fx.dp.pin_dir, maps::CT_QUOTA)
+                .expect("quota"),
+        ))
+        .expect("quota");
+    let refused: u64 = quota
+        .get(&endpoint(EP_INGRESS_ISOLATED).id, 0)
+        .expect("slot")
+        .iter()
+        .map(|q| q.refused)
+        .sum();
+    assert_eq!(refused, 4, "refused confirmations counted");
 }

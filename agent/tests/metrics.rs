@@ -124,6 +124,10 @@ fn a_real_prometheus_scrapes_exact_counters_latency_and_map_sizes() {
         "--resync-seconds".into(),
         "600".into(),
         "--metrics-pod-labels".into(),
+        // A burst of 4 confirmations per pod and CPU: the connections below
+        // spend it.
+        "--conntrack-confirms-per-second".into(),
+        "1".into(),
     ];
     let mut c = Cluster::build(
         &ClusterSpec::default_model(Family::Ipv4),
@@ -180,6 +184,30 @@ fn a_real_prometheus_scrapes_exact_counters_latency_and_map_sizes() {
         f64::from(SENT),
         "x/b's own series counts them too"
     );
+
+    // Ten TCP connections x/c -> x/b:80 (allowed): x/b's replies confirm
+    // four of them, the rest stay unanswered and are counted.
+    let to = SocketAddr::new(c.pod_ip("x/b").expect("ip"), 80);
+    in_netns(c.pod_netns("x/c").expect("ns"), move || {
+        for _ in 0..10 {
+            let s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3));
+            assert!(s.is_ok(), "x/c -> x/b:80: {s:?}");
+        }
+    })
+    .expect("netns");
+    let unconfirmed = wait_query(
+        &ns,
+        "palisade_conntrack_unconfirmed_total",
+        "refused confirmations counted",
+        |v| v >= 6.0,
+    );
+    let pod_unconfirmed = wait_query(
+        &ns,
+        "palisade_pod_conntrack_unconfirmed_total{namespace=\"x\",pod=\"b\"}",
+        "x/b's refused confirmations",
+        |v| v >= 6.0,
+    );
+    assert!(pod_unconfirmed <= unconfirmed);
 
     // The map gauges are what the maps hold: node 2 has its 4 local pods.
     let endpoints = wait_query(

@@ -178,8 +178,11 @@ pub struct CtQuota {
     pub tokens: u64,
     /// When tokens were last added.
     pub refilled_ns: u64,
+    /// Confirmations refused for want of a token (the metric
+    /// `palisade_conntrack_unconfirmed_total`).
+    pub refused: u64,
 }
-const _: () = assert!(core::mem::size_of::<CtQuota>() == 16);
+const _: () = assert!(core::mem::size_of::<CtQuota>() == 24);
 
 impl CtQuota {
     /// Takes one confirmation at `now_ns`, `per_sec` a second, if the budget
@@ -200,6 +203,7 @@ impl CtQuota {
             self.refilled_ns = now_ns;
         }
         if self.tokens == 0 {
+            self.refused += 1;
             return false;
         }
         self.tokens -= 1;

@@ -60,6 +60,7 @@ mod pod_impls {
     unsafe impl aya::Pod for CtKeyV6 {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for CtQuota {}
     unsafe impl aya::Pod for RateValue {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for Event {}

@@ -10,8 +10,8 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray};
 use palisade_common::{
-    maps as names, stat_reason_name, stat_slot, Counters, CtKeyV4, CtKeyV6, CtValue, Endpoint,
-    PolicyKeyV4, PolicyKeyV6, PolicyValue, Stat, DIR_EGRESS, DIR_INGRESS, MAX_CONNTRACK,
+    maps as names, stat_reason_name, stat_slot, Counters, CtKeyV4, CtKeyV6, CtQuota, CtValue,
+    Endpoint, PolicyKeyV4, PolicyKeyV6, PolicyValue, Stat, DIR_EGRESS, DIR_INGRESS, MAX_CONNTRACK,
     MAX_CT_NEW, MAX_ENDPOINTS, MAX_POLICY_ENTRIES, STAT_ALLOWED, STAT_AUDIT, STAT_DENIED,
     STAT_REASONS,
 };
@@ -28,6 +28,7 @@ use crate::datapath::open_pinned_map;
 struct Opened {
     stats: PerCpuArray<MapData, Stat>,
     counters: PerCpuArray<MapData, Counters>,
+    ct_quota: PerCpuArray<MapData, CtQuota>,
     endpoints: BpfHashMap<MapData, u32, Endpoint>,
     policy_v4: LpmTrie<MapData, PolicyKeyV4, PolicyValue>,
     policy_v6: LpmTrie<MapData, PolicyKeyV6, PolicyValue>,
@@ -50,6 +51,7 @@ impl Opened {
         Some(Self {
             stats: map(names::STATS)?.try_into().ok()?,
             counters: map(names::COUNTERS)?.try_into().ok()?,
+            ct_quota: map(names::CT_QUOTA)?.try_into().ok()?,
             endpoints: map(names::ENDPOINTS)?.try_into().ok()?,
             policy_v4: map(names::POLICY_V4)?.try_into().ok()?,
             policy_v6: map(names::POLICY_V6)?.try_into().ok()?,
@@ -194,8 +196,39 @@ impl Collector for KernelCounters {
             MetricType::Counter,
         )?;
         ConstCounter::new(lost).encode(family)?;
+        // Confirmations refused, per endpoint id, summed over CPUs.
+        let mut refused: BTreeMap<u32, u64> = BTreeMap::new();
+        for (id, per_cpu) in m.ct_quota.iter().enumerate() {
+            let Ok(per_cpu) = per_cpu else { continue };
+            let Ok(id) = u32::try_from(id) else { break };
+            let n: u64 = per_cpu.iter().map(|q| q.refused).sum();
+            if n > 0 {
+                refused.insert(id, n);
+            }
+        }
+        let family = encoder.encode_descriptor(
+            "palisade_conntrack_unconfirmed",
+            "Replies whose connection stayed in the unanswered conntrack table because its pod had spent its confirmation budget (--conntrack-confirms-per-second); the replies passed",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(refused.values().sum::<u64>()).encode(family)?;
         if let Some(pods) = &self.pods {
             let pods = pods.lock().map(|p| p.clone()).unwrap_or_default();
+            let mut family = encoder.encode_descriptor(
+                "palisade_pod_conntrack_unconfirmed",
+                "palisade_conntrack_unconfirmed for one local pod (--metrics-pod-labels)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (id, pod) in &pods {
+                let Some(n) = refused.get(id) else { continue };
+                let labels = [
+                    ("namespace", pod.namespace().to_string()),
+                    ("pod", pod.name().to_string()),
+                ];
+                ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+            }
             let rows: Vec<(PodLabels, u64, Option<u64>)> = pods
                 .iter()
                 .filter_map(|(id, pod)| Some((pod, per_endpoint.get(id)?)))
