@@ -39,6 +39,8 @@ pub struct Maps {
     pub node_addrs: HashMap<MapData, IpKey, u32>,
     pub services: HashMap<MapData, ServiceKey, u32>,
     pub counters: PerCpuArray<MapData, Counters>,
+    /// Conntrack confirmation budgets, by endpoint id.
+    pub ct_quota: PerCpuArray<MapData, CtQuota>,
     pub config: Array<MapData, Config>,
 }
 
@@ -86,6 +88,7 @@ impl Maps {
             node_addrs: typed!(dp, maps::NODE_ADDRS),
             services: typed!(dp, maps::SERVICES),
             counters: typed!(dp, maps::COUNTERS),
+            ct_quota: typed!(dp, maps::CT_QUOTA),
             config: typed!(dp, maps::CONFIG),
         })
     }
@@ -149,7 +152,9 @@ impl Maps {
         Ok(())
     }
 
-    /// Reset endpoint `id`'s counters (ids past the array are not counted).
+    /// Reset endpoint `id`'s counters and conntrack confirmation budget (a
+    /// full bucket, nothing refused), so a pod given a freed id inherits
+    /// neither (ids past the arrays are not counted).
     fn zero_counters(&mut self, id: u32) -> Result<(), WriteError> {
         if id == 0 || id >= self.counters.len() {
             return Ok(());
@@ -168,7 +173,12 @@ impl Maps {
             PerCpuValues::try_from(vec![Counters::default(); n]).map_err(|e| err("percpu", e))?;
         self.counters
             .set(id, zero, 0)
-            .map_err(map_err(maps::COUNTERS, "set", id.to_string()))
+            .map_err(map_err(maps::COUNTERS, "set", id.to_string()))?;
+        let full =
+            PerCpuValues::try_from(vec![CtQuota::default(); n]).map_err(|e| err("percpu", e))?;
+        self.ct_quota
+            .set(id, full, 0)
+            .map_err(map_err(maps::CT_QUOTA, "set", id.to_string()))
     }
 
     pub fn endpoints(&self) -> Vec<(u32, Endpoint)> {

@@ -186,8 +186,8 @@ const _: () = assert!(core::mem::size_of::<CtQuota>() == 24);
 
 impl CtQuota {
     /// Takes one confirmation at `now_ns`, `per_sec` a second, if the budget
-    /// has one. A slot never used (or of an id given to another pod) starts
-    /// with a full bucket.
+    /// has one. A zeroed slot (never used, or reset by the agent when it gives
+    /// the id to a pod) starts with a full bucket.
     #[inline(always)]
     pub fn take(&mut self, now_ns: u64, per_sec: u32) -> bool {
         let rate = per_sec as u64;
