@@ -270,18 +270,8 @@ fn confirmed_connections_survive_a_flood_of_answered_flows() {
 #[ignore = "needs root and BPF: run through cargo xtask test"]
 fn the_confirmation_budget_comes_from_the_config() {
     common::require_root();
-    // One CPU: the budget is per CPU.
-    // SAFETY: a zeroed cpu_set_t with CPU 0 set; affects this thread only.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0,
-            "sched_setaffinity: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    // The budget is per CPU.
+    on_one_cpu();
     let mut fx = fixture_for(EP_INGRESS_ISOLATED);
     fx.maps
         .set_config(Config {

@@ -551,15 +551,7 @@ fn events_are_rate_limited_per_flow() {
 fn endpoint_budget_bounds_a_flood_of_new_flows() {
     common::require_root();
     // The budget is per CPU: keep every run on one CPU.
-    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread only.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
-    }
+    on_one_cpu();
     let mut fx = fixture_for(EP_INGRESS_ISOLATED);
     fx.maps
         .set_config(Config {

@@ -239,3 +239,19 @@ impl Fx {
         }
     }
 }
+
+/// Keeps the calling test thread on CPU 0: per-CPU budgets (events,
+/// conntrack confirmations) are then one budget.
+pub fn on_one_cpu() {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
