@@ -126,12 +126,13 @@ pub fn set_aside(
     Ok(stale)
 }
 
-type Table<K> = HashMap<MapData, K, CtValue>;
+/// A conntrack table, opened by its pin (aya reads an LRU hash as a hash).
+pub(super) type Table<K> = HashMap<MapData, K, CtValue>;
 
 /// Entries a table held and entries copied, or why it could not be read.
 pub type Copied = Result<(usize, usize), String>;
 
-fn open<K: aya::Pod>(path: &Path) -> Result<Table<K>, String> {
+pub(super) fn open<K: aya::Pod>(path: &Path) -> Result<Table<K>, String> {
     let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
     let data = MapData::from_pin(path).map_err(|e| err(&e))?;
     let map = Map::from_map_data(data).map_err(|e| err(&e))?;

@@ -7,7 +7,7 @@
 //! packet in its own direction records it again.
 use std::path::Path;
 
-use aya::maps::{HashMap, MapData};
+use super::layout::{open, Table};
 use palisade_common::{maps as names, CtKeyV4, CtKeyV6, CtValue, FlowKey, CT_ORIGIN_LO, FAMILY_V4};
 
 /// How many entries each legacy table held and how many were carried.
@@ -15,14 +15,6 @@ use palisade_common::{maps as names, CtKeyV4, CtKeyV6, CtValue, FlowKey, CT_ORIG
 pub struct Carried {
     pub found: usize,
     pub carried: usize,
-}
-
-type Table<K> = HashMap<MapData, K, CtValue>;
-
-fn open<K: aya::Pod>(maps_dir: &Path, name: &str) -> Result<Table<K>, String> {
-    let data = MapData::from_pin(maps_dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
-    let map = aya::maps::Map::from_map_data(data).map_err(|e| format!("{name}: {e}"))?;
-    Table::<K>::try_from(map).map_err(|e| format!("{name}: {e}"))
 }
 
 /// Copy the entries of the legacy conntrack pins under `maps_dir` into the
@@ -43,9 +35,9 @@ pub fn carry_legacy_conntrack(maps_dir: &Path) -> Result<Option<Carried>, String
         if !path.exists() {
             continue;
         }
-        let legacy: Table<FlowKey> = open(maps_dir, old)?;
-        let mut v4: Table<CtKeyV4> = open(maps_dir, new4)?;
-        let mut v6: Table<CtKeyV6> = open(maps_dir, new6)?;
+        let legacy: Table<FlowKey> = open(&maps_dir.join(old))?;
+        let mut v4: Table<CtKeyV4> = open(&maps_dir.join(new4))?;
+        let mut v6: Table<CtKeyV6> = open(&maps_dir.join(new6))?;
         for (k, v) in legacy.iter().flatten() {
             total.found += 1;
             let ok = if k.family == FAMILY_V4 {
