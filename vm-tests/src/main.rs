@@ -6,7 +6,7 @@
 //! their output to the console, and ends with one marker line the host reads:
 //!
 //! ```text
-//! PALISADE-VM-SUITE: <name> status=ok|FAILED passed=N failed=N ignored=N
+//! PALISADE-VM-SUITE: <name> status=ok|FAILED passed=N failed=N ignored=N secs=S min_available_mib=M
 //! PALISADE-VM-RESULT: PASS|FAIL passed=N failed=N ignored=N
 //! ```
 //!
@@ -17,8 +17,30 @@ use std::{
     fs,
     io::{BufRead, BufReader, Write},
     process::{Command, Stdio},
-    time::Instant,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
 };
+
+/// The lowest `MemAvailable` (KiB) seen since the last reset: the guest has
+/// 2 GiB and no swap, and every agent preallocates its conntrack tables, so a
+/// suite's low-water mark shows how close it came to memory exhaustion.
+static MIN_AVAILABLE_KIB: AtomicU64 = AtomicU64::new(u64::MAX);
+
+fn mem_available_kib() -> Option<u64> {
+    let info = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Samples `MemAvailable` every 200 ms for the life of the guest.
+fn watch_memory() {
+    std::thread::spawn(|| loop {
+        if let Some(kib) = mem_available_kib() {
+            MIN_AVAILABLE_KIB.fetch_min(kib, Ordering::Relaxed);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    });
+}
 
 fn main() {
     let ok = std::panic::catch_unwind(run).unwrap_or_else(|_| {
@@ -102,6 +124,7 @@ fn parse_result(line: &str, c: &mut Counts) -> bool {
 
 fn run_suite(name: &str, bin: &str, args: &[&str], total: &mut Counts) -> bool {
     println!("PALISADE-VM-SUITE-START: {name}");
+    MIN_AVAILABLE_KIB.store(mem_available_kib().unwrap_or(u64::MAX), Ordering::Relaxed);
     let start = Instant::now();
     let child = Command::new(bin)
         .args(args)
@@ -131,12 +154,13 @@ fn run_suite(name: &str, bin: &str, args: &[&str], total: &mut Counts) -> bool {
         c.failed = 1;
     }
     println!(
-        "PALISADE-VM-SUITE: {name} status={} passed={} failed={} ignored={} secs={:.1}",
+        "PALISADE-VM-SUITE: {name} status={} passed={} failed={} ignored={} secs={:.1} min_available_mib={}",
         if ok { "ok" } else { "FAILED" },
         c.passed,
         c.failed,
         c.ignored,
-        start.elapsed().as_secs_f64()
+        start.elapsed().as_secs_f64(),
+        MIN_AVAILABLE_KIB.load(Ordering::Relaxed) >> 10
     );
     total.passed += c.passed;
     total.failed += c.failed;
@@ -163,6 +187,7 @@ fn run() -> bool {
     mount("tmpfs", "/run", "tmpfs");
     mount("bpf", "/sys/fs/bpf", "bpf");
     mount("cgroup2", "/sys/fs/cgroup", "cgroup2");
+    watch_memory();
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("PALISADE-VM-KERNEL: {}", release.trim());
 

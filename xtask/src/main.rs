@@ -135,6 +135,10 @@ enum Cmd {
         /// kernels.
         #[arg(value_name = "PATH")]
         paths: Vec<std::path::PathBuf>,
+        /// Run only this test suite (datapath, parse, conntrack, fuzz, attach,
+        /// cluster, lapses, upgrade); repeatable. Default: every suite.
+        #[arg(long = "suite", value_name = "NAME")]
+        suites: Vec<String>,
         /// Seconds a guest may run before it counts as hung.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
@@ -247,6 +251,7 @@ fn main() -> Result<()> {
             kernels,
             conformance,
             paths,
+            suites,
             timeout,
             verbose,
         } => {
@@ -255,6 +260,7 @@ fn main() -> Result<()> {
                 kernels,
                 conformance: choice(conformance),
                 paths,
+                suites,
                 timeout: std::time::Duration::from_secs(timeout),
                 verbose,
             })
@@ -604,6 +610,7 @@ fn test(no_lint: bool) -> Result<()> {
         kernels: vec!["6.1".into()],
         conformance: "subset".into(),
         paths: Vec::new(),
+        suites: Vec::new(),
         timeout: std::time::Duration::from_secs(1200),
         verbose: false,
     })?;
