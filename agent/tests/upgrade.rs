@@ -290,20 +290,16 @@ fn an_agent_of_another_map_layout_is_replaced_without_a_gap() {
     }
     let node_a = c.pod_spec("x/a").expect("x/a").node;
     assert!(
-        log_of(&c, node_a).contains("table of another capacity carried over"),
+        log_of(&c, node_a).contains("previous layout's table carried over"),
         "x/a's conntrack entries not carried"
     );
 
     // A restart of the same build adopts every map as it is.
-    let before = log_of(&c, node_a)
-        .matches("pinned map of another layout")
-        .count();
+    let before = log_of(&c, node_a).matches("maps are set aside").count();
     c.stop_agent(node_a).expect("stop");
     c.start_agent(node_a).expect("start");
     assert_eq!(
-        log_of(&c, node_a)
-            .matches("pinned map of another layout")
-            .count(),
+        log_of(&c, node_a).matches("maps are set aside").count(),
         before,
         "a restart of the same build set maps aside"
     );

@@ -1,12 +1,14 @@
 //! Pinned maps of another layout (an agent of another version wrote them).
-//! The loader adopts a pin by its name alone, so before the object is loaded
-//! every pin whose type, key size, value size, capacity or flags differ from
-//! this build's [`SPECS`], and every `PAL_*` pin this build does not declare,
-//! is moved to `<pin_dir>/stale`. The loader then creates those maps anew.
-//! The programs already attached keep the maps they were loaded with, so
-//! they go on enforcing from the old ones until the first pass has filled
-//! the new maps from the agent's state and re-pointed every hook; only then
-//! are the stale pins removed (see `SyncLoop::program`).
+//! The loader adopts a pin by its name alone, so before the object is loaded,
+//! when any pin's type, key size, value size, capacity or flags differ from
+//! this build's [`SPECS`], or a `PAL_*` pin is one this build does not
+//! declare, every pin is moved to `<pin_dir>/stale` and the loader creates
+//! all maps anew. The programs already attached keep the maps they were
+//! loaded with, a consistent set, so they go on enforcing from the old ones
+//! until the first pass has filled the new maps from the agent's state and
+//! re-pointed every hook; only then are the stale pins removed (see
+//! `SyncLoop::program`). A restart in between finds the stale pins and goes
+//! on with the upgrade.
 //!
 //! Conntrack tables whose keys and values keep their size (a new capacity or
 //! flags) are copied into the new tables, so established connections keep
@@ -88,8 +90,15 @@ fn stale_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join(STALE_DIR)
 }
 
-/// Moves every pin under `maps_dir` that this build would misread to
-/// `<pin_dir>/stale`; `capacity` gives the capacity this load asks of a map.
+/// When any pin under `maps_dir` is one this build would misread, moves
+/// every `PAL_*` pin there to `<pin_dir>/stale`, and returns every pin in
+/// `stale`; `capacity` gives the capacity this load asks of a map.
+///
+/// All of them move, not only those that differ: the programs attached read
+/// the old maps as one set (an endpoint's id in the old records keys its
+/// entries in the old policy maps), while this build's first pass gives out
+/// ids and writes entries afresh. Pins already in `stale` are an interrupted
+/// upgrade's, whose programs may still be attached: the upgrade goes on.
 /// The legacy conntrack pins stay: `migrate` reads them after the load.
 pub fn set_aside(
     pin_dir: &Path,
@@ -100,29 +109,48 @@ pub fn set_aside(
         let path = path.to_path_buf();
         move |source| DatapathError::PinDir { path, source }
     };
-    let mut stale = Vec::new();
+    let want_of = |name: &str| {
+        SPECS
+            .iter()
+            .find(|s| s.pinned && s.name == name)
+            .map(|s| shape_of(s, capacity(s)))
+    };
+    let mut pins = Vec::new();
     for e in fs::read_dir(maps_dir).map_err(dir_err(maps_dir))?.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if !name.starts_with("PAL_") || names::LEGACY_CONNTRACK.contains(&name.as_str()) {
             continue;
         }
-        let spec = SPECS.iter().find(|s| s.pinned && s.name == name);
-        let want = spec.map(|s| shape_of(s, capacity(s)));
         let found = found_shape(&e.path())?;
-        if want == Some(found) {
-            continue;
-        }
-        let aside = stale_dir(pin_dir);
+        pins.push((name, e.path(), found));
+    }
+    let aside = stale_dir(pin_dir);
+    if pins
+        .iter()
+        .any(|(name, _, found)| want_of(name) != Some(*found))
+    {
         fs::create_dir_all(&aside).map_err(dir_err(&aside))?;
-        let to = aside.join(&name);
-        // A pin left by an earlier interrupted upgrade is older still: the
-        // programs using it (if any) keep it alive without its pin.
-        if to.exists() {
-            fs::remove_file(&to).map_err(dir_err(&to))?;
+        for (name, path, _) in &pins {
+            let to = aside.join(name);
+            // A pin left by an earlier interrupted upgrade is older still: the
+            // programs using it (if any) keep it alive without its pin.
+            if to.exists() {
+                fs::remove_file(&to).map_err(dir_err(&to))?;
+            }
+            fs::rename(path, &to).map_err(dir_err(path))?;
         }
-        fs::rename(e.path(), &to).map_err(dir_err(&e.path()))?;
+    }
+    let mut stale = Vec::new();
+    let Ok(entries) = fs::read_dir(&aside) else {
+        return Ok(stale);
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let found = found_shape(&e.path())?;
+        let want = want_of(&name);
         stale.push(Stale { name, found, want });
     }
+    stale.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(stale)
 }
 

@@ -42,13 +42,19 @@ impl Datapath {
             _ => s.max_entries,
         };
         let stale = layout::set_aside(pin_dir, &maps_dir, capacity)?;
-        for s in &stale {
+        for s in stale.iter().filter(|s| s.want != Some(s.found)) {
             let want = s.want.map_or_else(|| "none".to_string(), |w| w.to_string());
             tracing::warn!(
                 map = %s.name,
                 found = %s.found,
                 want = %want,
-                "pinned map of another layout: created anew; the programs attached go on using the old one until the first pass has filled the new one"
+                "pinned map of another layout"
+            );
+        }
+        if !stale.is_empty() {
+            tracing::warn!(
+                maps = stale.len(),
+                "the previous layout's maps are set aside and every map is created anew; the programs attached go on using the old maps until the first pass has filled the new ones"
             );
         }
         let mut loader = EbpfLoader::new();
@@ -92,7 +98,7 @@ impl Datapath {
                     map = %name,
                     found,
                     carried,
-                    "conntrack entries of the table of another capacity carried over"
+                    "conntrack entries of the previous layout's table carried over"
                 ),
                 Err(e) => tracing::warn!(
                     map = %name,
