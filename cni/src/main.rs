@@ -14,7 +14,7 @@ use std::{
 };
 
 use palisade_cni::{
-    protocol::{self, Command, Enforcement, Reply, Request},
+    protocol::{self, ClientError, Command, Enforcement, Reply, Request},
     spec::{self, CniError},
 };
 
@@ -29,10 +29,11 @@ interface. Add it as the last plugin of the node's conflist:
 Options in that object:
     socket          the agent's socket (default /run/palisade/agent.sock)
     timeoutSeconds  how long ADD waits for the agent (default 10)
-    failOpen        true: a pod starts unenforced when the agent cannot be
-                    reached (UNSAFE: it is enforced only once the agent finds
-                    its interface); default false: ADD fails and the runtime
-                    retries
+    failOpen        true: a pod starts unenforced when no agent listens on
+                    the socket (UNSAFE: it is enforced only once the agent
+                    finds its interface); default false: ADD fails and the
+                    runtime retries. An agent that does not answer within
+                    timeoutSeconds fails ADD for a retry either way
 
     palisade-cni install DIR   copy this binary into DIR (atomically)
 ";
@@ -164,19 +165,31 @@ fn run(command: &str) -> Result<Option<serde_json::Value>, CniError> {
             ),
             r.error.unwrap_or_default(),
         )),
-        (Command::Add, Err(e)) if conf.fail_open => {
+        // Only an agent that is not there: one that is slow to answer is
+        // alive and will enforce the pod, so the runtime retries instead.
+        (Command::Add, Err(e @ ClientError::Connect { .. })) if conf.fail_open => {
             eprintln!(
                 "palisade-cni: UNENFORCED (failOpen): pod {} starts without the agent: {e}",
                 pod_name(&req)
             );
             Ok(Some(spec::result(&conf)))
         }
-        (_, Err(e)) => Err(CniError::new(
+        (_, Err(e @ ClientError::Connect { .. })) => Err(CniError::new(
             &v,
             spec::E_TRY_AGAIN,
             format!(
                 "the Palisade agent is not reachable at {}: pods on this node start once it runs",
                 socket.display()
+            ),
+            e.to_string(),
+        )),
+        (_, Err(e)) => Err(CniError::new(
+            &v,
+            spec::E_TRY_AGAIN,
+            format!(
+                "the Palisade agent at {} did not answer for pod {}: the runtime retries",
+                socket.display(),
+                pod_name(&req)
             ),
             e.to_string(),
         )),

@@ -128,6 +128,17 @@ fn a_pod_added_through_the_plugin_is_enforced_from_its_first_packet() {
     .expect("policy");
     c.sync().expect("sync");
     assert_eq!(tcp80(&c, "x/k", "x/b"), Outcome::Reachable, "before DEL");
+    // A late DEL of a sandbox the runtime replaced: the pod keeps what its
+    // last ADD gave it.
+    let late = c
+        .cni_for_sandbox("DEL", "x/k", plugin, "an-older-sandbox")
+        .expect("DEL");
+    assert!(late.success, "DEL: {} {}", late.stdout, late.stderr);
+    assert_eq!(
+        tcp80(&c, "x/k", "x/b"),
+        Outcome::Reachable,
+        "after a DEL of an older sandbox"
+    );
     let del = c.cni("DEL", "x/k", plugin).expect("DEL");
     assert!(del.success, "DEL: {} {}", del.stdout, del.stderr);
     assert_eq!(tcp80(&c, "x/k", "x/b"), Outcome::Blocked, "after DEL");

@@ -164,6 +164,34 @@ fn no_agent_fails_add_unless_fail_open_and_never_fails_del() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// An agent that takes the request and answers nothing within the timeout
+/// is alive (busy with other pods): ADD fails for a retry even with
+/// `failOpen`, which is for an agent that is not there.
+#[test]
+fn a_slow_agent_fails_add_for_a_retry_even_with_fail_open() {
+    let d = temp_dir("slow");
+    let sock = d.join("agent.sock");
+    let l = UnixListener::bind(&sock).expect("bind");
+    let agent = std::thread::spawn(move || {
+        let (s, _) = l.accept().expect("accept");
+        let mut line = String::new();
+        BufReader::new(&s).read_line(&mut line).expect("request");
+        // Hold the connection past the plugin's timeout, then close it.
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+    });
+    let extra = json!({"failOpen": true, "timeoutSeconds": 1});
+    let (ok, out, err) = run("ADD", &conf(&sock, extra), &[]);
+    agent.join().expect("agent");
+    assert!(!ok, "{out} {err}");
+    assert_eq!(out["code"], 11, "try again later: {out}");
+    assert!(
+        out["msg"].as_str().unwrap_or("").contains("did not answer"),
+        "{out}"
+    );
+    assert!(!err.contains("UNENFORCED"), "{err}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 #[test]
 fn bad_calls_get_the_specs_error_codes() {
     let d = temp_dir("bad");

@@ -190,7 +190,7 @@ impl CtQuota {
     /// the id to a pod) starts with a full bucket.
     #[inline(always)]
     pub fn take(&mut self, now_ns: u64, per_sec: u32) -> bool {
-        let rate = per_sec as u64;
+        let rate = (per_sec as u64).max(1);
         let burst = rate * CT_CONFIRM_BURST_SECS;
         // At most the time that fills the bucket (a slot never used has
         // `refilled_ns` 0): 4e9 ns times a u32 rate fits in a u64.
@@ -200,7 +200,15 @@ impl CtQuota {
         let add = elapsed * rate / 1_000_000_000;
         if add > 0 {
             self.tokens = (self.tokens + add).min(burst);
-            self.refilled_ns = now_ns;
+            // The time the tokens added stand for: the rest of `elapsed`
+            // counts toward the next token (else the rate would fall to
+            // half when calls come just under two tokens apart). A full
+            // bucket keeps no credit.
+            self.refilled_ns = if self.tokens == burst {
+                now_ns
+            } else {
+                self.refilled_ns + add * 1_000_000_000 / rate
+            };
         }
         if self.tokens == 0 {
             self.refused += 1;
@@ -230,6 +238,25 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_confirmation_budget_refills_at_its_rate_whatever_the_call_spacing() {
+        let mut q = CtQuota::default();
+        let mut now = 10_000_000_000u64;
+        // A zeroed slot starts full: a burst of 4 s worth, then nothing.
+        let burst = (0..20_000).filter(|_| q.take(now, 2_000)).count();
+        assert_eq!(burst, 8_000);
+        assert!(!q.take(now, 2_000));
+        // Calls every 300 us for 3 s at 2,000/s: 6,000 pass, not the 5,000
+        // a refill that drops the rest of each interval would give.
+        let mut passed = 0;
+        for _ in 0..10_000 {
+            now += 300_000;
+            passed += usize::from(q.take(now, 2_000));
+        }
+        assert!((5_999..=6_000).contains(&passed), "{passed}");
+        assert_eq!(q.refused, 1 + 10_000 - passed as u64 + 12_000);
+    }
 
     #[test]
     fn a_packet_and_its_reply_share_one_key() {

@@ -2,8 +2,10 @@
 //! pod (its host interfaces, its addresses), runs a pass at once (attach
 //! only, before the source's first consistent view) and answers with how the
 //! pod's interface is enforced; CHECK answers the same without a pass; DEL
-//! forgets the pod's CNI hints.
+//! forgets the pod's CNI hints unless a later ADD gave the pod another
+//! sandbox.
 use palisade_cni::protocol::{Command, Enforcement, Reply, Request};
+use palisade_common::EP_FAIL_CLOSED;
 use palisade_policy::{NodeInfo, PodKey};
 use tracing::{info, warn};
 
@@ -25,9 +27,16 @@ impl SyncLoop {
             Command::Check => self.cni_state(req),
             Command::Del => {
                 let mut changed = false;
-                if let Some(pod) = pod_key(req) {
+                // A late or repeated DEL of a sandbox the pod's last ADD
+                // replaced must not take the new sandbox's addresses.
+                if let Some(pod) = pod_key(req).filter(|p| {
+                    self.cni_sandboxes
+                        .get(p)
+                        .is_none_or(|c| *c == req.container_id)
+                }) {
                     changed = self.ingest.cni_forget(&pod);
                     self.endpoints.cni_forget(&pod);
+                    self.cni_sandboxes.remove(&pod);
                 }
                 // The interface is going: rediscover on the next pass, at once
                 // if the pod lost the addresses its ADD gave it.
@@ -66,6 +75,8 @@ impl SyncLoop {
 
     fn cni_add(&mut self, req: &Request) -> Reply {
         if let Some(pod) = pod_key(req) {
+            self.cni_sandboxes
+                .insert(pod.clone(), req.container_id.clone());
             // A change of the index like any other: the pass below compiles it.
             self.ingest.cni_addresses(pod.clone(), &req.ips);
             self.endpoints.cni_add(pod, req.host_interfaces.clone());
@@ -86,7 +97,8 @@ impl SyncLoop {
                 name: self.opts.node.clone(),
             };
             if let Some((links, ifaces)) = self.find_interfaces(&node) {
-                self.attach(&links, &ifaces);
+                let check = self.compiler.is_none();
+                self.attach(&links, &ifaces, check);
                 self.interfaces.keep(links);
             }
         }
@@ -103,12 +115,18 @@ impl SyncLoop {
             if !(self.dp.is_attached(idx, Hook::ToPod) && self.dp.is_attached(idx, Hook::FromPod)) {
                 continue;
             }
-            let written = self.maps.endpoints.get(&idx, 0).is_ok();
+            // A record flagged fail-closed (rules that do not fit) drops
+            // everything, as a missing one does.
+            let by_policy = self
+                .maps
+                .endpoints
+                .get(&idx, 0)
+                .is_ok_and(|r| r.flags & EP_FAIL_CLOSED == 0);
             return Reply {
                 ok: true,
                 interface: Some(name.clone()),
                 ifindex: Some(idx),
-                enforcement: Some(if written {
+                enforcement: Some(if by_policy {
                     Enforcement::Policy
                 } else {
                     Enforcement::FailClosed

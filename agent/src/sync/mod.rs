@@ -70,6 +70,8 @@ pub struct SyncLoop {
     pass_errors: Vec<String>,
     /// Conntrack tables reported as nearly full (checked on full passes).
     pressure: Pressure,
+    /// The sandbox (CNI container id) of each pod's last CNI ADD.
+    cni_sandboxes: BTreeMap<PodKey, String>,
 }
 
 /// What one pass compiled.
@@ -105,6 +107,7 @@ impl SyncLoop {
             duplicates: Vec::new(),
             pass_errors: Vec::new(),
             pressure: Pressure::default(),
+            cni_sandboxes: BTreeMap::new(),
         }
     }
 
@@ -245,7 +248,10 @@ impl SyncLoop {
         // maps first, then point the hooks at them. Otherwise attach first,
         // so a new interface drops everything until its record is written.
         let upgrading = self.dp.upgrading();
-        let early = (!upgrading).then(|| self.attach(&links, &ifaces));
+        // A full pass also checks the hooks (pins, another agent's programs);
+        // taken before `compile`, which sets the compiler up.
+        let check = self.compiler.is_none();
+        let early = (!upgrading).then(|| self.attach(&links, &ifaces, check));
         let t = Instant::now();
         let compiled = self.compile(&node, &ifaces);
         let compile_ms = t.elapsed().as_millis() as u64;
@@ -257,7 +263,7 @@ impl SyncLoop {
         let attached = match early {
             Some(a) => a,
             None => {
-                let a = self.attach(&links, &ifaces);
+                let a = self.attach(&links, &ifaces, check);
                 self.finish_upgrade(&a);
                 a
             }
@@ -325,10 +331,10 @@ impl SyncLoop {
     /// interface whose pod is not known yet (or whose record is not written
     /// yet) drops everything (fail closed). A full pass also checks what the
     /// kernel and bpffs hold (see `repair`).
-    fn attach(&mut self, links: &Links, ifaces: &PodInterfaces) -> AttachReport {
+    fn attach(&mut self, links: &Links, ifaces: &PodInterfaces, check: bool) -> AttachReport {
         let pod_ifs: BTreeSet<u32> = ifaces.values().map(|(_, i)| *i).collect();
         let plan = roles::plan(links, &pod_ifs, &self.opts.uplinks, &self.opts.node_ips);
-        let report = self.dp.apply_roles(&plan, self.compiler.is_none());
+        let report = self.dp.apply_roles(&plan, check);
         self.repairs += report.repaired.len() as u64;
         report
     }

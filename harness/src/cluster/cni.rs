@@ -64,7 +64,7 @@ impl Cluster {
         self.sync()?;
         self.create_pod_network(i)?;
         let ns = self.pods[i].netns.clone();
-        let run = self.run_cni("ADD", &self.pods[i], plugin)?;
+        let run = self.run_cni("ADD", &self.pods[i], plugin, &self.pods[i].netns)?;
         if run.success {
             self.pods[i].servers = Some(ServerSet::start(
                 &ns,
@@ -80,10 +80,29 @@ impl Cluster {
     /// have been added through [`Cluster::add_pod_via_cni`].
     pub fn cni(&self, command: &str, pod: &str, plugin: &Path) -> Result<CniRun> {
         let p = self.pod_state(pod)?;
-        self.run_cni(command, p, plugin)
+        self.run_cni(command, p, plugin, &p.netns)
     }
 
-    fn run_cni(&self, command: &str, p: &PodState, plugin: &Path) -> Result<CniRun> {
+    /// [`Cluster::cni`] for another sandbox of the pod (`CNI_CONTAINERID`):
+    /// what a runtime sends for a sandbox it replaced or garbage-collects.
+    pub fn cni_for_sandbox(
+        &self,
+        command: &str,
+        pod: &str,
+        plugin: &Path,
+        container_id: &str,
+    ) -> Result<CniRun> {
+        let p = self.pod_state(pod)?;
+        self.run_cni(command, p, plugin, container_id)
+    }
+
+    fn run_cni(
+        &self,
+        command: &str,
+        p: &PodState,
+        plugin: &Path,
+        container_id: &str,
+    ) -> Result<CniRun> {
         let netns = netns_path(&p.netns);
         let plen = if p.ip.is_ipv4() { 32 } else { 128 };
         let conf = json!({
@@ -102,13 +121,13 @@ impl Cluster {
         });
         let args = format!(
             "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
-            p.spec.namespace, p.spec.name, p.netns
+            p.spec.namespace, p.spec.name, container_id
         );
         let dir = plugin.parent().unwrap_or(Path::new("."));
         let mut child = Command::new(plugin)
             .env_clear()
             .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", &p.netns)
+            .env("CNI_CONTAINERID", container_id)
             .env("CNI_NETNS", &netns)
             .env("CNI_IFNAME", "eth0")
             .env("CNI_ARGS", args)
