@@ -3,7 +3,7 @@
 //! Every task that needs the toolchain runs `setup` first; setup is idempotent and
 //! quick when everything is present, and names the failing step otherwise.
 use std::{
-    env, fs,
+    env,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -12,10 +12,17 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
+mod builds;
 mod demo;
 mod image;
 mod kind;
+mod setup;
+mod testing;
 mod vm;
+
+use builds::*;
+use setup::setup;
+use testing::{conformance, test};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Palisade project tasks")]
@@ -37,7 +44,7 @@ enum Cmd {
     /// conformance suite on ptp- and bridge-style nodes (IPv4) and on ptp-style
     /// nodes (IPv6), and the VM tests on
     /// Debian's 6.1 kernel in qemu (datapath, attach, a conformance subset with
-    /// SCTP). About 25 minutes on 2 cores from a clean clone.
+    /// SCTP). About 45 minutes on 2 cores from a clean clone.
     Test {
         /// Skip fmt and clippy.
         #[arg(long)]
@@ -84,10 +91,13 @@ enum Cmd {
     /// Reliability figures (root): the agent killed (SIGKILL) and restarted 100
     /// times under traffic (connections broken, datagrams that reached a denied
     /// port, time to ready), 10,000 policy and label changes under traffic
-    /// (false drops, leaks, change to enforced), then the packet fuzz with
+    /// (false drops, leaks, change to enforced), 20 API server outages of 5 s
+    /// under a kube-mode agent with changes made during each (nothing lost,
+    /// every change enforced once it is back), then the packet fuzz with
     /// 1,000,000 frames. Table and results/bench-soak.json.
     Soak {
-        /// 3 restarts, 200 changes, 20,000 frames (CI runs this).
+        /// 3 restarts, 200 changes, 3 outages of 2 s, 20,000 frames (CI runs
+        /// this).
         #[arg(long)]
         quick: bool,
     },
@@ -339,314 +349,8 @@ fn have(bin: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-const PACKAGES: &[(&str, &str)] = &[
-    ("ip", "iproute2"),
-    ("tc", "iproute2"),
-    ("bpftool", "bpftool"),
-    ("iptables", "iptables"),
-    ("nft", "nftables"),
-    ("iperf3", "iperf3"),
-    // The harness's agent-launch tests run a stand-in agent written in Python.
-    ("python3", "python3"),
-    // A real Prometheus server scrapes the agent in the metrics test.
-    ("prometheus", "prometheus"),
-    ("promtool", "prometheus"),
-    // The plugin test runs `kubectl palisade` through kubectl's plugin lookup.
-    ("kubectl", "kubernetes-client"),
-];
-
-fn setup() -> Result<()> {
-    step("setup: Debian packages");
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .filter(|(bin, _)| !have(bin))
-        .map(|(_, pkg)| *pkg)
-        .collect();
-    if !missing.is_empty() {
-        let hint = "Run as root on Debian with the package archive reachable.";
-        run(
-            Command::new("apt-get").args(["update", "-qq"]),
-            "apt-get update",
-            hint,
-        )?;
-        run(
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-            &format!("apt-get install {}", missing.join(" ")),
-            hint,
-        )?;
-    }
-
-    step("setup: nightly rust-src");
-    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
-        .map(|s| PathBuf::from(s.trim()))
-        .context("setup: `rustc +nightly` not found. Install a nightly toolchain: rustup toolchain install nightly")?;
-    if !sysroot.join("lib/rustlib/src/rust/library/core").exists() {
-        run(
-            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
-            "rustup component add rust-src",
-            "rustup needs to reach the Rust distribution server.",
-        )?;
-    }
-
-    step("setup: bpf-linker");
-    let llvm_so = std::fs::read_dir(sysroot.join("lib"))
-        .context("setup: reading the nightly sysroot")?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|n| n.starts_with("libLLVM.so"))
-        .context("setup: the nightly toolchain ships no libLLVM.so; bpf-linker cannot be linked against it")?;
-    let prefix = cache_dir().join("rust-llvm");
-    std::fs::create_dir_all(prefix.join("lib")).context("setup: creating the LLVM link dir")?;
-    for link in ["libLLVM.so", llvm_so.as_str()] {
-        let dst = prefix.join("lib").join(link);
-        let _ = std::fs::remove_file(&dst);
-        std::os::unix::fs::symlink(sysroot.join("lib").join(&llvm_so), &dst)
-            .with_context(|| format!("setup: linking {}", dst.display()))?;
-    }
-    let linker = bpf_linker_bin().join("bpf-linker");
-    let works = Command::new(&linker)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !works {
-        eprintln!("    building bpf-linker against {llvm_so} (about 3 minutes)");
-        run(
-            Command::new("cargo")
-                .args([
-                    "+nightly",
-                    "install",
-                    "bpf-linker",
-                    "--version",
-                    "0.13.0",
-                    "--no-default-features",
-                    "--features",
-                    "llvm-22",
-                    "--force",
-                    "--root",
-                ])
-                .arg(cache_dir().join("bpf-linker"))
-                .env("LLVM_PREFIX", &prefix),
-            "building bpf-linker",
-            "See TOOLCHAIN notes in README: needs nightly with libLLVM 22 and crates.io.",
-        )?;
-    }
-
-    step("setup: bpffs");
-    let mounted = std::fs::read_to_string("/proc/mounts")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"));
-    if !mounted {
-        run(
-            Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]),
-            "mounting bpffs at /sys/fs/bpf",
-            "Run as root.",
-        )?;
-    }
-    Ok(())
-}
-
 fn cargo() -> Command {
     let mut c = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.env("PATH", path_env()).current_dir(workspace_root());
     c
-}
-
-fn build_agent() -> Result<PathBuf> {
-    step("build: palisade-agent");
-    run(
-        cargo().args(["build", "--release", "-p", "palisade-agent"]),
-        "cargo build -p palisade-agent",
-        "Run `cargo xtask setup` and read its output.",
-    )?;
-    Ok(target_dir().join("release/palisade-agent"))
-}
-
-/// The agent built with another map layout (`PALISADE_TEST_LAYOUT=1`, see
-/// `common/build.rs`), copied to `<target>/test-layout/`: the agent the
-/// upgrade test replaces. Built in the shared target directory, so only the
-/// workspace's crates are compiled again (twice: `build_agent` after this
-/// builds the normal layout back).
-fn build_test_layout_agent() -> Result<PathBuf> {
-    step("build: palisade-agent with another map layout (for the upgrade test)");
-    run(
-        cargo()
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "palisade-agent",
-                "--bin",
-                "palisade-agent",
-            ])
-            .env("PALISADE_TEST_LAYOUT", "1"),
-        "cargo build -p palisade-agent (test layout)",
-        "See the compiler output above.",
-    )?;
-    let dir = target_dir().join("test-layout");
-    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let to = dir.join("palisade-agent");
-    let from = target_dir().join("release/palisade-agent");
-    fs::copy(&from, &to)
-        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
-    Ok(to)
-}
-
-/// `kubectl-palisade`, the kubectl plugin.
-fn build_plugin() -> Result<PathBuf> {
-    step("build: kubectl-palisade");
-    run(
-        cargo().args(["build", "--release", "-p", "kubectl-palisade"]),
-        "cargo build -p kubectl-palisade",
-        "Run `cargo xtask setup` and read its output.",
-    )?;
-    Ok(target_dir().join("release/kubectl-palisade"))
-}
-
-/// `palisade-cni`, the chained CNI plugin the image carries.
-fn build_cni() -> Result<PathBuf> {
-    step("build: palisade-cni");
-    run(
-        cargo().args(["build", "--release", "-p", "palisade-cni"]),
-        "cargo build -p palisade-cni",
-        "See the compiler output above.",
-    )?;
-    Ok(target_dir().join("release/palisade-cni"))
-}
-
-/// `palisade-pod`, which the image carries for the pods of `kind e2e`.
-fn build_pod_tool() -> Result<PathBuf> {
-    step("build: palisade-pod");
-    build_harness_bin("palisade-pod")
-}
-
-/// A release binary of the harness crate (`palisade-pod`, `palisade-conformance`).
-fn build_harness_bin(name: &str) -> Result<PathBuf> {
-    run(
-        cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "palisade-harness",
-            "--bin",
-            name,
-        ]),
-        &format!("cargo build --bin {name}"),
-        "See the compiler output above.",
-    )?;
-    Ok(target_dir().join("release").join(name))
-}
-
-fn test(no_lint: bool) -> Result<()> {
-    setup()?;
-    if unsafe { libc_geteuid() } != 0 {
-        bail!("the test suite needs root (BPF, network namespaces): run `sudo cargo xtask test`");
-    }
-    if !no_lint {
-        step("lint: cargo fmt --check");
-        run(
-            cargo().args(["fmt", "--all", "--", "--check"]),
-            "cargo fmt --check",
-            "Run `cargo fmt --all`.",
-        )?;
-        step("lint: cargo clippy");
-        run(
-            cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]),
-            "cargo clippy",
-            "Fix the warnings above.",
-        )?;
-    }
-    let other_layout = build_test_layout_agent()?;
-    let agent = build_agent()?;
-    step("test: unit, property, datapath and harness tests");
-    // The tests that need root (BPF, network namespaces) are `#[ignore]`d, so
-    // that plain `cargo test` passes without root and lists them; here they run.
-    run(
-        cargo()
-            .args([
-                "test",
-                "--release",
-                "--workspace",
-                "--exclude",
-                "palisade-ebpf",
-                "--",
-                "--include-ignored",
-            ])
-            .env("PALISADE_AGENT", &agent)
-            .env("PALISADE_AGENT_TEST_LAYOUT", &other_layout),
-        "cargo test",
-        "See the failing test above.",
-    )?;
-    step("test: benchmarks in --quick mode (numbers are not judged)");
-    bench::bench("all", true, None)?;
-    step("test: soak in --quick mode");
-    bench::soak(true)?;
-    step("test: conformance suite");
-    conformance(
-        &agent,
-        "ipv4",
-        false,
-        &[workspace_root().join("tests/conformance")],
-    )?;
-    step("test: conformance suite on bridge-style nodes (CNI bridge plugin, flannel)");
-    conformance(
-        &agent,
-        "ipv4",
-        true,
-        &[workspace_root().join("tests/conformance")],
-    )?;
-    step("test: conformance suite, IPv6");
-    conformance(
-        &agent,
-        "ipv6",
-        false,
-        &[workspace_root().join("tests/conformance")],
-    )?;
-    step("test: VM tests (Debian 6.1 kernel in qemu: datapath, attach, conformance subset with SCTP)");
-    vm::vm_test(vm::Options {
-        kernels: vec!["6.1".into()],
-        conformance: "subset".into(),
-        paths: Vec::new(),
-        suites: Vec::new(),
-        timeout: std::time::Duration::from_secs(1200),
-        verbose: false,
-    })?;
-    let left = output(Command::new("ip").args(["netns", "list"])).unwrap_or_default();
-    let ours: Vec<&str> = left.lines().filter(|l| l.starts_with("pal-")).collect();
-    if !ours.is_empty() {
-        bail!("tests left network namespaces behind: {ours:?}");
-    }
-    eprintln!("==> all tests passed");
-    Ok(())
-}
-
-fn conformance(agent: &Path, family: &str, bridge: bool, paths: &[PathBuf]) -> Result<()> {
-    let family = match family {
-        "ipv4" => palisade_harness::Family::Ipv4,
-        "ipv6" => palisade_harness::Family::Ipv6,
-        other => bail!("--family {other}: expected ipv4 or ipv6"),
-    };
-    let summary = palisade_harness::run_conformance(palisade_harness::ConformanceOptions {
-        paths: paths.to_vec(),
-        family,
-        agent: Some(agent.to_path_buf()),
-        verbose: env::var_os("PALISADE_VERBOSE").is_some(),
-        topology: if bridge {
-            palisade_harness::Topology::Bridge
-        } else {
-            palisade_harness::Topology::Ptp
-        },
-    })?;
-    if summary.failed > 0 {
-        bail!("{} conformance case(s) failed", summary.failed);
-    }
-    Ok(())
-}
-
-extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }
