@@ -10,8 +10,8 @@
 //! `SyncLoop::program`). A restart in between finds the stale pins and goes
 //! on with the upgrade.
 //!
-//! Conntrack tables whose keys and values keep their size (a new capacity or
-//! flags) are copied into the new tables, so established connections keep
+//! Conntrack tables whose keys and values keep their size (unchanged, or of a
+//! new capacity or flags) are copied into the new tables, so established connections keep
 //! their replies; of any other changed conntrack layout only the known
 //! earlier one is carried (`migrate`), else replies of connections opened
 //! before the upgrade are judged as new packets until the flow's next packet
