@@ -11,9 +11,9 @@
 //! on with the upgrade.
 //!
 //! Conntrack tables whose keys and values keep their size (unchanged, or of a
-//! new capacity or flags) are copied into the new tables, so established connections keep
-//! their replies; of any other changed conntrack layout only the known
-//! earlier one is carried (`migrate`), else replies of connections opened
+//! new capacity or flags) are copied into the new tables, so established
+//! connections keep their replies; of any other changed conntrack layout only
+//! the known earlier one is carried (`migrate`), else replies of connections opened
 //! before the upgrade are judged as new packets until the flow's next packet
 //! in its own direction records it again.
 use std::{
