@@ -21,8 +21,8 @@ pub(super) struct Outcome {
     pub(super) error: Option<String>,
     /// The guest kernel panicked (not a test failure).
     pub(super) kernel_fault: bool,
-    /// A kernel fault on the first boot, none on the second, every test passed.
-    pub(super) passed_on_retry: bool,
+    /// The first boot's fault, when this outcome is of a second boot.
+    pub(super) first_boot: Option<String>,
 }
 
 /// The guest kernel's command line. Warnings reach the console (loglevel 5:
@@ -43,7 +43,7 @@ pub(super) fn boot(kernel: &Kernel, initrd: &Path, opts: &Options) -> Outcome {
         secs: 0.0,
         error: None,
         kernel_fault: false,
-        passed_on_retry: false,
+        first_boot: None,
     };
     let child = Command::new("qemu-system-x86_64")
         .args(["-accel", "tcg", "-m", "2G", "-smp", "2", "-nodefaults"])
@@ -172,15 +172,17 @@ pub(super) fn print_summary(outcomes: &[Outcome]) {
         "kernel", "attach", "passed", "failed", "skipped", "secs"
     );
     for o in outcomes {
+        let result = o.error.as_deref().unwrap_or("ok");
+        let result = match &o.first_boot {
+            Some(first) if o.error.is_none() => {
+                format!("ok on the second boot (first boot: {first})")
+            }
+            Some(first) => format!("{result} (first boot: {first})"),
+            None => result.to_string(),
+        };
         println!(
             "{:<24} {:<8} {:>6} {:>6} {:>7} {:>7.1}  {}",
-            o.kernel,
-            o.attach_mode,
-            o.passed,
-            o.failed,
-            o.ignored,
-            o.secs,
-            o.error.as_deref().unwrap_or("ok")
+            o.kernel, o.attach_mode, o.passed, o.failed, o.ignored, o.secs, result
         );
     }
 }
