@@ -7,14 +7,22 @@ use anyhow::{Context, Result};
 
 use crate::{cargo, run, step, target_dir};
 
-pub(crate) fn build_agent() -> Result<PathBuf> {
-    step("build: palisade-agent");
+/// `cargo build --release -p <package>`, whose binary has the package's name.
+fn build_package(package: &str, hint: &str) -> Result<PathBuf> {
+    step(&format!("build: {package}"));
     run(
-        cargo().args(["build", "--release", "-p", "palisade-agent"]),
-        "cargo build -p palisade-agent",
-        "Run `cargo xtask setup` and read its output.",
+        cargo().args(["build", "--release", "-p", package]),
+        &format!("cargo build -p {package}"),
+        hint,
     )?;
-    Ok(target_dir().join("release/palisade-agent"))
+    Ok(target_dir().join("release").join(package))
+}
+
+pub(crate) fn build_agent() -> Result<PathBuf> {
+    build_package(
+        "palisade-agent",
+        "Run `cargo xtask setup` and read its output.",
+    )
 }
 
 /// The agent built with another map layout (`PALISADE_TEST_LAYOUT=1`, see
@@ -49,24 +57,15 @@ pub(crate) fn build_test_layout_agent() -> Result<PathBuf> {
 
 /// `kubectl-palisade`, the kubectl plugin.
 pub(crate) fn build_plugin() -> Result<PathBuf> {
-    step("build: kubectl-palisade");
-    run(
-        cargo().args(["build", "--release", "-p", "kubectl-palisade"]),
-        "cargo build -p kubectl-palisade",
+    build_package(
+        "kubectl-palisade",
         "Run `cargo xtask setup` and read its output.",
-    )?;
-    Ok(target_dir().join("release/kubectl-palisade"))
+    )
 }
 
 /// `palisade-cni`, the chained CNI plugin the image carries.
 pub(crate) fn build_cni() -> Result<PathBuf> {
-    step("build: palisade-cni");
-    run(
-        cargo().args(["build", "--release", "-p", "palisade-cni"]),
-        "cargo build -p palisade-cni",
-        "See the compiler output above.",
-    )?;
-    Ok(target_dir().join("release/palisade-cni"))
+    build_package("palisade-cni", "See the compiler output above.")
 }
 
 /// `palisade-pod`, which the image carries for the pods of `kind e2e`.
